@@ -1,0 +1,105 @@
+"""The Transport contract: one stage's two links, to the previous and to the next stage.
+
+A stage receives from stage k-1 on one thread and sends to stage k+1 on another, so an
+implementation must allow recv and send to run concurrently (separate sockets or process
+groups per direction). Every wait is bounded: implementations wait in short slices and call
+`cancelled()` between them, so a stage stops promptly when the run is aborted elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ppsvd.errors import Cancelled, TransportTimeout
+from ppsvd.protocol import Message, Schema
+
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class StageWorld:
+    """Where this process sits in the pipeline and how to reach the others."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    store: Any
+    """A torch.distributed Store shared by all stages (endpoint exchange, abort flag, progress)."""
+    device: str = "cpu"
+    """'cpu' or 'cuda:<i>': where this stage's tensors live."""
+    timeout_s: float = 600.0
+    bind_host: str = "127.0.0.1"
+    zmq_endpoint: str = "auto"
+    run_id: str = "ppsvd"
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.world_size - 1
+
+    @property
+    def single_host(self) -> bool:
+        return self.local_world_size == self.world_size
+
+
+class Transport(ABC):
+    """Links of one stage. Construct with the world; `open()` connects (collective: all stages call it)."""
+
+    name: str = "base"
+
+    def __init__(self, world: StageWorld, *, max_payload_bytes: int | None = None) -> None:
+        self.world = world
+        self.max_payload_bytes = max_payload_bytes
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect to the neighbours. Called once by every stage before any send or recv."""
+
+    @abstractmethod
+    def send(self, msg: Message, *, timeout_s: float, cancelled: CancelCheck) -> None:
+        """Hand msg to the next stage; returns when the buffers may be reused."""
+
+    @abstractmethod
+    def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
+        """Receive the next message from the previous stage, validated against schema."""
+
+    def close(self) -> None:
+        """Release sockets / groups. Must not block for long, and may be called twice."""
+
+
+def wait_for(
+    done: Callable[[], bool],
+    *,
+    timeout_s: float,
+    cancelled: CancelCheck,
+    what: str,
+    poll_s: float = 0.0002,
+    max_poll_s: float = 0.005,
+    cancel_every_s: float = 0.05,
+) -> None:
+    """Poll `done()` until it is true, with a growing sleep; raise on timeout or cancellation.
+
+    Used for torch.distributed work handles, whose own wait() cannot be resumed after a
+    timeout. The sleep starts at 0.2 ms so a hand-off costs well under a millisecond.
+    """
+    start = time.monotonic()
+    deadline = start + timeout_s
+    next_cancel_check = start
+    sleep = poll_s
+    while not done():
+        now = time.monotonic()
+        if now >= next_cancel_check:
+            if cancelled():
+                raise Cancelled(f"stopped waiting for {what}: the run is stopping")
+            next_cancel_check = now + cancel_every_s
+        if now >= deadline:
+            raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
+        time.sleep(sleep)
+        sleep = min(sleep * 1.5, max_poll_s)

@@ -1,0 +1,41 @@
+"""Exceptions that reach the user as one line (see cli.main for the mapping to exit codes)."""
+
+
+class PpsvdError(Exception):
+    """An error whose message is complete enough to show the user as one line."""
+
+    exit_code = 1
+
+
+class ConfigError(PpsvdError, ValueError):
+    """Bad user input: the message names the bad value and the fix. Exit code 2."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(ConfigError):
+    """The model is not in the cache / not at the path, and cannot be downloaded."""
+
+
+class InputImageError(ConfigError):
+    """An --image path that does not exist or is not a readable image."""
+
+
+class StageFailedError(PpsvdError):
+    """A pipeline stage failed; the message names the stage and why."""
+
+
+class TransportError(PpsvdError):
+    """A link between two stages broke or received something it must not accept."""
+
+
+class ProtocolError(TransportError):
+    """A received message is malformed, oversized or not what the receiver expects."""
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """A send or receive did not complete within its deadline."""
+
+
+class Cancelled(PpsvdError):
+    """A wait was abandoned because the run is stopping (another stage failed)."""

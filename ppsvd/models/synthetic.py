@@ -1,0 +1,91 @@
+"""A deterministic CPU stand-in for the SVD UNet, for machines without GPUs.
+
+It keeps what matters for the pipeline and drops the network:
+- the scheduler is diffusers' EulerDiscreteScheduler configured exactly as SVD's, and each
+  stage starts it at its own first step (set_begin_index), so the step -> sigma mapping of
+  every stage is exercised as in the real model;
+- the "noise prediction" is a cheap nonlinear function of the latent, the conditioning and
+  the timestep, so the result changes if any step is skipped, repeated or reordered;
+- each step can cost --step-ms of wall time *without using the CPU* (a sleep, like waiting for
+  a GPU kernel), so scaling over N stages can be measured on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+
+import torch
+
+from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.protocol import Schema, TensorSpec, dtype_name
+
+
+def svd_scheduler():
+    """diffusers' EulerDiscreteScheduler with SVD-XT's scheduler config (shipped in the package)."""
+    from diffusers import EulerDiscreteScheduler
+
+    config_dir = resources.files("ppsvd.models").joinpath("configs/svd-xt/scheduler")
+    with resources.as_file(config_dir) as path:
+        return EulerDiscreteScheduler.from_pretrained(str(path))
+
+
+class SyntheticStageModel(StageModel):
+    def __init__(self, config, plan, stage, device) -> None:
+        super().__init__(config, plan, stage, device)
+        self.dtype = torch_dtype(config.resolved_dtype)
+        self.scheduler = svd_scheduler()
+        b, c, f, h, w = config.latent_shape
+        self.state_shape = (b, f, c, h, w)  # diffusers layout [B, F, C, H, W]
+        self.step_s = config.step_ms / 1000.0
+
+    def schema(self) -> Schema:
+        spec = TensorSpec("latents", dtype_name(self.dtype), self.state_shape)
+        cond = TensorSpec("image_latents", dtype_name(self.dtype), self.state_shape)
+        return {spec.name: spec, cond.name: cond}
+
+    def prepare(self, index: int) -> Sample:
+        generator = torch.Generator("cpu").manual_seed(self.config.seed + index)
+        image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
+        self.scheduler.set_timesteps(self.config.total_steps)
+        latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
+        latents = latents * self.scheduler.init_noise_sigma
+        tensors = {
+            "latents": latents.to(self.device, self.dtype),
+            "image_latents": image_latents.to(self.device, self.dtype),
+        }
+        return Sample(index=index, tensors=tensors, meta={"seed": self.config.seed + index})
+
+    def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
+        if not steps:
+            return sample
+        scheduler = self.scheduler
+        scheduler.set_timesteps(self.config.total_steps, device=self.device)
+        scheduler.set_begin_index(steps.start)
+        latents = sample.tensors["latents"]
+        cond = sample.tensors["image_latents"]
+        for step in steps:
+            started = time.perf_counter()
+            t = scheduler.timesteps[step]
+            model_input = scheduler.scale_model_input(latents, t)
+            noise_pred = torch.tanh(model_input + 0.1 * cond + torch.sin(t.to(latents.dtype) * (step + 1)))
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
+            _sleep_rest(self.step_s, started)
+            if on_step is not None:
+                on_step(step)
+        return Sample(index=sample.index, tensors={**sample.tensors, "latents": latents}, meta=sample.meta)
+
+    def finalize(self, sample: Sample) -> SampleResult:
+        return SampleResult(index=sample.index, latents=sample.tensors["latents"], meta=dict(sample.meta))
+
+    def describe(self) -> dict:
+        return {"model": "synthetic", "step_ms": self.config.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
+
+
+def _sleep_rest(step_s: float, started: float) -> None:
+    """Make the step last step_s in total, sleeping (not spinning) for what the math did not use."""
+    if step_s <= 0:
+        return
+    remaining = step_s - (time.perf_counter() - started)
+    if remaining > 0:
+        time.sleep(remaining)

@@ -1,0 +1,106 @@
+"""The raw timing record of a run: what each stage did to each sample, and when.
+
+Stages record wall-clock timestamps (time.time(), seconds) so records from several processes
+on one host line up; across hosts they are as good as the hosts' clock sync. metrics.py turns
+a RunTimeline into throughput, fill, efficiency and utilisation; this module only holds data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class SampleSpan:
+    """One stage's handling of one sample.
+
+    recv_*: waiting for and receiving the sample from the previous stage (None on stage 0).
+    compute_*: everything this stage computes for the sample: prepare (stage 0), its steps,
+      finalize/decode (last stage).
+    send_*: from handing the sample to the sender thread until the transport finished sending
+      it (None on the last stage). send_start may precede send_end by a queueing delay.
+    """
+
+    index: int
+    compute_start: float
+    compute_end: float
+    recv_start: float | None = None
+    recv_end: float | None = None
+    send_start: float | None = None
+    send_end: float | None = None
+    steps: int = 0
+
+    @property
+    def compute_s(self) -> float:
+        return self.compute_end - self.compute_start
+
+
+@dataclass
+class StageTimeline:
+    stage: int
+    steps: tuple[int, int]
+    """[start, stop) of the global step indices this stage runs (data strategy: [0, T))."""
+    launched: float
+    """When the worker process started running ppsvd code."""
+    ready: float
+    """When its model was loaded and its links open: it could start working."""
+    finished: float
+    """When it sent or wrote its last output and was done."""
+    samples: list[SampleSpan] = field(default_factory=list)
+    host: str = ""
+    device: str = "cpu"
+
+    @property
+    def load_s(self) -> float:
+        return self.ready - self.launched
+
+
+@dataclass
+class RunTimeline:
+    strategy: str
+    """'pipeline' (stages in a chain) or 'data' (independent workers)."""
+    total_steps: int
+    num_samples: int
+    run_start: float
+    """When the launcher started (before any worker existed)."""
+    stages: list[StageTimeline] = field(default_factory=list)
+    run_end: float | None = None
+    """When the launch as a whole returned (the guide's total time ends here)."""
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def completions(self) -> dict[int, float]:
+        """sample index -> when its result was complete (last stage, or the worker that ran it)."""
+        if self.strategy == "pipeline":
+            finishing = [self.stages[-1]] if self.stages else []
+        else:
+            finishing = self.stages
+        return {span.index: span.compute_end for stage in finishing for span in stage.samples}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> RunTimeline:
+        stages = []
+        for s in data.get("stages", []):
+            spans = [SampleSpan(**span) for span in s.get("samples", [])]
+            fields = {k: v for k, v in s.items() if k != "samples"}
+            fields["steps"] = tuple(fields["steps"])
+            stages.append(StageTimeline(**fields, samples=spans))
+        top = {k: v for k, v in data.items() if k != "stages"}
+        return RunTimeline(**top, stages=stages)
+
+    def save(self, path: Path) -> None:
+        from ppsvd.outputs import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1))
+
+    @staticmethod
+    def load(path: Path) -> RunTimeline:
+        return RunTimeline.from_json(json.loads(Path(path).read_text()))
