@@ -17,11 +17,15 @@ from typing import Any
 class SampleSpan:
     """One stage's handling of one sample.
 
-    recv_*: waiting for and receiving the sample from the previous stage (None on stage 0).
+    recv_start/recv_end: the compute loop waiting for this sample from the previous stage
+      (None on stage 0). A receiver thread fetches ahead, so this is ~0 when the sample was
+      already there; `arrived` is when the transport finished receiving it.
     compute_*: everything this stage computes for the sample: prepare (stage 0), its steps,
       finalize/decode (last stage).
-    send_*: from handing the sample to the sender thread until the transport finished sending
-      it (None on the last stage). send_start may precede send_end by a queueing delay.
+    send_start/enqueued: the compute loop handing the sample to the sender thread; they differ
+      when the send queue was full (back-pressure from the next stage). send_end: when the
+      transport finished sending it. All None on the last stage.
+    Hop time of a hand-off = next stage's `arrived` - this stage's `send_start`.
     """
 
     index: int
@@ -31,6 +35,8 @@ class SampleSpan:
     recv_end: float | None = None
     send_start: float | None = None
     send_end: float | None = None
+    arrived: float | None = None
+    enqueued: float | None = None
     steps: int = 0
 
     @property

@@ -12,6 +12,8 @@ It keeps what matters for the pipeline and drops the network:
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from importlib import resources
 
@@ -38,6 +40,7 @@ class SyntheticStageModel(StageModel):
         b, c, f, h, w = config.latent_shape
         self.state_shape = (b, f, c, h, w)  # diffusers layout [B, F, C, H, W]
         self.step_s = config.step_ms / 1000.0
+        self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
 
     def schema(self) -> Schema:
         spec = TensorSpec("latents", dtype_name(self.dtype), self.state_shape)
@@ -62,6 +65,8 @@ class SyntheticStageModel(StageModel):
         scheduler = self.scheduler
         scheduler.set_timesteps(self.config.total_steps, device=self.device)
         scheduler.set_begin_index(steps.start)
+        if self.fault is not None and self.fault[0] == sample.index:
+            _inject(self.fault[1], self.stage, sample.index)
         latents = sample.tensors["latents"]
         cond = sample.tensors["image_latents"]
         for step in steps:
@@ -80,6 +85,33 @@ class SyntheticStageModel(StageModel):
 
     def describe(self) -> dict:
         return {"model": "synthetic", "step_ms": self.config.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
+
+
+FAULT_ENV = "PPSVD_FAULT"
+"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample.
+KIND is raise (an exception), kill (SIGKILL itself), exit0 (leave quietly with code 0) or hang."""
+
+
+def _parse_fault(spec: str, stage: int) -> tuple[int, str] | None:
+    if not spec:
+        return None
+    fault_stage, sample, kind = spec.split(":")
+    return (int(sample), kind) if int(fault_stage) == stage else None
+
+
+def _inject(kind: str, stage: int, index: int) -> None:
+    import sys
+
+    print(f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}", file=sys.stderr, flush=True)
+    if kind == "raise":
+        raise RuntimeError(f"injected fault at sample {index}")
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "exit0":
+        os._exit(0)
+    if kind == "hang":
+        time.sleep(3600)
+    raise ValueError(f"{FAULT_ENV}: unknown fault kind {kind!r} (raise, kill, exit0, hang)")
 
 
 def _sleep_rest(step_s: float, started: float) -> None:

@@ -1,0 +1,81 @@
+"""The Typer app: mounts one module per command and maps errors to one line + an exit code.
+
+Exit codes: 0 success; 1 a run or check failed; 2 bad input (usage, config, model, image);
+130 interrupted. A full traceback is shown only with --debug or PPSVD_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+import typer.exceptions
+
+from ppsvd import __version__
+from ppsvd.commands import bench, doctor, run, simulate
+from ppsvd.console import error_line
+from ppsvd.errors import PpsvdError
+
+app = typer.Typer(
+    name="ppsvd",
+    help="Pipeline-parallel Stable Video Diffusion: denoising steps split across GPUs, same videos as diffusers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for module in (run, simulate, bench, doctor):
+    if getattr(module, "command", None) is not None:
+        app.command(module.NAME, help=module.command.__doc__)(module.command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ppsvd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Pipeline-parallel Stable Video Diffusion."""
+
+
+# Typer may vendor its own click: accept both its exception classes and click's.
+_EXIT = (typer.Exit, click.exceptions.Exit)
+_ABORT = (typer.Abort, click.exceptions.Abort)
+_USAGE = (typer.exceptions.TyperException, click.ClickException)
+
+
+def debug_enabled(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("PPSVD_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    try:
+        code = app(args=argv, prog_name="ppsvd", standalone_mode=False)
+    except _EXIT as exc:
+        code = exc.exit_code
+    except _USAGE as exc:  # bad flag, wrong number of values: click prints usage + one line
+        exc.show()
+        code = exc.exit_code
+    except _ABORT + (KeyboardInterrupt,):
+        error_line("interrupted")
+        code = 130
+    except PpsvdError as exc:
+        if debug:
+            raise
+        error_line(str(exc))
+        code = exc.exit_code
+    except Exception as exc:  # a bug: still one line unless debugging
+        if debug:
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,283 @@
+"""The stage loop: receive -> run own steps -> send on, with fill, drain and end of stream.
+
+Three threads per stage keep the compute loop busy:
+- a receiver thread fetches the next sample from the previous stage while this one computes
+  (a bounded inbox: it stops receiving when full, which holds the previous stage back);
+- the compute loop (the caller's thread) runs this stage's steps on one sample at a time;
+- a sender thread hands finished samples to the next stage, so a slow send never stalls the
+  next computation (a bounded outbox: when it is full the compute loop waits: back-pressure).
+The last stage has a writer thread instead of a sender, so encoding and disk I/O overlap too.
+Samples travel in order on FIFO links; every stage checks the index it receives, so a lost,
+repeated or reordered sample is an error, never a silently different output.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ppsvd.backends.base import CancelCheck, Transport
+from ppsvd.config import RunConfig
+from ppsvd.errors import Cancelled, TransportError, TransportTimeout
+from ppsvd.models.base import Sample, SampleResult, StageModel
+from ppsvd.plan import StepPlan
+from ppsvd.progress import ProgressReporter
+from ppsvd.protocol import Message
+from ppsvd.timeline import SampleSpan, StageTimeline
+
+POLL_S = 0.05
+
+
+@dataclass
+class StageContext:
+    """What the loop needs besides the model and the links."""
+
+    config: RunConfig
+    plan: StepPlan
+    stage: int
+    """Position in the chain (the rank for 'pipeline'; 0 for every 'data' worker)."""
+    indices: list[int]
+    """Sample indices this stage will see, in order."""
+    cancelled: CancelCheck
+    fail: Callable[..., None]
+    """fail(message, stage=None): publish a failure (of this stage, or of the `stage` blamed)."""
+    reporter: ProgressReporter | None = None
+    run_dir: Path | None = None
+    spans: list[SampleSpan] = field(default_factory=list)
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == self.plan.num_stages - 1
+
+
+def _put(q: queue.Queue, item: Any, cancelled: CancelCheck, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            q.put(item, timeout=POLL_S)
+            return
+        except queue.Full:
+            if cancelled():
+                raise Cancelled(f"stopped waiting to {what}") from None
+            if time.monotonic() > deadline:
+                raise TransportTimeout(f"could not {what} within {timeout_s:g} s") from None
+
+
+def _get(q: queue.Queue, cancelled: CancelCheck, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            if cancelled():
+                raise Cancelled(f"stopped waiting for {what}") from None
+            if time.monotonic() > deadline:
+                raise TransportTimeout(f"no {what} within {timeout_s:g} s") from None
+
+
+class _Worker(threading.Thread):
+    """A daemon thread whose failure becomes this stage's failure (never swallowed)."""
+
+    peer: int | None = None
+    """The neighbour this thread talks to: a broken link is blamed on it, not on us."""
+
+    def __init__(self, ctx: StageContext, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.ctx = ctx
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except Cancelled:
+            pass  # another part of the run failed; its reason is already published
+        except TransportError as exc:
+            if self.peer is not None and not isinstance(exc, TransportTimeout):
+                # A dead peer shows up here first (gloo sees the socket close at once); the
+                # cause is the peer, so name it rather than this healthy stage.
+                self.ctx.fail(f"its link to stage {self.ctx.stage} broke: {exc}", stage=self.peer)
+            else:
+                self.ctx.fail(f"{self.name}: {exc}")
+        except Exception as exc:
+            self.ctx.fail(f"{self.name}: {type(exc).__name__}: {exc}")
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+
+class Receiver(_Worker):
+    """Receives messages ahead of the compute loop into a bounded inbox."""
+
+    def __init__(self, ctx: StageContext, transport: Transport, schema, depth: int) -> None:
+        super().__init__(ctx, f"stage {ctx.stage} receiver")
+        self.peer = ctx.stage - 1
+        self.transport = transport
+        self.schema = schema
+        self.inbox: queue.Queue = queue.Queue(maxsize=depth)
+
+    def work(self) -> None:
+        timeout = self.ctx.config.timeout_s
+        while True:
+            msg = self.transport.recv(self.schema, timeout_s=timeout, cancelled=self.ctx.cancelled)
+            _put(self.inbox, (msg, time.time()), self.ctx.cancelled, timeout, "queue a received sample")
+            if msg.is_end:
+                return
+
+
+class Sender(_Worker):
+    """Sends queued messages to the next stage; records when each send completed."""
+
+    def __init__(self, ctx: StageContext, transport: Transport, depth: int) -> None:
+        super().__init__(ctx, f"stage {ctx.stage} sender")
+        self.peer = ctx.stage + 1
+        self.transport = transport
+        self.outbox: queue.Queue = queue.Queue(maxsize=depth)
+        self.sent_at: dict[int, float] = {}
+
+    def work(self) -> None:
+        timeout = self.ctx.config.timeout_s
+        while True:
+            msg: Message = _get(self.outbox, self.ctx.cancelled, timeout, "sample to send")
+            self.transport.send(msg, timeout_s=timeout, cancelled=self.ctx.cancelled)
+            if msg.is_end:
+                return
+            self.sent_at[msg.index] = time.time()
+
+
+class Writer(_Worker):
+    """Last stage: writes each finished sample's outputs while the next one computes."""
+
+    def __init__(self, ctx: StageContext, write: Callable[[SampleResult], None], depth: int) -> None:
+        super().__init__(ctx, f"stage {ctx.stage} writer")
+        self.write = write
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+
+    def work(self) -> None:
+        timeout = self.ctx.config.timeout_s
+        while True:
+            result = _get(self.queue, self.ctx.cancelled, timeout, "sample to write")
+            if result is None:
+                return
+            self.write(result)
+
+
+def run_stage(
+    ctx: StageContext,
+    model: StageModel,
+    transport: Transport | None,
+    write: Callable[[SampleResult], None],
+) -> list[SampleSpan]:
+    """Process every sample of ctx.indices through this stage; returns the per-sample spans."""
+    config, cancelled = ctx.config, ctx.cancelled
+    my_steps = ctx.plan.ranges[ctx.stage]
+    depth = max(1, config.max_in_flight - 1)  # one message in the transport plus `depth` queued
+    threads: list[_Worker] = []
+    receiver = sender = writer = None
+    if not ctx.is_first:
+        assert transport is not None
+        receiver = Receiver(ctx, transport, model.schema(), depth=config.max_in_flight)
+        threads.append(receiver)
+    if not ctx.is_last:
+        assert transport is not None
+        sender = Sender(ctx, transport, depth=depth)
+        threads.append(sender)
+    else:
+        writer = Writer(ctx, write, depth=config.max_in_flight)
+        threads.append(writer)
+    for thread in threads:
+        thread.start()
+
+    spans: list[SampleSpan] = ctx.spans
+    for expected in ctx.indices:
+        span_recv = (None, None, None)
+        if ctx.is_first:
+            compute_start = time.time()
+            sample = model.prepare(expected)
+        else:
+            recv_start = time.time()
+            msg, arrived = _get(receiver.inbox, cancelled, config.timeout_s, f"sample {expected} from stage {ctx.stage - 1}")
+            if msg.is_end or msg.index != expected:
+                got = "end of stream" if msg.is_end else f"sample {msg.index}"
+                raise TransportError(f"stage {ctx.stage} received {got} from stage {ctx.stage - 1}, expected sample {expected}")
+            span_recv = (recv_start, time.time(), arrived)
+            compute_start = time.time()
+            sample = Sample.from_message(msg, model.device)
+        reporter_step = ctx.reporter.step if ctx.reporter is not None else None
+        sample = model.run_steps(sample, my_steps, on_step=reporter_step)
+        span = SampleSpan(
+            index=expected,
+            compute_start=compute_start,
+            compute_end=0.0,
+            recv_start=span_recv[0],
+            recv_end=span_recv[1],
+            arrived=span_recv[2],
+            steps=len(my_steps),
+        )
+        if ctx.is_last:
+            result = model.finalize(sample)
+            span.compute_end = time.time()
+            result.meta.setdefault("started", sample.meta.get("started", compute_start))
+            result.meta["completed"] = span.compute_end
+            _put(writer.queue, result, cancelled, config.timeout_s, f"write sample {expected}")
+        else:
+            span.compute_end = time.time()
+            sample.meta.setdefault("started", compute_start)
+            span.send_start = time.time()
+            _put(sender.outbox, sample.to_message(), cancelled, config.timeout_s, f"send sample {expected}")
+            span.enqueued = time.time()
+        spans.append(span)
+        if ctx.reporter is not None:
+            ctx.reporter.sample_done()
+        if cancelled():
+            raise Cancelled("the run is stopping")
+
+    # End of stream: tell the next stage how many samples there were, then drain our threads.
+    if ctx.is_first or receiver is None:
+        pass
+    else:
+        msg, _ = _get(receiver.inbox, cancelled, config.timeout_s, f"end of stream from stage {ctx.stage - 1}")
+        if not msg.is_end or msg.index != len(ctx.indices):
+            raise TransportError(f"stage {ctx.stage} expected end of stream after {len(ctx.indices)} samples, got {msg.kind} {msg.index}")
+    if sender is not None:
+        _put(sender.outbox, Message.end(len(ctx.indices)), cancelled, config.timeout_s, "send end of stream")
+    if writer is not None:
+        _put(writer.queue, None, cancelled, config.timeout_s, "finish writing")
+    for thread in threads:
+        _join(thread, cancelled, config.timeout_s)
+    if cancelled():
+        raise Cancelled("the run is stopping")
+    if sender is not None:
+        for span in spans:
+            span.send_end = sender.sent_at.get(span.index)
+    return spans
+
+
+def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive():
+        thread.join(POLL_S)
+        if cancelled():
+            raise Cancelled(f"stopped waiting for {thread.name}")
+        if time.monotonic() > deadline:
+            raise TransportTimeout(f"{thread.name} did not finish within {timeout_s:g} s")
+
+
+def stage_timeline(ctx: StageContext, *, launched: float, ready: float, finished: float, host: str, device: str) -> StageTimeline:
+    steps = ctx.plan.ranges[ctx.stage]
+    return StageTimeline(
+        stage=ctx.stage,
+        steps=(steps.start, steps.stop),
+        launched=launched,
+        ready=ready,
+        finished=finished,
+        samples=list(ctx.spans),
+        host=host,
+        device=device,
+    )

@@ -1,0 +1,236 @@
+"""One worker process: join the world, load this stage's model, run the stage loop, report.
+
+Entered two ways: `worker_main(spec)` when ppsvd started the workers itself (elastic launcher),
+or `torchrun_main(config)` when the command already runs under torchrun. Both end in `_run`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from ppsvd.config import RunConfig
+from ppsvd.control import RunControl, key, store_get
+from ppsvd.errors import Cancelled, PpsvdError
+
+RUN_DIR_KEY = "run_dir"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the launcher hands every worker (pickled once by the launcher, never from a socket)."""
+
+    config: RunConfig
+    run_id: str
+    run_dir: str
+    run_start: float
+    store_host: str
+    store_port: int
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point for workers started by ppsvd.launch (one per local rank)."""
+    _die_with_parent()
+    from torch.distributed import TCPStore
+
+    store = TCPStore(
+        spec.store_host,
+        spec.store_port,
+        is_master=False,
+        timeout=timedelta(seconds=spec.config.timeout_s),
+        use_libuv=True,
+    )
+    code = _run(spec.config, store, spec.run_id, Path(spec.run_dir), spec.run_start, self_launched=True)
+    if code:
+        sys.exit(code)
+
+
+def torchrun_main(config: RunConfig) -> int:
+    """Entry point when the command itself runs under torchrun: this process is one stage."""
+    launched = time.time()
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout_s)))
+    run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    run_key = key(run_id, RUN_DIR_KEY)
+    if rank == 0:
+        from ppsvd.outputs import make_run_dir
+
+        run_dir = make_run_dir(config.output_dir, _label(config, world))
+        store.set(run_key, str(run_dir))
+    else:
+        run_dir = Path(store_get(store, run_key, config.timeout_s).decode())
+    return _run(config, store, run_id, run_dir, launched, self_launched=False)
+
+
+def _label(config: RunConfig, world: int) -> str:
+    model = Path(config.model).name or "model"
+    return f"{model}-{config.strategy}-n{world}"
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL if the launcher dies, so a killed launcher never leaves orphans."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float, *, self_launched: bool) -> int:
+    """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by another)."""
+    launched = time.time()
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    control = RunControl(store, run_id, rank, world)
+    control.start_watching()
+    opened: list = []  # transports to close however we leave
+    try:
+        _work(config, store, control, opened, run_id, run_dir, run_start, launched, rank, world, local_rank, local_world, self_launched)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every way out must be reported, then mapped to an exit code
+        reason = control.reason
+        if isinstance(exc, Cancelled) or (reason is not None and reason.stage != rank):
+            if reason is not None and reason.stage == rank:
+                _say(f"stage {rank} failed: {reason.message}")
+                return 1
+            cause = f"stage {reason.stage} failed: {reason.message}" if reason and reason.stage is not None else (reason.message if reason else str(exc))
+            _say(f"stage {rank} stopped because {cause}", quiet=not config.debug)
+            return 3
+        message = str(exc) if isinstance(exc, PpsvdError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        control.fail(message)
+        _say(f"stage {rank} failed: {message}")
+        if config.debug:
+            import traceback
+
+            traceback.print_exc()
+        return 1
+    finally:
+        control.stop_watching()
+        for transport in opened:
+            try:
+                transport.close()
+            except Exception:
+                pass
+
+
+def _say(text: str, *, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"ppsvd: {text}", file=sys.stderr, flush=True)
+
+
+def _work(config, store, control, opened, run_id, run_dir, run_start, launched, rank, world, local_rank, local_world, self_launched):
+    import torch
+
+    from ppsvd import backends
+    from ppsvd.backends.base import StageWorld
+    from ppsvd.models.base import build_stage_model
+    from ppsvd.outputs import ResultWriter, write_json_atomic
+    from ppsvd.plan import partition_steps, shard_samples
+    from ppsvd.progress import ProgressReporter
+    from ppsvd.stage import StageContext, run_stage, stage_timeline
+
+    cuda_count = torch.cuda.device_count() if config.device == "cuda" else 0
+    config.check_devices(cuda_count, local_world)
+    if config.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+
+    pipeline = config.strategy == "pipeline"
+    if pipeline:
+        plan, stage, indices = partition_steps(config.total_steps, world), rank, list(range(config.num_samples))
+    else:
+        plan, stage, indices = partition_steps(config.total_steps, 1), 0, list(shard_samples(config.num_samples, world, rank))
+    if rank == 0:
+        write_json_atomic(run_dir / "config.json", {**config.to_json(), "world_size": world, "partition": plan.to_json(), "run_id": run_id})
+
+    transport = None
+    if pipeline and world > 1:
+        stage_world = StageWorld(
+            rank=rank,
+            world_size=world,
+            local_rank=local_rank,
+            local_world_size=local_world,
+            store=store,
+            device=str(device),
+            timeout_s=config.timeout_s,
+            bind_host=config.bind_host,
+            zmq_endpoint=config.zmq_endpoint,
+            run_id=run_id,
+        )
+        transport = backends.load(config.resolved_transport)(stage_world)
+        opened.append(transport)
+        transport.open()
+    model = build_stage_model(config, plan, stage, device)
+    ready = time.time()
+
+    is_writer = stage == plan.num_stages - 1
+    writer = None
+    if is_writer:
+        writer = ResultWriter(run_dir, config, plan, model.describe(), manifest_name="manifest.json" if pipeline else f".manifest-{rank}.json")
+    ctx = StageContext(
+        config=config,
+        plan=plan,
+        stage=stage,
+        indices=indices,
+        cancelled=control.cancelled,
+        fail=control.fail,
+        reporter=ProgressReporter(store, run_id, rank),
+        run_dir=run_dir,
+    )
+    run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
+    timeline = stage_timeline(ctx, launched=launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
+    timeline.stage = rank  # data-parallel workers all run "stage 0" of a 1-stage plan
+    store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))
+    control.mark_done()
+    control.wait_all_done(config.timeout_s)
+    if rank == 0:
+        _collect(config, store, run_id, run_dir, run_start, world, self_launched)
+
+
+def _collect(config, store, run_id, run_dir, run_start, world, self_launched) -> None:
+    """Rank 0: gather every stage's timeline into timeline.json (and merge data-parallel manifests)."""
+    from ppsvd.outputs import write_json_atomic
+    from ppsvd.timeline import RunTimeline
+
+    stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.timeout_s)) for r in range(world)]
+    timeline = RunTimeline.from_json(
+        {
+            "strategy": config.strategy,
+            "total_steps": config.total_steps,
+            "num_samples": config.num_samples,
+            "run_start": run_start if self_launched else min(s["launched"] for s in stages),
+            "run_end": None if self_launched else time.time(),
+            "stages": stages,
+        }
+    )
+    timeline.save(run_dir / "timeline.json")
+    if config.strategy == "data":
+        entries, manifest = [], None
+        for part in sorted(run_dir.glob(".manifest-*.json")):
+            manifest = json.loads(part.read_text())
+            entries.extend(manifest["samples"])
+            part.unlink()
+        if manifest is not None:
+            manifest["samples"] = sorted(entries, key=lambda e: e["index"])
+            write_json_atomic(run_dir / "manifest.json", manifest)
+    if not self_launched and config.show_progress:
+        from ppsvd.summary import print_summary
+
+        print_summary(run_dir)

@@ -1,0 +1,44 @@
+"""Shared by the multi-process tests: a small synthetic config and its single-process reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ppsvd.config import RunConfig
+from ppsvd.models.base import build_stage_model
+from ppsvd.plan import partition_steps
+
+SMALL_SHAPE = (1, 4, 2, 8, 8)
+
+
+def small_config(tmp_path: Path, **changes) -> RunConfig:
+    base = dict(
+        model="synthetic",
+        total_steps=28,
+        latent_shape=SMALL_SHAPE,
+        num_samples=5,
+        seed=7,
+        step_ms=0.0,
+        output_dir=tmp_path,
+        show_progress=False,
+        timeout_s=60.0,
+    )
+    base.update(changes)
+    return RunConfig(**base).validate()
+
+
+def reference_latents(config: RunConfig) -> dict[int, torch.Tensor]:
+    """Every sample computed in this process by one stage that runs all steps."""
+    plan = partition_steps(config.total_steps, 1)
+    model = build_stage_model(config, plan, 0, torch.device("cpu"))
+    return {
+        i: model.finalize(model.run_steps(model.prepare(i), plan.ranges[0])).latents for i in range(config.num_samples)
+    }
+
+
+def read_latents(run_dir: Path) -> dict[int, torch.Tensor]:
+    files = sorted((Path(run_dir) / "latents").glob("sample_*.safetensors"))
+    return {int(f.stem.split("_")[1]): load_file(str(f))["latents"] for f in files}
