@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from ppsvd.config import SYNTHETIC_MODEL, RunConfig
+from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.plan import StepPlan
 from ppsvd.protocol import KIND_SAMPLE, Message, Schema
 
@@ -96,6 +96,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 _IMPLEMENTATIONS: dict[str, str] = {
     SYNTHETIC_MODEL: "ppsvd.models.synthetic:SyntheticStageModel",
+    TINY_MODEL: "ppsvd.models.svd:SVDStageModel",  # the small SVD of ppsvd.models.tiny
 }
 _DEFAULT_IMPLEMENTATION = "ppsvd.models.svd:SVDStageModel"
 

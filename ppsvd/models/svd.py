@@ -1,0 +1,552 @@
+"""Stable Video Diffusion as a StageModel, bitwise equal to diffusers' StableVideoDiffusionPipeline.
+
+No math is copied from diffusers. Each stage wraps the components it loaded in a
+StableVideoDiffusionPipeline (None for the ones it does not need) and calls that pipeline's own
+helpers (_encode_image, _encode_vae_image, _get_add_time_ids, prepare_latents, decode_latents,
+video_processor) in the order of StableVideoDiffusionPipeline.__call__, drawing from a generator
+seeded like the reference's in the same order. Only the denoising loop is written out here,
+statement for statement as in __call__, because it is what the stages split between them: stage
+k sets the full schedule and starts it at its own first step (set_begin_index), so its step i
+uses exactly the sigma the reference's step i uses.
+
+What a stage loads (every stage: UNet + scheduler):
+    stage 0        + CLIP image encoder, feature extractor, VAE encoder (decoder too if also last)
+    last stage     + VAE decoder
+Where from (config.model / config.weights):
+    'tiny'            the small SVD of ppsvd.models.tiny, built in code with seeded weights
+    --weights random  SVD-XT's architecture from configs shipped in the package, seeded weights
+    a directory       from_pretrained(directory, subfolder=...)
+    a hub id          from_pretrained(id, subfolder=...) through the Hugging Face cache
+                      (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honoured)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig
+from ppsvd.errors import ConfigError, ModelNotFoundError
+from ppsvd.images import check_image, image_for_sample, load_sample_image, resolve_images
+from ppsvd.models import tiny
+from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.protocol import Schema, TensorSpec, dtype_name
+
+# Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
+LATENTS = "latents"  # [B, F, C, H, W], the state being denoised
+IMAGE_LATENTS = "image_latents"  # [k*B, F, C, H, W], VAE latent of the input image, per frame
+IMAGE_EMBEDDINGS = "image_embeddings"  # [k*B, 1, D], CLIP image embedding
+ADDED_TIME_IDS = "added_time_ids"  # [k*B, 3], fps-1, motion bucket, noise augmentation
+GUIDANCE_SCALE = "guidance_scale"  # [B, F, 1, 1, 1], per-frame CFG weight
+HANDOFF = (LATENTS, IMAGE_LATENTS, IMAGE_EMBEDDINGS, ADDED_TIME_IDS, GUIDANCE_SCALE)
+
+# Files of a complete model repository (what from_pretrained reads for each component).
+CONFIG_FILES = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "image_encoder": "image_encoder/config.json",
+    "feature_extractor": "feature_extractor/preprocessor_config.json",
+    "scheduler": "scheduler/scheduler_config.json",
+}
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin")
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = {"unet": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "image_encoder": _TRANSFORMERS_WEIGHTS}
+FP16_VARIANT = "fp16"
+
+
+# -- where the model comes from ------------------------------------------------------------------
+
+
+def stage_components(is_first: bool, is_last: bool) -> tuple[str, ...]:
+    """The components one stage loads (see the module docstring)."""
+    names = ["unet", "scheduler"]
+    if is_first:
+        names += ["image_encoder", "feature_extractor"]
+    if is_first or is_last:
+        names.append("vae")
+    return tuple(names)
+
+
+def model_source(config: RunConfig) -> str:
+    """'tiny', 'random', 'local' (a directory) or 'hub' (an id resolved through the HF cache)."""
+    if config.model == TINY_MODEL:
+        return "tiny"
+    if config.weights == "random":
+        return "random"
+    if os.path.isdir(os.path.expanduser(config.model)):
+        return "local"
+    return "hub"
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face cache that from_pretrained uses, read from the environment *now*.
+
+    huggingface_hub reads HF_HOME / HF_HUB_CACHE once at import; reading them again here (and
+    passing the result to from_pretrained) keeps the launcher's check and the workers' loads on
+    the same folder even when the variables were set after that import.
+    """
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return str(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (see hub_cache_dir for why not the import-time constant)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is None:
+        return bool(constants.HF_HUB_OFFLINE)
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def download_hint(model: str) -> str:
+    return f"hf download {model}"
+
+
+def _find(model: str, source: str, relpath: str) -> str | None:
+    """Path of one file of the model if it is on disk (local directory or HF cache), else None."""
+    if source == "local":
+        path = Path(os.path.expanduser(model)) / relpath
+        return str(path) if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model, relpath, cache_dir=hub_cache_dir())
+    return found if isinstance(found, str) else None
+
+
+def _weights_variant(model: str, source: str, name: str) -> str | None:
+    """None when the full-precision weights are on disk (or nothing is: let from_pretrained fetch
+    them), 'fp16' when only the fp16 variant is (SVD-XT's repo has both; some people fetch one)."""
+    files = WEIGHT_FILES.get(name, ())
+    if any(_find(model, source, f"{name}/{f}") for f in files):
+        return None
+    if any(_find(model, source, f"{name}/{_variant_name(f)}") for f in files):
+        return FP16_VARIANT
+    return None
+
+
+def _variant_name(filename: str) -> str:
+    """'model.safetensors' -> 'model.fp16.safetensors' (diffusers' and transformers' convention)."""
+    stem, _, rest = filename.partition(".")
+    return f"{stem}.{FP16_VARIANT}.{rest}"
+
+
+def _describe_missing(missing: list[str]) -> str:
+    """'not in' when no file at all is there, else 'incomplete in ... (missing a, b)'."""
+    if len(missing) == len(CONFIG_FILES) + len(WEIGHT_FILES):
+        return "not in"
+    return f"incomplete (missing {', '.join(missing)}) in"
+
+
+def _missing_files(model: str, source: str) -> list[str]:
+    """Files of a complete SVD repository that are not on disk (configs and weights)."""
+    missing = [rel for rel in CONFIG_FILES.values() if _find(model, source, rel) is None]
+    for name, files in WEIGHT_FILES.items():
+        candidates = [f"{name}/{f}" for f in files] + [f"{name}/{_variant_name(f)}" for f in files]
+        if not any(_find(model, source, rel) for rel in candidates):
+            missing.append(f"{name}/{files[0]}")
+    return missing
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def load_components(config: RunConfig, names: tuple[str, ...], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """The named components on `device`, modules in `dtype` and eval mode.
+
+    Parameters keep requires_grad=True, as diffusers' pipeline leaves them: all calls run under
+    torch.no_grad anyway, and frozen weights are *not* numerically neutral on CPU (measured with
+    torch 2.13: the tiny UNet's output changes in the last bits with requires_grad_(False),
+    because some kernels take another path for weights that need no gradient).
+    """
+    source = model_source(config)
+    if source == "tiny":
+        parts = tiny.build_components(tiny.TINY, names)
+    elif source == "random":
+        parts = tiny.build_components(tiny.SVD_XT, names, device=device)
+    else:
+        parts = {name: _from_pretrained(config.model, source, name, dtype) for name in names}
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            part.to(device=device).eval()
+            if part.dtype != dtype:  # loaded weights already come in dtype; built ones in fp32
+                _cast(part, dtype)
+    return parts
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """module.to(dtype) without diffusers' warning, which it logs on every dtype cast of a model
+    (its own pipeline's fp16 VAE upcast included) even when no module needs to stay in fp32."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        module.to(dtype=dtype)
+    finally:
+        logger.setLevel(level)
+
+
+def _from_pretrained(model: str, source: str, name: str, dtype: torch.dtype) -> Any:
+    """One component through its library's own from_pretrained, as diffusers' pipeline loads it."""
+    location = os.path.expanduser(model) if source == "local" else model
+    hub = {} if source == "local" else {"cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
+    variant = _weights_variant(model, source, name)
+    if name == "unet":
+        from diffusers import UNetSpatioTemporalConditionModel
+
+        return UNetSpatioTemporalConditionModel.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **hub)
+    if name == "vae":
+        from diffusers import AutoencoderKLTemporalDecoder
+
+        return AutoencoderKLTemporalDecoder.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **hub)
+    if name == "image_encoder":
+        from transformers import CLIPVisionModelWithProjection
+
+        return CLIPVisionModelWithProjection.from_pretrained(location, subfolder=name, dtype=dtype, variant=variant, **hub)
+    if name == "feature_extractor":
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor.from_pretrained(location, subfolder=name, **hub)
+    if name == "scheduler":
+        from diffusers import EulerDiscreteScheduler
+
+        return EulerDiscreteScheduler.from_pretrained(location, subfolder=name, **hub)
+    raise ValueError(f"unknown component {name!r}")
+
+
+def _keep_vae_halves(vae: Any, encoder: bool, decoder: bool) -> None:
+    """Free the VAE half a stage never runs (the decoder is most of SVD's VAE)."""
+    if not decoder:
+        vae.decoder = None
+    if not encoder:
+        vae.encoder = None
+        vae.quant_conv = None
+
+
+# -- the stage model -----------------------------------------------------------------------------
+
+
+class SVDStageModel(StageModel):
+    def __init__(self, config: RunConfig, plan, stage: int, device: torch.device) -> None:
+        super().__init__(config, plan, stage, torch.device(device))
+        from diffusers import StableVideoDiffusionPipeline
+
+        self.dtype = torch_dtype(config.resolved_dtype)
+        self.source = model_source(config)
+        self.components = stage_components(self.is_first, self.is_last)
+        parts = load_components(config, self.components, self.device, self.dtype)
+        self.unet = parts["unet"]
+        self.scheduler = parts["scheduler"]
+        self.vae = parts.get("vae")
+        if self.vae is not None:
+            _keep_vae_halves(self.vae, encoder=self.is_first, decoder=self.is_last)
+        # The reference computes CFG on when max_guidance_scale > 1 while encoding (before the
+        # per-frame scale exists); the hand-off shapes follow from it.
+        self.encode_with_cfg = config.max_guidance_scale > 1
+        self.pipe = StableVideoDiffusionPipeline(
+            vae=self.vae,
+            image_encoder=parts.get("image_encoder"),
+            unet=self.unet,
+            scheduler=self.scheduler,
+            feature_extractor=parts.get("feature_extractor"),
+        )
+        # Sample i uses image i mod count; directories and globs are expanded once, here.
+        self.images = resolve_images(config.images) if self.is_first else ()
+
+    # -- shapes --------------------------------------------------------------------------------
+    @property
+    def pixel_size(self) -> tuple[int, int]:
+        """(height, width) in pixels: the latent size times the VAE's scale factor (8 for SVD)."""
+        _, _, _, h, w = self.config.latent_shape
+        scale = self.pipe.vae_scale_factor
+        return h * scale, w * scale
+
+    def schema(self) -> Schema:
+        b, c, f, h, w = self.config.latent_shape
+        k = 2 if self.encode_with_cfg else 1
+        dim = self.unet.config.cross_attention_dim
+        dtype = dtype_name(self.dtype)
+        specs = (
+            TensorSpec(LATENTS, dtype, (b, f, c, h, w)),
+            TensorSpec(IMAGE_LATENTS, dtype, (k * b, f, c, h, w)),
+            TensorSpec(IMAGE_EMBEDDINGS, dtype, (k * b, 1, dim)),
+            TensorSpec(ADDED_TIME_IDS, dtype, (k * b, 3)),
+            TensorSpec(GUIDANCE_SCALE, dtype, (b, f, 1, 1, 1)),
+        )
+        return {spec.name: spec for spec in specs}
+
+    # -- stage 0 -------------------------------------------------------------------------------
+    def prepare(self, index: int) -> Sample:
+        seed = self.config.seed + index
+        image_name = image_for_sample(self.images, index)
+        height, width = self.pixel_size
+        image = load_sample_image(image_name, width, height)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        with torch.no_grad():
+            tensors = self._initial_state(image, generator)
+        return Sample(index=index, tensors=tensors, meta={"seed": seed, "image": image_name})
+
+    def _initial_state(self, image, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Steps 3-8 of StableVideoDiffusionPipeline.__call__, in its order (the generator's draws:
+        first the image's noise augmentation, then the initial latents)."""
+        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _append_dims
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe, cfg, device, config = self.pipe, self.encode_with_cfg, self.device, self.config
+        b, _, f, _, _ = config.latent_shape
+        height, width = self.pixel_size
+
+        # [k*B, 1, D]; one PIL image, so the reference's batch_size is 1 and B is num_videos_per_prompt.
+        image_embeddings = pipe._encode_image(image, device, b, cfg)
+        dtype = image_embeddings.dtype
+        # SVD was micro-conditioned on fps - 1 (diffusers does the same subtraction).
+        fps = config.fps - 1
+
+        pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device)
+        noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+        pixels = pixels + config.noise_aug_strength * noise
+        image_latents = self._encode_pixels(pixels, b, cfg).to(dtype)
+        image_latents = image_latents.unsqueeze(1).repeat(1, f, 1, 1, 1)  # [k*B, F, C, H, W]
+
+        added_time_ids = pipe._get_add_time_ids(fps, config.motion_bucket_id, config.noise_aug_strength, dtype, 1, b, cfg)
+        added_time_ids = added_time_ids.to(device)
+
+        # init_noise_sigma depends on the schedule, so it is set before the latents are drawn.
+        self.scheduler.set_timesteps(config.total_steps, device=device)
+        latents = pipe.prepare_latents(b, f, self.unet.config.in_channels, height, width, dtype, device, generator)
+
+        guidance_scale = torch.linspace(config.min_guidance_scale, config.max_guidance_scale, f).unsqueeze(0)
+        guidance_scale = guidance_scale.to(device, latents.dtype).repeat(b, 1)
+        guidance_scale = _append_dims(guidance_scale, latents.ndim)
+        return {
+            LATENTS: latents,
+            IMAGE_LATENTS: image_latents,
+            IMAGE_EMBEDDINGS: image_embeddings,
+            ADDED_TIME_IDS: added_time_ids,
+            GUIDANCE_SCALE: guidance_scale,
+        }
+
+    def _encode_pixels(self, pixels: torch.Tensor, b: int, cfg: bool) -> torch.Tensor:
+        """pipe._encode_vae_image, with the reference's fp16 VAE upcast around it."""
+        vae = self.vae
+        needs_upcasting = vae.dtype == torch.float16 and vae.config.force_upcast
+        if needs_upcasting:
+            _cast(vae, torch.float32)
+        try:
+            return self.pipe._encode_vae_image(pixels, device=self.device, num_videos_per_prompt=b, do_classifier_free_guidance=cfg)
+        finally:
+            if needs_upcasting:
+                _cast(vae, torch.float16)
+
+    # -- every stage ---------------------------------------------------------------------------
+    def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
+        if not steps:
+            return sample
+        t = sample.tensors
+        latents = t[LATENTS]
+        image_latents, image_embeddings, added_time_ids = t[IMAGE_LATENTS], t[IMAGE_EMBEDDINGS], t[ADDED_TIME_IDS]
+        guidance_scale = t[GUIDANCE_SCALE]
+        # In the loop the reference decides CFG from the per-frame scale tensor.
+        cfg = bool(guidance_scale.max() > 1)
+        scheduler = self.scheduler
+        scheduler.set_timesteps(self.config.total_steps, device=self.device)
+        scheduler.set_begin_index(steps.start)
+        with torch.no_grad():
+            for i in steps:
+                timestep = scheduler.timesteps[i]
+                latents = self._step(latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg)
+                if on_step is not None:
+                    on_step(i)
+        return Sample(index=sample.index, tensors={**t, LATENTS: latents}, meta=sample.meta)
+
+    def _step(self, latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg: bool):
+        """One iteration of the reference's denoising loop (step 9 of __call__), unchanged."""
+        scheduler = self.scheduler
+        latent_model_input = torch.cat([latents] * 2) if cfg else latents
+        latent_model_input = scheduler.scale_model_input(latent_model_input, timestep)
+        latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+        noise_pred = self.unet(
+            latent_model_input,
+            timestep,
+            encoder_hidden_states=image_embeddings,
+            added_time_ids=added_time_ids,
+            return_dict=False,
+        )[0]
+        if cfg:
+            noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+        return scheduler.step(noise_pred, timestep, latents).prev_sample
+
+    # -- last stage ----------------------------------------------------------------------------
+    def finalize(self, sample: Sample) -> SampleResult:
+        latents = sample.tensors[LATENTS]
+        _, _, f, _, _ = self.config.latent_shape
+        chunk = self.config.decode_chunk_size or f
+        with torch.no_grad():
+            frames = self.pipe.decode_latents(latents, f, chunk)  # [B, 3, F, H, W], float32
+            video = self.pipe.video_processor.postprocess_video(video=frames, output_type="np")  # [B, F, H, W, 3]
+        return SampleResult(
+            index=sample.index,
+            latents=latents,
+            frames=torch.from_numpy(frames_to_uint8(video)),
+            meta=dict(sample.meta),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        modules = {"unet": self.unet, "vae": self.vae, "image_encoder": self.pipe.image_encoder}
+        info: dict[str, Any] = {
+            "model": self.config.model,
+            "source": self.source,
+            "weights": "seeded random" if self.source in ("tiny", "random") else "pretrained",
+            "dtype": self.config.resolved_dtype,
+            "components": list(self.components),
+            "parameters": {name: _count(m) for name, m in modules.items() if m is not None},
+            "classifier_free_guidance": self.encode_with_cfg,
+            "scheduler": type(self.scheduler).__name__,
+        }
+        if self.source == "random":
+            info["architecture"] = "SVD-XT (configs shipped in ppsvd)"
+        if self.vae is not None:
+            info["pixel_size"] = list(self.pixel_size)
+        return info
+
+    # -- launcher check ------------------------------------------------------------------------
+    @staticmethod
+    def preflight(config: RunConfig) -> None:
+        """Everything that can fail fast before workers start: images, model files, shapes.
+
+        Reads only small files (configs, image headers and pixels); imports neither diffusers nor
+        transformers, so a bad flag costs well under a second.
+        """
+        check_images(config)
+        unet_config, vae_config = model_configs(config)
+        check_shapes(config, unet_config, vae_config)
+
+
+# -- preflight helpers ---------------------------------------------------------------------------
+
+
+def check_images(config: RunConfig) -> None:
+    """Every image a sample will use exists and decodes (InputImageError otherwise)."""
+    if not config.images:
+        return
+    images = resolve_images(config.images)
+    for path in images[: config.num_samples]:
+        check_image(path)
+
+
+def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(unet config, vae config) of the model a run will load; ModelNotFoundError if absent."""
+    source = model_source(config)
+    if source == "tiny":
+        return tiny.load_config(tiny.TINY, "unet"), tiny.load_config(tiny.TINY, "vae")
+    if source == "random":
+        return tiny.load_config(tiny.SVD_XT, "unet"), tiny.load_config(tiny.SVD_XT, "vae")
+    model = config.model
+    if source == "hub":
+        _check_hub_id(model)
+    missing = _missing_files(model, source)
+    if missing:
+        if source == "local":
+            raise ModelNotFoundError(
+                f"--model {model}: the directory lacks {', '.join(missing)}; point --model at a complete SVD "
+                f"model folder (model_index.json, unet/, vae/, image_encoder/, feature_extractor/, scheduler/), "
+                f"e.g. one made by `{download_hint(DEFAULT_MODEL_ID)} --local-dir {model}`"
+            )
+        _fetch_configs_or_fail(model, missing)
+    return _read_json(model, source, CONFIG_FILES["unet"]), _read_json(model, source, CONFIG_FILES["vae"])
+
+
+def _check_hub_id(model: str) -> None:
+    """A --model that is neither a directory nor a well-formed hub id is a bad path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    looks_like_path = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        looks_like_path = True
+    if looks_like_path:
+        raise ModelNotFoundError(
+            f"--model {model}: no such directory; pass an existing model directory, a hub id like "
+            f"{DEFAULT_MODEL_ID} (looked up in the cache {hub_cache_dir()}), or 'tiny'"
+        )
+
+
+def _fetch_configs_or_fail(model: str, missing: list[str]) -> None:
+    """A hub model not fully in the cache: an error when offline; when online, fetch the small
+    configs now (so a wrong id fails here, in one line) and leave the weights to the workers."""
+    cache = hub_cache_dir()
+    if hub_offline():
+        raise ModelNotFoundError(
+            f"--model {model}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"name exists), and HF_HUB_OFFLINE forbids downloading; "
+            f"fetch it first with `{download_hint(model)}` (or unset HF_HUB_OFFLINE)"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        for rel in CONFIG_FILES.values():
+            hf_hub_download(model, rel, cache_dir=cache)
+    except Exception as exc:  # any hub failure (unknown repo, gated, no network) ends the same way
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelNotFoundError(
+            f"--model {model}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"name exists), and the Hub did not provide it ({reason}); check the id, or fetch it first with `{download_hint(model)}`"
+        ) from None
+
+
+def _read_json(model: str, source: str, relpath: str) -> dict[str, Any]:
+    import json
+
+    path = _find(model, source, relpath)
+    if path is None:  # fetched configs are in the cache now; anything else was reported above
+        raise ModelNotFoundError(f"--model {model}: {relpath} is missing; fetch the model with `{download_hint(model)}`")
+    return json.loads(Path(path).read_text())
+
+
+def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dict[str, Any]) -> None:
+    """The latent shape fits the model, and the pixel size passes diffusers' check_inputs."""
+    b, c, f, h, w = config.latent_shape
+    shape = " ".join(map(str, config.latent_shape))
+    channels = unet_config.get("out_channels", 4)
+    if c != channels or unet_config.get("in_channels", 2 * channels) != 2 * c or vae_config.get("latent_channels", c) != c:
+        raise ConfigError(
+            f"--latent-shape {shape}: C={c} but {config.model}'s latents have {channels} channels; "
+            f"use --latent-shape {b} {channels} {f} {h} {w}"
+        )
+    scale = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    height, width = h * scale, w * scale
+    if height % 8 or width % 8:
+        step = 8 // math.gcd(8, scale)
+        raise ConfigError(
+            f"--latent-shape {shape}: H={h} W={w} give {height}x{width} pixels, but SVD needs multiples of 8; "
+            f"use H and W that are multiples of {step}"
+        )
+    if f == 1 and config.min_guidance_scale <= 1 < config.max_guidance_scale:
+        # diffusers encodes with CFG (max > 1) but its one-frame scale is min: the shapes disagree.
+        raise ConfigError(
+            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.min_guidance_scale} <= 1 < "
+            f"--max-guidance-scale {config.max_guidance_scale} diffusers' SVD cannot run it; "
+            "use F >= 2 or set both guidance scales on the same side of 1"
+        )
+
+
+def frames_to_uint8(video: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8, rounding as diffusers' numpy_to_pil does for output_type='pil'."""
+    return (video * 255).round().astype(np.uint8)
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
