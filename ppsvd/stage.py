@@ -210,7 +210,9 @@ def run_stage(
             compute_start = time.time()
             sample = Sample.from_message(msg, model.device)
         reporter_step = ctx.reporter.step if ctx.reporter is not None else None
+        steps_start = time.perf_counter()
         sample = model.run_steps(sample, my_steps, on_step=reporter_step)
+        steps_s = time.perf_counter() - steps_start
         span = SampleSpan(
             index=expected,
             compute_start=compute_start,
@@ -219,6 +221,7 @@ def run_stage(
             recv_end=span_recv[1],
             arrived=span_recv[2],
             steps=len(my_steps),
+            steps_s=steps_s,
         )
         if ctx.is_last:
             result = model.finalize(sample)

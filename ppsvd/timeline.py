@@ -38,6 +38,8 @@ class SampleSpan:
     arrived: float | None = None
     enqueued: float | None = None
     steps: int = 0
+    steps_s: float | None = None
+    """Time spent in the denoising steps alone (compute minus prepare/encode and decode)."""
 
     @property
     def compute_s(self) -> float:

@@ -1,0 +1,316 @@
+"""ZeroMQ transport: PUSH -> PULL per adjacent pair, over ipc (one host) or tcp.
+
+Wire, per message (one multipart message, delivered whole or not at all): frame 0 is the
+JSON header (protocol.Header.to_bytes), then one raw frame per tensor in header order. The
+receiver checks the header frame's size before parsing it, the header against its schema, the
+frame count and each frame's length; anything unexpected is a ProtocolError. Nothing received is
+ever unpickled (no recv_pyobj, no torch.load): see vLLM CVE-2025-30165.
+
+Stage k > 0 binds a PULL socket and publishes its endpoint in the store under
+"<run_id>/zmq/<k>"; stage k < N-1 connects a PUSH socket to the endpoint of stage k+1.
+
+ZeroMQ's defaults are unsafe for us, so every option that matters is set: LINGER 0 (close never
+blocks), small high-water marks (back-pressure instead of unbounded queues), IMMEDIATE on PUSH
+(never queue to a peer that is not connected), MAXMSGSIZE when a payload limit is given (a peer
+sending a huge frame is disconnected before it is buffered). ZeroMQ never reports a dead peer,
+so every wait polls in slices of at most 50 ms, checking cancellation and the deadline.
+
+send() returns only when ZeroMQ has written the whole message to the socket (it tracks the last
+frame), like gloo's send: the caller may then reuse its tensors, and LINGER 0 on close() can no
+longer drop it. A message still queued in ZeroMQ when close() runs is lost by design (abort).
+
+Each socket is used by one thread only (PUSH by the send thread, PULL by the receive thread);
+both are created in open(), which is allowed because thread start is a memory barrier.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket as pysocket
+import tempfile
+import time
+
+import torch
+import zmq
+
+from ppsvd.backends.base import CancelCheck, StageWorld, Transport, wait_for
+from ppsvd.errors import Cancelled, ConfigError, ProtocolError, TransportError, TransportTimeout
+from ppsvd.protocol import (
+    HEADER_BYTES,
+    Message,
+    Schema,
+    check_against_schema,
+    parse_header,
+    tensor_from_bytes,
+    tensor_to_bytes,
+)
+
+HWM = 4
+"""Messages queued per socket before a send waits: enough to overlap, small enough to bound memory."""
+POLL_SLICE_S = 0.05
+"""Longest a single poll blocks before cancellation and the deadline are checked again."""
+_IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+class ZmqTransport(Transport):
+    name = "zmq"
+
+    def __init__(self, world: StageWorld, *, max_payload_bytes: int | None = None) -> None:
+        super().__init__(world, max_payload_bytes=max_payload_bytes)
+        self._ctx: zmq.Context | None = None
+        self._pull: zmq.Socket | None = None  # from stage k-1; used by the receive thread only
+        self._push: zmq.Socket | None = None  # to stage k+1; used by the send thread only
+        self._ipc_path: str | None = None  # the file our ipc bind created, removed on close
+        self.bound_endpoint: str | None = None
+        self.peer_endpoint: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """This stage's inbound endpoint (or the one it sends to, for stage 0)."""
+        return self.bound_endpoint or self.peer_endpoint or "unopened"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._ctx is not None:
+            return
+        kind = resolve_endpoint_kind(self.world)
+        self._ctx = zmq.Context()
+        try:
+            if not self.world.is_first:
+                self._bind_pull(kind)
+            if not self.world.is_last:
+                self._connect_push()
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind_pull(self, kind: str) -> None:
+        sock = self._ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        if self.max_payload_bytes is not None:
+            # Per frame: a header or one tensor can never be larger than this.
+            sock.setsockopt(zmq.MAXMSGSIZE, max(HEADER_BYTES, self.max_payload_bytes))
+        self._pull = sock
+        if kind == "ipc":
+            path = ipc_path(self.world.run_id, self.world.rank)
+            if os.path.exists(path):
+                # A second bind to an ipc path silently takes it over from the first owner.
+                raise ConfigError(
+                    f"zmq ipc socket {path} already exists: another run with run id {self.world.run_id!r} is using it, "
+                    "or a crashed run left it behind (delete it, or use a different run id)"
+                )
+            sock.bind(f"ipc://{path}")
+            self._ipc_path = path
+        else:
+            host = self.world.bind_host
+            if _is_ipv6(host):
+                sock.setsockopt(zmq.IPV6, 1)
+                host = f"[{host}]"
+            try:
+                sock.bind(f"tcp://{host}:*")
+            except zmq.ZMQError as exc:
+                raise ConfigError(f"cannot bind zmq to --bind-host {self.world.bind_host!r}: {exc}") from None
+        self.bound_endpoint = _advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.world.store.set(_store_key(self.world, self.world.rank), self.bound_endpoint)
+
+    def _connect_push(self) -> None:
+        peer = self.world.rank + 1
+        key = _store_key(self.world, peer)
+        # Poll with check() rather than a blocking store.wait(): a TCPStore client serves one
+        # request at a time, so a long wait would stall every other user of the same store.
+        try:
+            wait_for(
+                lambda: self.world.store.check([key]),
+                timeout_s=self.world.timeout_s,
+                cancelled=lambda: False,
+                what=f"stage {peer} publishing its zmq endpoint",
+                max_poll_s=0.05,
+            )
+            endpoint = self.world.store.get(key).decode()
+        except RuntimeError as exc:  # DistStoreError: the store is gone
+            raise TransportError(f"cannot read stage {peer}'s zmq endpoint from the store: {exc}") from None
+        sock = self._ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        if endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
+        sock.connect(endpoint)
+        self._push = sock
+        self.peer_endpoint = endpoint
+
+    def close(self) -> None:
+        for sock in (self._pull, self._push):
+            if sock is not None:
+                sock.close(linger=0)
+        self._pull = self._push = None
+        if self._ipc_path is not None:
+            try:
+                os.unlink(self._ipc_path)
+            except FileNotFoundError:
+                pass
+            self._ipc_path = None
+        if self._ctx is not None:
+            self._ctx.term()  # does not block: every socket is closed with linger 0
+            self._ctx = None
+
+    # -- send -----------------------------------------------------------------------------
+
+    def send(self, msg: Message, *, timeout_s: float, cancelled: CancelCheck) -> None:
+        if self._push is None:
+            raise TransportError(f"stage {self.world.rank} has no next stage to send to (or the transport is closed)")
+        peer = self.world.rank + 1
+        what = f"send of {msg.kind} {msg.index} to stage {peer}"
+        head = msg.header().to_bytes()
+        if len(head) > HEADER_BYTES:
+            raise ProtocolError(f"header of {len(head)} bytes exceeds {HEADER_BYTES}; keep message meta small")
+        frames = [head] + [tensor_to_bytes(t) for t in msg.tensors.values()]
+        # Big frames go zero-copy (pyzmq copies those under its copy threshold). The last frame
+        # is always zero-copy and tracked: ZeroMQ releases a message only after its bytes were
+        # written to the socket, in order, so once the last frame is released the whole message
+        # has left this process. Only then may the caller reuse its tensors, and only then may
+        # close() (LINGER 0) run without dropping it: without this wait, an END queued behind
+        # samples for a busy next stage would be lost when stage 0 closes and exits.
+        last = zmq.Frame(frames[-1], copy=False, track=True)
+        parts = frames[:-1] + [last]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            _poll(self._push, zmq.POLLOUT, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
+            try:
+                self._push.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                continue  # the queue filled up between poll and send; poll again
+        # pyzmq releases the tracker only when *every* reference to the frame's message is gone,
+        # including our own Frame object: drop it before waiting, or the wait never ends.
+        tracker = last.tracker
+        del last, parts
+        _wait_tracker(tracker, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
+
+    # -- recv -----------------------------------------------------------------------------
+
+    def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
+        if self._pull is None:
+            raise TransportError(f"stage {self.world.rank} has no previous stage to receive from (or the transport is closed)")
+        peer = self.world.rank - 1
+        deadline = time.monotonic() + timeout_s
+        what = f"receive from stage {peer}"
+        while True:
+            _poll(self._pull, zmq.POLLIN, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
+            try:
+                frames = self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                continue
+        try:
+            return self._decode(frames, schema)
+        except ProtocolError as exc:
+            raise ProtocolError(f"from stage {peer}: {exc}") from None
+
+    def _decode(self, frames: list[zmq.Frame], schema: Schema | None) -> Message:
+        head = frames[0].buffer
+        if head.nbytes > HEADER_BYTES:
+            raise ProtocolError(f"header frame of {head.nbytes} bytes exceeds {HEADER_BYTES}")
+        header = parse_header(head)
+        check_against_schema(header, schema, max_payload_bytes=self.max_payload_bytes)
+        if len(frames) != len(header.tensors) + 1:
+            raise ProtocolError(f"message has {len(frames) - 1} tensor frames, its header declares {len(header.tensors)}")
+        tensors = {spec.name: _tensor(spec, frame) for spec, frame in zip(header.tensors, frames[1:])}
+        return Message(kind=header.kind, index=header.index, tensors=tensors, meta=dict(header.meta))
+
+
+def resolve_endpoint_kind(world: StageWorld) -> str:
+    """'ipc' or 'tcp' for this world, or ConfigError naming the fix."""
+    choice = world.zmq_endpoint
+    if choice not in ("auto", "ipc", "tcp"):
+        raise ConfigError(f"--zmq-endpoint {choice!r} is not one of auto, ipc, tcp")
+    if choice == "auto":
+        choice = "ipc" if world.single_host else "tcp"
+    if not world.single_host:
+        if choice == "ipc":
+            raise ConfigError("--zmq-endpoint ipc works on one host only; this run spans several hosts: use tcp")
+        if _is_loopback(world.bind_host):
+            raise ConfigError(
+                f"multi-node zmq needs --bind-host <this host's address>; {world.bind_host!r} is loopback "
+                "and unreachable from other hosts"
+            )
+    return choice
+
+
+def ipc_path(run_id: str, rank: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    path = os.path.join(tempfile.gettempdir(), f"ppsvd-{safe}-{rank}.sock")
+    if len(path) > _IPC_PATH_MAX:
+        raise ConfigError(
+            f"zmq ipc path {path} is {len(path)} characters, over the {_IPC_PATH_MAX}-character socket path limit; "
+            "use a shorter run id or TMPDIR"
+        )
+    return path
+
+
+def _store_key(world: StageWorld, rank: int) -> str:
+    return f"{world.run_id}/zmq/{rank}"
+
+
+def _poll(sock: zmq.Socket, event: int, *, deadline: float, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
+    """Block until sock is ready for event, in slices that check cancellation and the deadline."""
+    while True:
+        if cancelled():
+            raise Cancelled(f"stopped waiting for {what}: the run is stopping")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
+        if sock.poll(int(min(remaining, POLL_SLICE_S) * 1000) + 1, event):
+            return
+
+
+def _wait_tracker(tracker: zmq.MessageTracker, *, deadline: float, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
+    """Wait until ZeroMQ released a sent message, in slices that check cancellation and the deadline."""
+    while True:
+        if cancelled():
+            raise Cancelled(f"stopped waiting for {what}: the run is stopping")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
+        try:
+            tracker.wait(min(remaining, POLL_SLICE_S))  # an Event wait: wakes as soon as it is released
+            return
+        except zmq.NotDone:
+            continue
+
+
+def _tensor(spec, frame: zmq.Frame) -> torch.Tensor:
+    # Zero-copy view of the received frame (the tensor keeps the frame alive). Small frames
+    # can sit at any offset in ZeroMQ's shared receive buffer: copy those that are misaligned.
+    tensor = tensor_from_bytes(spec, frame.buffer)
+    if tensor.numel() and tensor.data_ptr() % tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _advertised(endpoint: str) -> str:
+    """The endpoint a peer should connect to: a wildcard bind is published as this host's name."""
+    for wildcard in ("tcp://0.0.0.0:", "tcp://[::]:"):
+        if endpoint.startswith(wildcard):
+            return f"tcp://{pysocket.gethostname()}:{endpoint[len(wildcard):]}"
+    return endpoint
