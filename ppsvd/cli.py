@@ -6,7 +6,9 @@ Exit codes: 0 success; 1 a run or check failed; 2 bad input (usage, config, mode
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
 
 import click
@@ -27,9 +29,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+def _help(doc: str | None) -> str:
+    """A docstring as help text: paragraphs kept, the line breaks inside them joined."""
+    text = inspect.cleandoc(doc or "")
+    return re.sub(r"(?<!\n)\n(?!\n)", " ", text)
+
+
 for module in (run, simulate, bench, doctor):
     if getattr(module, "command", None) is not None:
-        app.command(module.NAME, help=module.command.__doc__)(module.command)
+        app.command(module.NAME, help=_help(module.command.__doc__))(module.command)
 
 
 def _version(value: bool) -> None:

@@ -140,6 +140,20 @@ class RunControl:
             self._finished.wait(HEARTBEAT_S)
 
     # -- completion --------------------------------------------------------------------------------
+    def barrier(self, name: str, timeout_s: float) -> None:
+        """Wait until every stage reached the barrier `name` (polling the abort flag)."""
+        from ppsvd.errors import Cancelled
+
+        counter = key(self.run_id, "barrier", name)
+        self.store.add(counter, 1)
+        deadline = time.monotonic() + timeout_s
+        while self.store.add(counter, 0) < self.world_size:
+            if self._stop.is_set():
+                raise Cancelled(f"stopped waiting at the {name!r} barrier")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not every stage reached {name!r} within {timeout_s:g} s")
+            time.sleep(0.005)
+
     def wait_all_done(self, timeout_s: float) -> None:
         """Block until every stage marked done, polling the flag; raises Cancelled or TimeoutError."""
         from ppsvd.errors import Cancelled

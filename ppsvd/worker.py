@@ -201,6 +201,9 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
         opened.append(transport)
         transport.open()
     model = build_stage_model(config, plan, stage, device)
+    # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
+    # hand-off and steady-state numbers would measure load skew instead of the pipeline.
+    control.barrier("ready", config.timeout_s)
     ready = time.time()
 
     is_writer = stage == plan.num_stages - 1

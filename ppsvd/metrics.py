@@ -1,0 +1,394 @@
+"""Timeline -> numbers: throughput, fill, drain, latency, utilisation, hand-off, ideal times.
+
+Pure functions over a RunTimeline (ppsvd/timeline.py); no torch, no processes. Every number is
+defined here once, and docs/benchmarking.md repeats the definitions in prose.
+
+Notation: S samples, N stages (or data-parallel workers), T steps, c_i the completion time of
+sample i (RunTimeline.completions(): the last stage's compute_end in a pipeline, the owning
+worker's compute_end under data parallelism). All times are seconds, throughputs samples/s.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ppsvd.plan import (
+    StepPlan,
+    ideal_data_parallel_makespan,
+    ideal_pipeline_makespan,
+    ideal_steady_throughput,
+    partition_steps,
+    shard_samples,
+)
+from ppsvd.timeline import RunTimeline, SampleSpan, StageTimeline
+
+
+@dataclass
+class StageMetrics:
+    """How one stage (pipeline) or worker (data) spent its time between ready and finished."""
+
+    stage: int
+    steps: tuple[int, int]
+    """[start, stop) of the global steps it runs."""
+    num_steps: int
+    samples: int
+    """Samples it handled."""
+    load_s: float
+    """ready - launched: model load and link setup."""
+    window_s: float
+    """finished - ready: the span the fractions below are measured over."""
+    busy_s: float
+    """Sum of compute_end - compute_start over its samples."""
+    recv_wait_s: float
+    """Sum of recv_end - recv_start: the compute loop blocked waiting for the previous stage's sample."""
+    send_wait_s: float
+    """Sum of enqueued - send_start: blocked on a full send queue (back-pressure); 0 on the last stage."""
+    busy_frac: float | None
+    """busy_s / window_s (None for an empty window)."""
+    waiting_frac: float | None
+    """(recv_wait_s + send_wait_s) / window_s. The rest, 1 - busy - waiting, is bookkeeping:
+    the end-of-stream message, flushing the last sends or writes."""
+    median_step_s: float | None
+    """Median over its samples of one step's time (step_time_s)."""
+
+
+@dataclass
+class HopMetrics:
+    """The hand-off from stage `src` to stage `src + 1`, over all samples."""
+
+    src: int
+    dst: int
+    median_s: float
+    """Median over samples of the receiver's arrived - the sender's send_start. This includes
+    queueing: a sample waits in the sender's queue while the receiver's inbox is full."""
+    min_s: float
+    """The fastest hand-off: the transport's cost with nothing queued ahead."""
+    max_s: float
+    """The slowest hand-off."""
+
+
+@dataclass
+class RunMetrics:
+    """Everything `summarize` derives from one run's timeline (JSON-able with to_json)."""
+
+    strategy: str
+    num_stages: int
+    total_steps: int
+    num_samples: int
+    completed: int
+    """Samples with a completion time (== num_samples for a run that finished)."""
+    steps_per_stage: list[int]
+    partition: str
+    """plan.describe(): '7+7+7+7', or '10+9+9 (stage 0 is the bottleneck ...)'; data: 'T each'."""
+    wall_s: float | None
+    """The whole launch (the guide's total_time_sec): run_end - run_start, or what the caller measured."""
+    per_sample_s: float | None
+    """wall_s / num_samples (the guide's per_sample_sec)."""
+    model_load_s: float
+    """max over stages of ready - launched."""
+    startup_s: float
+    """max over stages of ready - run_start: from the launch until every stage could work."""
+    first_sample_latency_s: float | None
+    """c_0 - compute_start of sample 0 on the stage that started it (stage 0 / its worker)."""
+    fill_s: float
+    """max over stages of the first compute_start - min over stages of the same: until every stage
+    has started its first sample. In a pipeline: the last stage's first compute_start - stage 0's."""
+    drain_s: float | None
+    """max c_i - min over stages of the last compute_end: from the first stage running out of work
+    until the last result. In a pipeline: last completion - stage 0's last compute_end."""
+    compute_span_s: float | None
+    """max c_i - the first compute_start anywhere: the makespan of the work itself (no load)."""
+    steady_throughput: float | None
+    """(S - 1) / (c_last - c_first) over sorted completions: the completion rate once the first
+    sample is out (ideal pipeline: exactly N / (T t)). None when S < 2."""
+    overall_throughput: float | None
+    """S / compute_span_s: fill, steady state and drain together."""
+    throughput: float | None
+    """The headline rate used for speedup and efficiency: steady_throughput for a pipeline,
+    overall_throughput under data parallelism (its completions come in bursts, so a
+    completion-to-completion rate would mean nothing)."""
+    latency_p50_s: float | None
+    """Median per-sample latency: c_i - the compute_start of sample i on the stage that started it."""
+    latency_p95_s: float | None
+    """95th percentile (linear interpolation) of the same."""
+    median_step_s: float | None
+    """t: median over all (stage, sample) spans of the steps' own time / steps (compute time /
+    steps where the steps' time was not recorded). Prepare and decode are not steps: they show
+    as the gap between throughput and ideal_throughput."""
+    ideal_throughput: float | None
+    """What the partition allows at step cost t: 1 / (max steps per stage x t) for a pipeline
+    (= N / (T t) when N divides T), N / (T t) for data parallelism."""
+    efficiency_vs_ideal: float | None
+    """throughput / ideal_throughput."""
+    ideal_pipeline_makespan_s: float | None
+    """(T + (S - 1) max steps per stage) t: fill + steady state + drain with no overhead."""
+    ideal_data_makespan_s: float | None
+    """ceil(S / N) T t: the busiest data-parallel worker, same N, S and t."""
+    stages: list[StageMetrics] = field(default_factory=list)
+    hops: list[HopMetrics] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def busy_fracs(self) -> list[float | None]:
+        return [s.busy_frac for s in self.stages]
+
+    @property
+    def waiting_fracs(self) -> list[float | None]:
+        return [s.waiting_frac for s in self.stages]
+
+
+# -- small helpers --------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q={q} outside 0..100")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def span_steps(span: SampleSpan, stage: StageTimeline) -> int:
+    """Steps a span ran: its own count when recorded, else the stage's range."""
+    return span.steps or (stage.steps[1] - stage.steps[0])
+
+
+def plan_of(timeline: RunTimeline) -> StepPlan | None:
+    """The pipeline's StepPlan as it actually ran (ranges from the timeline); None for data."""
+    if timeline.strategy != "pipeline" or not timeline.stages:
+        return None
+    ranges = tuple(range(s.steps[0], s.steps[1]) for s in timeline.stages)
+    return StepPlan(total_steps=timeline.total_steps, ranges=ranges)
+
+
+def sample_starts(timeline: RunTimeline) -> dict[int, float]:
+    """sample index -> the earliest compute_start of that sample (stage 0 / its worker)."""
+    starts: dict[int, float] = {}
+    for stage in timeline.stages:
+        for span in stage.samples:
+            if span.index not in starts or span.compute_start < starts[span.index]:
+                starts[span.index] = span.compute_start
+    return starts
+
+
+def sample_latencies(timeline: RunTimeline) -> dict[int, float]:
+    """sample index -> completion - start, for every completed sample."""
+    starts = sample_starts(timeline)
+    return {i: c - starts[i] for i, c in timeline.completions().items() if i in starts}
+
+
+# -- per stage -------------------------------------------------------------------------------
+
+
+def recv_wait_s(stage: StageTimeline) -> float:
+    """Time the compute loop was blocked waiting for its next sample: sum of recv_end - recv_start
+    (0 on stage 0 and data workers). A receiver thread fetches ahead, so this is ~0 in steady
+    state and large on downstream stages during fill."""
+    return sum(s.recv_end - s.recv_start for s in stage.samples if s.recv_start is not None and s.recv_end is not None)
+
+
+def send_wait_s(stage: StageTimeline) -> float:
+    """Time blocked on a full send queue: sum of enqueued - send_start (back-pressure from a
+    slower next stage). 0 on a stage that sends nothing, and for spans that did not record it."""
+    return sum(s.enqueued - s.send_start for s in stage.samples if s.send_start is not None and s.enqueued is not None)
+
+
+def stage_metrics(stage: StageTimeline) -> StageMetrics:
+    window = stage.finished - stage.ready
+    busy = sum(s.compute_s for s in stage.samples)
+    recv_w = recv_wait_s(stage)
+    send_w = send_wait_s(stage)
+    per_step = [v for v in (step_time_s(s, stage) for s in stage.samples) if v is not None]
+    return StageMetrics(
+        stage=stage.stage,
+        steps=(stage.steps[0], stage.steps[1]),
+        num_steps=stage.steps[1] - stage.steps[0],
+        samples=len(stage.samples),
+        load_s=stage.load_s,
+        window_s=window,
+        busy_s=busy,
+        recv_wait_s=recv_w,
+        send_wait_s=send_w,
+        busy_frac=_ratio(busy, window),
+        waiting_frac=_ratio(recv_w + send_w, window),
+        median_step_s=statistics.median(per_step) if per_step else None,
+    )
+
+
+def hop_metrics(timeline: RunTimeline) -> list[HopMetrics]:
+    """One entry per pipeline hop k -> k+1 that carried at least one sample (none for data).
+
+    A sample's hand-off time is the receiver's `arrived` (its transport finished receiving)
+    minus the sender's `send_start` (the compute loop handed the sample on). Without `arrived`
+    (older timelines) the receiver's recv_end stands in. In steady state it is the transport's
+    cost; when the next stage is behind (its inbox full) it also holds the time the sample
+    queued, which is why min_s is kept beside the median.
+    """
+    if timeline.strategy != "pipeline":
+        return []
+    hops = []
+    for src, dst in zip(timeline.stages, timeline.stages[1:]):
+        sent = {s.index: s.send_start for s in src.samples if s.send_start is not None}
+        times = []
+        for span in dst.samples:
+            got = span.arrived if span.arrived is not None else span.recv_end
+            if span.index in sent and got is not None:
+                times.append(got - sent[span.index])
+        if times:
+            hops.append(
+                HopMetrics(src=src.stage, dst=dst.stage, median_s=statistics.median(times), min_s=min(times), max_s=max(times))
+            )
+    return hops
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
+    """All metrics of one run. `wall_s`: the launch's wall time if measured outside (as the guide
+    does around torchrun); otherwise run_end - run_start from the timeline."""
+    stages = timeline.stages
+    n, s_total = len(stages), timeline.num_samples
+    if wall_s is None and timeline.run_end is not None:
+        wall_s = timeline.run_end - timeline.run_start
+    done = sorted(timeline.completions().values())
+    starts = sample_starts(timeline)
+    latencies = sample_latencies(timeline)
+    compute_span = done[-1] - min(starts.values()) if done and starts else None
+    fill, drain = fill_and_drain(timeline)
+
+    steady = (len(done) - 1) / (done[-1] - done[0]) if len(done) >= 2 and done[-1] > done[0] else None
+    overall = _ratio(len(done), compute_span)
+    throughput = steady if timeline.strategy == "pipeline" else overall
+    if throughput is None:  # one sample: the overall rate is all there is
+        throughput = overall
+
+    t = median_step_s(timeline)
+    ideal_tp, ideal_pipeline_mk, ideal_data_mk = ideals(timeline, t)
+    lat = list(latencies.values())
+    return RunMetrics(
+        strategy=timeline.strategy,
+        num_stages=n,
+        total_steps=timeline.total_steps,
+        num_samples=s_total,
+        completed=len(done),
+        steps_per_stage=[st.steps[1] - st.steps[0] for st in stages],
+        partition=describe_partition(timeline),
+        wall_s=wall_s,
+        per_sample_s=_ratio(wall_s, s_total),
+        model_load_s=max((st.load_s for st in stages), default=0.0),
+        startup_s=max((st.ready - timeline.run_start for st in stages), default=0.0),
+        first_sample_latency_s=latencies[min(latencies)] if latencies else None,
+        fill_s=fill,
+        drain_s=drain,
+        compute_span_s=compute_span,
+        steady_throughput=steady,
+        overall_throughput=overall,
+        throughput=throughput,
+        latency_p50_s=percentile(lat, 50) if lat else None,
+        latency_p95_s=percentile(lat, 95) if lat else None,
+        median_step_s=t,
+        ideal_throughput=ideal_tp,
+        efficiency_vs_ideal=_ratio(throughput, ideal_tp),
+        ideal_pipeline_makespan_s=ideal_pipeline_mk,
+        ideal_data_makespan_s=ideal_data_mk,
+        stages=[stage_metrics(st) for st in stages],
+        hops=hop_metrics(timeline),
+    )
+
+
+def fill_and_drain(timeline: RunTimeline) -> tuple[float, float | None]:
+    """Fill: from the first stage's first compute_start until every stage has begun its first
+    sample. Drain: from the first stage to run out of work (stage 0 in a pipeline) until the
+    last completion. Written over all stages, so the same definition serves data parallelism."""
+    working = [st for st in timeline.stages if st.samples]
+    if not working:
+        return 0.0, None
+    first_starts = [min(sp.compute_start for sp in st.samples) for st in working]
+    last_ends = [max(sp.compute_end for sp in st.samples) for st in working]
+    done = timeline.completions().values()
+    drain = max(done) - min(last_ends) if done else None
+    return max(first_starts) - min(first_starts), drain
+
+
+def step_time_s(span: SampleSpan, stage: StageTimeline) -> float | None:
+    """One step's time in this span: the steps' own time (steps_s, without prepare/encode or
+    decode) / steps; compute time / steps for timelines that did not record steps_s."""
+    steps = span_steps(span, stage)
+    if steps <= 0:
+        return None
+    return (span.steps_s if span.steps_s is not None else span.compute_s) / steps
+
+
+def median_step_s(timeline: RunTimeline) -> float | None:
+    """t: the median over all (stage, sample) spans of step_time_s."""
+    per_step = [step_time_s(span, st) for st in timeline.stages for span in st.samples]
+    per_step = [v for v in per_step if v is not None]
+    return statistics.median(per_step) if per_step else None
+
+
+def ideals(timeline: RunTimeline, t: float | None) -> tuple[float | None, float | None, float | None]:
+    """(ideal throughput, ideal pipeline makespan, ideal data-parallel makespan) at step cost t.
+
+    Both makespans are given for either strategy (for the same N, S and T), so a run of one can
+    be set beside what the other would ideally take.
+    """
+    n, total, samples = len(timeline.stages), timeline.total_steps, timeline.num_samples
+    if t is None or t <= 0 or n == 0:
+        return None, None, None
+    plan = plan_of(timeline)
+    if plan is None and total >= n:
+        plan_for_pipeline = partition_steps(total, n)
+    else:
+        plan_for_pipeline = plan
+    throughput = ideal_steady_throughput(plan, t) if plan is not None else n / (total * t)
+    pipeline_mk = ideal_pipeline_makespan(samples, plan_for_pipeline, t) if plan_for_pipeline is not None else None
+    return throughput, pipeline_mk, ideal_data_parallel_makespan(samples, n, total, t)
+
+
+def describe_partition(timeline: RunTimeline) -> str:
+    plan = plan_of(timeline)
+    if plan is not None:
+        return plan.describe()
+    n = len(timeline.stages)
+    shards = [len(shard_samples(timeline.num_samples, n, k)) for k in range(n)] if n else []
+    return f"{timeline.total_steps} steps each, samples {'+'.join(map(str, shards))}"
+
+
+# -- across a sweep --------------------------------------------------------------------------
+
+
+def speedup(throughput: float | None, baseline: float | None) -> float | None:
+    """throughput(N) / throughput(1)."""
+    return _ratio(throughput, baseline)
+
+
+def efficiency(throughput: float | None, baseline: float | None, n: int) -> float | None:
+    """throughput(N) / (N x throughput(1)): 1.0 is perfect scaling."""
+    if baseline is None or n <= 0:
+        return None
+    return _ratio(throughput, n * baseline)
+
+
+def steps_per_gpu(sizes: Iterable[int]) -> str:
+    """'7' when every GPU runs the same number of steps, '10+9+9' otherwise."""
+    sizes = list(sizes)
+    if not sizes:
+        return ""
+    return str(sizes[0]) if len(set(sizes)) == 1 else "+".join(map(str, sizes))

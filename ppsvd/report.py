@@ -1,0 +1,503 @@
+"""Results as files and tables: benchmark CSV and JSON, throughput and timeline PNGs, Rich tables.
+
+Every file goes through ppsvd.outputs' atomic writes. matplotlib (Agg backend) is imported only
+inside the plotting functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+
+from ppsvd.metrics import RunMetrics, steps_per_gpu
+from ppsvd.outputs import write_json_atomic, write_text_atomic, write_with
+from ppsvd.timeline import RunTimeline
+
+if TYPE_CHECKING:
+    from ppsvd.bench import BenchResult, BenchRun
+
+# The guide's three columns first, in its order; then ours.
+GUIDE_COLUMNS = ["gpu_count", "total_time_sec", "per_sample_sec"]
+CSV_COLUMNS = GUIDE_COLUMNS + [
+    "strategy",
+    "status",
+    "steps_per_gpu",
+    "samples_per_sec",
+    "speedup",
+    "efficiency",
+    "steady_samples_per_sec",
+    "overall_samples_per_sec",
+    "ideal_samples_per_sec",
+    "efficiency_vs_ideal",
+    "model_load_sec",
+    "first_sample_latency_sec",
+    "fill_sec",
+    "drain_sec",
+    "latency_p50_sec",
+    "latency_p95_sec",
+    "median_step_sec",
+    "compute_span_sec",
+    "ideal_pipeline_makespan_sec",
+    "ideal_data_makespan_sec",
+    "stage_busy",
+    "stage_waiting",
+    "hop_ms",
+    "note",
+    "error",
+    "run_dir",
+]
+
+STRATEGY_COLORS = {"pipeline": "tab:blue", "data": "tab:orange"}
+# Thin bars in the timeline, in colours the samples' tab10 palette does not use.
+WAITING_COLOR = "0.82"
+BLOCKED_COLOR = "black"
+
+
+# -- number formatting ------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 6) -> str:
+    """A CSV number: rounded, no trailing noise; empty for None."""
+    if value is None:
+        return ""
+    return repr(round(value, digits))
+
+
+def _list(values: Iterable[float | None], digits: int = 4) -> str:
+    """Per-stage values in one CSV field, ';'-separated (no quoting needed)."""
+    return ";".join("" if v is None else repr(round(v, digits)) for v in values)
+
+
+def _fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+# -- CSV and JSON ------------------------------------------------------------------------------
+
+
+def csv_row(run: BenchRun) -> dict[str, str]:
+    m = run.metrics
+    row = {
+        "gpu_count": str(run.gpu_count),
+        "total_time_sec": _num(run.total_time_sec),
+        "per_sample_sec": _num(run.per_sample_sec),
+        "strategy": run.strategy,
+        "status": run.status,
+        "speedup": _num(run.speedup, 4),
+        "efficiency": _num(run.efficiency, 4),
+        "note": run.note or "",
+        "error": run.error or "",
+        "run_dir": run.run_dir or "",
+    }
+    if m is not None:
+        hop_ms = [h.median_s * 1000 for h in m.hops]
+        row.update(
+            {
+                "steps_per_gpu": steps_per_gpu(m.steps_per_stage),
+                "samples_per_sec": _num(m.throughput),
+                "steady_samples_per_sec": _num(m.steady_throughput),
+                "overall_samples_per_sec": _num(m.overall_throughput),
+                "ideal_samples_per_sec": _num(m.ideal_throughput),
+                "efficiency_vs_ideal": _num(m.efficiency_vs_ideal, 4),
+                "model_load_sec": _num(m.model_load_s),
+                "first_sample_latency_sec": _num(m.first_sample_latency_s),
+                "fill_sec": _num(m.fill_s),
+                "drain_sec": _num(m.drain_s),
+                "latency_p50_sec": _num(m.latency_p50_s),
+                "latency_p95_sec": _num(m.latency_p95_s),
+                "median_step_sec": _num(m.median_step_s),
+                "compute_span_sec": _num(m.compute_span_s),
+                "ideal_pipeline_makespan_sec": _num(m.ideal_pipeline_makespan_s),
+                "ideal_data_makespan_sec": _num(m.ideal_data_makespan_s),
+                "stage_busy": _list(m.busy_fracs),
+                "stage_waiting": _list(m.waiting_fracs),
+                "hop_ms": _list(hop_ms, 3),
+            }
+        )
+    return {col: row.get(col, "") for col in CSV_COLUMNS}
+
+
+def csv_text(runs: Iterable[BenchRun]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for run in runs:
+        if run.status != "skipped":  # runs never attempted (fail-fast) are only in the JSON
+            writer.writerow(csv_row(run))
+    return buffer.getvalue()
+
+
+def bench_json(result: BenchResult) -> dict[str, Any]:
+    plan = result.plan
+    return {
+        "ppsvd_benchmark": 1,
+        "created": result.created,
+        "argv": result.argv,
+        "config": plan.base.to_json(),
+        "sweep": {
+            "gpu_counts": list(plan.gpu_counts),
+            "strategies": list(plan.strategies),
+            "cooldown_s": plan.cooldown_s,
+            "fail_fast": plan.fail_fast,
+        },
+        "environment": result.environment,
+        "csv_columns": CSV_COLUMNS,
+        "files": result.files,
+        "runs": [run.to_json() for run in result.runs],
+    }
+
+
+def write_tables(result: BenchResult) -> None:
+    """benchmark_results.csv and benchmark_results.json (rewritten after every run)."""
+    from ppsvd.bench import CSV_NAME, JSON_NAME
+
+    csv_path, json_path = result.results_dir / CSV_NAME, result.results_dir / JSON_NAME
+    result.files.setdefault("csv", str(csv_path))
+    result.files.setdefault("json", str(json_path))
+    write_text_atomic(csv_path, csv_text(result.runs))
+    write_json_atomic(json_path, bench_json(result))
+
+
+def write_plots(result: BenchResult) -> None:
+    """throughput.png (every successful run) and timeline.png (the widest successful pipeline run)."""
+    from ppsvd.bench import THROUGHPUT_PNG, TIMELINE_PNG
+
+    ok = [r for r in result.runs if r.ok and r.metrics is not None]
+    if not ok:
+        return
+    base = result.plan.base
+    what = f"T={base.total_steps} steps, {base.num_samples} samples, model {base.model}, {base.device}"
+    path = result.results_dir / THROUGHPUT_PNG
+    plot_scaling(ok, path, title=f"Throughput vs GPU count ({what})")
+    result.files["throughput_png"] = str(path)
+    shown = timeline_run(ok)
+    if shown is not None and shown.run_dir is not None:
+        timeline = RunTimeline.load(Path(shown.run_dir) / "timeline.json")
+        path = result.results_dir / TIMELINE_PNG
+        plot_timeline(timeline, path, title=f"Timeline: {shown.label} ({what})", metrics=shown.metrics)
+        result.files["timeline_png"] = str(path)
+
+
+def timeline_run(runs: list[BenchRun]) -> BenchRun | None:
+    """The run worth drawing: the pipeline run with the most GPUs, else the widest run."""
+    pipeline = [r for r in runs if r.strategy == "pipeline"]
+    pool = pipeline or runs
+    return max(pool, key=lambda r: r.gpu_count) if pool else None
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (and no display needed)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    def writer(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+
+    write_with(Path(path), writer)
+
+
+def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
+    """Samples/s against GPU count, in two panels.
+
+    Left, the scaling the guide asks about: one curve per strategy at its headline rate
+    (pipeline: steady state; data: whole run), the speedup at each point, and the ideal line
+    N x the 1-GPU rate. Right, the whole job, like for like: S / work time (fill and drain
+    included, model load excluded) as solid lines, and the guide's S / total_time_sec (process
+    start and model load included) dotted.
+    """
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110)
+    counts = sorted({r.gpu_count for r in runs})
+    strategies = [s for s in ("pipeline", "data") if any(r.strategy == s for r in runs)]
+    baseline = _baseline_rate(runs)
+    if baseline is not None:
+        xs = list(range(1, max(counts) + 1))
+        left.plot(xs, [n * baseline for n in xs], ls="--", color="0.45", lw=1.2, label="ideal: N × 1-GPU rate")
+    for strategy in strategies:
+        mine = sorted((r for r in runs if r.strategy == strategy and r.throughput), key=lambda r: r.gpu_count)
+        if not mine:
+            continue
+        color = STRATEGY_COLORS.get(strategy, None)
+        what = "steady state" if strategy == "pipeline" else "whole run"
+        xs = [r.gpu_count for r in mine]
+        left.plot(xs, [r.throughput for r in mine], marker="o", lw=2.2, color=color, label=f"{strategy} ({what})")
+        for r in mine:
+            if r.speedup is not None:
+                left.annotate(
+                    f"{r.speedup:.2f}×", (r.gpu_count, r.throughput), textcoords="offset points",
+                    xytext=(8, -12 if strategy == "data" else -4), fontsize=8, color=color,
+                )
+        work = [(r.gpu_count, r.metrics.overall_throughput) for r in mine if r.metrics.overall_throughput]
+        if work:
+            right.plot(*zip(*work), marker="o", lw=2.2, color=color, label=f"{strategy}: samples / work time")
+        end_to_end = [(r.gpu_count, r.metrics.num_samples / r.total_time_sec) for r in mine if r.total_time_sec]
+        if end_to_end:
+            right.plot(*zip(*end_to_end), marker=".", ls=":", lw=1.4, color=color,
+                       label=f"{strategy}: samples / total_time_sec")
+    for ax, name in ((left, "scaling (speedup vs 1 GPU)"), (right, "the whole job of S samples")):
+        ax.set_xticks(counts)
+        ax.set_xlim(0.5, max(counts) + 0.5)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("GPUs (pipeline stages / data-parallel workers)")
+        ax.set_ylabel("samples per second")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+        ax.set_title(name, fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _baseline_rate(runs: list[BenchRun]) -> float | None:
+    """The 1-GPU rate the ideal line scales: the pipeline's (steady), else the data run's."""
+    ones = sorted((r for r in runs if r.gpu_count == 1 and r.metrics is not None), key=lambda r: r.strategy != "pipeline")
+    return ones[0].metrics.throughput if ones else None
+
+
+def plot_timeline(timeline: RunTimeline, path: Path, *, title: str, metrics: RunMetrics | None = None) -> None:
+    """Stages (rows) x time: a coloured bar per sample computed, grey where a stage waited for
+    input, black where it was blocked on a full send queue; fill, steady state and drain shaded."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    metrics = metrics or _summarize(timeline)
+    stages = timeline.stages
+    starts = [sp.compute_start for st in stages for sp in st.samples]
+    if not starts:
+        return
+    t0 = min(starts)
+    end = max(sp.compute_end for st in stages for sp in st.samples)
+    span = max(end - t0, 1e-9)
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.55 * len(stages)), dpi=120)
+    cmap = plt.get_cmap("tab10")
+    for row, st in enumerate(stages):
+        for sp in st.samples:
+            if sp.recv_start is not None and sp.recv_end is not None and sp.recv_end > sp.recv_start:
+                ax.barh(row, sp.recv_end - sp.recv_start, left=sp.recv_start - t0, height=0.3, color=WAITING_COLOR)
+            if sp.send_start is not None and sp.enqueued is not None and sp.enqueued > sp.send_start:
+                ax.barh(row, sp.enqueued - sp.send_start, left=sp.send_start - t0, height=0.3, color=BLOCKED_COLOR)
+            width = sp.compute_end - sp.compute_start
+            ax.barh(row, width, left=sp.compute_start - t0, height=0.62, color=cmap(sp.index % 10), edgecolor="white", lw=0.5)
+            if width > 0.025 * span:
+                ax.text(sp.compute_start - t0 + width / 2, row, str(sp.index), ha="center", va="center", fontsize=7, color="white")
+    legend = [Patch(color=cmap(0), label="computing (colour and number = sample)")]
+    if timeline.strategy == "pipeline" and len(stages) > 1:
+        legend.append(Patch(color=WAITING_COLOR, label="waiting for input"))
+        legend.append(Patch(color=BLOCKED_COLOR, label="blocked on a full send queue"))
+        fill_end = metrics.fill_s
+        # Stages that become ready late can make fill and drain overlap (no steady state):
+        # shade without overlap, the drain starting no earlier than the pipeline is full.
+        drain_start = max(fill_end, (end - t0) - (metrics.drain_s or 0.0))
+        phases = [(0.0, fill_end, "#f4a259", "fill"), (fill_end, drain_start, "#8cc084", "steady state"), (drain_start, end - t0, "#7fb3d5", "drain")]
+        for lo, hi, color, name in phases:
+            if hi > lo:
+                ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
+                ax.text((lo + hi) / 2, -0.75, name, ha="center", va="bottom", fontsize=8, color="0.25")
+        legend.append(Patch(color="#8cc084", alpha=0.3, label="phases: fill / steady state / drain"))
+    unit = "stage" if timeline.strategy == "pipeline" else "worker"
+    ax.set_yticks(range(len(stages)))
+    ax.set_yticklabels([f"{unit} {st.stage}\nsteps {st.steps[0]}–{st.steps[1] - 1}" for st in stages], fontsize=8)
+    ax.set_ylim(len(stages) - 0.4, -0.95)  # stage 0 on top, room for the phase names
+    ax.set_xlim(-0.02 * span, span * 1.02)
+    ax.set_xlabel(f"seconds since the first sample started (model load before that: {metrics.model_load_s:.2f} s)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    # Below the x label in figure coordinates: the same gap whatever the number of stages.
+    fig.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(legend), fontsize=8, frameon=False)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _summarize(timeline: RunTimeline) -> RunMetrics:
+    from ppsvd.metrics import summarize
+
+    return summarize(timeline)
+
+
+# -- Rich tables -------------------------------------------------------------------------------
+
+
+def summary_table(metrics: RunMetrics) -> Table:
+    """One run at a glance: per stage (steps, busy, waiting, load, hand-off) and overall numbers.
+
+    Shared by `ppsvd run`, `ppsvd simulate` and `ppsvd bench`.
+    """
+    m = metrics
+    pipeline = m.strategy == "pipeline"
+    unit = "stage" if pipeline else "worker"
+    stages = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in ((unit, "right"), ("steps", "left"), ("samples", "right"), ("busy", "right"), ("waiting", "right"), ("load s", "right")):
+        stages.add_column(name, justify=justify)
+    if pipeline:
+        stages.add_column("hand-off →", justify="right")
+    hops = {h.src: h for h in m.hops}
+    for st in m.stages:
+        row = [str(st.stage), f"{st.steps[0]}–{st.steps[1] - 1} ({st.num_steps})", str(st.samples), _pct(st.busy_frac), _pct(st.waiting_frac), f"{st.load_s:.2f}"]
+        if pipeline:
+            hop = hops.get(st.stage)
+            row.append(_fmt(hop.median_s * 1000 if hop else None, ".2f", " ms"))
+        stages.add_row(*row)
+
+    overall = Table(box=None, show_header=False, pad_edge=False)
+    overall.add_column(style="bold")
+    overall.add_column()
+    wall = _fmt(m.wall_s, ".2f", " s")
+    if m.per_sample_s is not None:
+        wall += f"  ({m.per_sample_s:.3f} s per sample)"
+    overall.add_row("wall time", wall)
+    overall.add_row("model load", _fmt(m.model_load_s, ".2f", " s"))
+    overall.add_row("first-sample latency", _fmt(m.first_sample_latency_s, ".3f", " s"))
+    overall.add_row("fill / drain", f"{_fmt(m.fill_s, '.3f', ' s')} / {_fmt(m.drain_s, '.3f', ' s')}")
+    overall.add_row("latency p50 / p95", f"{_fmt(m.latency_p50_s, '.3f', ' s')} / {_fmt(m.latency_p95_s, '.3f', ' s')}")
+    rate_name = "steady samples/s" if pipeline else "samples/s (whole run)"
+    overall.add_row(rate_name, _fmt(m.throughput, ".4f"))
+    overall.add_row("ideal samples/s", f"{_fmt(m.ideal_throughput, '.4f')}  {_ideal_formula(m)}")
+    overall.add_row("efficiency", f"{_pct(m.efficiency_vs_ideal)} of ideal")
+    overall.add_row("partition", m.partition)
+
+    table = Table(
+        title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · {m.completed}/{m.num_samples} samples",
+        show_header=False,
+        box=None,
+        title_style="bold",
+    )
+    table.add_column()
+    table.add_row(stages)
+    table.add_row("")
+    table.add_row(overall)
+    return table
+
+
+def _compact(title: str) -> Table:
+    """No vertical rules and one space between columns, so a sweep table fits 80 columns."""
+    from rich import box
+
+    return Table(title=title, header_style="bold", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+                 pad_edge=False, show_edge=False)
+
+
+def _range_pct(values: list[float | None]) -> str:
+    """'95%' or '67–95%': the spread of a per-stage fraction."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    lo, hi = round(100 * min(known)), round(100 * max(known))
+    return f"{lo}%" if lo == hi else f"{lo}–{hi}%"
+
+
+def _ideal_formula(m: RunMetrics) -> str:
+    """How ideal_throughput was computed, with the numbers: '(1 / (7 steps × 20.1 ms))'."""
+    if not m.median_step_s or not m.steps_per_stage:
+        return ""
+    step = f"{m.median_step_s * 1000:.1f} ms"
+    if m.strategy == "pipeline":
+        return f"(1 / ({max(m.steps_per_stage)} steps × median step {step}))"
+    return f"({m.num_stages} / ({m.total_steps} steps × median step {step}))"
+
+
+def bench_table(runs: list[BenchRun]) -> Table:
+    """The sweep's scaling: the guide's numbers first, then speedup and efficiency vs 1 GPU."""
+    table = _compact("ppsvd bench: scaling")
+    # Two-line headers keep the table inside 80 columns (what Rich assumes when piped).
+    for name in ("GPUs", "strategy", "steps\nper GPU", "total s", "s per\nsample", "samples\nper s", "speedup", "effi-\nciency", "status"):
+        table.add_column(name, justify="left" if name in ("strategy", "status") else "right")
+    for run in runs:
+        m = run.metrics
+        status = Text(run.status, style={"ok": "green", "failed": "bold red"}.get(run.status, "dim"))
+        if m is None:
+            table.add_row(str(run.gpu_count), run.strategy, *["—"] * 6, status)
+            continue
+        table.add_row(
+            str(run.gpu_count),
+            run.strategy,
+            steps_per_gpu(m.steps_per_stage),
+            _fmt(run.total_time_sec, ".2f"),
+            _fmt(run.per_sample_sec, ".3f"),
+            _fmt(m.throughput, ".3f"),
+            _fmt(run.speedup, ".2f", "×"),
+            _pct(run.efficiency),
+            status,
+        )
+    return table
+
+
+def detail_table(runs: list[BenchRun]) -> Table:
+    """Where the time went in each successful run: load, first sample, fill, latency, utilisation
+    (the spread over stages) and the slowest hop's median hand-off. Drain and more: in the CSV."""
+    table = _compact("ppsvd bench: where the time went")
+    for name in ("GPUs", "strategy", "load\ns", "first\nsample s", "fill\ns", "latency\np50 s", "latency\np95 s", "busy", "waiting", "hop\nms"):
+        table.add_column(name, justify="left" if name == "strategy" else "right")
+    for run in runs:
+        m = run.metrics
+        if m is None or not run.ok:
+            continue
+        hop = max((h.median_s for h in m.hops), default=None)
+        table.add_row(
+            str(run.gpu_count),
+            run.strategy,
+            _fmt(m.model_load_s, ".2f"),
+            _fmt(m.first_sample_latency_s, ".2f"),
+            _fmt(m.fill_s, ".2f"),
+            _fmt(m.latency_p50_s, ".2f"),
+            _fmt(m.latency_p95_s, ".2f"),
+            _range_pct(m.busy_fracs),
+            _range_pct(m.waiting_fracs),
+            _fmt(hop * 1000 if hop is not None else None, ".2f"),
+        )
+    return table
+
+
+def comparison_table(runs: list[BenchRun]) -> Table | None:
+    """Pipeline vs data parallelism at each GPU count where both ran: the choice a user faces.
+
+    Both do the same job (S samples on N GPUs). 'work s' is the time from the first sample
+    started to the last finished (fill and drain included, model load excluded); the ideal
+    work times assume the run's median step time. 'faster' compares work times: model load is
+    the same for both on GPUs, while on a CPU machine process start-up adds noise to total s.
+    """
+    by_key = {(r.gpu_count, r.strategy): r for r in runs if r.ok and r.metrics is not None}
+    counts = sorted({n for n, _ in by_key if (n, "pipeline") in by_key and (n, "data") in by_key})
+    if not counts:
+        return None
+    table = _compact("pipeline vs data parallelism (same GPUs, same samples)")
+    headers = ("GPUs", "total s\npipeline", "total s\ndata", "work s\npipeline", "work s\ndata", "ideal work s\npipeline / data", "faster\n(work)")
+    for name in headers:
+        table.add_column(name, justify="left" if name.startswith("faster") else "right")
+    for n in counts:
+        p, d = by_key[(n, "pipeline")], by_key[(n, "data")]
+        pw, dw = p.metrics.compute_span_s, d.metrics.compute_span_s
+        faster = "—"
+        if pw and dw:
+            ratio = max(pw, dw) / min(pw, dw)
+            faster = "same" if ratio < 1.005 else f"{'pipeline' if pw < dw else 'data'} {ratio:.2f}×"
+        pm = p.metrics
+        table.add_row(
+            str(n),
+            _fmt(p.total_time_sec, ".2f"),
+            _fmt(d.total_time_sec, ".2f"),
+            _fmt(pw, ".2f"),
+            _fmt(dw, ".2f"),
+            f"{_fmt(pm.ideal_pipeline_makespan_s, '.2f')} / {_fmt(pm.ideal_data_makespan_s, '.2f')}",
+            faster,
+        )
+    return table
