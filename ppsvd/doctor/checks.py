@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ppsvd.doctor import memory
 from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo, Planned
+from ppsvd.models.layout import predownload_command
 
 CHECK_NAMES = ("versions", "gpus", "placement", "p2p", "environment", "model", "memory", "disk", "transport")
 
@@ -560,11 +561,6 @@ def check_environment(ctx: Context) -> CheckResult:
 
 
 # -- model ------------------------------------------------------------------------------------
-
-
-def predownload_command(model: str, hub_cli: str = "hf") -> str:
-    """Fetches the diffusers-format folders (fp32 and fp16) and skips the single-file checkpoints (svd*.safetensors)."""
-    return f'{hub_cli} download {model} --exclude "svd*"'
 
 
 def check_model(ctx: Context) -> CheckResult:

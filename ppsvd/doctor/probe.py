@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ppsvd.doctor.facts import DiskInfo, Facts, GpuInfo, ModelInfo, PairInfo, Planned
+from ppsvd.models.layout import COMPONENTS, CONFIG_FILES, WEIGHT_FILES
 
 PACKAGES = ("torch", "diffusers", "transformers", "pyzmq", "nvidia-ml-py", "huggingface_hub")
 
@@ -35,22 +36,6 @@ ENV_VARS = (
 )
 
 EMBEDDED_MODELS = ("synthetic", "tiny")
-
-# The files a run loads from a diffusers-format SVD repository or directory, as ppsvd.models.svd
-# names them (CONFIG_FILES, WEIGHT_FILES; a test keeps the two in step). Weights may be the full
-# precision files or their fp16 variants (model.fp16.safetensors): the loader takes either.
-CONFIG_FILES = {
-    "unet": "unet/config.json",
-    "vae": "vae/config.json",
-    "image_encoder": "image_encoder/config.json",
-    "feature_extractor": "feature_extractor/preprocessor_config.json",
-    "scheduler": "scheduler/scheduler_config.json",
-}
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin")
-_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-WEIGHT_FILES = {"unet": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "image_encoder": _TRANSFORMERS_WEIGHTS}
-COMPONENTS = tuple(CONFIG_FILES)
-
 
 def _fp16_name(filename: str) -> str:
     stem, _, rest = filename.partition(".")

@@ -36,6 +36,7 @@ from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.images import check_image, image_for_sample, load_sample_image, resolve_images
 from ppsvd.models import tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.models.layout import CONFIG_FILES, WEIGHT_FILES, predownload_command
 from ppsvd.protocol import Schema, TensorSpec, dtype_name
 
 # Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
@@ -46,17 +47,6 @@ ADDED_TIME_IDS = "added_time_ids"  # [k*B, 3], fps-1, motion bucket, noise augme
 GUIDANCE_SCALE = "guidance_scale"  # [B, F, 1, 1, 1], per-frame CFG weight
 HANDOFF = (LATENTS, IMAGE_LATENTS, IMAGE_EMBEDDINGS, ADDED_TIME_IDS, GUIDANCE_SCALE)
 
-# Files of a complete model repository (what from_pretrained reads for each component).
-CONFIG_FILES = {
-    "unet": "unet/config.json",
-    "vae": "vae/config.json",
-    "image_encoder": "image_encoder/config.json",
-    "feature_extractor": "feature_extractor/preprocessor_config.json",
-    "scheduler": "scheduler/scheduler_config.json",
-}
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin")
-_TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-WEIGHT_FILES = {"unet": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "image_encoder": _TRANSFORMERS_WEIGHTS}
 FP16_VARIANT = "fp16"
 
 
@@ -111,7 +101,7 @@ def hub_offline() -> bool:
 
 
 def download_hint(model: str) -> str:
-    return f"hf download {model}"
+    return predownload_command(model)
 
 
 def _find(model: str, source: str, relpath: str) -> str | None:
