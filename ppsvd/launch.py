@@ -76,6 +76,7 @@ def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: 
             elastic_launch(launch_config, worker_main)(spec)
     except ChildFailedError as exc:
         failed_stage, error = _explain(exc, store, run_id)
+        _remove_stale_sockets(run_id)
     wall_s = time.time() - run_start
     if error is None:
         _stamp_timeline(run_dir, run_start, run_start + wall_s)
@@ -97,6 +98,18 @@ def _explain(exc, store, run_id: str) -> tuple[int | None, str]:
         return reason.stage, f"stage {reason.stage} failed: {reason.message}"
     detail = f" ({reason.message})" if reason is not None else ""
     return rank, f"stage {rank} exited with code {failure.exitcode}{detail}; every other stage was stopped"
+
+
+def _remove_stale_sockets(run_id: str) -> None:
+    """A killed stage cannot unlink its zmq ipc socket file; the launcher does."""
+    import glob
+    import tempfile
+
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"ppsvd-{run_id}-*.sock")):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:

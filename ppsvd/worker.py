@@ -158,6 +158,7 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
     from ppsvd.outputs import ResultWriter, write_json_atomic
     from ppsvd.plan import partition_steps, shard_samples
     from ppsvd.progress import ProgressReporter
+    from ppsvd.protocol import schema_payload_bytes
     from ppsvd.stage import StageContext, run_stage, stage_timeline
 
     if not config.is_synthetic:
@@ -183,6 +184,8 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
     if rank == 0:
         write_json_atomic(run_dir / "config.json", {**config.to_json(), "world_size": world, "partition": plan.to_json(), "run_id": run_id})
 
+    # The model first: its hand-off schema bounds what a link may ever accept.
+    model = build_stage_model(config, plan, stage, device)
     transport = None
     if pipeline and world > 1:
         stage_world = StageWorld(
@@ -197,10 +200,9 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
             zmq_endpoint=config.zmq_endpoint,
             run_id=run_id,
         )
-        transport = backends.load(config.resolved_transport)(stage_world)
+        transport = backends.load(config.resolved_transport)(stage_world, max_payload_bytes=schema_payload_bytes(model.schema()))
         opened.append(transport)
         transport.open()
-    model = build_stage_model(config, plan, stage, device)
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
     # hand-off and steady-state numbers would measure load skew instead of the pipeline.
     control.barrier("ready", config.timeout_s)

@@ -86,8 +86,8 @@ def wait_for(
 ) -> None:
     """Poll `done()` until it is true, with a growing sleep; raise on timeout or cancellation.
 
-    Used for torch.distributed work handles, whose own wait() cannot be resumed after a
-    timeout. The sleep starts at 0.2 ms so a hand-off costs well under a millisecond.
+    For handles that can only be polled (NCCL work: is_completed() queries CUDA events); anything
+    with an event or a socket should block on that instead. The sleep starts at 0.2 ms.
     """
     start = time.monotonic()
     deadline = start + timeout_s

@@ -15,9 +15,11 @@ blocks), small high-water marks (back-pressure instead of unbounded queues), IMM
 sending a huge frame is disconnected before it is buffered). ZeroMQ never reports a dead peer,
 so every wait polls in slices of at most 50 ms, checking cancellation and the deadline.
 
-send() returns only when ZeroMQ has written the whole message to the socket (it tracks the last
-frame), like gloo's send: the caller may then reuse its tensors, and LINGER 0 on close() can no
-longer drop it. A message still queued in ZeroMQ when close() runs is lost by design (abort).
+send() copies a sample into ZeroMQ and returns once it is queued (at most SNDHWM messages
+wait: that is the back-pressure). send() of END returns only when the next stage has received
+it (it sets "<run_id>/zmq/<k>/end-received" in the store), so close() with LINGER 0 right after
+END loses nothing. Messages still queued when close() runs without an END are dropped: that is
+an abort.
 
 Each socket is used by one thread only (PUSH by the send thread, PULL by the receive thread);
 both are created in open(), which is allowed because thread start is a memory barrier.
@@ -36,7 +38,13 @@ import torch
 import zmq
 
 from ppsvd.backends.base import CancelCheck, StageWorld, Transport, wait_for
-from ppsvd.errors import Cancelled, ConfigError, ProtocolError, TransportError, TransportTimeout
+from ppsvd.errors import (
+    Cancelled,
+    ConfigError,
+    ProtocolError,
+    TransportError,
+    TransportTimeout,
+)
 from ppsvd.protocol import (
     HEADER_BYTES,
     Message,
@@ -55,6 +63,8 @@ _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
 class ZmqTransport(Transport):
+    """PUSH to the next stage, PULL from the previous one; CPU tensors on the wire and on receipt."""
+
     name = "zmq"
 
     def __init__(self, world: StageWorld, *, max_payload_bytes: int | None = None) -> None:
@@ -168,28 +178,38 @@ class ZmqTransport(Transport):
         head = msg.header().to_bytes()
         if len(head) > HEADER_BYTES:
             raise ProtocolError(f"header of {len(head)} bytes exceeds {HEADER_BYTES}; keep message meta small")
-        frames = [head] + [tensor_to_bytes(t) for t in msg.tensors.values()]
-        # Big frames go zero-copy (pyzmq copies those under its copy threshold). The last frame
-        # is always zero-copy and tracked: ZeroMQ releases a message only after its bytes were
-        # written to the socket, in order, so once the last frame is released the whole message
-        # has left this process. Only then may the caller reuse its tensors, and only then may
-        # close() (LINGER 0) run without dropping it: without this wait, an END queued behind
-        # samples for a busy next stage would be lost when stage 0 closes and exits.
-        last = zmq.Frame(frames[-1], copy=False, track=True)
-        parts = frames[:-1] + [last]
+        # Frames are copied into ZeroMQ messages, so the caller may reuse its tensors as soon as
+        # send() returns (measured: for latent-sized frames a copy is cheaper than pyzmq's
+        # zero-copy tracking, which costs a garbage-collector thread round trip per message).
+        parts = [head] + [tensor_to_bytes(t) for t in msg.tensors.values()]
         deadline = time.monotonic() + timeout_s
         while True:
             _poll(self._push, zmq.POLLOUT, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
             try:
-                self._push.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                self._push.send_multipart(parts, flags=zmq.NOBLOCK, copy=True)
                 break
             except zmq.Again:
                 continue  # the queue filled up between poll and send; poll again
-        # pyzmq releases the tracker only when *every* reference to the frame's message is gone,
-        # including our own Frame object: drop it before waiting, or the wait never ends.
-        tracker = last.tracker
-        del last, parts
-        _wait_tracker(tracker, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
+        if msg.is_end:
+            self._wait_end_received(deadline=deadline, timeout_s=timeout_s, cancelled=cancelled)
+
+    def _wait_end_received(self, *, deadline: float, timeout_s: float, cancelled: CancelCheck) -> None:
+        """Wait until the next stage has received END (it says so in the store).
+
+        ZeroMQ cannot tell when a message has reached the peer, and close() with LINGER 0 drops
+        whatever is still queued: while the next stage is busy, that is the tail of the stream.
+        So the stream ends with a handshake, like gloo's send, which completes only when the
+        receiver has taken the message.
+        """
+        peer = self.world.rank + 1
+        key = _end_key(self.world, peer)
+        wait_for(
+            lambda: self.world.store.check([key]),
+            timeout_s=max(0.0, deadline - time.monotonic()),
+            cancelled=cancelled,
+            what=f"stage {peer} confirming it received the end of the stream",
+            max_poll_s=0.02,
+        )
 
     # -- recv -----------------------------------------------------------------------------
 
@@ -207,9 +227,12 @@ class ZmqTransport(Transport):
             except zmq.Again:
                 continue
         try:
-            return self._decode(frames, schema)
+            msg = self._decode(frames, schema)
         except ProtocolError as exc:
             raise ProtocolError(f"from stage {peer}: {exc}") from None
+        if msg.is_end:
+            self.world.store.set(_end_key(self.world, self.world.rank), "1")  # the sender waits for this
+        return msg
 
     def _decode(self, frames: list[zmq.Frame], schema: Schema | None) -> Message:
         head = frames[0].buffer
@@ -256,6 +279,11 @@ def _store_key(world: StageWorld, rank: int) -> str:
     return f"{world.run_id}/zmq/{rank}"
 
 
+def _end_key(world: StageWorld, rank: int) -> str:
+    """Set by stage `rank` when it has received the end of the stream."""
+    return f"{world.run_id}/zmq/{rank}/end-received"
+
+
 def _poll(sock: zmq.Socket, event: int, *, deadline: float, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
     """Block until sock is ready for event, in slices that check cancellation and the deadline."""
     while True:
@@ -266,21 +294,6 @@ def _poll(sock: zmq.Socket, event: int, *, deadline: float, timeout_s: float, ca
             raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
         if sock.poll(int(min(remaining, POLL_SLICE_S) * 1000) + 1, event):
             return
-
-
-def _wait_tracker(tracker: zmq.MessageTracker, *, deadline: float, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
-    """Wait until ZeroMQ released a sent message, in slices that check cancellation and the deadline."""
-    while True:
-        if cancelled():
-            raise Cancelled(f"stopped waiting for {what}: the run is stopping")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
-        try:
-            tracker.wait(min(remaining, POLL_SLICE_S))  # an Event wait: wakes as soon as it is released
-            return
-        except zmq.NotDone:
-            continue
 
 
 def _tensor(spec, frame: zmq.Frame) -> torch.Tensor:
