@@ -8,7 +8,6 @@ launcher when ppsvd starts the workers itself, rank 0 under torchrun) polls thos
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from ppsvd.control import key
@@ -17,28 +16,45 @@ REPORT_EVERY_S = 0.1
 
 
 class ProgressReporter:
+    """Counts steps and samples; a daemon thread publishes them ten times a second.
+
+    The compute loop only bumps integers: a store write is a network round trip (0.1-1 ms on a
+    busy host), and on a stage whose sample takes 80 ms that alone would cost ~1% throughput.
+    """
+
     def __init__(self, store: Any, run_id: str, stage: int) -> None:
         self.store = store
         self.name = key(run_id, "progress", stage)
         self.samples = 0
         self.steps = 0
-        self._last = 0.0
+        self._published: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ppsvd-progress-{stage}", daemon=True)
+        self._thread.start()
 
     def step(self, _step: int | None = None) -> None:
         self.steps += 1
-        self._publish()
 
     def sample_done(self) -> None:
         self.samples += 1
-        self._publish(force=True)
 
-    def _publish(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < REPORT_EVERY_S:
+    def close(self) -> None:
+        """Publish the final counts and stop the thread."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._publish()
+
+    def _run(self) -> None:
+        while not self._stop.wait(REPORT_EVERY_S):
+            self._publish()
+
+    def _publish(self) -> None:
+        current = (self.samples, self.steps)
+        if current == self._published:
             return
-        self._last = now
         try:
-            self.store.set(self.name, f"{self.samples} {self.steps}")
+            self.store.set(self.name, f"{current[0]} {current[1]}")
+            self._published = current
         except Exception:
             pass  # progress is best effort; the control watcher reports a lost store
 

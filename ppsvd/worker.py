@@ -212,6 +212,7 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
     writer = None
     if is_writer:
         writer = ResultWriter(run_dir, config, plan, model.describe(), manifest_name="manifest.json" if pipeline else f".manifest-{rank}.json")
+    reporter = ProgressReporter(store, run_id, rank)
     ctx = StageContext(
         config=config,
         plan=plan,
@@ -219,10 +220,11 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
         indices=indices,
         cancelled=control.cancelled,
         fail=control.fail,
-        reporter=ProgressReporter(store, run_id, rank),
+        reporter=reporter,
         run_dir=run_dir,
     )
     run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
+    reporter.close()
     timeline = stage_timeline(ctx, launched=launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
     timeline.stage = rank  # data-parallel workers all run "stage 0" of a 1-stage plan
     store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))

@@ -42,3 +42,4 @@ NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live progres
 
 DEFAULT_STEPS = DEFAULT_TOTAL_STEPS
 Strategy = Annotated[str, typer.Option("--strategy", help="pipeline (split steps over stages) or data (whole samples per process: the baseline).")]
+MaxInFlight = Annotated[int, typer.Option("--max-in-flight", help="Messages a stage may have queued for sending before it waits (back-pressure).")]
