@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_MODEL_ID, TINY_MODEL
+from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, TINY_MODEL
 
 NAME = "doctor"
 
@@ -24,7 +24,7 @@ def command(
     dtype: o.Dtype = None,
     device: o.Device = None,
     transport: o.Transport = None,
-    total_steps: o.TotalSteps = 25,
+    total_steps: o.TotalSteps = DEFAULT_TOTAL_STEPS,
     num_samples: o.NumSamples = 1,
     output_dir: o.OutputDir = Path("ppsvd-runs"),
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for machines) instead of the table.")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_MODEL_ID, TINY_MODEL, RunConfig
+from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, TINY_MODEL, RunConfig
 
 NAME = "run"
 
@@ -20,7 +20,7 @@ def command(
     ] = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
     weights: Annotated[str, typer.Option("--weights", help="pretrained, or random: the model's architecture with random weights (timing without a download).")] = "pretrained",
-    total_steps: o.TotalSteps = 25,
+    total_steps: o.TotalSteps = DEFAULT_TOTAL_STEPS,
     latent_shape: Annotated[
         Optional[tuple[int, int, int, int, int]],
         typer.Option("--latent-shape", help="B C F H W: videos per sample, latent channels, frames, latent height, latent width (pixels 8H x 8W). Default 1 4 14 64 64 (tiny: its own small shape)."),
