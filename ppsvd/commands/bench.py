@@ -28,9 +28,6 @@ from ppsvd.commands.options import (
 
 NAME = "bench"
 
-# The guide's defaults (kept literal here so `--help` needs no import of ppsvd.bench).
-GUIDE_LATENT_SHAPE = (1, 4, 14, 64, 64)
-
 Gpus = Annotated[
     str | None,
     typer.Option(
@@ -83,6 +80,7 @@ def command(
         STRATEGIES,
         SYNTHETIC_MODEL,
         RunConfig,
+        default_latent_shape,
         parse_int_list,
     )
     from ppsvd.console import out
@@ -102,7 +100,7 @@ def command(
     if model is None:
         model = SYNTHETIC_MODEL if device == "cpu" else DEFAULT_MODEL_ID
     if latent_shape is None:
-        latent_shape = _default_latent_shape(model)
+        latent_shape = default_latent_shape(model)
     counts = parse_int_list("--gpus", gpus) if gpus else list(bench.default_gpu_counts(device, available))
     strategies = [s.strip() for s in strategy.split(",") if s.strip()]
     for name in strategies:
@@ -162,17 +160,6 @@ def command(
         out.print(f"{name:>15}: {path}", soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
-
-
-def _default_latent_shape(model: str) -> tuple[int, int, int, int, int]:
-    """The guide's 1 4 14 64 64, except for the tiny model, which has its own small shape."""
-    from ppsvd.config import TINY_MODEL
-
-    if model == TINY_MODEL:
-        from ppsvd.models.tiny import DEFAULT_LATENT_SHAPE as TINY_SHAPE
-
-        return tuple(TINY_SHAPE)
-    return GUIDE_LATENT_SHAPE
 
 
 def _describe(run) -> str:

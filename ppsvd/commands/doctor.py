@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, TINY_MODEL
+from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS
 
 NAME = "doctor"
 
@@ -44,17 +44,12 @@ def command(
     live between 2 local workers. Every problem comes with its fix. Exit code 0 when everything
     the planned run needs passes, 1 otherwise. Works without a GPU too.
     """
-    from ppsvd.config import RunConfig, check_latent_shape
+    from ppsvd.config import RunConfig, check_latent_shape, default_latent_shape
     from ppsvd.console import err, out
     from ppsvd.errors import ConfigError
 
     if latent_shape is None:
-        if model == TINY_MODEL:
-            from ppsvd.models.tiny import DEFAULT_LATENT_SHAPE as TINY_SHAPE
-
-            latent_shape = tuple(TINY_SHAPE)
-        else:
-            latent_shape = DEFAULT_LATENT_SHAPE
+        latent_shape = default_latent_shape(model)
     shape = check_latent_shape(latent_shape)
     if live_timeout <= 0:
         raise ConfigError(f"--live-timeout {live_timeout:g} must be positive seconds")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, TINY_MODEL, RunConfig
+from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, RunConfig, default_latent_shape
 
 NAME = "run"
 
@@ -58,7 +58,7 @@ def command(
     from ppsvd.images import resolve_images
 
     if latent_shape is None:
-        latent_shape = _default_latent_shape(model)
+        latent_shape = default_latent_shape(model)
     config = RunConfig(
         model=model,
         weights=weights,
@@ -88,11 +88,3 @@ def command(
         debug=debug,
     )
     return execute(config)
-
-
-def _default_latent_shape(model: str) -> tuple[int, int, int, int, int]:
-    if model == TINY_MODEL:
-        from ppsvd.models.tiny import DEFAULT_LATENT_SHAPE as TINY_SHAPE
-
-        return tuple(TINY_SHAPE)
-    return DEFAULT_LATENT_SHAPE

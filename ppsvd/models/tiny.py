@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from ppsvd.config import TINY_LATENT_SHAPE
 
 TINY = "tiny"
 SVD_XT = "svd-xt"
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 
-DEFAULT_LATENT_SHAPE = (1, 4, 4, 8, 8)
+DEFAULT_LATENT_SHAPE = TINY_LATENT_SHAPE
 """B C F H W for --model tiny: one video of 4 frames at 64x64 pixels (a few seconds on a CPU)."""
 
 # The scheduler is SVD-XT's for every family: it holds no weights, and the tiny model should
