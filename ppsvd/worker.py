@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 from datetime import timedelta
 from pathlib import Path
 
@@ -103,31 +104,70 @@ def _die_with_parent() -> None:
             pass
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What one worker process knows about its run, fixed from start to end."""
+
+    config: RunConfig
+    store: Any
+    run_id: str
+    run_dir: Path
+    run_start: float
+    launched: float
+    self_launched: bool
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+
+    @staticmethod
+    def from_env(config, store, run_id, run_dir, run_start, *, self_launched: bool) -> _Job:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return _Job(
+            config=config,
+            store=store,
+            run_id=run_id,
+            run_dir=Path(run_dir),
+            run_start=run_start,
+            launched=time.time(),
+            self_launched=self_launched,
+            rank=int(os.environ.get("RANK", "0")),
+            world=world,
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+        )
+
+
 def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float, *, self_launched: bool) -> int:
     """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by another)."""
-    launched = time.time()
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    control = RunControl(store, run_id, rank, world)
+    job = _Job.from_env(config, store, run_id, run_dir, run_start, self_launched=self_launched)
+    rank = job.rank
+    control = RunControl(store, run_id, rank, job.world)
     control.start_watching()
     opened: list = []  # transports to close however we leave
     try:
-        _work(config, store, control, opened, run_id, run_dir, run_start, launched, rank, world, local_rank, local_world, self_launched)
+        _work(job, control, opened)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every way out must be reported, then mapped to an exit code
         reason = control.reason
-        if isinstance(exc, Cancelled) or (reason is not None and reason.stage != rank):
-            if reason is not None and reason.stage == rank:
-                _say(f"stage {rank} failed: {reason.message}")
-                return 1
-            cause = f"stage {reason.stage} failed: {reason.message}" if reason and reason.stage is not None else (reason.message if reason else str(exc))
+        if reason is not None and reason.stage == rank:  # one of our threads failed first
+            _say(f"stage {rank} failed: {reason.message}")
+            return 1
+        if reason is not None or isinstance(exc, Cancelled):  # another stage's failure stopped us
+            if reason is None:
+                cause = str(exc)
+            elif reason.stage is None:
+                cause = reason.message
+            else:
+                cause = f"stage {reason.stage} failed: {reason.message}"
             _say(f"stage {rank} stopped because {cause}", quiet=not config.debug)
             return 3
-        message = str(exc) if isinstance(exc, PpsvdError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
+        elif isinstance(exc, PpsvdError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
         control.fail(message)
         _say(f"stage {rank} failed: {message}")
         if config.debug:
@@ -149,7 +189,7 @@ def _say(text: str, *, quiet: bool = False) -> None:
         print(f"ppsvd: {text}", file=sys.stderr, flush=True)
 
 
-def _work(config, store, control, opened, run_id, run_dir, run_start, launched, rank, world, local_rank, local_world, self_launched):
+def _work(job: _Job, control: RunControl, opened: list) -> None:
     import torch
 
     from ppsvd import backends
@@ -161,6 +201,8 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
     from ppsvd.protocol import schema_payload_bytes
     from ppsvd.stage import StageContext, run_stage, stage_timeline
 
+    config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
+    rank, world, local_rank, local_world = job.rank, job.world, job.local_rank, job.local_world
     if not config.is_synthetic:
         _quiet_libraries(config.debug)
     if config.device == "cpu":
@@ -225,13 +267,13 @@ def _work(config, store, control, opened, run_id, run_dir, run_start, launched, 
     )
     run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
     reporter.close()
-    timeline = stage_timeline(ctx, launched=launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
+    timeline = stage_timeline(ctx, launched=job.launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
     timeline.stage = rank  # data-parallel workers all run "stage 0" of a 1-stage plan
     store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))
     control.mark_done()
     control.wait_all_done(config.timeout_s)
     if rank == 0:
-        _collect(config, store, run_id, run_dir, run_start, world, self_launched)
+        _collect(job)
 
 
 def cpu_threads() -> int:
@@ -257,19 +299,21 @@ def _quiet_libraries(debug: bool) -> None:
         pass
 
 
-def _collect(config, store, run_id, run_dir, run_start, world, self_launched) -> None:
+def _collect(job: _Job) -> None:
     """Rank 0: gather every stage's timeline into timeline.json (and merge data-parallel manifests)."""
     from ppsvd.outputs import write_json_atomic
     from ppsvd.timeline import RunTimeline
 
-    stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.timeout_s)) for r in range(world)]
+    config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
+
+    stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.timeout_s)) for r in range(job.world)]
     timeline = RunTimeline.from_json(
         {
             "strategy": config.strategy,
             "total_steps": config.total_steps,
             "num_samples": config.num_samples,
-            "run_start": run_start if self_launched else min(s["launched"] for s in stages),
-            "run_end": None if self_launched else time.time(),
+            "run_start": job.run_start if job.self_launched else min(s["launched"] for s in stages),
+            "run_end": None if job.self_launched else time.time(),
             "stages": stages,
         }
     )
