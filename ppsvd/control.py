@@ -46,7 +46,7 @@ class RunControl:
         world_size: int,
         *,
         stale_after_s: float = STALE_AFTER_S,
-        startup_grace_s: float = 120.0,
+        startup_grace_s: float = 600.0,
     ):
         self.store = store
         self.run_id = run_id
@@ -96,6 +96,10 @@ class RunControl:
         self._watcher = threading.Thread(target=self._watch, name=f"ppsvd-watch-{self.rank}", daemon=True)
         self._watcher.start()
 
+    def mark_ready(self) -> None:
+        """This stage loaded its model and opened its links: from now on a silent heartbeat means trouble."""
+        self.store.set(key(self.run_id, "ready", self.rank), "1")
+
     def mark_done(self) -> None:
         """This stage finished its work: peers stop expecting its heartbeat (it keeps watching them)."""
         self.store.set(key(self.run_id, "done", self.rank), "1")
@@ -125,10 +129,12 @@ class RunControl:
                     if previous is None or previous[0] != beats:
                         last_seen[peer] = (beats, now)
                         continue
-                    # A stage that never beat may still be starting (importing torch): allow longer.
-                    limit = self.stale_after_s if beats > 0 else self.startup_grace_s
+                    # Until a stage is ready it may be importing torch or loading weights, which
+                    # can hold the GIL (and so its heartbeat thread) for seconds: allow longer.
+                    started = self.store.check([key(self.run_id, "ready", peer)])
+                    limit = self.stale_after_s if started else self.startup_grace_s
                     if now - previous[1] > limit:
-                        what = "stopped responding (exited or hung)" if beats > 0 else "never started"
+                        what = "stopped responding (exited or hung)" if started else "did not finish starting"
                         self.fail(f"{what} for {limit:g} s", stage=peer)
                         return
             except Exception as exc:  # the store is gone: the launcher or the agent died

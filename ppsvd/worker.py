@@ -142,7 +142,7 @@ def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float,
     """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by another)."""
     job = _Job.from_env(config, store, run_id, run_dir, run_start, self_launched=self_launched)
     rank = job.rank
-    control = RunControl(store, run_id, rank, job.world)
+    control = RunControl(store, run_id, rank, job.world, startup_grace_s=config.timeout_s)
     control.start_watching()
     opened: list = []  # transports to close however we leave
     try:
@@ -247,6 +247,7 @@ def _work(job: _Job, control: RunControl, opened: list) -> None:
         transport.open()
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
     # hand-off and steady-state numbers would measure load skew instead of the pipeline.
+    control.mark_ready()
     control.barrier("ready", config.timeout_s)
     ready = time.time()
 
