@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from ppsvd.config import RunConfig, env_world
 from ppsvd.console import notice, out
 from ppsvd.errors import ConfigError
@@ -39,7 +42,14 @@ def execute(config: RunConfig) -> int:
             _announce(config, world[1])
         # Every rank checks its own inputs, so a bad flag fails fast everywhere.
         preflight(config)
-        return torchrun_main(config)
+        code = torchrun_main(config)
+        # Leave the way a multiprocessing worker does: flush, then os._exit. A normal interpreter
+        # shutdown runs the C++ destructors of gloo's groups and threads, and under torchrun that
+        # aborted a finished run now and then ("terminate called without an active exception",
+        # SIGABRT), turning success into a failure. Every output is already written and fsync'ed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     import torch
 
