@@ -42,6 +42,7 @@ def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from ppsvd.outputs import make_run_dir
+    from ppsvd.progress import live_progress
     from ppsvd.worker import WorkerSpec, _label, worker_main
 
     run_start = time.time()
@@ -72,7 +73,7 @@ def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: 
     _quiet_elastic_logs(config.debug)
     error, failed_stage = None, None
     try:
-        with _progress(config, store, run_id):
+        with live_progress(store, run_id, config):
             elastic_launch(launch_config, worker_main)(spec)
     except ChildFailedError as exc:
         failed_stage, error = _explain(exc, store, run_id)
@@ -129,23 +130,3 @@ def _quiet_elastic_logs(debug: bool) -> None:
     for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
         logging.getLogger(name).setLevel(level)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "INFO" if debug else "ERROR")
-
-
-class _progress:
-    """Context manager: the live per-stage bars, drawn by this (launcher) process."""
-
-    def __init__(self, config: RunConfig, store, run_id: str) -> None:
-        self.board = None
-        if config.show_progress:
-            from ppsvd.progress import ProgressBoard
-
-            self.board = ProgressBoard.for_run(store, run_id, config)
-
-    def __enter__(self):
-        if self.board is not None:
-            self.board.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.board is not None:
-            self.board.__exit__(*exc)

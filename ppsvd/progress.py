@@ -130,3 +130,12 @@ class ProgressBoard:
                 return
             total = self.samples_per_stage[stage]
             self.progress.update(task, completed=steps, samples=f"{samples}/{total} samples")
+
+
+def live_progress(store: Any, run_id: str, config):
+    """The per-stage bars as a context manager, or one that does nothing with --no-progress."""
+    import contextlib
+
+    if not config.show_progress:
+        return contextlib.nullcontext()
+    return ProgressBoard.for_run(store, run_id, config)

@@ -242,9 +242,7 @@ def run_stage(
             raise Cancelled("the run is stopping")
 
     # End of stream: tell the next stage how many samples there were, then drain our threads.
-    if ctx.is_first or receiver is None:
-        pass
-    else:
+    if receiver is not None:
         msg, _ = _get(receiver.inbox, cancelled, config.timeout_s, f"end of stream from stage {ctx.stage - 1}")
         if not msg.is_end or msg.index != len(ctx.indices):
             raise TransportError(f"stage {ctx.stage} expected end of stream after {len(ctx.indices)} samples, got {msg.kind} {msg.index}")
@@ -272,10 +270,10 @@ def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) ->
             raise TransportTimeout(f"{thread.name} did not finish within {timeout_s:g} s")
 
 
-def stage_timeline(ctx: StageContext, *, launched: float, ready: float, finished: float, host: str, device: str) -> StageTimeline:
+def stage_timeline(ctx: StageContext, stage_id: int, *, launched: float, ready: float, finished: float, host: str, device: str) -> StageTimeline:
     steps = ctx.plan.ranges[ctx.stage]
     return StageTimeline(
-        stage=ctx.stage,
+        stage=stage_id,
         steps=(steps.start, steps.stop),
         launched=launched,
         ready=ready,

@@ -71,17 +71,10 @@ def torchrun_main(config: RunConfig) -> int:
     else:
         run_dir = Path(store_get(store, run_key, config.timeout_s).decode())
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
-    board = None
-    if rank == 0 and config.show_progress:
-        from ppsvd.progress import ProgressBoard
+    from ppsvd.progress import live_progress
 
-        board = ProgressBoard.for_run(store, run_id, config.replace(nproc=world))
-        board.__enter__()
-    try:
+    with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.show_progress and rank == 0)):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False)
-    finally:
-        if board is not None:
-            board.__exit__(None, None, None)
     if code == 0 and rank == 0:
         from ppsvd.summary import print_summary
 
@@ -268,8 +261,8 @@ def _work(job: _Job, control: RunControl, opened: list) -> None:
     )
     run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
     reporter.close()
-    timeline = stage_timeline(ctx, launched=job.launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
-    timeline.stage = rank  # data-parallel workers all run "stage 0" of a 1-stage plan
+    # Recorded under the rank: data-parallel workers all run "stage 0" of a 1-stage plan.
+    timeline = stage_timeline(ctx, rank, launched=job.launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
     store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))
     control.mark_done()
     control.wait_all_done(config.timeout_s)
