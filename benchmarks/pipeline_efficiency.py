@@ -6,7 +6,7 @@
 Each step costs --step-ms of wall time without using the CPU (like waiting for a GPU kernel),
 so N stages on a 2-core machine behave like N GPUs. Efficiency(N) = steady-state throughput(N)
 / (N x steady-state throughput(1)), throughput measured from completions once the first sample
-is out (ppsvd.metrics.summarize). Not a test: it prints a table for the docs and notes.
+is out (ppsvd.analysis.metrics.summarize). Not a test: it prints a table for the docs and notes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def main() -> None:
     from ppsvd.config import RunConfig, parse_int_list
-    from ppsvd.launch import launch
-    from ppsvd.metrics import summarize
-    from ppsvd.timeline import RunTimeline
+    from ppsvd.runtime.launch import launch
+    from ppsvd.analysis.metrics import summarize
+    from ppsvd.analysis.timeline import RunTimeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step-ms", type=float, default=20.0)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ppsvd.config import RunConfig
-from ppsvd.images import builtin_image
+from ppsvd.io.images import builtin_image
 from ppsvd.models import tiny
 from ppsvd.models.svd import SVDStageModel, frames_to_uint8
 from ppsvd.plan import partition_steps
@@ -141,9 +141,9 @@ def main() -> None:
 
 def launched_per_sample(config: RunConfig, args: argparse.Namespace, out: Path) -> float:
     """ppsvd end to end through the launcher (one worker); seconds per sample in steady state."""
-    from ppsvd.launch import launch
-    from ppsvd.metrics import summarize
-    from ppsvd.timeline import RunTimeline
+    from ppsvd.runtime.launch import launch
+    from ppsvd.analysis.metrics import summarize
+    from ppsvd.analysis.timeline import RunTimeline
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the worker's thread count, as this process's
     run = config.replace(nproc=1, num_samples=args.samples + 1, output_dir=out, show_progress=False)

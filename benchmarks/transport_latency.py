@@ -3,7 +3,7 @@
     python benchmarks/transport_latency.py                 # gloo, zmq-ipc, zmq-tcp (+ nccl with 2 GPUs)
     python benchmarks/transport_latency.py --repeats 200 --frames 14 25
 
-Each row is one ppsvd.linkcheck.check_link run: latency is the median one-way time of one
+Each row is one ppsvd.backends.linkcheck.check_link run: latency is the median one-way time of one
 latent-sized message (send start to receive done), bandwidth is payload sent back to back.
 The payload is an SVD latent [1, frames, 4, 64, 64] (512x512 video) in --dtype.
 """
@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from ppsvd.linkcheck import check_link
+from ppsvd.backends.linkcheck import check_link
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ppsvd.bench import (
+from ppsvd.bench.sweep import (
     CSV_NAME,
     JSON_NAME,
     THROUGHPUT_PNG,
@@ -27,7 +27,7 @@ from ppsvd.bench import (
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.plan import partition_steps, shard_samples
-from ppsvd.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 
 STEP_S = 0.5
 LOAD_S = 2.0
@@ -296,7 +296,7 @@ def test_importing_the_command_imports_neither_torch_nor_matplotlib():
 
 
 def test_no_gpu_points_to_device_cpu(monkeypatch, capsys):
-    from ppsvd import bench
+    from ppsvd.bench import sweep as bench
     from ppsvd.cli import main
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: 0)
@@ -308,7 +308,7 @@ def test_no_gpu_points_to_device_cpu(monkeypatch, capsys):
 
 
 def test_cli_refuses_more_gpus_than_the_machine_has(monkeypatch, capsys, tmp_path):
-    from ppsvd import bench
+    from ppsvd.bench import sweep as bench
     from ppsvd.cli import main
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: 4)

@@ -27,7 +27,7 @@ def run_cli(capsys, *argv):
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, argv, needle):
-    monkeypatch.setattr("ppsvd.launch.launch", lambda *a, **k: pytest.fail("launched workers on bad input"))
+    monkeypatch.setattr("ppsvd.runtime.launch.launch", lambda *a, **k: pytest.fail("launched workers on bad input"))
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert needle in err

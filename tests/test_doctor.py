@@ -482,7 +482,7 @@ def test_live_check_reports_exceptions_and_missing_linkcheck(monkeypatch):
     assert all(not link.ok and link.error == "RuntimeError: connection refused" for link in facts.live)
     assert by_name(report_for(facts, planned))["transport"].status == "fail"  # gloo is the planned link
 
-    monkeypatch.setitem(sys.modules, "ppsvd.linkcheck", None)
+    monkeypatch.setitem(sys.modules, "ppsvd.backends.linkcheck", None)
     facts = _facts()
     live_mod.run_live(facts, planned, "fp32", timeout_s=1)
     assert facts.live is None and "not importable" in facts.live_error
@@ -494,7 +494,7 @@ def test_live_check_reports_exceptions_and_missing_linkcheck(monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_real_live_check_gloo_and_zmq_on_this_cpu(tmp_path):
-    linkcheck = pytest.importorskip("ppsvd.linkcheck")
+    linkcheck = pytest.importorskip("ppsvd.backends.linkcheck")
     planned = Planned(model="synthetic", nproc=2, total_steps=28, device="cpu", output_dir=tmp_path)
     start = time.monotonic()
     report = diagnose(planned, live=True, live_timeout=10.0, env={"HF_HUB_CACHE": str(tmp_path)})

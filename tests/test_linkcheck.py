@@ -1,4 +1,4 @@
-"""ppsvd.linkcheck: a live transport check between 2 local workers, always bounded in time.
+"""ppsvd.backends.linkcheck: a live transport check between 2 local workers, always bounded in time.
 
 The first check of the session starts the forkserver (one torch import), so the successful
 checks get a generous timeout: they return as soon as they are done.
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ppsvd.errors import ConfigError
-from ppsvd.linkcheck import LinkResult, check_link
+from ppsvd.backends.linkcheck import LinkResult, check_link
 
 
 @pytest.mark.timeout(120)

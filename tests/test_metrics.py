@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ppsvd.metrics import (
+from ppsvd.analysis.metrics import (
     efficiency,
     percentile,
     recv_wait_s,
@@ -19,7 +19,7 @@ from ppsvd.metrics import (
     steps_per_gpu,
     summarize,
 )
-from ppsvd.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 
 
 def exact(value: float) -> object:

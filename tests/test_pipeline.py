@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from ppsvd.launch import launch
-from ppsvd.timeline import RunTimeline
+from ppsvd.runtime.launch import launch
+from ppsvd.analysis.timeline import RunTimeline
 from tests.helpers import read_latents, reference_latents, small_config
 
 CASES = [(1, "gloo"), (2, "gloo"), (3, "gloo"), (4, "gloo"), (2, "zmq"), (3, "zmq"), (4, "zmq")]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ppsvd.errors import ProtocolError
-from ppsvd.protocol import (
+from ppsvd.backends.protocol import (
     HEADER_BYTES,
     MAGIC,
     PROTOCOL_VERSION,

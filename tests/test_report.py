@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ppsvd import report
-from ppsvd.bench import BenchPlan, BenchResult, BenchRun, derive_scaling
+from ppsvd.bench import report
+from ppsvd.commands import tables
+from ppsvd.bench.sweep import BenchPlan, BenchResult, BenchRun, derive_scaling
 from ppsvd.config import RunConfig
-from ppsvd.metrics import summarize
-from ppsvd.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.analysis.metrics import summarize
+from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,7 +102,7 @@ def test_write_tables_is_atomic_and_complete(tmp_path):
 
 
 def test_summary_table_pipeline(tmp_path):
-    text = render(report.summary_table(summarize(pipeline(4))))
+    text = render(tables.summary_table(summarize(pipeline(4))))
     assert "pipeline · 4 stages · T=8 · 4/4 samples" in text
     assert "1.00 ms" in text  # hand-off stage 0 -> 1
     assert "ideal samples/s" in text and "100.0% of ideal" in text
@@ -109,25 +110,25 @@ def test_summary_table_pipeline(tmp_path):
 
 
 def test_summary_table_data(tmp_path):
-    text = render(report.summary_table(summarize(data(2))))
+    text = render(tables.summary_table(summarize(data(2))))
     assert "data · 2 workers" in text and "samples/s (whole run)" in text and "hand-off" not in text
 
 
 def test_sweep_tables_fit_80_columns(tmp_path):
     runs = bench_runs(tmp_path)
-    for table in (report.bench_table(runs), report.detail_table(runs), report.comparison_table(runs)):
+    for table in (tables.bench_table(runs), tables.detail_table(runs), tables.comparison_table(runs)):
         text = render(table)
         assert "…" not in text, text
         assert max(len(line) for line in text.splitlines()) <= 80
-    scaling = render(report.bench_table(runs))
+    scaling = render(tables.bench_table(runs))
     assert "failed" in scaling and "2.00×" in scaling
-    compare = render(report.comparison_table(runs))
+    compare = render(tables.comparison_table(runs))
     assert "pipeline vs data" in compare
 
 
 def test_no_comparison_without_both_strategies(tmp_path):
     runs = [r for r in bench_runs(tmp_path) if r.strategy == "pipeline"]
-    assert report.comparison_table(runs) is None
+    assert tables.comparison_table(runs) is None
 
 
 # -- plots --------------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 from ppsvd.config import RunConfig
-from ppsvd.images import builtin_image, load_image
-from ppsvd.launch import launch
+from ppsvd.io.images import builtin_image, load_image
+from ppsvd.runtime.launch import launch
 from ppsvd.models import tiny
 from ppsvd.models.svd import frames_to_uint8
-from ppsvd.video import read_mp4
+from ppsvd.io.video import read_mp4
 from tests.helpers import read_latents
 
 SHAPE = (1, 4, 3, 8, 8)  # B C F H W -> 64x64 pixels, 3 frames

@@ -16,7 +16,7 @@ import torch
 
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError, InputImageError, ModelNotFoundError
-from ppsvd.images import BUILTIN, builtin_image, load_image, resolve_images
+from ppsvd.io.images import BUILTIN, builtin_image, load_image, resolve_images
 from ppsvd.models import tiny
 from ppsvd.models.base import build_stage_model, model_class, preflight
 from ppsvd.models.svd import HANDOFF, SVDStageModel, frames_to_uint8, stage_components

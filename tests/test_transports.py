@@ -31,7 +31,7 @@ from ppsvd.errors import (
     TransportError,
     TransportTimeout,
 )
-from ppsvd.protocol import HEADER_BYTES, Header, Message, TensorSpec, tensor_to_bytes
+from ppsvd.backends.protocol import HEADER_BYTES, Header, Message, TensorSpec, tensor_to_bytes
 
 N_MESSAGES = 5
 SHAPE = (2, 3, 4, 5)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ppsvd import video
-from ppsvd.video import read_mp4, write_frames, write_mp4
+from ppsvd.io import video
+from ppsvd.io.video import read_mp4, write_frames, write_mp4
 
 
 def frames(count: int, height: int, width: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ppsvd.errors import Cancelled, TransportTimeout
-from ppsvd.protocol import Message, Schema
+from ppsvd.backends.protocol import Message, Schema
 
 CancelCheck = Callable[[], bool]
 

@@ -36,7 +36,7 @@ from ppsvd.errors import (
     TransportError,
     TransportTimeout,
 )
-from ppsvd.protocol import (
+from ppsvd.backends.protocol import (
     HEADER_BYTES,
     Header,
     Message,

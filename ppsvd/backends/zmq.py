@@ -45,7 +45,7 @@ from ppsvd.errors import (
     TransportError,
     TransportTimeout,
 )
-from ppsvd.protocol import (
+from ppsvd.backends.protocol import (
     HEADER_BYTES,
     Message,
     Schema,

@@ -74,7 +74,8 @@ def command(
     columns first), benchmark_results.json, throughput.png and timeline.png.
     On a machine without GPUs: ppsvd bench --device cpu --gpus 1,2,4 --step-ms 20
     """
-    from ppsvd import bench, report
+    from ppsvd.bench import sweep as bench
+    from ppsvd.commands import tables
     from ppsvd.config import (
         DEFAULT_MODEL_ID,
         STRATEGIES,
@@ -146,9 +147,9 @@ def command(
     with observer:
         result = bench.run_bench(plan, results_dir, observer=observer)
 
-    out.print(report.bench_table(result.runs))
-    out.print(report.detail_table(result.runs))
-    comparison = report.comparison_table(result.runs)
+    out.print(tables.bench_table(result.runs))
+    out.print(tables.detail_table(result.runs))
+    comparison = tables.comparison_table(result.runs)
     if comparison is not None:
         out.print(comparison)
     for run in result.failed:

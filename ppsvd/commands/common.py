@@ -35,14 +35,18 @@ def execute(config: RunConfig) -> int:
     config.validate()
     world = env_world()
     if world is not None:
-        from ppsvd.worker import torchrun_main
+        from ppsvd.runtime.worker import torchrun_main
 
         rank = world[0]
         if rank == 0:
             _announce(config, world[1])
         # Every rank checks its own inputs, so a bad flag fails fast everywhere.
         preflight(config)
-        code = torchrun_main(config)
+        code, run_dir = torchrun_main(config)
+        if code == 0 and rank == 0:
+            from ppsvd.commands.tables import print_summary
+
+            print_summary(run_dir)
         # Leave the way a multiprocessing worker does: flush, then os._exit. A normal interpreter
         # shutdown runs the C++ destructors of gloo's groups and threads, and under torchrun that
         # aborted a finished run now and then ("terminate called without an active exception",
@@ -56,8 +60,8 @@ def execute(config: RunConfig) -> int:
     config.check_devices(torch.cuda.device_count() if config.device == "cuda" else 0, config.nproc)
     preflight(config)
     _announce(config, config.nproc)
-    from ppsvd.launch import launch
-    from ppsvd.summary import print_summary
+    from ppsvd.runtime.launch import launch
+    from ppsvd.commands.tables import print_summary
 
     result = launch(config)
     print_summary(result.run_dir)

@@ -55,7 +55,7 @@ def command(
     SVD on CPU in seconds.
     """
     from ppsvd.commands.common import execute, resolve_device, resolve_nproc
-    from ppsvd.images import resolve_images
+    from ppsvd.io.images import resolve_images
 
     if latent_shape is None:
         latent_shape = default_latent_shape(model)

@@ -1,7 +1,7 @@
 """`ppsvd doctor`: find what would make a planned run fail or crawl, in seconds, before the run.
 
     probe.py   gathers facts (NVML, torch, environment, HF cache, disks): the side effects
-    live.py    the live transport check (ppsvd.linkcheck) with a hard deadline
+    live.py    the live transport check (ppsvd.backends.linkcheck) with a hard deadline
     checks.py  pure: Facts + Planned -> [CheckResult]   (tests feed fake facts)
     memory.py  pure: the memory model and the largest latent shape that fits
     render.py  Rich table / JSON

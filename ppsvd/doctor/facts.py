@@ -115,7 +115,7 @@ class DiskInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class LinkInfo:
-    """One live transport measurement between 2 local workers (from ppsvd.linkcheck.check_link)."""
+    """One live transport measurement between 2 local workers (from ppsvd.backends.linkcheck.check_link)."""
 
     transport: str
     """gloo, nccl, zmq."""
@@ -176,7 +176,7 @@ class Facts:
     live_skipped: list[tuple[str, str]] = field(default_factory=list)
     """(label, why) of transports the live check could not try here, e.g. ('nccl', 'needs 2 GPUs')."""
     live_error: str | None = None
-    """Why the live check could not run at all (e.g. ppsvd.linkcheck not importable)."""
+    """Why the live check could not run at all (e.g. ppsvd.backends.linkcheck not importable)."""
     probe_errors: list[str] = field(default_factory=list)
     """Things that could not be probed (shown in details, never fatal)."""
 

@@ -1,6 +1,6 @@
 """The live transport check: latent-sized messages between 2 local workers, per transport.
 
-Uses ppsvd.linkcheck.check_link (which bounds itself by its timeout and kills its workers). Doctor
+Uses ppsvd.backends.linkcheck.check_link (which bounds itself by its timeout and kills its workers). Doctor
 adds a second guard: each check runs in a daemon thread that doctor stops waiting for after the
 timeout plus a grace period, so doctor never hangs even if a check does not return.
 """
@@ -53,9 +53,9 @@ def run_live(
         return
     if check_link is None:
         try:
-            from ppsvd.linkcheck import check_link  # noqa: PLC0415 - imports torch.distributed lazily itself
+            from ppsvd.backends.linkcheck import check_link  # noqa: PLC0415 - imports torch.distributed lazily itself
         except Exception as exc:  # noqa: BLE001
-            facts.live_error = f"ppsvd.linkcheck is not importable ({type(exc).__name__}: {exc})"
+            facts.live_error = f"ppsvd.backends.linkcheck is not importable ({type(exc).__name__}: {exc})"
             return
     b, c, f, h, w = planned.latent_shape
     payload = (b, f, c, h, w)  # [B, F, C, H, W]: the layout that travels between stages

@@ -17,7 +17,7 @@ import torch
 
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.plan import StepPlan
-from ppsvd.protocol import KIND_SAMPLE, Message, Schema
+from ppsvd.backends.protocol import KIND_SAMPLE, Message, Schema
 
 StepCallback = Callable[[int], None]
 """Called after each denoising step with the global step index (for progress bars)."""

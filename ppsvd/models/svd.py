@@ -33,11 +33,11 @@ import torch
 
 from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig
 from ppsvd.errors import ConfigError, ModelNotFoundError
-from ppsvd.images import check_image, image_for_sample, load_sample_image, resolve_images
+from ppsvd.io.images import check_image, image_for_sample, load_sample_image, resolve_images
 from ppsvd.models import tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.models.layout import CONFIG_FILES, WEIGHT_FILES, predownload_command
-from ppsvd.protocol import Schema, TensorSpec, dtype_name
+from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 
 # Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
 LATENTS = "latents"  # [B, F, C, H, W], the state being denoised

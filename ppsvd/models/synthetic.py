@@ -26,7 +26,7 @@ from importlib import resources
 import torch
 
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
-from ppsvd.protocol import Schema, TensorSpec, dtype_name
+from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 
 
 def svd_scheduler():

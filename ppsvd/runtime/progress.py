@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ppsvd.control import key
+from ppsvd.runtime.control import key
 
 REPORT_EVERY_S = 0.1
 

@@ -1,6 +1,6 @@
 """Writing decoded videos: MP4 (H.264 via the ffmpeg binary bundled with imageio-ffmpeg) and PNG frames.
 
-Every file is written under a temporary name and moved into place (ppsvd.outputs), so a crash or
+Every file is written under a temporary name and moved into place (ppsvd.io.atomic), so a crash or
 an encoder error never leaves a partial video under its final name.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ppsvd.outputs import write_with
+from ppsvd.io.atomic import write_with
 
 CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"

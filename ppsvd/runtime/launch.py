@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from ppsvd.config import RunConfig, env_world
-from ppsvd.control import read_abort
+from ppsvd.config import RunConfig
+from ppsvd.runtime.control import read_abort
 from ppsvd.errors import StageFailedError
 
 
@@ -31,22 +31,18 @@ class LaunchResult:
     failed_stage: int | None = None
 
 
-def under_torchrun() -> bool:
-    return env_world() is not None
-
-
 def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: bool = True) -> LaunchResult:
     """Run config on config.nproc local workers; wait; return the result (or raise StageFailedError)."""
     from torch.distributed import TCPStore
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from ppsvd.outputs import make_run_dir
-    from ppsvd.progress import live_progress
-    from ppsvd.worker import WorkerSpec, _label, worker_main
+    from ppsvd.io.atomic import make_run_dir, run_label
+    from ppsvd.runtime.progress import live_progress
+    from ppsvd.runtime.worker import WorkerSpec, worker_main
 
     run_start = time.time()
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(config.output_dir, _label(config, config.nproc))
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(config.output_dir, run_label(config.model, config.strategy, config.nproc))
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=config.timeout_s))
@@ -115,7 +111,7 @@ def _remove_stale_sockets(run_id: str) -> None:
 
 def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:
     """Add the launcher's view of the run (start and end of the whole launch) to timeline.json."""
-    from ppsvd.timeline import RunTimeline
+    from ppsvd.analysis.timeline import RunTimeline
 
     path = run_dir / "timeline.json"
     if path.exists():

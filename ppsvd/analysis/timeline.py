@@ -105,7 +105,7 @@ class RunTimeline:
         return RunTimeline(**top, stages=stages)
 
     def save(self, path: Path) -> None:
-        from ppsvd.outputs import write_text_atomic
+        from ppsvd.io.atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_json(), indent=1))
 

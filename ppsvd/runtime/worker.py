@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ppsvd.config import RunConfig
-from ppsvd.control import RunControl, key, store_get
+from ppsvd.runtime.control import RunControl, key, store_get
 from ppsvd.errors import Cancelled, PpsvdError
 
 RUN_DIR_KEY = "run_dir"
@@ -38,7 +38,7 @@ class WorkerSpec:
 
 
 def worker_main(spec: WorkerSpec) -> None:
-    """Entry point for workers started by ppsvd.launch (one per local rank)."""
+    """Entry point for workers started by ppsvd.runtime.launch (one per local rank)."""
     _die_with_parent()
     from torch.distributed import TCPStore
 
@@ -54,8 +54,10 @@ def worker_main(spec: WorkerSpec) -> None:
         sys.exit(code)
 
 
-def torchrun_main(config: RunConfig) -> int:
-    """Entry point when the command itself runs under torchrun: this process is one stage."""
+def torchrun_main(config: RunConfig) -> tuple[int, Path]:
+    """Entry point when the command itself runs under torchrun: this process is one stage.
+
+    Returns the exit code and the run directory; the command prints the summary on rank 0."""
     launched = time.time()
     import torch.distributed as dist
 
@@ -64,27 +66,18 @@ def torchrun_main(config: RunConfig) -> int:
     run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     run_key = key(run_id, RUN_DIR_KEY)
     if rank == 0:
-        from ppsvd.outputs import make_run_dir
+        from ppsvd.io.atomic import make_run_dir, run_label
 
-        run_dir = make_run_dir(config.output_dir, _label(config, world))
+        run_dir = make_run_dir(config.output_dir, run_label(config.model, config.strategy, world))
         store.set(run_key, str(run_dir))
     else:
         run_dir = Path(store_get(store, run_key, config.timeout_s).decode())
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
-    from ppsvd.progress import live_progress
+    from ppsvd.runtime.progress import live_progress
 
     with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.show_progress and rank == 0)):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False)
-    if code == 0 and rank == 0:
-        from ppsvd.summary import print_summary
-
-        print_summary(run_dir)
-    return code
-
-
-def _label(config: RunConfig, world: int) -> str:
-    model = Path(config.model).name or "model"
-    return f"{model}-{config.strategy}-n{world}"
+    return code, run_dir
 
 
 def _die_with_parent() -> None:
@@ -188,11 +181,12 @@ def _work(job: _Job, control: RunControl, opened: list) -> None:
     from ppsvd import backends
     from ppsvd.backends.base import StageWorld
     from ppsvd.models.base import build_stage_model
-    from ppsvd.outputs import ResultWriter, write_json_atomic
+    from ppsvd.io.atomic import write_json_atomic
+    from ppsvd.io.results import ResultWriter
     from ppsvd.plan import partition_steps, shard_samples
-    from ppsvd.progress import ProgressReporter
-    from ppsvd.protocol import schema_payload_bytes
-    from ppsvd.stage import StageContext, run_stage, stage_timeline
+    from ppsvd.runtime.progress import ProgressReporter
+    from ppsvd.backends.protocol import schema_payload_bytes
+    from ppsvd.runtime.stage import StageContext, run_stage, stage_timeline
 
     config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
     rank, world, local_rank, local_world = job.rank, job.world, job.local_rank, job.local_world
@@ -295,8 +289,8 @@ def _quiet_libraries(debug: bool) -> None:
 
 def _collect(job: _Job) -> None:
     """Rank 0: gather every stage's timeline into timeline.json (and merge data-parallel manifests)."""
-    from ppsvd.outputs import write_json_atomic
-    from ppsvd.timeline import RunTimeline
+    from ppsvd.io.atomic import write_json_atomic
+    from ppsvd.analysis.timeline import RunTimeline
 
     config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
 

@@ -24,7 +24,7 @@ from ppsvd.plan import (
     partition_steps,
     shard_samples,
 )
-from ppsvd.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 For each GPU count N (and each strategy: 'pipeline', and 'data' as the baseline) the sweep
 launches N worker processes, times the whole launch from outside (the guide's total_time_sec),
-reads the run's timeline.json, and derives metrics (ppsvd.metrics). Speedup and efficiency are
+reads the run's timeline.json, and derives metrics (ppsvd.analysis.metrics). Speedup and efficiency are
 relative to the 1-GPU run. A failed run is recorded and the sweep goes on (unless fail_fast).
 Results are rewritten after every run, so an interrupted sweep still leaves its CSV and JSON.
 
@@ -26,9 +26,10 @@ from typing import Any, Protocol
 from ppsvd import __version__
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
-from ppsvd.metrics import RunMetrics, efficiency, speedup, summarize
+from ppsvd.analysis.metrics import RunMetrics, efficiency, speedup, summarize
 from ppsvd.plan import partition_steps, shard_samples
-from ppsvd.timeline import RunTimeline
+from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG  # noqa: F401 (re-exported)
 
 # The guide's benchmark.sh: its GPU counts, its defaults, its cooldown and its file name.
 GUIDE_GPU_COUNTS = (1, 2, 4, 7)
@@ -38,16 +39,12 @@ GUIDE_SEED = 42
 GUIDE_LATENT_SHAPE = (1, 4, 14, 64, 64)
 GUIDE_COOLDOWN_S = 5.0
 
-CSV_NAME = "benchmark_results.csv"
-JSON_NAME = "benchmark_results.json"
-THROUGHPUT_PNG = "throughput.png"
-TIMELINE_PNG = "timeline.png"
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
 
 class LaunchLike(Protocol):
-    """What the sweep needs from ppsvd.launch.LaunchResult."""
+    """What the sweep needs from ppsvd.runtime.launch.LaunchResult."""
 
     ok: bool
     error: str | None
@@ -232,7 +229,7 @@ def derive_scaling(runs: list[BenchRun]) -> None:
 
 
 def default_launcher(config: RunConfig, run_dir: Path) -> LaunchLike:
-    from ppsvd.launch import launch
+    from ppsvd.runtime.launch import launch
 
     return launch(config, run_dir, raise_on_failure=False)
 
@@ -258,7 +255,7 @@ def run_bench(
     The plan must already be validated (BenchPlan.validate). `launcher`, `sleep` and `clock`
     are parameters so tests can run the sweep logic without processes or waiting.
     """
-    from ppsvd import report
+    from ppsvd.bench import report
 
     launcher = launcher or default_launcher
     observer = observer or SweepObserver()

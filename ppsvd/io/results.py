@@ -1,54 +1,15 @@
-"""Atomic writes of run outputs: nothing half-written ever stands under its final name.
+"""The last stage's outputs: final latents (safetensors), videos (MP4), frames (PNG), the manifest.
 
-Every file is written to a temporary name in the same directory, flushed and fsync'ed, then
-renamed into place (os.replace is atomic on POSIX). A crash leaves at most a '.tmp-*' file.
+Each file is written atomically (ppsvd.io.atomic), so a finished output is never half-written.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `final`; on success it is moved to `final`."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{final.stem}-", suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def write_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Run writer(tmp_path) (e.g. a video encoder that wants a file name), then move into place."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
+from ppsvd.io import video
+from ppsvd.io.atomic import write_json_atomic, write_with
 
 
 def save_latents(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
@@ -61,22 +22,6 @@ def save_latents(path: Path, tensors: dict, metadata: dict[str, str] | None = No
 
 def sample_stem(index: int) -> str:
     return f"sample_{index:05d}"
-
-
-def make_run_dir(output_dir: Path, label: str) -> Path:
-    """A new directory output_dir/<UTC time>-<label>[-k] that no earlier run used."""
-    import time
-
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    base = Path(output_dir) / f"{stamp}-{label}"
-    candidate, k = base, 1
-    while True:
-        try:
-            candidate.mkdir(parents=True, exist_ok=False)
-            return candidate
-        except FileExistsError:
-            k += 1
-            candidate = base.with_name(f"{base.name}-{k}")
 
 
 class ResultWriter:
@@ -105,8 +50,6 @@ class ResultWriter:
             save_latents(path, {"latents": result.latents}, metadata={"index": str(result.index), "layout": "B F C H W"})
             entry["latents"] = str(path.relative_to(self.run_dir))
         if result.frames is not None and (cfg.save_video or cfg.save_frames):
-            from ppsvd import video
-
             videos, frame_dirs = [], []
             for b in range(result.frames.shape[0]):
                 name = stem if result.frames.shape[0] == 1 else f"{stem}_b{b}"

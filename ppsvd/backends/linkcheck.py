@@ -129,7 +129,7 @@ def _planned_endpoint(transport: str, zmq_endpoint: str, run_id: str, store_port
 
 def _check_args(transport: str, zmq_endpoint: str, payload_shape, dtype: str, repeats: int, timeout_s: float) -> None:
     from ppsvd import backends
-    from ppsvd.protocol import DTYPE_NAMES
+    from ppsvd.backends.protocol import DTYPE_NAMES
 
     if transport not in backends.available():
         raise ConfigError(f"transport {transport!r} is not one of {', '.join(backends.available())}")
@@ -174,7 +174,7 @@ def _context():
     ctx = mp.get_context("forkserver")
     # Only takes effect if the forkserver is not running yet; replaces the default ['__main__'],
     # which would re-run the caller's main module in the server.
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "ppsvd.linkcheck", "ppsvd.backends.torch_p2p", "ppsvd.backends.zmq"])
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "ppsvd.backends.linkcheck", "ppsvd.backends.torch_p2p", "ppsvd.backends.zmq"])
     return ctx
 
 
@@ -274,7 +274,7 @@ def _open(rank: int, job: dict[str, Any]):
 def _payload(job: dict[str, Any], device: str):
     import torch
 
-    from ppsvd.protocol import DTYPE_NAMES
+    from ppsvd.backends.protocol import DTYPE_NAMES
 
     dtype = DTYPE_NAMES[job["dtype"]]
     gen = torch.Generator().manual_seed(0)
@@ -290,7 +290,7 @@ def _key(job: dict[str, Any], name: str) -> str:
 
 
 def _run_sender(transport, job: dict[str, Any]) -> None:
-    from ppsvd.protocol import Message
+    from ppsvd.backends.protocol import Message
 
     store = transport.world.store
     wait = timedelta(seconds=job["timeout_s"])
@@ -311,7 +311,7 @@ def _run_sender(transport, job: dict[str, Any]) -> None:
 
 
 def _run_receiver(transport, job: dict[str, Any]) -> dict[str, Any]:
-    from ppsvd.protocol import TensorSpec
+    from ppsvd.backends.protocol import TensorSpec
 
     store = transport.world.store
     expected = _payload(job, "cpu")

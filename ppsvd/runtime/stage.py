@@ -25,9 +25,9 @@ from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
 from ppsvd.models.base import Sample, SampleResult, StageModel
 from ppsvd.plan import StepPlan
-from ppsvd.progress import ProgressReporter
-from ppsvd.protocol import Message
-from ppsvd.timeline import SampleSpan, StageTimeline
+from ppsvd.runtime.progress import ProgressReporter
+from ppsvd.backends.protocol import Message
+from ppsvd.analysis.timeline import SampleSpan, StageTimeline
 
 POLL_S = 0.05
 

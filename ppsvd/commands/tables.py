@@ -1,0 +1,200 @@
+"""Rich tables for the terminal: the end-of-run summary and the bench sweep's tables.
+
+Presentation only: the numbers come from ppsvd.analysis.metrics and the sweep's BenchRun records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+from ppsvd.analysis.metrics import RunMetrics, steps_per_gpu, summarize
+from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.bench.sweep import BenchRun
+from ppsvd.console import out
+
+
+def print_summary(run_dir: Path) -> None:
+    """The per-stage table and the headline numbers of a finished run, from its timeline.json."""
+    timeline = RunTimeline.load(Path(run_dir) / "timeline.json")
+    out.print(summary_table(summarize(timeline)))
+    out.print(f"outputs: {run_dir}")
+
+
+def _fmt(value: float | None, spec: str = ".3f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+# -- Rich tables -------------------------------------------------------------------------------
+
+
+def summary_table(metrics: RunMetrics) -> Table:
+    """One run at a glance: per stage (steps, busy, waiting, load, hand-off) and overall numbers.
+
+    Shared by `ppsvd run`, `ppsvd simulate` and `ppsvd bench`.
+    """
+    m = metrics
+    pipeline = m.strategy == "pipeline"
+    unit = "stage" if pipeline else "worker"
+    stages = Table(box=None, header_style="bold", pad_edge=False)
+    for name, justify in ((unit, "right"), ("steps", "left"), ("samples", "right"), ("busy", "right"), ("waiting", "right"), ("load s", "right")):
+        stages.add_column(name, justify=justify)
+    if pipeline:
+        stages.add_column("hand-off →", justify="right")
+    hops = {h.src: h for h in m.hops}
+    for st in m.stages:
+        row = [str(st.stage), f"{st.steps[0]}–{st.steps[1] - 1} ({st.num_steps})", str(st.samples), _pct(st.busy_frac), _pct(st.waiting_frac), f"{st.load_s:.2f}"]
+        if pipeline:
+            hop = hops.get(st.stage)
+            row.append(_fmt(hop.median_s * 1000 if hop else None, ".2f", " ms"))
+        stages.add_row(*row)
+
+    overall = Table(box=None, show_header=False, pad_edge=False)
+    overall.add_column(style="bold")
+    overall.add_column()
+    wall = _fmt(m.wall_s, ".2f", " s")
+    if m.per_sample_s is not None:
+        wall += f"  ({m.per_sample_s:.3f} s per sample)"
+    overall.add_row("wall time", wall)
+    overall.add_row("model load", _fmt(m.model_load_s, ".2f", " s"))
+    overall.add_row("first-sample latency", _fmt(m.first_sample_latency_s, ".3f", " s"))
+    overall.add_row("fill / drain", f"{_fmt(m.fill_s, '.3f', ' s')} / {_fmt(m.drain_s, '.3f', ' s')}")
+    overall.add_row("latency p50 / p95", f"{_fmt(m.latency_p50_s, '.3f', ' s')} / {_fmt(m.latency_p95_s, '.3f', ' s')}")
+    rate_name = "steady samples/s" if pipeline else "samples/s (whole run)"
+    overall.add_row(rate_name, _fmt(m.throughput, ".4f"))
+    overall.add_row("ideal samples/s", f"{_fmt(m.ideal_throughput, '.4f')}  {_ideal_formula(m)}")
+    overall.add_row("efficiency", f"{_pct(m.efficiency_vs_ideal)} of ideal")
+    overall.add_row("partition", m.partition)
+
+    table = Table(
+        title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · {m.completed}/{m.num_samples} samples",
+        show_header=False,
+        box=None,
+        title_style="bold",
+    )
+    table.add_column()
+    table.add_row(stages)
+    table.add_row("")
+    table.add_row(overall)
+    return table
+
+
+def _compact(title: str) -> Table:
+    """No vertical rules and one space between columns, so a sweep table fits 80 columns."""
+    from rich import box
+
+    return Table(title=title, header_style="bold", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+                 pad_edge=False, show_edge=False)
+
+
+def _range_pct(values: list[float | None]) -> str:
+    """'95%' or '67–95%': the spread of a per-stage fraction."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    lo, hi = round(100 * min(known)), round(100 * max(known))
+    return f"{lo}%" if lo == hi else f"{lo}–{hi}%"
+
+
+def _ideal_formula(m: RunMetrics) -> str:
+    """How ideal_throughput was computed, with the numbers: '(1 / (7 steps × 20.1 ms))'."""
+    if not m.median_step_s or not m.steps_per_stage:
+        return ""
+    step = f"{m.median_step_s * 1000:.1f} ms"
+    if m.strategy == "pipeline":
+        return f"(1 / ({max(m.steps_per_stage)} steps × median step {step}))"
+    return f"({m.num_stages} / ({m.total_steps} steps × median step {step}))"
+
+
+def bench_table(runs: list[BenchRun]) -> Table:
+    """The sweep's scaling: the guide's numbers first, then speedup and efficiency vs 1 GPU."""
+    table = _compact("ppsvd bench: scaling")
+    # Two-line headers keep the table inside 80 columns (what Rich assumes when piped).
+    for name in ("GPUs", "strategy", "steps\nper GPU", "total s", "s per\nsample", "samples\nper s", "speedup", "effi-\nciency", "status"):
+        table.add_column(name, justify="left" if name in ("strategy", "status") else "right")
+    for run in runs:
+        m = run.metrics
+        status = Text(run.status, style={"ok": "green", "failed": "bold red"}.get(run.status, "dim"))
+        if m is None:
+            table.add_row(str(run.gpu_count), run.strategy, *["—"] * 6, status)
+            continue
+        table.add_row(
+            str(run.gpu_count),
+            run.strategy,
+            steps_per_gpu(m.steps_per_stage),
+            _fmt(run.total_time_sec, ".2f"),
+            _fmt(run.per_sample_sec, ".3f"),
+            _fmt(m.throughput, ".3f"),
+            _fmt(run.speedup, ".2f", "×"),
+            _pct(run.efficiency),
+            status,
+        )
+    return table
+
+
+def detail_table(runs: list[BenchRun]) -> Table:
+    """Where the time went in each successful run: load, first sample, fill, latency, utilisation
+    (the spread over stages) and the slowest hop's median hand-off. Drain and more: in the CSV."""
+    table = _compact("ppsvd bench: where the time went")
+    for name in ("GPUs", "strategy", "load\ns", "first\nsample s", "fill\ns", "latency\np50 s", "latency\np95 s", "busy", "waiting", "hop\nms"):
+        table.add_column(name, justify="left" if name == "strategy" else "right")
+    for run in runs:
+        m = run.metrics
+        if m is None or not run.ok:
+            continue
+        hop = max((h.median_s for h in m.hops), default=None)
+        table.add_row(
+            str(run.gpu_count),
+            run.strategy,
+            _fmt(m.model_load_s, ".2f"),
+            _fmt(m.first_sample_latency_s, ".2f"),
+            _fmt(m.fill_s, ".2f"),
+            _fmt(m.latency_p50_s, ".2f"),
+            _fmt(m.latency_p95_s, ".2f"),
+            _range_pct(m.busy_fracs),
+            _range_pct(m.waiting_fracs),
+            _fmt(hop * 1000 if hop is not None else None, ".2f"),
+        )
+    return table
+
+
+def comparison_table(runs: list[BenchRun]) -> Table | None:
+    """Pipeline vs data parallelism at each GPU count where both ran: the choice a user faces.
+
+    Both do the same job (S samples on N GPUs). 'work s' is the time from the first sample
+    started to the last finished (fill and drain included, model load excluded); the ideal
+    work times assume the run's median step time. 'faster' compares work times: model load is
+    the same for both on GPUs, while on a CPU machine process start-up adds noise to total s.
+    """
+    by_key = {(r.gpu_count, r.strategy): r for r in runs if r.ok and r.metrics is not None}
+    counts = sorted({n for n, _ in by_key if (n, "pipeline") in by_key and (n, "data") in by_key})
+    if not counts:
+        return None
+    table = _compact("pipeline vs data parallelism (same GPUs, same samples)")
+    headers = ("GPUs", "total s\npipeline", "total s\ndata", "work s\npipeline", "work s\ndata", "ideal work s\npipeline / data", "faster\n(work)")
+    for name in headers:
+        table.add_column(name, justify="left" if name.startswith("faster") else "right")
+    for n in counts:
+        p, d = by_key[(n, "pipeline")], by_key[(n, "data")]
+        pw, dw = p.metrics.compute_span_s, d.metrics.compute_span_s
+        faster = "—"
+        if pw and dw:
+            ratio = max(pw, dw) / min(pw, dw)
+            faster = "same" if ratio < 1.005 else f"{'pipeline' if pw < dw else 'data'} {ratio:.2f}×"
+        pm = p.metrics
+        table.add_row(
+            str(n),
+            _fmt(p.total_time_sec, ".2f"),
+            _fmt(d.total_time_sec, ".2f"),
+            _fmt(pw, ".2f"),
+            _fmt(dw, ".2f"),
+            f"{_fmt(pm.ideal_pipeline_makespan_s, '.2f')} / {_fmt(pm.ideal_data_makespan_s, '.2f')}",
+            faster,
+        )
+    return table
