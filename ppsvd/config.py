@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ DEVICES = ("cpu", "cuda")
 STRATEGIES = ("pipeline", "data")
 ZMQ_ENDPOINTS = ("auto", "ipc", "tcp")
 WEIGHTS = ("pretrained", "random")
+LOG_FORMATS = ("auto", "rich", "plain", "json")
+"""Progress output: 'rich' bars, 'plain' lines at a steady interval, 'json' lines; 'auto' picks
+rich on a terminal and plain otherwise (a cluster job's log file)."""
 
 SYNTHETIC_MODEL = "synthetic"
 TINY_MODEL = "tiny"
@@ -31,11 +35,61 @@ DEFAULT_TOTAL_STEPS = 28
 DEFAULT_LATENT_SHAPE = (1, 4, 14, 64, 64)
 TINY_LATENT_SHAPE = (1, 4, 4, 8, 8)
 """The embedded tiny SVD's default: 4 frames of 64x64 pixels, so CPU runs take seconds."""
+VAE_SCALE_FACTOR = 8
+"""Pixels per latent cell in SVD (diffusers' pipe.vae_scale_factor: 2 ** (VAE levels - 1))."""
+BUILTIN_IMAGE = "builtin"
+"""The image name of a sample that uses the built-in test image (no --image given)."""
 
 
 def default_latent_shape(model: str) -> tuple[int, int, int, int, int]:
     """The guide's 1 4 14 64 64, except for the tiny model, which has its own small shape."""
     return TINY_LATENT_SHAPE if model == TINY_MODEL else DEFAULT_LATENT_SHAPE
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleInput:
+    """One line of an --inputs job file: an image and, optionally, its own seed and conditioning.
+
+    A value left None takes the run's (--seed + index, --fps, --motion-bucket-id, --noise-aug-strength).
+    """
+
+    image: str
+    seed: int | None = None
+    motion_bucket_id: int | None = None
+    fps: int | None = None
+    noise_aug_strength: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+SAMPLE_INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(SampleInput))
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """Everything that differs between samples of one run, fixed before any worker starts."""
+
+    index: int
+    image: str
+    """An image file, an http(s) URL, or BUILTIN_IMAGE."""
+    seed: int
+    fps: int
+    motion_bucket_id: int
+    noise_aug_strength: float
+    name: str
+    """Output file stem, unique in the run: '<image stem>-s<seed>' (then '-2', '-3' on repeats)."""
+
+    def conditioning(self) -> dict[str, Any]:
+        """The per-sample facts that travel with the sample and land in the manifest."""
+        return {
+            "seed": self.seed,
+            "image": self.image,
+            "fps": self.fps,
+            "motion_bucket_id": self.motion_bucket_id,
+            "noise_aug_strength": self.noise_aug_strength,
+            "name": self.name,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,18 +129,32 @@ class RunConfig:
     """zmq: 'ipc' on one host, 'tcp' across hosts; 'auto' picks."""
     # SVD conditioning (diffusers' StableVideoDiffusionPipeline arguments).
     images: tuple[str, ...] = ()
-    """Input image files; sample i uses images[i % len]. Empty: the built-in test image."""
+    """Input image files or http(s) URLs; sample i uses images[i % len]. Empty: the built-in test image."""
+    inputs: tuple[SampleInput, ...] = ()
+    """--inputs job file, one SampleInput per line; sample i uses inputs[i % len]. Excludes images."""
     fps: int = 6
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 3.0
     decode_chunk_size: int | None = None
+    video_fps: int | None = None
+    """Playback frame rate of the MP4s; None: the sample's fps conditioning (diffusers keeps the two
+    apart: export_to_video(frames, fps=...) is separate from the pipeline's fps argument)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of --model, as from_pretrained(revision=...)."""
+    variant: str | None = None
+    """Weights variant, as from_pretrained(variant=...): None picks fp16 files for an fp16 run when
+    the model has them, else the full-precision ones."""
     save_video: bool = True
     save_frames: bool = False
     save_latents: bool = True
     debug: bool = False
     show_progress: bool = True
+    log_format: str = "auto"
+    """How progress is shown: see LOG_FORMATS."""
+    progress_interval_s: float = 10.0
+    """Seconds between progress lines in the plain and json formats."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form values recorded in the run's config.json (e.g. the bench sweep it belongs to)."""
 
@@ -115,6 +183,7 @@ class RunConfig:
         data["output_dir"] = str(self.output_dir)
         data["latent_shape"] = list(self.latent_shape)
         data["images"] = list(self.images)
+        data["inputs"] = [item.to_json() for item in self.inputs]
         data["resolved_dtype"] = self.resolved_dtype
         data["resolved_transport"] = self.resolved_transport
         return data
@@ -126,6 +195,7 @@ class RunConfig:
         kwargs["output_dir"] = Path(kwargs.get("output_dir", "ppsvd-runs"))
         kwargs["latent_shape"] = tuple(kwargs.get("latent_shape", DEFAULT_LATENT_SHAPE))
         kwargs["images"] = tuple(kwargs.get("images", ()))
+        kwargs["inputs"] = tuple(SampleInput(**item) for item in kwargs.get("inputs", ()))
         return cls(**kwargs)
 
     def dumps(self) -> str:

@@ -34,7 +34,7 @@ class ProtocolError(TransportError):
 
 
 class TransportTimeout(TransportError, TimeoutError):
-    """A send or receive did not complete within its deadline."""
+    """A wait (send, receive, hand-off, barrier) did not complete within its deadline (backends.deadline)."""
 
 
 class Cancelled(PpsvdError):

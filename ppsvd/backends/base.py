@@ -13,10 +13,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ppsvd.errors import Cancelled, TransportTimeout
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message, Schema
 
-CancelCheck = Callable[[], bool]
+__all__ = ["CancelCheck", "Deadline", "StageWorld", "Transport", "wait_for"]
 
 
 @dataclass(frozen=True)
@@ -76,30 +76,17 @@ class Transport(ABC):
 
 def wait_for(
     done: Callable[[], bool],
+    deadline: Deadline,
     *,
-    timeout_s: float,
-    cancelled: CancelCheck,
-    what: str,
     poll_s: float = 0.0002,
     max_poll_s: float = 0.005,
-    cancel_every_s: float = 0.05,
 ) -> None:
     """Poll `done()` until it is true, with a growing sleep; raise on timeout or cancellation.
 
     For handles that can only be polled (NCCL work: is_completed() queries CUDA events); anything
     with an event or a socket should block on that instead. The sleep starts at 0.2 ms.
     """
-    start = time.monotonic()
-    deadline = start + timeout_s
-    next_cancel_check = start
     sleep = poll_s
     while not done():
-        now = time.monotonic()
-        if now >= next_cancel_check:
-            if cancelled():
-                raise Cancelled(f"stopped waiting for {what}: the run is stopping")
-            next_cancel_check = now + cancel_every_s
-        if now >= deadline:
-            raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
-        time.sleep(sleep)
+        time.sleep(deadline.slice(sleep))
         sleep = min(sleep * 1.5, max_poll_s)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ppsvd.errors import ConfigError
+from ppsvd.backends.deadline import Deadline
+from ppsvd.errors import ConfigError, TransportTimeout
 
 WARMUP_MESSAGES = 2
 """Sent before the timed ones: the first messages pay for lazy connection setup."""
@@ -62,6 +63,7 @@ def check_link(
     `_hang` (tests only) makes the receiving worker sleep instead of receiving.
     """
     start = time.monotonic()
+    deadline = Deadline(timeout_s, what=f"the {transport} link check")
     _check_args(transport, zmq_endpoint, payload_shape, dtype, repeats, timeout_s)
 
     def failed(error: str, endpoint: str = "") -> LinkResult:
@@ -94,7 +96,7 @@ def check_link(
     try:
         for proc in workers:
             proc.start()
-        reports, error = _collect(workers, results, deadline=start + timeout_s, timeout_s=timeout_s)
+        reports, error = _collect(workers, results, deadline)
     finally:
         _stop(workers)
         _remove_ipc_file(endpoint)  # a killed worker cannot remove its own
@@ -178,16 +180,15 @@ def _context():
     return ctx
 
 
-def _collect(workers: list, results, *, deadline: float, timeout_s: float) -> tuple[dict[int, dict], str | None]:
+def _collect(workers: list, results, deadline: Deadline) -> tuple[dict[int, dict], str | None]:
     """Reports of both workers, or the first error; never waits past deadline."""
     reports: dict[int, dict] = {}
     while len(reports) < len(workers):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            missing = ", ".join(str(r) for r in range(len(workers)) if r not in reports)
-            return reports, f"timed out after {timeout_s:g}s (worker {missing} did not finish)"
         try:
-            report = results.get(timeout=min(remaining, 0.1))
+            report = results.get(timeout=deadline.slice(0.1))
+        except TransportTimeout:
+            missing = ", ".join(str(r) for r in range(len(workers)) if r not in reports)
+            return reports, f"timed out after {deadline.timeout_s:g}s (worker {missing} did not finish)"
         except queue.Empty:
             dead = _died_silently(workers, reports, results)
             if dead:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from ppsvd.backends.base import CancelCheck, StageWorld, Transport, wait_for
+from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
 from ppsvd.errors import (
     Cancelled,
     ConfigError,
@@ -221,7 +220,7 @@ class _TorchP2PTransport(Transport):
 
     def _wait(self, handle: _WaitHandle, *, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
         """Wait for a handle under one deadline; turn backend errors into TransportError."""
-        handle.wait(timeout_s=timeout_s, cancelled=cancelled, what=what)
+        handle.wait(Deadline(timeout_s, what=what, cancelled=cancelled))
         try:
             handle.finish()
         except RuntimeError as exc:  # DistBackendError is a RuntimeError
@@ -237,7 +236,7 @@ class _TorchP2PTransport(Transport):
 
 
 class _WaitHandle:
-    def wait(self, *, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
+    def wait(self, deadline: Deadline) -> None:
         """Return when done; raise TransportTimeout / Cancelled otherwise (the handle stays usable)."""
         raise NotImplementedError
 
@@ -256,8 +255,8 @@ class _PolledWait(_WaitHandle):
     def __init__(self, works: list) -> None:
         self.works = works
 
-    def wait(self, *, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
-        wait_for(lambda: all(w.is_completed() for w in self.works), timeout_s=timeout_s, cancelled=cancelled, what=what)
+    def wait(self, deadline: Deadline) -> None:
+        wait_for(lambda: all(w.is_completed() for w in self.works), deadline)
 
     def finish(self) -> None:
         for work in self.works:
@@ -278,15 +277,9 @@ class _ThreadedWait(_WaitHandle):
         self.event = threading.Event()
         self.error: BaseException | None = None
 
-    def wait(self, *, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
+    def wait(self, deadline: Deadline) -> None:
         while not self.event.is_set():
-            if cancelled():
-                raise Cancelled(f"stopped waiting for {what}: the run is stopping")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
-            self.event.wait(min(remaining, CANCEL_CHECK_S))
+            self.event.wait(deadline.slice(CANCEL_CHECK_S))
 
     def finish(self) -> None:
         if self.error is not None:

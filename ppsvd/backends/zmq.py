@@ -32,18 +32,15 @@ import os
 import re
 import socket as pysocket
 import tempfile
-import time
 
 import torch
 import zmq
 
-from ppsvd.backends.base import CancelCheck, StageWorld, Transport, wait_for
+from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
 from ppsvd.errors import (
-    Cancelled,
     ConfigError,
     ProtocolError,
     TransportError,
-    TransportTimeout,
 )
 from ppsvd.backends.protocol import (
     HEADER_BYTES,
@@ -135,9 +132,7 @@ class ZmqTransport(Transport):
         try:
             wait_for(
                 lambda: self.world.store.check([key]),
-                timeout_s=self.world.timeout_s,
-                cancelled=lambda: False,
-                what=f"stage {peer} publishing its zmq endpoint",
+                Deadline(self.world.timeout_s, what=f"stage {peer} publishing its zmq endpoint"),
                 max_poll_s=0.05,
             )
             endpoint = self.world.store.get(key).decode()
@@ -182,18 +177,18 @@ class ZmqTransport(Transport):
         # send() returns (measured: for latent-sized frames a copy is cheaper than pyzmq's
         # zero-copy tracking, which costs a garbage-collector thread round trip per message).
         parts = [head] + [tensor_to_bytes(t) for t in msg.tensors.values()]
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s, what=what, cancelled=cancelled)
         while True:
-            _poll(self._push, zmq.POLLOUT, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
+            _poll(self._push, zmq.POLLOUT, deadline)
             try:
                 self._push.send_multipart(parts, flags=zmq.NOBLOCK, copy=True)
                 break
             except zmq.Again:
                 continue  # the queue filled up between poll and send; poll again
         if msg.is_end:
-            self._wait_end_received(deadline=deadline, timeout_s=timeout_s, cancelled=cancelled)
+            self._wait_end_received(deadline)
 
-    def _wait_end_received(self, *, deadline: float, timeout_s: float, cancelled: CancelCheck) -> None:
+    def _wait_end_received(self, deadline: Deadline) -> None:
         """Wait until the next stage has received END (it says so in the store).
 
         ZeroMQ cannot tell when a message has reached the peer, and close() with LINGER 0 drops
@@ -203,13 +198,9 @@ class ZmqTransport(Transport):
         """
         peer = self.world.rank + 1
         key = _end_key(self.world, peer)
-        wait_for(
-            lambda: self.world.store.check([key]),
-            timeout_s=max(0.0, deadline - time.monotonic()),
-            cancelled=cancelled,
-            what=f"stage {peer} confirming it received the end of the stream",
-            max_poll_s=0.02,
-        )
+        # Under the send's deadline: the handshake is part of sending END.
+        confirmed = deadline.part(f"stage {peer} confirming it received the end of the stream")
+        wait_for(lambda: self.world.store.check([key]), confirmed, max_poll_s=0.02)
 
     # -- recv -----------------------------------------------------------------------------
 
@@ -217,10 +208,9 @@ class ZmqTransport(Transport):
         if self._pull is None:
             raise TransportError(f"stage {self.world.rank} has no previous stage to receive from (or the transport is closed)")
         peer = self.world.rank - 1
-        deadline = time.monotonic() + timeout_s
-        what = f"receive from stage {peer}"
+        deadline = Deadline(timeout_s, what=f"receive from stage {peer}", cancelled=cancelled)
         while True:
-            _poll(self._pull, zmq.POLLIN, deadline=deadline, timeout_s=timeout_s, cancelled=cancelled, what=what)
+            _poll(self._pull, zmq.POLLIN, deadline)
             try:
                 frames = self._pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 break
@@ -284,16 +274,10 @@ def _end_key(world: StageWorld, rank: int) -> str:
     return f"{world.run_id}/zmq/{rank}/end-received"
 
 
-def _poll(sock: zmq.Socket, event: int, *, deadline: float, timeout_s: float, cancelled: CancelCheck, what: str) -> None:
+def _poll(sock: zmq.Socket, event: int, deadline: Deadline) -> None:
     """Block until sock is ready for event, in slices that check cancellation and the deadline."""
-    while True:
-        if cancelled():
-            raise Cancelled(f"stopped waiting for {what}: the run is stopping")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TransportTimeout(f"{what} did not complete within {timeout_s:g} s")
-        if sock.poll(int(min(remaining, POLL_SLICE_S) * 1000) + 1, event):
-            return
+    while not sock.poll(int(deadline.slice(POLL_SLICE_S) * 1000) + 1, event):
+        pass
 
 
 def _tensor(spec, frame: zmq.Frame) -> torch.Tensor:

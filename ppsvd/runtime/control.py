@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from ppsvd.backends.deadline import Deadline
+
 ABORT_KEY = "abort"
 HEARTBEAT_S = 0.5
 STALE_AFTER_S = 5.0
@@ -147,31 +149,19 @@ class RunControl:
 
     # -- completion --------------------------------------------------------------------------------
     def barrier(self, name: str, timeout_s: float) -> None:
-        """Wait until every stage reached the barrier `name` (polling the abort flag)."""
-        from ppsvd.errors import Cancelled
-
+        """Wait until every stage reached the barrier `name`; raises Cancelled or TransportTimeout."""
         counter = key(self.run_id, "barrier", name)
         self.store.add(counter, 1)
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s, what=f"the {name!r} barrier", cancelled=self.cancelled)
         while self.store.add(counter, 0) < self.world_size:
-            if self._stop.is_set():
-                raise Cancelled(f"stopped waiting at the {name!r} barrier")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not every stage reached {name!r} within {timeout_s:g} s")
-            time.sleep(0.005)
+            time.sleep(deadline.slice(0.005))
 
     def wait_all_done(self, timeout_s: float) -> None:
-        """Block until every stage marked done, polling the flag; raises Cancelled or TimeoutError."""
-        from ppsvd.errors import Cancelled
-
+        """Block until every stage marked done; raises Cancelled or TransportTimeout."""
         keys = [key(self.run_id, "done", r) for r in range(self.world_size)]
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s, what="the other stages' work", cancelled=self.cancelled)
         while not self.store.check(keys):
-            if self._stop.is_set():
-                raise Cancelled("stopped waiting for the other stages to finish")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the other stages did not finish within {timeout_s:g} s")
-            time.sleep(0.02)
+            time.sleep(deadline.slice(0.02))
 
 
 def read_abort(store: Any, run_id: str) -> StopReason | None:

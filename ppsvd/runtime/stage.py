@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ppsvd.backends.base import CancelCheck, Transport
+from ppsvd.backends.base import CancelCheck, Deadline, Transport
 from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
 from ppsvd.models.base import Sample, SampleResult, StageModel
@@ -59,28 +59,21 @@ class StageContext:
 
 
 def _put(q: queue.Queue, item: Any, cancelled: CancelCheck, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s, what=what, cancelled=cancelled)
     while True:
         try:
-            q.put(item, timeout=POLL_S)
-            return
+            return q.put(item, timeout=deadline.slice(POLL_S))
         except queue.Full:
-            if cancelled():
-                raise Cancelled(f"stopped waiting to {what}") from None
-            if time.monotonic() > deadline:
-                raise TransportTimeout(f"could not {what} within {timeout_s:g} s") from None
+            continue
 
 
 def _get(q: queue.Queue, cancelled: CancelCheck, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s, what=what, cancelled=cancelled)
     while True:
         try:
-            return q.get(timeout=POLL_S)
+            return q.get(timeout=deadline.slice(POLL_S))
         except queue.Empty:
-            if cancelled():
-                raise Cancelled(f"stopped waiting for {what}") from None
-            if time.monotonic() > deadline:
-                raise TransportTimeout(f"no {what} within {timeout_s:g} s") from None
+            continue
 
 
 class _Worker(threading.Thread):
@@ -126,7 +119,7 @@ class Receiver(_Worker):
         timeout = self.ctx.config.timeout_s
         while True:
             msg = self.transport.recv(self.schema, timeout_s=timeout, cancelled=self.ctx.cancelled)
-            _put(self.inbox, (msg, time.time()), self.ctx.cancelled, timeout, "queue a received sample")
+            _put(self.inbox, (msg, time.time()), self.ctx.cancelled, timeout, "the hand-off of a received sample")
             if msg.is_end:
                 return
 
@@ -228,12 +221,12 @@ def run_stage(
             span.compute_end = time.time()
             result.meta.setdefault("started", sample.meta.get("started", compute_start))
             result.meta["completed"] = span.compute_end
-            _put(writer.queue, result, cancelled, config.timeout_s, f"write sample {expected}")
+            _put(writer.queue, result, cancelled, config.timeout_s, f"the hand-off of sample {expected} to the writer")
         else:
             span.compute_end = time.time()
             sample.meta.setdefault("started", compute_start)
             span.send_start = time.time()
-            _put(sender.outbox, sample.to_message(), cancelled, config.timeout_s, f"send sample {expected}")
+            _put(sender.outbox, sample.to_message(), cancelled, config.timeout_s, f"the hand-off of sample {expected} to the sender")
             span.enqueued = time.time()
         spans.append(span)
         if ctx.reporter is not None:
@@ -247,9 +240,9 @@ def run_stage(
         if not msg.is_end or msg.index != len(ctx.indices):
             raise TransportError(f"stage {ctx.stage} expected end of stream after {len(ctx.indices)} samples, got {msg.kind} {msg.index}")
     if sender is not None:
-        _put(sender.outbox, Message.end(len(ctx.indices)), cancelled, config.timeout_s, "send end of stream")
+        _put(sender.outbox, Message.end(len(ctx.indices)), cancelled, config.timeout_s, "the hand-off of the end of stream to the sender")
     if writer is not None:
-        _put(writer.queue, None, cancelled, config.timeout_s, "finish writing")
+        _put(writer.queue, None, cancelled, config.timeout_s, "the hand-off of the end of stream to the writer")
     for thread in threads:
         _join(thread, cancelled, config.timeout_s)
     if cancelled():
@@ -261,13 +254,9 @@ def run_stage(
 
 
 def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s, what=f"the {thread.name} thread", cancelled=cancelled)
     while thread.is_alive():
-        thread.join(POLL_S)
-        if cancelled():
-            raise Cancelled(f"stopped waiting for {thread.name}")
-        if time.monotonic() > deadline:
-            raise TransportTimeout(f"{thread.name} did not finish within {timeout_s:g} s")
+        thread.join(deadline.slice(POLL_S))
 
 
 def stage_timeline(ctx: StageContext, stage_id: int, *, launched: float, ready: float, finished: float, host: str, device: str) -> StageTimeline:
