@@ -16,7 +16,7 @@ import typer
 import typer.exceptions
 
 from ppsvd import __version__
-from ppsvd.commands import bench, doctor, run, simulate
+from ppsvd.commands import bench, doctor, plan, run, simulate
 from ppsvd.console import error_line
 from ppsvd.errors import PpsvdError
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     name="ppsvd",
     help="Pipeline-parallel Stable Video Diffusion: denoising steps split across GPUs, same videos as diffusers.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -35,7 +35,7 @@ def _help(doc: str | None) -> str:
     return re.sub(r"(?<!\n)\n(?!\n)", " ", text)
 
 
-for module in (run, simulate, bench, doctor):
+for module in (run, simulate, plan, bench, doctor):
     if getattr(module, "command", None) is not None:
         app.command(module.NAME, help=_help(module.command.__doc__))(module.command)
 
@@ -63,6 +63,14 @@ def debug_enabled(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("PPSVD_DEBUG", "") not in ("", "0")
 
 
+def _usage_line(exc: Exception) -> str:
+    """click's usage error as one line, pointing at the command's --help."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "ppsvd"
+    return f"{' '.join(message.split())} (see `{where} --help`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
@@ -70,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="ppsvd", standalone_mode=False)
     except _EXIT as exc:
         code = exc.exit_code
-    except _USAGE as exc:  # bad flag, wrong number of values: click prints usage + one line
-        exc.show()
+    except _USAGE as exc:  # bad flag, wrong number of values, a value not among the choices
+        error_line(_usage_line(exc))
         code = exc.exit_code
     except _ABORT + (KeyboardInterrupt,):
         error_line("interrupted")

@@ -32,6 +32,9 @@ DEFAULT_MODEL_ID = "stabilityai/stable-video-diffusion-img2vid-xt"
 
 # The guide's defaults (../shared/seed-benchmark-guide.ja.md).
 DEFAULT_TOTAL_STEPS = 28
+PARTITIONS = ("auto", "even")
+DEFAULT_PARTITION = "auto"
+"""Split the steps by cost: equal costs give the even split; a costly decode gives the last stage fewer steps."""
 DEFAULT_LATENT_SHAPE = (1, 4, 14, 64, 64)
 TINY_LATENT_SHAPE = (1, 4, 4, 8, 8)
 """The embedded tiny SVD's default: 4 frames of 64x64 pixels, so CPU runs take seconds."""
@@ -39,6 +42,11 @@ VAE_SCALE_FACTOR = 8
 """Pixels per latent cell in SVD (diffusers' pipe.vae_scale_factor: 2 ** (VAE levels - 1))."""
 BUILTIN_IMAGE = "builtin"
 """The image name of a sample that uses the built-in test image (no --image given)."""
+
+
+def auto_device(cuda_usable: bool) -> str:
+    """The device of a run without --device: cuda when torch can use a GPU, else cpu (run and doctor)."""
+    return "cuda" if cuda_usable else "cpu"
 
 
 def default_latent_shape(model: str) -> tuple[int, int, int, int, int]:
@@ -78,7 +86,8 @@ class SampleSpec:
     motion_bucket_id: int
     noise_aug_strength: float
     name: str
-    """Output file stem, unique in the run: '<image stem>-s<seed>' (then '-2', '-3' on repeats)."""
+    """Output file stem, unique in the run: '<image stem>-s<seed>' (then '-2', '-3' on repeats;
+    'sample_NNNNN' for the synthetic model, which reads no image)."""
 
     def conditioning(self) -> dict[str, Any]:
         """The per-sample facts that travel with the sample and land in the manifest."""
@@ -112,19 +121,35 @@ class RunConfig:
     transport: str | None = None
     """nccl, gloo or zmq; None picks nccl when every stage has its own CUDA device, else gloo."""
     device: str = "cpu"
+    """cpu or cuda. Commands resolve a missing --device with auto_device before a run; only doctor
+    plans with None (not given), and resolves it once it has probed the machine."""
     dtype: str | None = None
     """fp32, fp16 or bf16; None picks fp16 on CUDA and fp32 on CPU."""
     strategy: str = "pipeline"
     """'pipeline' splits steps over stages; 'data' gives each process whole samples (the baseline)."""
     step_ms: float = 0.0
     """Synthetic model only: time spent per step without using the CPU, to emulate a GPU step."""
+    encode_ms: float = 0.0
+    """Synthetic model only: stage 0's time per sample to prepare it (SVD's image encode), spent like step_ms."""
+    decode_ms: float = 0.0
+    """Synthetic model only: the last stage's time per sample to finish it (SVD's VAE decode), spent like step_ms."""
+    stage_speed: tuple[float, ...] = ()
+    """Synthetic model only: relative speed of each stage's device (0.5 = half as fast); empty: all 1."""
+    partition: str = DEFAULT_PARTITION
+    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.costs),
+    'even' (sizes differ by at most one), or explicit sizes 'a,b,c' (one per stage, summing to T)."""
+    costs_from: str | None = None
+    """A previous run's directory: plan (and predict) with the costs its timeline.json recorded."""
     output_dir: Path = Path("ppsvd-runs")
     timeout_s: float = 600.0
     """Longest any single wait may last (a receive, a send, the rendezvous). Failures are usually seen sooner."""
+    stall_timeout_s: float = 60.0
+    """A stage in the middle of its steps that makes no step for max(this, 20 x its median step) is hung."""
     max_in_flight: int = 2
     """Messages a stage may have queued for sending before it stops computing (back-pressure)."""
-    bind_host: str = "127.0.0.1"
-    """zmq: interface to bind. Loopback unless asked; multi-node runs need a routable address."""
+    bind_host: str | None = None
+    """zmq tcp: the address to bind. None: loopback when the sending stage runs on this host, else this
+    host's address on the route to the store (backends/zmq.py decides from where each peer runs)."""
     zmq_endpoint: str = "auto"
     """zmq: 'ipc' on one host, 'tcp' across hosts; 'auto' picks."""
     # SVD conditioning (diffusers' StableVideoDiffusionPipeline arguments).
@@ -175,6 +200,23 @@ class RunConfig:
             return self.transport
         return "nccl" if self.device == "cuda" else "gloo"
 
+    @property
+    def input_images(self) -> tuple[str, ...]:
+        """The image of each input (--image values, or the --inputs lines), in order."""
+        return tuple(item.image for item in self.inputs) if self.inputs else self.images
+
+    def sample_specs(self) -> tuple[SampleSpec, ...]:
+        """Every sample's image, seed, conditioning and output name. Pure: every process gets the same."""
+        return plan_samples(self)
+
+    def sample_spec(self, index: int) -> SampleSpec:
+        """The spec of sample `index`, also past num_samples (what a longer run would give it)."""
+        return plan_samples(self if index < self.num_samples else self.replace(num_samples=index + 1))[index]
+
+    def skipped_images(self) -> tuple[str, ...]:
+        """Input images no sample uses, because --num-samples is smaller than their number."""
+        return self.input_images[self.num_samples :]
+
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
@@ -195,6 +237,7 @@ class RunConfig:
         kwargs["output_dir"] = Path(kwargs.get("output_dir", "ppsvd-runs"))
         kwargs["latent_shape"] = tuple(kwargs.get("latent_shape", DEFAULT_LATENT_SHAPE))
         kwargs["images"] = tuple(kwargs.get("images", ()))
+        kwargs["stage_speed"] = tuple(kwargs.get("stage_speed", ()))
         kwargs["inputs"] = tuple(SampleInput(**item) for item in kwargs.get("inputs", ()))
         return cls(**kwargs)
 
@@ -229,17 +272,30 @@ class RunConfig:
             raise ConfigError("--dtype fp16 is not supported on --device cpu for SVD; use --dtype fp32 or bf16")
         if self.step_ms < 0:
             raise ConfigError(f"--step-ms {self.step_ms} is negative; use 0 or more milliseconds")
+        self._check_costs()
         if self.step_ms and not self.is_synthetic:
             raise ConfigError(f"--step-ms only applies to --model synthetic (got --model {self.model}); drop it")
         if self.timeout_s <= 0:
             raise ConfigError(f"--timeout {self.timeout_s} must be positive seconds")
+        if self.stall_timeout_s <= 0:
+            raise ConfigError(f"--stall-timeout {self.stall_timeout_s} must be positive seconds")
         if self.max_in_flight < 1:
             raise ConfigError(f"--max-in-flight {self.max_in_flight} must be at least 1")
-        if not 0 <= self.motion_bucket_id <= 255:
-            raise ConfigError(f"--motion-bucket-id {self.motion_bucket_id} is outside 0..255; pick a value in that range")
-        _positive("--fps", self.fps)
-        if self.noise_aug_strength < 0:
-            raise ConfigError(f"--noise-aug-strength {self.noise_aug_strength} is negative; use a value >= 0 (default 0.02)")
+        _check_conditioning("", fps=self.fps, motion_bucket_id=self.motion_bucket_id, noise_aug_strength=self.noise_aug_strength)
+        if self.images and self.inputs:
+            raise ConfigError("--image and --inputs both given; list the images in the --inputs file, or drop --inputs")
+        for k, item in enumerate(self.inputs):
+            where = f"--inputs entry {k + 1} ({item.image}): "
+            if item.seed is not None and item.seed < 0:
+                raise ConfigError(f"{where}seed {item.seed} is negative; use a seed >= 0")
+            _check_conditioning(where, fps=item.fps, motion_bucket_id=item.motion_bucket_id, noise_aug_strength=item.noise_aug_strength)
+        if self.video_fps is not None:
+            _positive("--video-fps", self.video_fps)
+        if self.variant is not None and not re.fullmatch(r"[A-Za-z0-9_]+", self.variant):
+            raise ConfigError(f"--variant {self.variant!r} is not a weights variant name; use e.g. --variant fp16")
+        _choice("--log-format", self.log_format, LOG_FORMATS)
+        if self.progress_interval_s <= 0:
+            raise ConfigError(f"--progress-interval {self.progress_interval_s} must be positive seconds")
         if self.min_guidance_scale > self.max_guidance_scale:
             raise ConfigError(
                 f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale {self.max_guidance_scale}; "
@@ -248,6 +304,33 @@ class RunConfig:
         if self.decode_chunk_size is not None:
             _positive("--decode-chunk-size", self.decode_chunk_size)
         return self
+
+    def _check_costs(self) -> None:
+        """--encode-ms, --decode-ms, --stage-speed (synthetic model), --partition, --costs-from."""
+        for flag, value in (("--encode-ms", self.encode_ms), ("--decode-ms", self.decode_ms)):
+            if value < 0:
+                raise ConfigError(f"{flag} {value} is negative; use 0 or more milliseconds")
+            if value and not self.is_synthetic:
+                raise ConfigError(f"{flag} only applies to --model synthetic (got --model {self.model}); drop it")
+        if self.stage_speed:
+            text = ",".join(f"{v:g}" for v in self.stage_speed)
+            if not self.is_synthetic:
+                raise ConfigError(f"--stage-speed only applies to --model synthetic (got --model {self.model}); drop it")
+            if any(v <= 0 for v in self.stage_speed):
+                raise ConfigError(f"--stage-speed {text} must list positive speeds, e.g. --stage-speed 1,1,1,0.5")
+            if len(self.stage_speed) != self.nproc:
+                raise ConfigError(
+                    f"--stage-speed {text} gives {len(self.stage_speed)} speeds for {self.nproc} stages; give one per stage (--nproc {self.nproc})"
+                )
+        sizes = partition_sizes(self.partition)
+        if sizes is not None:
+            if self.strategy != "pipeline":
+                raise ConfigError(f"--partition {self.partition} splits a pipeline's steps; drop it with --strategy {self.strategy}")
+            if len(sizes) != self.nproc or sum(sizes) != self.total_steps:
+                raise ConfigError(
+                    f"--partition {self.partition} gives {len(sizes)} stages {sum(sizes)} steps; a run of --nproc {self.nproc} "
+                    f"and --total-steps {self.total_steps} needs {self.nproc} sizes >= 1 that sum to {self.total_steps}, or auto/even"
+                )
 
     def check_devices(self, cuda_device_count: int, local_world_size: int) -> None:
         """Checks that need to know the machine; called before launching and again in each worker."""
@@ -261,6 +344,163 @@ class RunConfig:
                 )
         if self.resolved_transport == "nccl" and self.device != "cuda":
             raise ConfigError("--transport nccl needs one CUDA device per stage; use --transport gloo or zmq")
+
+
+def _check_conditioning(where: str, *, fps: int | None, motion_bucket_id: int | None, noise_aug_strength: float | None) -> None:
+    """SVD's micro-conditioning values (the run's, or one --inputs entry's: `where` says which)."""
+    flag = (lambda name: f"--{name}") if not where else (lambda name: f"{where}{name.replace('-', '_')}")
+    if motion_bucket_id is not None and not 0 <= motion_bucket_id <= 255:
+        raise ConfigError(f"{flag('motion-bucket-id')} {motion_bucket_id} is outside 0..255; pick a value in that range")
+    if fps is not None:
+        _positive(flag("fps"), fps)
+    if noise_aug_strength is not None and noise_aug_strength < 0:
+        raise ConfigError(f"{flag('noise-aug-strength')} {noise_aug_strength} is negative; use a value >= 0 (default 0.02)")
+
+
+# -- diffusers' names for the size and the steps --------------------------------------------------
+
+
+def resolve_latent_shape(
+    model: str,
+    latent_shape: Any = None,
+    *,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> tuple[int, int, int, int, int]:
+    """One B C F H W from the guide's --latent-shape and diffusers' num_frames/height/width.
+
+    Either may be given, or both when they agree (conflicting values name both flags). What is
+    not given keeps the default (the guide's 14 frames at 512x512; tiny: its own small shape).
+    Height and width follow diffusers' check_inputs: divisible by 8, SVD's VAE scale factor.
+    """
+    scale = VAE_SCALE_FACTOR
+    for flag, value in (("--num-frames", num_frames), ("--height", height), ("--width", width)):
+        if value is not None:
+            _positive(flag, value)
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is not None and value % scale:
+            lower, upper = value // scale * scale, (value // scale + 1) * scale
+            suggestion = f"{flag} {upper}" if lower == 0 else f"{flag} {lower} or {upper}"
+            raise ConfigError(
+                f"{flag} {value} is not divisible by {scale} (SVD's VAE scale factor; diffusers requires it too); use {suggestion}"
+            )
+    if latent_shape is None:
+        b, c, f, h, w = default_latent_shape(model)
+        return (b, c, num_frames or f, height // scale if height else h, width // scale if width else w)
+    shape = check_latent_shape(latent_shape)
+    b, c, f, h, w = shape
+    text = " ".join(map(str, shape))
+    for flag, value, implied, part in (
+        ("--num-frames", num_frames, f, f"F={f}"),
+        ("--height", height, h * scale, f"H={h}"),
+        ("--width", width, w * scale, f"W={w}"),
+    ):
+        if value is not None and value != implied:
+            raise ConfigError(
+                f"{flag} {value} conflicts with --latent-shape {text} ({part} means {flag} {implied}); give one of them, or values that agree"
+            )
+    return shape
+
+
+def resolve_total_steps(total_steps: int | None = None, num_inference_steps: int | None = None) -> int:
+    """--total-steps (the guide's name) or --num-inference-steps (diffusers'); both only if equal."""
+    if total_steps is not None and num_inference_steps is not None and total_steps != num_inference_steps:
+        raise ConfigError(
+            f"--num-inference-steps {num_inference_steps} conflicts with --total-steps {total_steps}; they are the "
+            "same setting (diffusers' name and the guide's): give one of them"
+        )
+    for value in (total_steps, num_inference_steps):
+        if value is not None:
+            return value
+    return DEFAULT_TOTAL_STEPS
+
+
+def resolve_num_samples(num_samples: int | None, inputs: int) -> int:
+    """--num-samples, or one sample per input image when it is not given (at least one)."""
+    if num_samples is not None:
+        return num_samples
+    return max(1, inputs)
+
+
+# -- per-sample plan ------------------------------------------------------------------------------
+
+
+def plan_samples(config: RunConfig) -> tuple[SampleSpec, ...]:
+    """Sample i: input i mod count (or the built-in image), seed + i unless its input sets a seed,
+    the run's conditioning unless its input sets its own, and a unique output name."""
+    specs, used = [], set()
+    for index in range(config.num_samples):
+        item = config.inputs[index % len(config.inputs)] if config.inputs else None
+        if item is not None:
+            image = item.image
+        else:
+            image = config.images[index % len(config.images)] if config.images else BUILTIN_IMAGE
+        seed = config.seed + index if item is None or item.seed is None else item.seed
+        # The synthetic stand-in reads no image: its outputs are named by index.
+        base = f"sample_{index:05d}" if config.is_synthetic else f"{image_stem(image)}-s{seed}"
+        name, k = base, 1
+        while name in used:  # the same stem and seed twice: -2, -3, ... in sample order
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        specs.append(
+            SampleSpec(
+                index=index,
+                image=image,
+                seed=seed,
+                fps=_pick(item, "fps", config.fps),
+                motion_bucket_id=_pick(item, "motion_bucket_id", config.motion_bucket_id),
+                noise_aug_strength=_pick(item, "noise_aug_strength", config.noise_aug_strength),
+                name=name,
+            )
+        )
+    return tuple(specs)
+
+
+def _pick(item: SampleInput | None, name: str, default: Any) -> Any:
+    value = None if item is None else getattr(item, name)
+    return default if value is None else value
+
+
+def image_stem(image: str) -> str:
+    """A file-name-safe stem of an image path or URL: 'inputs/cat.png' -> 'cat',
+    'https://host/a/dog.jpg?x=1' -> 'dog'."""
+    if is_url(image):
+        image = image.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    name = image.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    return stem or "image"
+
+
+def is_url(image: str) -> bool:
+    """An image given as an http(s) URL (fetched with diffusers.utils.load_image)."""
+    return image.startswith(("http://", "https://"))
+
+
+def partition_sizes(text: str) -> tuple[int, ...] | None:
+    """--partition: None for 'auto' and 'even', the sizes for 'a,b,c'; ConfigError for anything else."""
+    if text in PARTITIONS:
+        return None
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(n < 1 for n in sizes):
+        raise ConfigError(f"--partition {text!r} is not auto, even or step counts >= 1 per stage such as 4,5,5,5,5,3,1")
+    return sizes
+
+
+def parse_float_list(flag: str, text: str) -> tuple[float, ...]:
+    """'1,1,0.5' -> (1.0, 1.0, 0.5) with a one-line error for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated numbers, e.g. {flag} 1,1,1,0.5") from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r} is empty; give one number per stage, e.g. {flag} 1,1,1,0.5")
+    return values
 
 
 def _positive(flag: str, value: int | float) -> None:
@@ -300,10 +540,34 @@ def parse_int_list(flag: str, text: str) -> list[int]:
     return values
 
 
+TORCHRUN_REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What a torchrun worker needs to join its world (torch.distributed's env:// rendezvous)."""
+TORCHRUN_MARKERS = (*TORCHRUN_REQUIRED, "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
+
+
 def env_world() -> tuple[int, int, int, int] | None:
-    """(rank, world_size, local_rank, local_world_size) when running under torchrun, else None."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ and "RANK" not in os.environ:
+    """(rank, world_size, local_rank, local_world_size) when running under torchrun, else None.
+
+    Some but not all of torchrun's variables (a stray RANK=0 exported in a shell) is neither a
+    torchrun world nor a plain run: ConfigError naming what is there and what is missing."""
+    present = [name for name in TORCHRUN_MARKERS if name in os.environ]
+    if not present:
         return None
+    missing = [name for name in TORCHRUN_REQUIRED if name not in os.environ]
+    if missing:
+        shown = " ".join(f"{name}={os.environ[name]}" for name in present)
+        raise ConfigError(
+            f"partial torchrun environment: {shown} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not; "
+            f"unset {' '.join(present)} to run on this host, or start the command with torchrun"
+        )
+    try:
+        return _env_world_values()
+    except ValueError:
+        shown = " ".join(f"{name}={os.environ[name]}" for name in present)
+        raise ConfigError(f"torchrun environment with a non-integer value ({shown}); start the command with torchrun") from None
+
+
+def _env_world_values() -> tuple[int, int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

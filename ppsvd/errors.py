@@ -39,3 +39,18 @@ class TransportTimeout(TransportError, TimeoutError):
 
 class Cancelled(PpsvdError):
     """A wait was abandoned because the run is stopping (another stage failed)."""
+
+
+class OutputsLost(PpsvdError):
+    """The run directory, or a file the manifest lists, vanished or was replaced during the run."""
+
+
+class Interrupted(PpsvdError):
+    """The run was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP): exit code 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int, run_dir=None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.run_dir = run_dir
+        """The run directory the interrupted run was writing (None: stopped before it had one)."""

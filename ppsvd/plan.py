@@ -135,3 +135,56 @@ def shard_samples(num_samples: int, workers: int, rank: int) -> range:
     base, extra = divmod(num_samples, workers)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+# -- who does what: the one place that reads the strategy -------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankWork:
+    """What one rank does in a run: stage `stage` of `plan` (those steps of every sample it sees) for `samples`."""
+
+    strategy: str
+    rank: int
+    plan: StepPlan
+    """The plan this rank's model is built with: N stages (pipeline) or 1 stage of all T steps (data)."""
+    stage: int
+    samples: tuple[int, ...]
+
+    @property
+    def steps(self) -> range:
+        return self.plan.ranges[self.stage]
+
+    @property
+    def linked(self) -> bool:
+        """It receives samples from and hands them to neighbour ranks (a pipeline of 2+ stages)."""
+        return self.plan.num_stages > 1
+
+    @property
+    def writes_shard(self) -> bool:
+        """Its results are a shard of the run's, merged at the end (data), not all of them (a pipeline's last stage)."""
+        return self.strategy == "data"
+
+    @property
+    def label(self) -> str:
+        """'stage k' in a pipeline, 'worker k' in data parallelism."""
+        return f"{'stage' if self.strategy == 'pipeline' else 'worker'} {self.rank}"
+
+
+def rank_work(strategy: str, world: int, rank: int, samples: Sequence[int], *, total_steps: int, plan: StepPlan | None = None) -> RankWork:
+    """Which steps and which samples rank `rank` of `world` owns.
+
+    pipeline: rank k is stage k of the N-stage `plan` (balanced when not given) and sees every
+    sample; data: every rank runs all T steps (a 1-stage plan) of its contiguous shard of `samples`.
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank({rank}) outside 0..{world - 1}")
+    if strategy == "pipeline":
+        plan = plan if plan is not None else partition_steps(total_steps, world)
+        if plan.num_stages != world:
+            raise ValueError(f"plan of {plan.num_stages} stages for {world} ranks")
+        return RankWork(strategy, rank, plan, rank, tuple(samples))
+    if strategy == "data":
+        shard = shard_samples(len(samples), world, rank)
+        return RankWork(strategy, rank, partition_steps(total_steps, 1), 0, tuple(samples[i] for i in shard))
+    raise ValueError(f"strategy({strategy!r}) is neither 'pipeline' nor 'data'")

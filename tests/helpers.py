@@ -40,5 +40,12 @@ def reference_latents(config: RunConfig) -> dict[int, torch.Tensor]:
 
 
 def read_latents(run_dir: Path) -> dict[int, torch.Tensor]:
-    files = sorted((Path(run_dir) / "latents").glob("sample_*.safetensors"))
-    return {int(f.stem.split("_")[1]): load_file(str(f))["latents"] for f in files}
+    """Every sample's final latent by index (read from each file's metadata: names follow the inputs)."""
+    from safetensors import safe_open
+
+    found = {}
+    for f in sorted((Path(run_dir) / "latents").glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            index = int(handle.metadata()["index"])
+        found[index] = load_file(str(f))["latents"]
+    return found

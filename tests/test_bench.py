@@ -167,7 +167,7 @@ def test_pipeline_and_data_side_by_side(tmp_path):
 
 
 def test_uneven_count_runs_with_a_partition_note(tmp_path):
-    result = sweep(tmp_path, FakeMachine(), gpus=(1, 3), cooldown=0)
+    result = sweep(tmp_path, FakeMachine(), gpus=(1, 3), cooldown=0, partition="even")
     three = result.runs[1]
     assert three.ok and "10+9+9" in three.note and "bottleneck" in three.note
     assert three.metrics.steps_per_stage == [10, 9, 9]
@@ -280,7 +280,8 @@ def test_default_counts_fit_the_machine():
 
 def test_run_note():
     assert run_note(base_config(nproc=4)) is None
-    assert "10+9+9" in run_note(base_config(nproc=3))
+    assert "10+9+9" in run_note(base_config(nproc=3, partition="even"))
+    assert run_note(base_config(nproc=3, partition="auto")) is None  # a chosen split, not a forced one
     assert run_note(base_config(nproc=5, strategy="data")) is None  # 10 samples split 2 each
     note = run_note(base_config(nproc=4, num_samples=2, strategy="data"))
     assert "1+1+0+0" in note and "2 worker(s) have nothing to do" in note

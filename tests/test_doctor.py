@@ -14,11 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from ppsvd.doctor import CHECK_KEYS, TOP_LEVEL_KEYS, Planned, diagnose, report_for
+from ppsvd.config import RunConfig
+from ppsvd.doctor import CHECK_KEYS, TOP_LEVEL_KEYS, diagnose, report_for
 from ppsvd.doctor import live as live_mod
 from ppsvd.doctor import memory, probe
 from ppsvd.doctor.checks import CHECK_NAMES, ifname_matches, p2p_order
 from ppsvd.doctor.facts import Facts, GpuInfo, LinkInfo, ModelInfo, PairInfo
+from ppsvd.models import hub
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -120,6 +122,11 @@ def gather(planned, tmp_path, *, nvml, torch_module, env=None):
     return probe.gather(planned, env=env, nvml=nvml, torch_module=torch_module)
 
 
+def plan_run(**options):
+    """The run doctor checks, as the CLI builds it: --device not given unless options say so."""
+    return RunConfig(**{"device": None, **options})
+
+
 def by_name(report):
     return {c.name: c for c in report.checks}
 
@@ -128,7 +135,7 @@ def by_name(report):
 
 
 def test_seven_gpus_one_pair_without_p2p_names_the_pair_hop_and_consequence(tmp_path):
-    planned = Planned(model="synthetic", nproc=7, total_steps=28, output_dir=tmp_path / "runs")
+    planned = plan_run(model="synthetic", nproc=7, total_steps=28, output_dir=tmp_path / "runs")
     nvml = FakeNVML(7, no_p2p=[(2, 3)])
     facts = gather(planned, tmp_path, nvml=nvml, torch_module=fake_torch(7))
     assert nvml.shutdown_called
@@ -158,7 +165,7 @@ def test_seven_gpus_one_pair_without_p2p_names_the_pair_hop_and_consequence(tmp_
 
 
 def test_a_pair_off_the_planned_hops_is_named_but_affects_none(tmp_path):
-    planned = Planned(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
     facts = gather(planned, tmp_path, nvml=FakeNVML(7, no_p2p=[(4, 6)], nvlink=[(0, 1)]), torch_module=fake_torch(7))
     p2p = by_name(report_for(facts, planned))["p2p"]
     assert "GPU 4 <-> GPU 6" in p2p.summary and "none of the planned hops" in p2p.summary
@@ -168,7 +175,7 @@ def test_a_pair_off_the_planned_hops_is_named_but_affects_none(tmp_path):
 
 
 def test_more_stages_than_gpus_is_two_ranks_on_one_gpu(tmp_path):
-    planned = Planned(model="synthetic", nproc=8, total_steps=32, output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=8, total_steps=32, output_dir=tmp_path)
     facts = gather(planned, tmp_path, nvml=FakeNVML(7), torch_module=fake_torch(7))
     report = report_for(facts, planned)
     placement = by_name(report)["placement"]
@@ -179,7 +186,7 @@ def test_more_stages_than_gpus_is_two_ranks_on_one_gpu(tmp_path):
 
 
 def test_torch_fallback_without_nvml(tmp_path):
-    planned = Planned(model="synthetic", nproc=7, total_steps=28, output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=7, total_steps=28, output_dir=tmp_path)
     facts = gather(planned, tmp_path, nvml=FakeNVML(fail_init=True), torch_module=fake_torch(7, no_p2p=[(5, 6)]))
     assert facts.gpu_source == "torch" and len(facts.gpus) == 7
     assert facts.gpus[3].free_bytes == 22 * GIB
@@ -197,7 +204,7 @@ def test_cuda_visible_devices_selects_and_orders_gpus(tmp_path):
     assert probe.visible_indices("", 7, uuids) == []
     assert probe.visible_indices("-1", 7, uuids) == []
     assert probe.visible_indices("GPU-5", 7, uuids) == [5]
-    planned = Planned(model="synthetic", nproc=2, output_dir=tmp_path, total_steps=28)
+    planned = plan_run(model="synthetic", nproc=2, output_dir=tmp_path, total_steps=28)
     facts = gather(planned, tmp_path, nvml=FakeNVML(7, no_p2p=[(3, 5)]), torch_module=fake_torch(2),
                    env={"CUDA_VISIBLE_DEVICES": "3,5"})
     assert [(g.index, g.nvml_index) for g in facts.gpus] == [(0, 3), (1, 5)]
@@ -207,7 +214,7 @@ def test_cuda_visible_devices_selects_and_orders_gpus(tmp_path):
 
 
 def test_bf16_on_pre_ampere_gpus_fails(tmp_path):
-    planned = Planned(model="synthetic", nproc=2, dtype="bf16", output_dir=tmp_path, total_steps=28)
+    planned = plan_run(model="synthetic", nproc=2, dtype="bf16", output_dir=tmp_path, total_steps=28)
     facts = gather(planned, tmp_path, nvml=FakeNVML(2), torch_module=fake_torch(2))
     facts.gpus = [GpuInfo(**{**g.__dict__, "capability": (7, 5)}) for g in facts.gpus]
     gpus = by_name(report_for(facts, planned))["gpus"]
@@ -218,7 +225,7 @@ def test_bf16_on_pre_ampere_gpus_fails(tmp_path):
 
 
 def test_no_gpu_still_runs_and_recommends_simulate(tmp_path):
-    planned = Planned(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
     facts = gather(planned, tmp_path, nvml=FakeNVML(fail_init=True), torch_module=fake_torch(0, cuda=False))
     assert facts.gpus == [] and "NVML" in facts.nvml_error
     report = report_for(facts, planned)
@@ -231,13 +238,13 @@ def test_no_gpu_still_runs_and_recommends_simulate(tmp_path):
     assert checks["memory"].status == "pass" and checks["memory"].details["devices"][0]["device"] == "cpu"
     assert report.exit_code == 0
 
-    cuda = Planned(model="synthetic", nproc=2, total_steps=28, device="cuda", output_dir=tmp_path)
+    cuda = plan_run(model="synthetic", nproc=2, total_steps=28, device="cuda", output_dir=tmp_path)
     report = report_for(facts, cuda)
     assert by_name(report)["gpus"].status == "fail" and report.exit_code == 1
 
 
 def test_gpus_present_but_torch_is_a_cpu_build_fails(tmp_path):
-    planned = Planned(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
     facts = gather(planned, tmp_path, nvml=FakeNVML(2), torch_module=fake_torch(2, cuda=False))
     report = report_for(facts, planned)
     checks = by_name(report)
@@ -267,7 +274,7 @@ def _seven_gpus(**kw):
 
 
 def test_environment_variables_are_explained_and_judged():
-    planned = Planned(model="synthetic", nproc=7, total_steps=28)
+    planned = plan_run(model="synthetic", nproc=7, total_steps=28)
     env = {"NCCL_P2P_DISABLE": "1", "NCCL_DEBUG": "INFO", "NCCL_SOCKET_IFNAME": "ib", "GLOO_SOCKET_IFNAME": "lo"}
     report = report_for(_seven_gpus(env=env), planned)
     checks = by_name(report)
@@ -323,7 +330,7 @@ def test_model_in_cache_partly_cached_and_offline(tmp_path):
     info = probe.probe_model(SVD, env)
     assert info.present and info.files == 9 and info.size_bytes == 3000 + 200 + 1200 + 60
 
-    planned = Planned(model=SVD, nproc=7, total_steps=28)
+    planned = plan_run(model=SVD, nproc=7, total_steps=28)
     model = by_name(report_for(_seven_gpus(model=info), planned))["model"]
     assert model.status == "pass" and "9 files" in model.summary
 
@@ -331,7 +338,7 @@ def test_model_in_cache_partly_cached_and_offline(tmp_path):
     _fake_cache(tmp_path / "hub", other, skip=("vae",))
     info = probe.probe_model(other, env)
     assert not info.present and info.missing == ("vae",)
-    planned = Planned(model=other, nproc=7, total_steps=28)
+    planned = plan_run(model=other, nproc=7, total_steps=28)
     model = by_name(report_for(_seven_gpus(model=info), planned))["model"]
     assert model.status == "warn" and "partly cached" in model.summary and "missing vae" in model.summary
     assert f'download {other} --exclude "svd*"' in model.fix
@@ -344,14 +351,54 @@ def test_model_in_cache_partly_cached_and_offline(tmp_path):
 def test_embedded_models_and_hf_home():
     assert probe.probe_model("tiny", {}).present
     assert probe.probe_model("synthetic", {}).kind == "embedded"
-    assert probe.hub_cache_dir({"HF_HOME": "/x"}) == Path("/x/hub")
-    assert probe.hub_cache_dir({"HF_HOME": "/x", "HF_HUB_CACHE": "/y"}) == Path("/y")
+    assert hub.hub_cache_dir({"HF_HOME": "/x"}) == "/x/hub"
+    assert hub.hub_cache_dir({"HF_HOME": "/x", "HF_HUB_CACHE": "/y"}) == "/y"
+    assert hub.hub_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/huggingface/hub"
 
 
-def test_required_files_match_the_svd_loader():
+def _svd_files(root: Path, skip=()):
+    """A diffusers-format SVD folder (fp16-only UNet weights, as some people fetch it), minus `skip` files."""
+    files = {**{rel: "{}" for rel in hub.CONFIG_FILES.values()}, "model_index.json": "{}",
+             "unet/diffusion_pytorch_model.fp16.safetensors": "w", "vae/diffusion_pytorch_model.safetensors": "w",
+             "image_encoder/model.safetensors": "w"}
+    for rel, text in files.items():
+        if rel not in skip:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+
+
+def test_doctor_and_the_svd_loader_agree_on_where_a_model_is_and_what_it_lacks(tmp_path, monkeypatch):
+    # One answer (models.hub) for local or hub, the cache folder and the file list: for each layout,
+    # doctor reports missing exactly what makes the loader's preflight refuse the model.
     svd = pytest.importorskip("ppsvd.models.svd")
-    assert probe.CONFIG_FILES == svd.CONFIG_FILES
-    assert probe.WEIGHT_FILES == svd.WEIGHT_FILES
+    from ppsvd.errors import ModelNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the loader must not try to download the hub cases
+    _svd_files(tmp_path / "complete")
+    _svd_files(tmp_path / "no-vae-weights", skip=("vae/diffusion_pytorch_model.safetensors",))
+    for repo, skip in (("org/svd", ()), ("org/svd-partial", ("scheduler/scheduler_config.json",))):
+        snap = tmp_path / "hub" / ("models--" + repo.replace("/", "--")) / "snapshots" / "abc"
+        _svd_files(snap, skip)
+        (snap.parents[1] / "refs").mkdir()
+        (snap.parents[1] / "refs" / "main").write_text("abc")
+    cases = {"./complete": ("local", ()), "./no-vae-weights": ("local", ("vae",)), "./missing": ("local", hub.COMPONENTS),
+             "org/svd": ("hub", ()), "org/svd-partial": ("hub", ("scheduler",)), "org/never-fetched": ("hub", hub.COMPONENTS)}
+    import os
+
+    for model, (kind, missing) in cases.items():
+        info = probe.probe_model(model, dict(os.environ))
+        assert (info.kind, info.missing, info.present) == (kind, missing, not missing), model
+        if not missing:
+            svd.model_configs(RunConfig(model=model))
+            continue
+        with pytest.raises(ModelNotFoundError) as refused:
+            svd.model_configs(RunConfig(model=model))
+        if model == "./missing":
+            assert "no such directory" in str(refused.value)
+        elif len(missing) < len(hub.COMPONENTS):
+            assert all(f"{name}/" in str(refused.value) for name in missing), str(refused.value)
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -378,7 +425,7 @@ def test_out_of_memory_suggests_the_largest_shape_that_fits():
     gpus = [GpuInfo(index=i, name="small", total_bytes=10 * GIB, free_bytes=10 * GIB, capability=(8, 6)) for i in range(2)]
     facts = _facts(gpus=gpus, pairs=[PairInfo(a=0, b=1, p2p=True)], cuda_usable=True, torch_cuda="12.4",
                    nccl="2.21.5", gpu_source="nvml", physical_gpus=2)
-    planned = Planned(model=SVD, nproc=2, total_steps=28)
+    planned = plan_run(model=SVD, nproc=2, total_steps=28)
     mem = by_name(report_for(facts, planned))["memory"]
     assert mem.status == "fail" and "will not fit" in mem.summary
     best = tuple(mem.details["largest_fitting_shape"])
@@ -402,7 +449,7 @@ def test_largest_fitting_shape_reduces_batch_then_size_then_frames():
 
 
 def _sample_reports(tmp_path):
-    planned = Planned(model=SVD, nproc=7, total_steps=28, output_dir=tmp_path)
+    planned = plan_run(model=SVD, nproc=7, total_steps=28, output_dir=tmp_path)
     seven = gather(planned, tmp_path, nvml=FakeNVML(7, no_p2p=[(2, 3)]), torch_module=fake_torch(7))
     seven.live = [LinkInfo(transport="gloo", endpoint="gloo over loopback", label="gloo", ok=True, latency_ms=0.15,
                            bandwidth_gbps=20.0, elapsed_s=1.2, timeout_s=10.0),
@@ -459,7 +506,7 @@ def _fake_link(transport, *, zmq_endpoint, payload_shape, dtype, repeats, timeou
 def test_live_check_abandons_a_transport_that_never_returns(monkeypatch):
     monkeypatch.setattr(live_mod, "GRACE_S", 0.1)
     facts = _facts()
-    planned = Planned(model="synthetic", nproc=2, total_steps=28, latent_shape=(1, 4, 2, 8, 8))
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28, latent_shape=(1, 4, 2, 8, 8))
     start = time.monotonic()
     live_mod.run_live(facts, planned, "fp32", timeout_s=0.3, check_link=_fake_link, hang=("zmq-tcp",))
     assert time.monotonic() - start < 2.0
@@ -477,7 +524,7 @@ def test_live_check_reports_exceptions_and_missing_linkcheck(monkeypatch):
         raise RuntimeError("connection refused\nmore lines")
 
     facts = _facts()
-    planned = Planned(model="synthetic", nproc=2, total_steps=28)
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28)
     live_mod.run_live(facts, planned, "fp32", timeout_s=1, check_link=boom)
     assert all(not link.ok and link.error == "RuntimeError: connection refused" for link in facts.live)
     assert by_name(report_for(facts, planned))["transport"].status == "fail"  # gloo is the planned link
@@ -495,7 +542,7 @@ def test_live_check_reports_exceptions_and_missing_linkcheck(monkeypatch):
 @pytest.mark.timeout(60)
 def test_real_live_check_gloo_and_zmq_on_this_cpu(tmp_path):
     linkcheck = pytest.importorskip("ppsvd.backends.linkcheck")
-    planned = Planned(model="synthetic", nproc=2, total_steps=28, device="cpu", output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28, device="cpu", output_dir=tmp_path)
     start = time.monotonic()
     report = diagnose(planned, live=True, live_timeout=10.0, env={"HF_HUB_CACHE": str(tmp_path)})
     took = time.monotonic() - start
@@ -560,7 +607,7 @@ def test_p2p_order_finds_a_path_or_none():
 
 
 def test_nvml_and_torch_disagreeing_falls_back_to_torch(tmp_path):
-    planned = Planned(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
+    planned = plan_run(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
     facts = gather(planned, tmp_path, nvml=FakeNVML(7), torch_module=fake_torch(2),
                    env={"CUDA_VISIBLE_DEVICES": "MIG-1234,MIG-5678"})
     assert facts.gpu_source == "torch" and len(facts.gpus) == 2 and len(facts.pairs) == 1
@@ -571,12 +618,12 @@ def test_nvml_and_torch_disagreeing_falls_back_to_torch(tmp_path):
 def test_mixed_gpu_models_warn_about_cuda_device_order():
     facts = _seven_gpus()
     facts.gpus[6] = GpuInfo(index=6, name="NVIDIA RTX A4000", total_bytes=16 * GIB, free_bytes=15 * GIB, capability=(8, 6))
-    report = report_for(facts, Planned(model="synthetic", nproc=7, total_steps=28))
+    report = report_for(facts, plan_run(model="synthetic", nproc=7, total_steps=28))
     env = by_name(report)["environment"]
     assert env.details["variables"]["CUDA_DEVICE_ORDER"]["status"] == "warn" and "PCI_BUS_ID" in env.fix
     assert "slowest sets the pipeline's pace" in by_name(report)["gpus"].fix
     facts.env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    assert by_name(report_for(facts, Planned(model="synthetic", nproc=7, total_steps=28)))["environment"].status == "pass"
+    assert by_name(report_for(facts, plan_run(model="synthetic", nproc=7, total_steps=28)))["environment"].status == "pass"
 
 
 def test_a_first_check_that_timed_out_is_run_once_more():
@@ -590,6 +637,6 @@ def test_a_first_check_that_timed_out_is_run_once_more():
                                elapsed_s=0.01)
 
     facts = _facts()
-    live_mod.run_live(facts, Planned(model="synthetic", nproc=2), "fp32", timeout_s=1, check_link=slow_start)
+    live_mod.run_live(facts, plan_run(model="synthetic", nproc=2), "fp32", timeout_s=1, check_link=slow_start)
     assert calls == ["gloo", "zmq", "zmq", "gloo"]
     assert facts.live[0].ok and facts.live[0].attempts == 2 and facts.live[1].attempts == 1

@@ -76,9 +76,13 @@ def test_pipeline_throughputs_and_ideal():
     assert m.overall_throughput == exact(3 / 9.5)
     assert m.throughput == m.steady_throughput  # a pipeline's headline is its steady rate
     assert m.median_step_s == exact(1.0)  # every span: 2 s for 2 steps
-    assert m.ideal_throughput == exact(0.5)  # 1 / (2 steps x 1 s)
-    assert m.efficiency_vs_ideal == exact(0.8)
-    assert m.ideal_pipeline_makespan_s == exact(8.0)  # (T + (S-1) x 2) x 1 s
+    # measured costs: step 1 s, nothing else per sample, fastest hand-off 0.5 s
+    assert m.costs["step_s"] == exact(1.0) and m.costs["handoff_s"] == exact(0.5)
+    assert m.single_stage_throughput == exact(0.25)  # one device: 4 steps x 1 s per sample
+    assert m.speedup == exact(1.6) and m.efficiency == exact(0.8)  # 0.4 / 0.25, / 2 stages
+    assert "estimated from this run's costs" in m.efficiency_basis
+    assert m.predicted_throughput is None and m.vs_plan is None  # no cost model was recorded
+    assert m.ideal_pipeline_makespan_s == exact(8.5)  # 2 + 0.5 + 2 for the first, then 2 each
     assert m.ideal_data_makespan_s == exact(8.0)  # ceil(3/2) x 4 x 1 s
 
 
@@ -159,8 +163,7 @@ def test_ideal_pipeline_reaches_n_over_t_t(n):
     t, total, samples = 0.5, 8, 6
     m = summarize(ideal_pipeline(n, total, samples, t))
     assert m.steady_throughput == exact(n / (total * t))
-    assert m.ideal_throughput == exact(n / (total * t))
-    assert m.efficiency_vs_ideal == exact(1.0)
+    assert m.speedup == exact(n) and m.efficiency == exact(1.0)
     assert m.fill_s == exact((n - 1) * (total / n) * t)
     assert m.drain_s == exact((n - 1) * (total / n) * t)
     assert m.first_sample_latency_s == exact(total * t)
@@ -215,8 +218,8 @@ def test_data_parallel_metrics():
     assert m.drain_s == exact(3.5)  # 13 - worker 1's last compute_end 9.5
     assert m.model_load_s == exact(2.0)
     assert m.median_step_s == exact(1.0)
-    assert m.ideal_throughput == exact(0.5)  # N / (T t)
-    assert m.efficiency_vs_ideal == exact(0.75)
+    assert m.single_stage_throughput == exact(0.25)  # 4 steps x 1 s
+    assert m.efficiency == exact(0.75)  # (3/8) / 0.25 / 2
     assert m.ideal_data_makespan_s == exact(8.0)  # ceil(3/2) x 4
     assert m.ideal_pipeline_makespan_s == exact(8.0)  # (4 + 2 x 2) x 1
     assert m.hops == []
@@ -239,6 +242,16 @@ def test_percentile_linear_interpolation():
     assert percentile([7.0], 95) == 7.0
     with pytest.raises(ValueError, match="q=101"):
         percentile(values, 101)
+
+
+def test_one_stage_is_its_own_baseline_and_predictions_come_from_the_recorded_costs():
+    tl = ideal_pipeline(1, 8, 4, 0.5)
+    tl.costs = {"step_s": 0.4, "source": "test"}  # planned with 0.4 s steps; ran at 0.5 s
+    m = summarize(tl)
+    assert m.speedup == 1.0 and m.efficiency == 1.0 and "baseline" in m.efficiency_basis
+    assert m.predicted_throughput == exact(1 / 3.2)
+    assert m.vs_plan == exact(0.25 / (1 / 3.2))
+    assert m.stages[0].predicted_sample_s == exact(3.2) and m.stages[0].median_sample_s == exact(4.0)
 
 
 def test_single_sample_has_no_steady_rate():
@@ -267,7 +280,10 @@ def test_step_time_uses_the_steps_own_time_when_recorded():
     assert m.stages[0].median_step_s == exact(0.75)
     assert m.stages[1].median_step_s == exact(1.0)  # no steps_s: compute time / steps
     assert m.median_step_s == exact(0.875)  # median of 0.75 x3 and 1.0 x3
-    assert m.ideal_throughput == exact(1 / (2 * 0.875))
+    # the 0.5 s that were not steps are stage 0's prepare; stage 1 is 0.75 times as fast
+    assert m.costs["prepare_s"] == exact(0.5) and m.costs["step_s"] == exact(0.75)
+    assert m.costs["speeds"] == [1.0, 0.75]
+    assert m.efficiency == exact(0.4 * (0.5 + 4 * 0.75) / 2)
 
 
 def test_steps_per_gpu():

@@ -79,7 +79,7 @@ def render(renderable, width: int = 80) -> str:
 def test_csv_starts_with_the_guides_columns(tmp_path):
     text = report.csv_text(bench_runs(tmp_path))
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert text.splitlines()[0].startswith("gpu_count,total_time_sec,per_sample_sec,strategy,status,")
+    assert text.splitlines()[0].startswith("gpu_count,total_time_sec,per_sample_sec,strategy,partition,status,")
     assert list(rows[0]) == report.CSV_COLUMNS
     assert len(rows) == 7
     two = rows[2]  # 2 GPUs, pipeline
@@ -105,8 +105,17 @@ def test_summary_table_pipeline(tmp_path):
     text = render(tables.summary_table(summarize(pipeline(4))))
     assert "pipeline · 4 stages · T=8 · 4/4 samples" in text
     assert "1.00 ms" in text  # hand-off stage 0 -> 1
-    assert "ideal samples/s" in text and "100.0% of ideal" in text
+    assert "4.00× on 4, efficiency 100.0%" in text and "estimated from this run's costs" in text
     assert "…" not in text  # nothing cut at 80 columns
+
+
+def test_summary_table_shows_the_plan_beside_the_measurement(tmp_path):
+    timeline = pipeline(4)
+    timeline.partition, timeline.costs = "auto", {"step_s": 0.004, "source": "test"}
+    text = render(tables.summary_table(summarize(timeline)))
+    assert "planned" in text and "planned samples/s" in text and "of plan" in text
+    assert "auto: 2+2+2+2" in text and "step 4 ms" in text
+    assert "…" not in text
 
 
 def test_summary_table_data(tmp_path):

@@ -108,7 +108,8 @@ def test_pipelined_svd_is_bitwise_diffusers(cfg_case, num_stages):
     assert torch.equal(result.latents, ref_latents), (result.latents - ref_latents).abs().max()
     assert result.frames.dtype == torch.uint8 and tuple(result.frames.shape) == (2, 3, 64, 64, 3)
     assert np.array_equal(result.frames.numpy(), ref_frames)
-    assert result.meta == {"seed": config.seed + CFG_INDEX, "image": config.images[0]}
+    assert result.meta == {"seed": config.seed + CFG_INDEX, "image": config.images[0], "name": f"input-s{config.seed + CFG_INDEX}",
+                           "fps": 7, "motion_bucket_id": 100, "noise_aug_strength": 0.05}
 
 
 def test_without_guidance_and_builtin_image(tiny_repo, reference):

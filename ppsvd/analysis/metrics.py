@@ -16,15 +16,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ppsvd.plan import (
-    StepPlan,
-    ideal_data_parallel_makespan,
-    ideal_pipeline_makespan,
-    ideal_steady_throughput,
-    partition_steps,
-    shard_samples,
-)
+from ppsvd.analysis.costs import handoff_times, measured_costs, span_steps, step_time_s
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.costs import CostModel, data_makespan, forecast
+from ppsvd.plan import StepPlan, partition_steps, shard_samples
+
+__all__ = ["span_steps", "step_time_s"]  # re-exported: defined with the cost measurement
 
 
 @dataclass
@@ -54,6 +51,11 @@ class StageMetrics:
     the end-of-stream message, flushing the last sends or writes."""
     median_step_s: float | None
     """Median over its samples of one step's time (step_time_s)."""
+    median_sample_s: float | None = None
+    """Measured time per sample: median over its samples of compute_end - compute_start
+    (prepare on stage 0, its steps, finalize on the last stage)."""
+    predicted_sample_s: float | None = None
+    """The plan's prediction of the same (ppsvd.costs.Forecast.stage_s), when the run had a cost model."""
 
 
 @dataclass
@@ -117,17 +119,33 @@ class RunMetrics:
     """95th percentile (linear interpolation) of the same."""
     median_step_s: float | None
     """t: median over all (stage, sample) spans of the steps' own time / steps (compute time /
-    steps where the steps' time was not recorded). Prepare and decode are not steps: they show
-    as the gap between throughput and ideal_throughput."""
-    ideal_throughput: float | None
-    """What the partition allows at step cost t: 1 / (max steps per stage x t) for a pipeline
-    (= N / (T t) when N divides T), N / (T t) for data parallelism."""
-    efficiency_vs_ideal: float | None
-    """throughput / ideal_throughput."""
+    steps where the steps' time was not recorded). Prepare and finalize are not steps."""
+    single_stage_throughput: float | None
+    """The 1-stage rate this run's efficiency is relative to: 1 / (prepare + T x step + finalize)
+    with the costs this run measured on stage 0's device (`costs`); this run's own rate at N = 1."""
+    speedup: float | None
+    """throughput / single_stage_throughput (1 at N = 1). `ppsvd bench` replaces the estimate by a
+    measured 1-GPU run (BenchRun.speedup)."""
+    efficiency: float | None
+    """speedup / N: 1 at N = 1 by definition."""
+    efficiency_basis: str
+    """What the 1-stage rate is based on, in words."""
+    predicted_throughput: float | None
+    """What the run's plan predicted (the cost model in the timeline): 1 / the slowest stage's
+    time for a pipeline, S / the data-parallel makespan for data. None without a cost model."""
+    vs_plan: float | None
+    """throughput / predicted_throughput: 1 when the run went exactly as planned."""
     ideal_pipeline_makespan_s: float | None
-    """(T + (S - 1) max steps per stage) t: fill + steady state + drain with no overhead."""
+    """A pipeline of this partition with this run's measured costs and no other overhead:
+    sum of the stage times + hand-offs, then one sample per slowest stage time (ppsvd.costs)."""
     ideal_data_makespan_s: float | None
-    """ceil(S / N) T t: the busiest data-parallel worker, same N, S and t."""
+    """The busiest data-parallel worker with the same costs, N and S: shard size x one sample's time."""
+    costs: dict[str, Any] | None = None
+    """The ppsvd.costs.CostModel this run measured (JSON), the basis of the estimates above."""
+    planned_costs: dict[str, Any] | None = None
+    """The cost model the run was planned with (timeline.costs), if any."""
+    partition_mode: str = ""
+    """--partition as asked: auto, even or sizes."""
     stages: list[StageMetrics] = field(default_factory=list)
     hops: list[HopMetrics] = field(default_factory=list)
 
@@ -162,11 +180,6 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     if num is None or den is None or den <= 0:
         return None
     return num / den
-
-
-def span_steps(span: SampleSpan, stage: StageTimeline) -> int:
-    """Steps a span ran: its own count when recorded, else the stage's range."""
-    return span.steps or (stage.steps[1] - stage.steps[0])
 
 
 def plan_of(timeline: RunTimeline) -> StepPlan | None:
@@ -228,33 +241,22 @@ def stage_metrics(stage: StageTimeline) -> StageMetrics:
         busy_frac=_ratio(busy, window),
         waiting_frac=_ratio(recv_w + send_w, window),
         median_step_s=statistics.median(per_step) if per_step else None,
+        median_sample_s=statistics.median(s.compute_s for s in stage.samples) if stage.samples else None,
     )
 
 
 def hop_metrics(timeline: RunTimeline) -> list[HopMetrics]:
     """One entry per pipeline hop k -> k+1 that carried at least one sample (none for data).
 
-    A sample's hand-off time is the receiver's `arrived` (its transport finished receiving)
-    minus the sender's `send_start` (the compute loop handed the sample on). Without `arrived`
-    (older timelines) the receiver's recv_end stands in. In steady state it is the transport's
+    Each sample's hand-off time is costs.handoff_times'. In steady state it is the transport's
     cost; when the next stage is behind (its inbox full) it also holds the time the sample
     queued, which is why min_s is kept beside the median.
     """
-    if timeline.strategy != "pipeline":
-        return []
-    hops = []
-    for src, dst in zip(timeline.stages, timeline.stages[1:]):
-        sent = {s.index: s.send_start for s in src.samples if s.send_start is not None}
-        times = []
-        for span in dst.samples:
-            got = span.arrived if span.arrived is not None else span.recv_end
-            if span.index in sent and got is not None:
-                times.append(got - sent[span.index])
-        if times:
-            hops.append(
-                HopMetrics(src=src.stage, dst=dst.stage, median_s=statistics.median(times), min_s=min(times), max_s=max(times))
-            )
-    return hops
+    return [
+        HopMetrics(src=src, dst=dst, median_s=statistics.median(times), min_s=min(times), max_s=max(times))
+        for (src, dst), times in handoff_times(timeline).items()
+        if times
+    ]
 
 
 # -- the whole run ---------------------------------------------------------------------------
@@ -279,8 +281,14 @@ def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
     if throughput is None:  # one sample: the overall rate is all there is
         throughput = overall
 
-    t = median_step_s(timeline)
-    ideal_tp, ideal_pipeline_mk, ideal_data_mk = ideals(timeline, t)
+    measured = measured_costs(timeline, source="measured in this run")
+    planned = CostModel.from_json(timeline.costs) if timeline.costs else None
+    single, run_speedup, run_efficiency, basis = scaling_estimate(timeline, throughput, measured)
+    predicted, stage_predictions = prediction(timeline, planned)
+    pipeline_mk, data_mk = ideal_makespans(timeline, measured)
+    stage_list = [stage_metrics(st) for st in stages]
+    for st, predicted_s in zip(stage_list, stage_predictions):
+        st.predicted_sample_s = predicted_s
     lat = list(latencies.values())
     return RunMetrics(
         strategy=timeline.strategy,
@@ -303,14 +311,78 @@ def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
         throughput=throughput,
         latency_p50_s=percentile(lat, 50) if lat else None,
         latency_p95_s=percentile(lat, 95) if lat else None,
-        median_step_s=t,
-        ideal_throughput=ideal_tp,
-        efficiency_vs_ideal=_ratio(throughput, ideal_tp),
-        ideal_pipeline_makespan_s=ideal_pipeline_mk,
-        ideal_data_makespan_s=ideal_data_mk,
-        stages=[stage_metrics(st) for st in stages],
+        median_step_s=median_step_s(timeline),
+        single_stage_throughput=single,
+        speedup=run_speedup,
+        efficiency=run_efficiency,
+        efficiency_basis=basis,
+        predicted_throughput=predicted,
+        vs_plan=_ratio(throughput, predicted),
+        ideal_pipeline_makespan_s=pipeline_mk,
+        ideal_data_makespan_s=data_mk,
+        costs=measured.to_json() if measured is not None else None,
+        planned_costs=timeline.costs,
+        partition_mode=timeline.partition,
+        stages=stage_list,
         hops=hop_metrics(timeline),
     )
+
+
+def scaling_estimate(
+    timeline: RunTimeline, throughput: float | None, measured: CostModel | None
+) -> tuple[float | None, float | None, float | None, str]:
+    """(1-stage rate, speedup, efficiency, basis) of one run with no 1-stage run beside it.
+
+    One definition everywhere: speedup = throughput(N) / throughput(1), efficiency = speedup / N.
+    At N = 1 the run is its own baseline (speedup and efficiency 1 by definition). Otherwise
+    throughput(1) is estimated from the costs this run measured: one device doing prepare, all T
+    steps and finalize for every sample, at stage 0's speed.
+    """
+    n = len(timeline.stages)
+    if n == 1:
+        return throughput, 1.0, 1.0, "N = 1: this run is the baseline"
+    if measured is None or throughput is None:
+        return None, None, None, "no measured costs to estimate a 1-stage rate from"
+    one = measured.sample_s(timeline.total_steps, 0)
+    if one <= 0:
+        return None, None, None, "no measured costs to estimate a 1-stage rate from"
+    speedup_ = throughput * one
+    basis = (
+        f"1-stage rate estimated from this run's costs: prepare {measured.prepare_s * 1000:.1f} ms + "
+        f"{timeline.total_steps} x step {measured.step_s * 1000:.1f} ms + finalize {measured.finalize_s * 1000:.1f} ms "
+        f"= {one:.3f} s per sample"
+    )
+    return 1 / one, speedup_, speedup_ / n, basis
+
+
+def prediction(timeline: RunTimeline, planned: CostModel | None) -> tuple[float | None, list[float | None]]:
+    """(predicted throughput, predicted time per sample of each stage) under the run's cost model."""
+    n = len(timeline.stages)
+    if planned is None or n == 0:
+        return None, [None] * n
+    plan = plan_of(timeline)
+    if plan is None:  # data: every worker runs whole samples
+        mk = data_makespan(timeline.num_samples, timeline.total_steps, planned, n)
+        per_sample = [planned.for_stages(n).sample_s(timeline.total_steps, k) for k in range(n)]
+        return (timeline.num_samples / mk if mk > 0 else None), per_sample
+    f = forecast(plan, planned, timeline.num_samples)
+    return f.throughput, list(f.stage_s)
+
+
+def ideal_makespans(timeline: RunTimeline, measured: CostModel | None) -> tuple[float | None, float | None]:
+    """(pipeline makespan, data-parallel makespan) with this run's measured costs and nothing else.
+
+    Both are given for either strategy (for the same N, S and T), so a run of one can be set
+    beside what the other would ideally take. A data run is set beside the even split.
+    """
+    n, total, samples = len(timeline.stages), timeline.total_steps, timeline.num_samples
+    if measured is None or n == 0:
+        return None, None
+    plan = plan_of(timeline)
+    if plan is None and total >= n:
+        plan = partition_steps(total, n)
+    pipeline_mk = forecast(plan, measured, samples).pipeline_makespan_s if plan is not None else None
+    return pipeline_mk, data_makespan(samples, total, measured, n)
 
 
 def fill_and_drain(timeline: RunTimeline) -> tuple[float, float | None]:
@@ -327,15 +399,6 @@ def fill_and_drain(timeline: RunTimeline) -> tuple[float, float | None]:
     return max(first_starts) - min(first_starts), drain
 
 
-def step_time_s(span: SampleSpan, stage: StageTimeline) -> float | None:
-    """One step's time in this span: the steps' own time (steps_s, without prepare/encode or
-    decode) / steps; compute time / steps for timelines that did not record steps_s."""
-    steps = span_steps(span, stage)
-    if steps <= 0:
-        return None
-    return (span.steps_s if span.steps_s is not None else span.compute_s) / steps
-
-
 def median_step_s(timeline: RunTimeline) -> float | None:
     """t: the median over all (stage, sample) spans of step_time_s."""
     per_step = [step_time_s(span, st) for st in timeline.stages for span in st.samples]
@@ -343,29 +406,11 @@ def median_step_s(timeline: RunTimeline) -> float | None:
     return statistics.median(per_step) if per_step else None
 
 
-def ideals(timeline: RunTimeline, t: float | None) -> tuple[float | None, float | None, float | None]:
-    """(ideal throughput, ideal pipeline makespan, ideal data-parallel makespan) at step cost t.
-
-    Both makespans are given for either strategy (for the same N, S and T), so a run of one can
-    be set beside what the other would ideally take.
-    """
-    n, total, samples = len(timeline.stages), timeline.total_steps, timeline.num_samples
-    if t is None or t <= 0 or n == 0:
-        return None, None, None
-    plan = plan_of(timeline)
-    if plan is None and total >= n:
-        plan_for_pipeline = partition_steps(total, n)
-    else:
-        plan_for_pipeline = plan
-    throughput = ideal_steady_throughput(plan, t) if plan is not None else n / (total * t)
-    pipeline_mk = ideal_pipeline_makespan(samples, plan_for_pipeline, t) if plan_for_pipeline is not None else None
-    return throughput, pipeline_mk, ideal_data_parallel_makespan(samples, n, total, t)
-
-
 def describe_partition(timeline: RunTimeline) -> str:
     plan = plan_of(timeline)
     if plan is not None:
-        return plan.describe()
+        # The bottleneck by step count is news only for the even split; a chosen split names its sizes.
+        return plan.describe() if timeline.partition in ("", "even") else "+".join(map(str, plan.sizes))
     n = len(timeline.stages)
     shards = [len(shard_samples(timeline.num_samples, n, k)) for k in range(n)] if n else []
     return f"{timeline.total_steps} steps each, samples {'+'.join(map(str, shards))}"

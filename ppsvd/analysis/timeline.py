@@ -40,6 +40,11 @@ class SampleSpan:
     steps: int = 0
     steps_s: float | None = None
     """Time spent in the denoising steps alone (compute minus prepare/encode and decode)."""
+    prepare_s: float | None = None
+    """Stage 0: time making the sample's initial state (SVD: image encode). None elsewhere."""
+    finalize_s: float | None = None
+    """Last stage: time turning the final latent into outputs (SVD: VAE decode), before the writer
+    thread takes it. None elsewhere."""
 
     @property
     def compute_s(self) -> float:
@@ -77,6 +82,10 @@ class RunTimeline:
     stages: list[StageTimeline] = field(default_factory=list)
     run_end: float | None = None
     """When the launch as a whole returned (the guide's total time ends here)."""
+    partition: str = ""
+    """--partition as asked ('auto', 'even' or sizes); the sizes that ran are the stages' steps."""
+    costs: dict[str, Any] | None = None
+    """The ppsvd.costs.CostModel the run was planned (or predicted) with, as JSON; None if none was known."""
 
     @property
     def num_stages(self) -> int:

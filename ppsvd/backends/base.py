@@ -32,7 +32,8 @@ class StageWorld:
     device: str = "cpu"
     """'cpu' or 'cuda:<i>': where this stage's tensors live."""
     timeout_s: float = 600.0
-    bind_host: str = "127.0.0.1"
+    bind_host: str | None = None
+    """zmq tcp: the address to bind; None decides from where the peer runs (backends/zmq.py)."""
     zmq_endpoint: str = "auto"
     run_id: str = "ppsvd"
 
@@ -43,10 +44,6 @@ class StageWorld:
     @property
     def is_last(self) -> bool:
         return self.rank == self.world_size - 1
-
-    @property
-    def single_host(self) -> bool:
-        return self.local_world_size == self.world_size
 
 
 class Transport(ABC):

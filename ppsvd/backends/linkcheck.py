@@ -27,7 +27,9 @@ from datetime import timedelta
 from typing import Any
 
 from ppsvd.backends.deadline import Deadline
+from ppsvd.config import DEFAULT_LATENT_SHAPE
 from ppsvd.errors import ConfigError, TransportTimeout
+from ppsvd.shapes import LatentShape
 
 WARMUP_MESSAGES = 2
 """Sent before the timed ones: the first messages pay for lazy connection setup."""
@@ -52,7 +54,7 @@ def check_link(
     transport: str,
     *,
     zmq_endpoint: str = "auto",
-    payload_shape: tuple[int, ...] = (1, 14, 4, 64, 64),
+    payload_shape: tuple[int, ...] = LatentShape(*DEFAULT_LATENT_SHAPE).handoff(),
     dtype: str = "float16",
     repeats: int = 20,
     timeout_s: float = 10.0,

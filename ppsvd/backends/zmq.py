@@ -9,6 +9,17 @@ ever unpickled (no recv_pyobj, no torch.load): see vLLM CVE-2025-30165.
 Stage k > 0 binds a PULL socket and publishes its endpoint in the store under
 "<run_id>/zmq/<k>"; stage k < N-1 connects a PUSH socket to the endpoint of stage k+1.
 
+Where a link goes is decided from facts (backends/hosts.py): stage k reads where stage k-1 runs
+and binds ipc when both share a host's files, else tcp; without --bind-host, tcp binds loopback
+when both share a network namespace, else this host's address on the route to the store. An
+explicit --bind-host is always honoured (with a warning when the peer provably cannot reach it).
+
+Only the expected peer gets a frame in: ipc sockets live in a private 0700 directory (other users
+cannot connect), and tcp links use CurveZMQ: each end makes a fresh keypair, the public keys
+travel through the run's store, and the receiving stage's ZAP handler admits only the one key
+its sending stage published; anyone else's handshake fails before a frame is read. (The store
+itself is the trust root: see docs/multinode.md.)
+
 ZeroMQ's defaults are unsafe for us, so every option that matters is set: LINGER 0 (close never
 blocks), small high-water marks (back-pressure instead of unbounded queues), IMMEDIATE on PUSH
 (never queue to a peer that is not connected), MAXMSGSIZE when a payload limit is given (a peer
@@ -27,16 +38,20 @@ both are created in open(), which is allowed because thread start is a memory ba
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
-import re
 import socket as pysocket
+import stat
+import sys
 import tempfile
+from dataclasses import dataclass
 
 import torch
 import zmq
 
 from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
+from ppsvd.backends.hosts import HostFacts, publish_host, read_host, route_address
 from ppsvd.errors import (
     ConfigError,
     ProtocolError,
@@ -70,6 +85,8 @@ class ZmqTransport(Transport):
         self._pull: zmq.Socket | None = None  # from stage k-1; used by the receive thread only
         self._push: zmq.Socket | None = None  # to stage k+1; used by the send thread only
         self._ipc_path: str | None = None  # the file our ipc bind created, removed on close
+        self._auth = None  # the ZAP handler admitting only stage k-1's CURVE key (tcp)
+        self._client_keys: tuple[bytes, bytes] | None = None  # our CURVE keypair toward stage k+1
         self.bound_endpoint: str | None = None
         self.peer_endpoint: str | None = None
 
@@ -83,18 +100,45 @@ class ZmqTransport(Transport):
     def open(self) -> None:
         if self._ctx is not None:
             return
-        kind = resolve_endpoint_kind(self.world)
+        world = self.world
+        check_endpoint_choice(world.zmq_endpoint)
+        me = publish_host(world.store, world.run_id, world.rank)
         self._ctx = zmq.Context()
         try:
-            if not self.world.is_first:
-                self._bind_pull(kind)
-            if not self.world.is_last:
+            if not world.is_last:
+                # Published first, so stage k+1 can admit exactly us whenever it binds.
+                self._client_keys = zmq.curve_keypair()
+                world.store.set(_client_key(world, world.rank + 1), self._client_keys[0])
+            if not world.is_first:
+                peer = self._wait_for_host(world.rank - 1)
+                route = lambda: route_address(getattr(world.store, "host", "127.0.0.1"))  # noqa: E731
+                link = plan_link(world, me, peer, route=route)
+                if link.warning:
+                    print(f"ppsvd: warning: {link.warning}", file=sys.stderr, flush=True)
+                self._bind_pull(link)
+            if not world.is_last:
                 self._connect_push()
         except BaseException:
             self.close()
             raise
 
-    def _bind_pull(self, kind: str) -> None:
+    def _wait_for_host(self, rank: int) -> HostFacts:
+        self._wait_key(f"{self.world.run_id}/host/{rank}", f"stage {rank} saying where it runs")
+        facts = read_host(self.world.store, self.world.run_id, rank)
+        if facts is None:
+            raise TransportError(f"cannot read where stage {rank} runs from the store")
+        return facts
+
+    def _wait_key(self, key: str, what: str) -> bytes:
+        # Poll with check() rather than a blocking store.wait(): a TCPStore client serves one
+        # request at a time, so a long wait would stall every other user of the same store.
+        try:
+            wait_for(lambda: self.world.store.check([key]), Deadline(self.world.timeout_s, what=what), max_poll_s=0.05)
+            return self.world.store.get(key)
+        except RuntimeError as exc:  # DistStoreError: the store is gone
+            raise TransportError(f"cannot read {what} from the store: {exc}") from None
+
+    def _bind_pull(self, link: LinkPlan) -> None:
         sock = self._ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, HWM)
@@ -102,8 +146,9 @@ class ZmqTransport(Transport):
             # Per frame: a header or one tensor can never be larger than this.
             sock.setsockopt(zmq.MAXMSGSIZE, max(HEADER_BYTES, self.max_payload_bytes))
         self._pull = sock
-        if kind == "ipc":
+        if link.kind == "ipc":
             path = ipc_path(self.world.run_id, self.world.rank)
+            private_dir(os.path.dirname(path))
             if os.path.exists(path):
                 # A second bind to an ipc path silently takes it over from the first owner.
                 raise ConfigError(
@@ -113,35 +158,42 @@ class ZmqTransport(Transport):
             sock.bind(f"ipc://{path}")
             self._ipc_path = path
         else:
-            host = self.world.bind_host
+            self._admit_only(sock, _client_key(self.world, self.world.rank), f"stage {self.world.rank - 1}'s CURVE key")
+            host = link.bind_host
             if _is_ipv6(host):
                 sock.setsockopt(zmq.IPV6, 1)
                 host = f"[{host}]"
             try:
                 sock.bind(f"tcp://{host}:*")
             except zmq.ZMQError as exc:
-                raise ConfigError(f"cannot bind zmq to --bind-host {self.world.bind_host!r}: {exc}") from None
+                raise ConfigError(f"cannot bind zmq to {link.bind_host!r} (--bind-host): {exc}; pass an address of this host") from None
         self.bound_endpoint = _advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.world.store.set(_store_key(self.world, self.world.rank), self.bound_endpoint)
 
+    def _admit_only(self, sock: zmq.Socket, key: str, what: str) -> None:
+        """Make sock a CURVE server whose ZAP handler admits only the public key under `key`."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        expected = self._wait_key(key, what)
+        public, secret = zmq.curve_keypair()
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=_OneKey(expected))
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_server = True
+        self.world.store.set(_server_key(self.world, self.world.rank), public)  # before the endpoint
+
     def _connect_push(self) -> None:
         peer = self.world.rank + 1
-        key = _store_key(self.world, peer)
-        # Poll with check() rather than a blocking store.wait(): a TCPStore client serves one
-        # request at a time, so a long wait would stall every other user of the same store.
-        try:
-            wait_for(
-                lambda: self.world.store.check([key]),
-                Deadline(self.world.timeout_s, what=f"stage {peer} publishing its zmq endpoint"),
-                max_poll_s=0.05,
-            )
-            endpoint = self.world.store.get(key).decode()
-        except RuntimeError as exc:  # DistStoreError: the store is gone
-            raise TransportError(f"cannot read stage {peer}'s zmq endpoint from the store: {exc}") from None
+        endpoint = self._wait_key(_store_key(self.world, peer), f"stage {peer} publishing its zmq endpoint").decode()
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        if endpoint.startswith("tcp://"):
+            sock.curve_serverkey = self._wait_key(_server_key(self.world, peer), f"stage {peer}'s CURVE key")
+            sock.curve_publickey, sock.curve_secretkey = self._client_keys
         if endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(endpoint)
@@ -158,7 +210,14 @@ class ZmqTransport(Transport):
                 os.unlink(self._ipc_path)
             except FileNotFoundError:
                 pass
+            try:
+                os.rmdir(os.path.dirname(self._ipc_path))  # the last stage of this host to leave removes it
+            except OSError:
+                pass
             self._ipc_path = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
         if self._ctx is not None:
             self._ctx.term()  # does not block: every socket is closed with linger 0
             self._ctx = None
@@ -236,37 +295,118 @@ class ZmqTransport(Transport):
         return Message(kind=header.kind, index=header.index, tensors=tensors, meta=dict(header.meta))
 
 
-def resolve_endpoint_kind(world: StageWorld) -> str:
-    """'ipc' or 'tcp' for this world, or ConfigError naming the fix."""
-    choice = world.zmq_endpoint
+@dataclass(frozen=True)
+class LinkPlan:
+    """How stage k binds the link from stage k-1: 'ipc', or 'tcp' on bind_host."""
+
+    kind: str
+    bind_host: str | None = None
+    warning: str | None = None
+
+
+def check_endpoint_choice(choice: str) -> None:
     if choice not in ("auto", "ipc", "tcp"):
         raise ConfigError(f"--zmq-endpoint {choice!r} is not one of auto, ipc, tcp")
+
+
+def plan_link(world: StageWorld, me: HostFacts, peer: HostFacts, *, route=lambda: None) -> LinkPlan:
+    """Pure: how stage world.rank binds its inbound link, given where it and stage rank-1 run.
+
+    route() is this host's address toward the store, asked only when it is needed."""
+    check_endpoint_choice(world.zmq_endpoint)
+    rank, sender = world.rank, world.rank - 1
+    choice = world.zmq_endpoint
     if choice == "auto":
-        choice = "ipc" if world.single_host else "tcp"
-    if not world.single_host:
-        if choice == "ipc":
-            raise ConfigError("--zmq-endpoint ipc works on one host only; this run spans several hosts: use tcp")
-        if _is_loopback(world.bind_host):
+        choice = "ipc" if me.shares_files(peer) else "tcp"
+    if choice == "ipc":
+        if not me.shares_files(peer):
             raise ConfigError(
-                f"multi-node zmq needs --bind-host <this host's address>; {world.bind_host!r} is loopback "
-                "and unreachable from other hosts"
+                f"--zmq-endpoint ipc needs both ends of a link on one host, but stage {sender} runs on "
+                f"{peer.hostname} and stage {rank} on {me.hostname}: use --zmq-endpoint tcp or auto"
             )
-    return choice
+        return LinkPlan("ipc")
+    if world.bind_host is not None:
+        warning = None
+        if _is_loopback(world.bind_host) and not me.shares_loopback(peer):
+            warning = (
+                f"stage {rank} binds zmq on loopback ({world.bind_host}, --bind-host) but stage {sender}, which "
+                f"sends to it, runs on {peer.hostname}: it cannot connect; pass an address of {me.hostname} it can reach"
+            )
+        return LinkPlan("tcp", world.bind_host, warning)
+    if me.shares_loopback(peer):
+        return LinkPlan("tcp", "127.0.0.1")
+    address = route()
+    if address is None or _is_loopback(address):
+        raise ConfigError(
+            f"stage {rank} on {me.hostname} cannot tell which of its addresses stage {sender} on {peer.hostname} "
+            "can reach: pass --bind-host <this host's address>"
+        )
+    return LinkPlan("tcp", address)
+
+
+def ipc_dir(run_id: str) -> str:
+    """The run's private socket directory on this host (named by a digest: the run id is a secret)."""
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"ppsvd-{digest}")
 
 
 def ipc_path(run_id: str, rank: int) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
-    path = os.path.join(tempfile.gettempdir(), f"ppsvd-{safe}-{rank}.sock")
+    path = os.path.join(ipc_dir(run_id), f"{rank}.sock")
     if len(path) > _IPC_PATH_MAX:
         raise ConfigError(
             f"zmq ipc path {path} is {len(path)} characters, over the {_IPC_PATH_MAX}-character socket path limit; "
-            "use a shorter run id or TMPDIR"
+            "set TMPDIR to a shorter directory"
         )
     return path
 
 
+def private_dir(path: str) -> None:
+    """Create `path` as a 0700 directory, or accept it only if it already is one of ours.
+
+    Stages of one host share it (the first creates it); a directory someone else made, or one
+    others can enter, would let them connect to our sockets."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ConfigError(
+            f"zmq socket directory {path} exists but is not a private (0700) directory of this user; "
+            "remove it or set TMPDIR elsewhere"
+        )
+
+
+def remove_ipc_dir(run_id: str) -> None:
+    """Remove the run's socket directory and whatever a killed stage left in it."""
+    import shutil
+
+    shutil.rmtree(ipc_dir(run_id), ignore_errors=True)
+
+
+class _OneKey:
+    """ZAP credentials: exactly one client public key (Z85) is admitted."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key == self.key
+
+
 def _store_key(world: StageWorld, rank: int) -> str:
     return f"{world.run_id}/zmq/{rank}"
+
+
+def _client_key(world: StageWorld, rank: int) -> str:
+    """The CURVE public key of the stage that sends to stage `rank`."""
+    return f"{world.run_id}/zmq/{rank}/client-key"
+
+
+def _server_key(world: StageWorld, rank: int) -> str:
+    """The CURVE public key of stage `rank`'s inbound socket."""
+    return f"{world.run_id}/zmq/{rank}/server-key"
 
 
 def _end_key(world: StageWorld, rank: int) -> str:

@@ -24,19 +24,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ppsvd import __version__
-from ppsvd.config import RunConfig
+from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.analysis.metrics import RunMetrics, efficiency, speedup, summarize
-from ppsvd.plan import partition_steps, shard_samples
+from ppsvd.plan import rank_work
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG  # noqa: F401 (re-exported)
 
-# The guide's benchmark.sh: its GPU counts, its defaults, its cooldown and its file name.
+# The guide's benchmark.sh: its GPU counts, the defaults it adds to a run's, its cooldown. (Its
+# 28 steps and latent 1 4 14 64 64 are every run's defaults: config.DEFAULT_TOTAL_STEPS/_LATENT_SHAPE.)
 GUIDE_GPU_COUNTS = (1, 2, 4, 7)
-GUIDE_TOTAL_STEPS = 28
 GUIDE_NUM_SAMPLES = 10
 GUIDE_SEED = 42
-GUIDE_LATENT_SHAPE = (1, 4, 14, 64, 64)
 GUIDE_COOLDOWN_S = 5.0
 
 
@@ -62,18 +61,32 @@ class BenchPlan:
     base: RunConfig
     gpu_counts: tuple[int, ...]
     strategies: tuple[str, ...] = ("pipeline",)
+    partitions: tuple[str, ...] = ()
+    """--partition values to compare (even, auto) on every pipeline count above 1; one
+    1-GPU run and the data-parallel runs use the first (they have one split only). Empty: the
+    base config's."""
+
+    @property
+    def partition_modes(self) -> tuple[str, ...]:
+        return self.partitions or (self.base.partition,)
     cooldown_s: float = GUIDE_COOLDOWN_S
     """Pause between runs (the guide's `sleep 5`), not after the last one."""
     fail_fast: bool = False
     """Stop at the first failed run (the rest are recorded as skipped)."""
 
-    def runs(self) -> list[tuple[int, str]]:
-        """(N, strategy) in sweep order: by GPU count as in the guide, each strategy in turn."""
-        return [(n, strategy) for n in self.gpu_counts for strategy in self.strategies]
+    def runs(self) -> list[tuple[int, str, str]]:
+        """(N, strategy, partition) in sweep order: by GPU count as in the guide, each strategy
+        in turn, each partition for a pipeline of 2 or more stages."""
+        return [
+            (n, strategy, partition)
+            for n in self.gpu_counts
+            for strategy in self.strategies
+            for partition in (self.partition_modes if strategy == "pipeline" and n > 1 else self.partition_modes[:1])
+        ]
 
-    def config_for(self, n: int, strategy: str) -> RunConfig:
+    def config_for(self, n: int, strategy: str, partition: str | None = None) -> RunConfig:
         # Workers draw no progress bars of their own: the sweep's display is the only live one.
-        return self.base.replace(nproc=n, strategy=strategy, show_progress=False)
+        return self.base.replace(nproc=n, strategy=strategy, partition=partition or self.partition_modes[0], show_progress=False)
 
     def validate(self, gpus_available: int | None) -> BenchPlan:
         """Every check before the first launch, so a bad count costs no time.
@@ -87,6 +100,9 @@ class BenchPlan:
             raise ConfigError(f"--gpus {_join(self.gpu_counts)} repeats a count; list each count once")
         if not self.strategies or len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"--strategy {_join(self.strategies)} must list pipeline and/or data once each")
+        modes = self.partition_modes
+        if len(set(modes)) != len(modes) or not set(modes) <= set(PARTITIONS):
+            raise ConfigError(f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU count)")
         if self.cooldown_s < 0:
             raise ConfigError(f"--cooldown {self.cooldown_s:g} is negative; use 0 or more seconds")
         if gpus_available is not None:
@@ -97,8 +113,8 @@ class BenchPlan:
                     f"--gpus {_join(self.gpu_counts)} asks for {max(too_many)} GPUs but this machine has "
                     f"{gpus_available}; use --gpus {_join(fitting)}"
                 )
-        for n, strategy in self.runs():
-            self.config_for(n, strategy).validate()
+        for n, strategy, partition in self.runs():
+            self.config_for(n, strategy, partition).validate()
         return self
 
 
@@ -108,6 +124,8 @@ class BenchRun:
 
     gpu_count: int
     strategy: str
+    partition: str = DEFAULT_PARTITION
+    """--partition of this run (even or auto)."""
     status: str = STATUS_SKIPPED
     run_dir: str | None = None
     wall_s: float | None = None
@@ -119,6 +137,10 @@ class BenchRun:
     metrics: RunMetrics | None = None
     speedup: float | None = None
     efficiency: float | None = None
+    efficiency_basis: str = ""
+    """What speedup and efficiency are relative to: the measured 1-GPU run, or the run's own estimate."""
+    show_partition: bool = False
+    """Name the partition in the label (the sweep compares several)."""
 
     @property
     def ok(self) -> bool:
@@ -139,18 +161,21 @@ class BenchRun:
 
     @property
     def label(self) -> str:
-        return f"{self.gpu_count} GPU{'s' if self.gpu_count != 1 else ''} · {self.strategy}"
+        text = f"{self.gpu_count} GPU{'s' if self.gpu_count != 1 else ''} · {self.strategy}"
+        return f"{text} · {self.partition}" if self.show_partition and self.strategy == "pipeline" else text
 
     def to_json(self) -> dict[str, Any]:
         return {
             "gpu_count": self.gpu_count,
             "strategy": self.strategy,
+            "partition": self.partition,
             "status": self.status,
             "total_time_sec": self.total_time_sec,
             "per_sample_sec": self.per_sample_sec,
             "wall_s": self.wall_s,
             "speedup": self.speedup,
             "efficiency": self.efficiency,
+            "efficiency_basis": self.efficiency_basis,
             "note": self.note,
             "error": self.error,
             "failed_stage": self.failed_stage,
@@ -191,9 +216,10 @@ class SweepObserver:
 def run_note(config: RunConfig) -> str | None:
     """Why this count is not a clean split: uneven steps (pipeline) or uneven shards (data)."""
     n, t, s = config.nproc, config.total_steps, config.num_samples
-    if config.strategy == "pipeline":
-        return partition_steps(t, n).notice()
-    shards = [len(shard_samples(s, n, k)) for k in range(n)]
+    works = [rank_work(config.strategy, n, k, range(s), total_steps=t) for k in range(n)]
+    if not works[0].writes_shard:  # auto and explicit sizes are chosen splits: no note
+        return works[0].plan.notice() if config.partition == "even" else None
+    shards = [len(w.samples) for w in works]
     if len(set(shards)) == 1:
         return None
     idle = shards.count(0)
@@ -208,16 +234,22 @@ def derive_scaling(runs: list[BenchRun]) -> None:
 
     Pipeline runs compare steady-state throughput; data runs compare overall throughput (see
     RunMetrics.throughput). The baseline is the 1-GPU run of the same strategy, or of the other
-    one (with one process both strategies do the same work), measured the same way.
+    one (with one process both strategies do the same work), measured the same way. Without a
+    1-GPU run, each run's own estimate stands in (RunMetrics.efficiency: the 1-stage rate from the
+    costs it measured), and efficiency_basis says so.
     """
     ones = {r.strategy: r.metrics for r in runs if r.ok and r.gpu_count == 1 and r.metrics is not None}
     for run in runs:
         run.speedup = run.efficiency = None
+        run.efficiency_basis = ""
         if not run.ok or run.metrics is None:
             continue
         base = ones.get(run.strategy) or next(iter(ones.values()), None)
         if base is None:
+            run.speedup, run.efficiency = run.metrics.speedup, run.metrics.efficiency
+            run.efficiency_basis = run.metrics.efficiency_basis
             continue
+        run.efficiency_basis = "measured 1-GPU run"
         base_tp = base.steady_throughput if run.strategy == "pipeline" else base.overall_throughput
         if base_tp is None:
             base_tp = base.throughput
@@ -234,8 +266,9 @@ def default_launcher(config: RunConfig, run_dir: Path) -> LaunchLike:
     return launch(config, run_dir, raise_on_failure=False)
 
 
-def run_dir_for(results_dir: Path, n: int, strategy: str) -> Path:
-    return results_dir / "runs" / f"{n}gpu-{strategy}"
+def run_dir_for(results_dir: Path, n: int, strategy: str, partition: str = "") -> Path:
+    """runs/4gpu-pipeline, or runs/4gpu-pipeline-auto when the sweep compares partitions."""
+    return results_dir / "runs" / f"{n}gpu-{strategy}{'-' + partition if partition else ''}"
 
 
 def run_bench(
@@ -264,7 +297,7 @@ def run_bench(
     result = BenchResult(
         plan=plan,
         results_dir=results_dir,
-        runs=[BenchRun(gpu_count=n, strategy=s) for n, s in plan.runs()],
+        runs=[BenchRun(gpu_count=n, strategy=s, partition=p, show_partition=len(plan.partition_modes) > 1) for n, s, p in plan.runs()],
         environment=environment if environment is not None else collect_environment(plan.base.device),
         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         argv=list(sys.argv if argv is None else argv),
@@ -277,11 +310,11 @@ def run_bench(
         if position > 0 and plan.cooldown_s > 0:
             observer.cooling(plan.cooldown_s)
             sleep(plan.cooldown_s)
-        config = plan.config_for(run.gpu_count, run.strategy).replace(
+        config = plan.config_for(run.gpu_count, run.strategy, run.partition).replace(
             extra={**plan.base.extra, "bench": {"results_dir": str(results_dir), "position": position}}
         )
         run.note = run_note(config)
-        run.run_dir = str(run_dir_for(results_dir, run.gpu_count, run.strategy))
+        run.run_dir = str(run_dir_for(results_dir, run.gpu_count, run.strategy, run.partition if run.show_partition else ""))
         observer.starting(position, total, run)
         _launch_one(run, config, launcher, clock)
         derive_scaling(result.runs)

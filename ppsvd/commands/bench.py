@@ -6,16 +6,19 @@ Importing this module imports neither torch nor matplotlib; the command imports 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
+from ppsvd.config import DEFAULT_TOTAL_STEPS
 from ppsvd.commands.options import (
+    FLAG,
     Debug,
     Device,
     Dtype,
     LatentShape,
-    ModelId,
+    Weights,
     NoProgress,
     NumSamples,
     OutputDir,
@@ -40,28 +43,28 @@ Strategies = Annotated[
     typer.Option("--strategy", help="pipeline, data, or pipeline,data to run data parallelism as the baseline too."),
 ]
 Cooldown = Annotated[float, typer.Option("--cooldown", help="Seconds to wait between runs (the guide's GPU cool-down).")]
-FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.")]
-Weights = Annotated[
-    str,
-    typer.Option("--weights", help="pretrained, or random: the model's architecture with random weights (timing without a download)."),
+FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)]
+Model = Annotated[
+    Optional[str],
+    typer.Option("--model-id", "--model", help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, stabilityai/stable-video-diffusion-img2vid-xt on CUDA."),
 ]
 
 
 def command(
     gpus: Gpus = None,
     strategy: Strategies = "pipeline",
-    model: ModelId = None,  # type: ignore[assignment]  # None: synthetic on CPU, SVD-XT on CUDA
+    model: Model = None,
     weights: Weights = "pretrained",
-    total_steps: TotalSteps = 28,
+    total_steps: TotalSteps = DEFAULT_TOTAL_STEPS,
     latent_shape: LatentShape = None,  # type: ignore[assignment]  # None: the guide's, or tiny's own
-    num_samples: NumSamples = 10,
-    seed: Seed = 42,
+    num_samples: NumSamples = GUIDE_NUM_SAMPLES,
+    seed: Seed = GUIDE_SEED,
     transport: Transport = None,
     device: Device = None,
     dtype: Dtype = None,
     step_ms: StepMs = 0.0,
     timeout: Timeout = 600.0,
-    cooldown: Cooldown = 5.0,
+    cooldown: Cooldown = GUIDE_COOLDOWN_S,
     fail_fast: FailFast = False,
     output_dir: OutputDir = Path("ppsvd-bench"),
     no_progress: NoProgress = False,
@@ -74,78 +77,56 @@ def command(
     columns first), benchmark_results.json, throughput.png and timeline.png.
     On a machine without GPUs: ppsvd bench --device cpu --gpus 1,2,4 --step-ms 20
     """
+    from ppsvd.api import bench_plan
     from ppsvd.bench import sweep as bench
-    from ppsvd.commands import tables
-    from ppsvd.config import (
-        DEFAULT_MODEL_ID,
-        STRATEGIES,
-        SYNTHETIC_MODEL,
-        RunConfig,
-        default_latent_shape,
-        parse_int_list,
-    )
     from ppsvd.console import out
-    from ppsvd.errors import ConfigError
     from ppsvd.models.base import preflight
 
-    available = bench.visible_gpus() if device != "cpu" else 0
-    if device is None:
-        if available == 0:
-            raise ConfigError(
-                "no CUDA GPU is visible on this machine; run the experiment on CPU with "
-                "`ppsvd bench --device cpu --step-ms 20` (synthetic model, 20 ms per step like a GPU)"
-            )
-        device = "cuda"
-    if device == "cuda" and available == 0:
-        raise ConfigError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    if model is None:
-        model = SYNTHETIC_MODEL if device == "cpu" else DEFAULT_MODEL_ID
-    if latent_shape is None:
-        latent_shape = default_latent_shape(model)
-    counts = parse_int_list("--gpus", gpus) if gpus else list(bench.default_gpu_counts(device, available))
-    strategies = [s.strip() for s in strategy.split(",") if s.strip()]
-    for name in strategies:
-        if name not in STRATEGIES:
-            raise ConfigError(f"--strategy {strategy!r}: {name!r} is not one of {', '.join(STRATEGIES)}")
-
-    base = RunConfig(
-        model=model,
+    plan = bench_plan(
+        gpus=gpus,
+        strategy=strategy,
+        model_id=model,
         weights=weights,
         total_steps=total_steps,
-        latent_shape=tuple(latent_shape),
+        latent_shape=latent_shape,
         num_samples=num_samples,
         seed=seed,
         transport=transport,
         device=device,
         dtype=dtype,
         step_ms=step_ms,
-        timeout_s=timeout,
+        timeout=timeout,
+        cooldown=cooldown,
+        fail_fast=fail_fast,
         output_dir=output_dir,
         debug=debug,
-        show_progress=False,
     )
-    plan = bench.BenchPlan(
-        base=base,
-        gpu_counts=tuple(counts),
-        strategies=tuple(strategies),
-        cooldown_s=cooldown,
-        fail_fast=fail_fast,
-    ).validate(available if device == "cuda" else None)
-    preflight(base)  # model files, shapes: a bad input costs one line, not a sweep of failures
-
+    preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
     results_dir = bench.new_results_dir(output_dir)
-    shape = " ".join(map(str, base.latent_shape))
-    out.print(
-        f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, counts))} × {','.join(strategies)} · model {model} on {device} · "
-        f"T={total_steps} · {num_samples} samples · seed {seed} · latent {shape}"
-        + (f" · {step_ms:g} ms/step" if step_ms else ""),
-        soft_wrap=True,
-    )
+    out.print(_header(plan), soft_wrap=True)
     out.print(f"results → {results_dir}", soft_wrap=True)
 
     observer = _RichObserver() if not no_progress else _PlainObserver()
     with observer:
         result = bench.run_bench(plan, results_dir, observer=observer)
+    _print_result(result)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _header(plan) -> str:
+    base = plan.base
+    return (
+        f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
+        f"model {base.model} on {base.device} · T={base.total_steps} · {base.num_samples} samples · seed {base.seed} · "
+        f"latent {' '.join(map(str, base.latent_shape))}" + (f" · {base.step_ms:g} ms/step" if base.step_ms else "")
+    )
+
+
+def _print_result(result) -> None:
+    """The tables, what failed, and where the files are."""
+    from ppsvd.commands import tables
+    from ppsvd.console import out
 
     out.print(tables.bench_table(result.runs))
     out.print(tables.detail_table(result.runs))
@@ -159,8 +140,6 @@ def command(
         out.print("[yellow]no successful 1-GPU run: speedup and efficiency need one (add 1 to --gpus)[/]")
     for name, path in result.files.items():
         out.print(f"{name:>15}: {path}", soft_wrap=True)
-    if result.failed:
-        raise typer.Exit(1)
 
 
 def _describe(run) -> str:

@@ -4,49 +4,56 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+from ppsvd.api import resolve_device, resolve_nproc  # noqa: F401  (one definition, shared with the API)
 from ppsvd.config import RunConfig, env_world
-from ppsvd.console import notice, out
-from ppsvd.errors import ConfigError
+from ppsvd.console import error_line, notice, out
+from ppsvd.errors import Interrupted
+from ppsvd.io.atomic import check_output_dir
 
 
-def resolve_nproc(nproc: int | None) -> int:
-    """--nproc, or the torchrun world size; both given must agree."""
-    world = env_world()
-    if world is None:
-        return 1 if nproc is None else nproc
-    if nproc is not None and nproc != world[1]:
-        raise ConfigError(f"--nproc {nproc} differs from torchrun's world size {world[1]}; drop --nproc under torchrun")
-    return world[1]
+def execute(config: RunConfig, *, command: str = "run", resume: Path | None = None, explicit: dict[str, str] | None = None) -> int:
+    """Validate, then run: as one torchrun worker, or by launching config.nproc local workers.
 
-
-def resolve_device(device: str | None) -> str:
-    if device is not None:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def execute(config: RunConfig) -> int:
-    """Validate, then run: as one torchrun worker, or by launching config.nproc local workers."""
+    resume: a stopped run's directory: its config (with the execution options `explicit` names:
+    RunConfig field -> flag) and only the samples it lacks."""
     from ppsvd.models.base import preflight
 
-    config.validate()
     world = env_world()
+    plan = _resume_plan(resume, config, explicit or {}, world) if resume is not None else None
+    if plan is not None:
+        config = plan.config
+    config.validate()
+    if plan is not None and plan.finished:
+        if world is None or world[0] == 0:
+            out.print(f"nothing to do: all {config.num_samples} samples of {plan.run_dir} are finished")
+        return 0
+    if plan is None:
+        check_output_dir(config.output_dir)
+    run_dir = None if plan is None else plan.run_dir
+    indices = None if plan is None else plan.remaining
     if world is not None:
-        from ppsvd.runtime.worker import torchrun_main
+        from ppsvd.runtime.worker import StopSignal, catch_stop_signals, torchrun_main
 
         rank = world[0]
-        if rank == 0:
-            _announce(config, world[1])
-        # Every rank checks its own inputs, so a bad flag fails fast everywhere.
-        preflight(config)
-        code, run_dir = torchrun_main(config)
+        received = catch_stop_signals()
+        try:
+            if rank == 0:
+                _announce(config, world[1])
+            # Every rank checks its own inputs, so a bad flag fails fast everywhere.
+            preflight(config)
+            if plan is not None and rank == 0:
+                _restart(plan)
+            code, run_dir = torchrun_main(config, run_dir=run_dir, indices=indices, received=received)
+        except StopSignal as stop:  # before the stage started: nothing written, nothing to say
+            code = 128 + stop.signum
         if code == 0 and rank == 0:
-            from ppsvd.commands.tables import print_summary
-
-            print_summary(run_dir)
+            _summary(config, run_dir)
+        if code > 128 and run_dir is not None and rank == _writer_rank(config, world[1]):
+            # torchrun speaks for the run (its own exit code and message); the stage that wrote
+            # the samples adds the one line only it can give.
+            error_line(interrupted_line(code - 128, run_dir, config.num_samples, _resume_command(command, run_dir, world)))
         # Leave the way a multiprocessing worker does: flush, then os._exit. A normal interpreter
         # shutdown runs the C++ destructors of gloo's groups and threads, and under torchrun that
         # aborted a finished run now and then ("terminate called without an active exception",
@@ -55,23 +62,131 @@ def execute(config: RunConfig) -> int:
         sys.stderr.flush()
         os._exit(code)
 
-    import torch
+    from ppsvd import api
 
-    config.check_devices(torch.cuda.device_count() if config.device == "cuda" else 0, config.nproc)
-    preflight(config)
+    _catch_signals_until_launch()
+    api.check(config)  # devices, model files and shapes, images, memory
     _announce(config, config.nproc)
-    from ppsvd.runtime.launch import launch
+    if plan is not None:
+        _restart(plan)
+    try:
+        result = api.execute(config, checked=True, run_dir=run_dir, indices=indices)
+    except Interrupted as exc:
+        if exc.run_dir is None:
+            raise
+        line = interrupted_line(exc.signum, exc.run_dir, config.num_samples, _resume_command(command, exc.run_dir, None))
+        raise Interrupted(line, exc.signum, exc.run_dir) from None
+    _summary(config, result.run_dir)
+    return 0
+
+
+# CLI parameter -> the RunConfig field it sets, where the names differ.
+_PARAM_FIELDS = {
+    "image": "images", "timeout": "timeout_s", "no_progress": "show_progress", "num_frames": "latent_shape",
+    "height": "latent_shape", "width": "latent_shape", "num_inference_steps": "total_steps",
+    "stall_timeout": "stall_timeout_s", "progress_interval": "progress_interval_s",
+}
+
+
+def explicit_options(ctx) -> dict[str, str]:
+    """The options this command line (or the environment) set: RunConfig field -> flag."""
+    found = {}
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        # By name: Typer may vendor its own click, whose ParameterSource is another enum.
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            found[_PARAM_FIELDS.get(param.name, param.name)] = param.opts[0] if param.opts else param.name
+    return found
+
+
+def _resume_plan(run_dir: Path, given: RunConfig, explicit: dict[str, str], world):
+    from ppsvd.io.resume import load_run_config, merge, plan_resume
+
+    saved = load_run_config(run_dir)
+    # Under torchrun the world size is torchrun's; any N gives the same samples.
+    config = merge(Path(run_dir), saved, given, explicit, keep_given=("nproc",) if world is not None else ())
+    return plan_resume(Path(run_dir), config.validate())
+
+
+def _restart(plan) -> None:
+    """Before a resumed run: sweep what killed writers left, and journal exactly the kept samples."""
+    from ppsvd.io.atomic import remove_temp_files
+    from ppsvd.io.results import restart_journal
+
+    remove_temp_files(plan.run_dir)
+    restart_journal(plan.run_dir, plan.kept)
+    notice(f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.num_samples} samples kept, "
+           f"{len(plan.remaining)} to generate")
+
+
+def _writer_rank(config: RunConfig, world: int) -> int:
+    return world - 1 if config.strategy == "pipeline" else 0
+
+
+def interrupted_line(signum: int, run_dir: Path, num_samples: int, resume_command: str) -> str:
+    """The one line an interrupted run leaves: what is kept and how to go on."""
+    import signal
+
+    from ppsvd.io.results import listed_entries
+
+    name = signal.Signals(signum).name
+    if not (Path(run_dir) / "config.json").is_file():  # stopped while starting: nothing to continue
+        return f"interrupted by {name} before the run started; nothing was kept in {run_dir}"
+    kept = len(listed_entries(run_dir))
+    return (f"interrupted by {name}: {kept} of {num_samples} samples finished and kept in "
+            f"{run_dir}; resume with: {resume_command}")
+
+
+def _resume_command(command: str, run_dir: Path, world) -> str:
+    import shlex
+
+    tail = f"-m ppsvd {command} --resume {shlex.quote(str(run_dir))}"
+    if world is None:
+        return f"ppsvd {command} --resume {shlex.quote(str(run_dir))}"
+    _, size, _, local = world
+    if size == local:
+        return f"torchrun --standalone --nproc_per_node={local} {tail}"
+    return f"torchrun --nnodes={size // max(local, 1)} --nproc_per_node={local} <your rendezvous options> {tail}"
+
+
+def _catch_signals_until_launch() -> None:
+    """SIGTERM or SIGHUP while checking inputs or loading: one line and 128 + signum, like Ctrl-C
+    (the elastic agent installs its own handlers once the workers start; launch maps those)."""
+    import signal
+
+    def handler(signum, _frame):
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def _summary(config: RunConfig, run_dir) -> None:
+    """The per-stage table, or with --log-format json one JSON line (the metrics and the run dir)."""
+    if config.log_format == "json":
+        import json
+
+        from ppsvd.api import RunResult
+
+        print(json.dumps({"event": "summary", "run_dir": str(run_dir), "metrics": RunResult.load(run_dir).metrics.to_json()}), flush=True)
+        return
     from ppsvd.commands.tables import print_summary
 
-    result = launch(config)
-    print_summary(result.run_dir)
-    return 0
+    print_summary(run_dir)
 
 
 def _announce(config: RunConfig, world: int) -> None:
     from ppsvd.plan import partition_steps
 
-    if config.strategy == "pipeline":
+    skipped = config.skipped_images()
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        notice(
+            f"--num-samples {config.num_samples} uses the first {config.num_samples} of {len(config.input_images)} input images; "
+            f"skipped: {shown} (drop --num-samples for one video per image)"
+        )
+
+    if config.strategy == "pipeline" and config.partition == "even":  # auto and sizes are chosen splits
         text = partition_steps(config.total_steps, world).notice()
         if text:
             notice(text)

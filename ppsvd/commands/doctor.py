@@ -58,18 +58,17 @@ def command(
         if label not in labels:
             raise ConfigError(f"--simulate-hang {label!r} is not one of {', '.join(labels)}")
     n = 1 if nproc is None else nproc
+    config = RunConfig(model=model, weights=weights, nproc=n, latent_shape=shape, dtype=dtype, device=device,
+                       transport=transport, total_steps=total_steps, num_samples=num_samples, output_dir=output_dir)
     # The run's own checks of the same options (bad input -> ConfigError -> one line, exit 2). The
-    # device is not known yet (it needs torch): check as a CUDA run unless --device says otherwise.
-    RunConfig(model=model, weights=weights, nproc=n, latent_shape=shape, dtype=dtype, device=device or "cuda",
-              transport=transport, total_steps=total_steps, num_samples=num_samples, output_dir=output_dir).validate()
+    # device is not known yet (it needs torch; doctor resolves it): check as a CUDA run unless --device says otherwise.
+    config.replace(device=device or "cuda").validate()
 
-    from ppsvd.doctor import Planned, diagnose
+    from ppsvd.doctor import diagnose
     from ppsvd.doctor.render import render, to_json_text
 
-    planned = Planned(model=model, weights=weights, nproc=n, latent_shape=shape, dtype=dtype, device=device,
-                      transport=transport, total_steps=total_steps, num_samples=num_samples, output_dir=output_dir)
     progress = None if json_out else (lambda text: err.print(f"[dim]doctor: {text}...[/]", markup=True))
-    report = diagnose(planned, live=not no_live, live_timeout=live_timeout, hang=tuple(hang or ()),
+    report = diagnose(config, live=not no_live, live_timeout=live_timeout, hang=tuple(hang or ()),
                       on_progress=progress)
     if json_out:
         out.print(to_json_text(report), markup=False, highlight=False, soft_wrap=True, emoji=False)

@@ -1,13 +1,29 @@
-"""Options shared by several commands, as Annotated aliases (one definition, one help text)."""
+"""Options shared by several commands, as Annotated aliases (one definition, one help text).
+
+Choices are Literal types built from config's tuples, so --help lists them and a wrong value is
+refused with the list; boolean options are flags (metavar "" keeps '<bool>' out of the help).
+A help text states the default only where Typer's own [default: ...] cannot (None = decided later).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS
+from ppsvd.config import (
+    DEVICES,
+    DTYPES,
+    LOG_FORMATS,
+    STRATEGIES,
+    TRANSPORTS,
+    WEIGHTS,
+    ZMQ_ENDPOINTS,
+)
+
+FLAG = {"metavar": ""}
+"""Option settings of a boolean flag: no '<bool>' placeholder in --help (a flag takes no value)."""
 
 TotalSteps = Annotated[
     int, typer.Option("--total-steps", help="Denoising steps T, split over the stages (the guide uses 28: divisible by 1, 2, 4, 7).")
@@ -23,23 +39,56 @@ NProc = Annotated[
     typer.Option("--nproc", help="Stages (one process, one GPU each). Under torchrun: the world size. Default 1."),
 ]
 Transport = Annotated[
-    Optional[str],
-    typer.Option("--transport", help="nccl, gloo or zmq. Default: nccl when every stage has a GPU, else gloo."),
+    Optional[Literal[TRANSPORTS]],
+    typer.Option("--transport", help="Default: nccl when every stage has a GPU, else gloo."),
 ]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda. Default: cuda when available.")]
-Dtype = Annotated[Optional[str], typer.Option("--dtype", help="fp32, fp16 or bf16. Default: fp16 on CUDA, fp32 on CPU.")]
+Device = Annotated[Optional[Literal[DEVICES]], typer.Option("--device", help="Default: cuda when torch sees a GPU, else cpu.")]
+Dtype = Annotated[Optional[Literal[DTYPES]], typer.Option("--dtype", help="Default: fp16 on CUDA, fp32 on CPU.")]
+Weights = Annotated[
+    Literal[WEIGHTS],
+    typer.Option("--weights", help="pretrained, or random: the model's architecture with random weights (timing without a download)."),
+]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Each run writes a new directory under this one.")]
 ModelId = Annotated[
     str,
-    typer.Option("--model-id", "--model", help=f"Hub id or local directory (default {DEFAULT_MODEL_ID}); 'tiny' for the embedded small SVD; 'synthetic' for the CPU stand-in."),
+    typer.Option("--model-id", "--model", help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; 'synthetic' for the CPU stand-in."),
 ]
 Timeout = Annotated[float, typer.Option("--timeout", help="Longest single wait in seconds (receive, send, rendezvous).")]
 StepMs = Annotated[float, typer.Option("--step-ms", help="Synthetic model: wall time per step in ms, spent without using the CPU.")]
-BindHost = Annotated[str, typer.Option("--bind-host", help="zmq: interface to bind (loopback unless set; multi-node needs a routable address).")]
-ZmqEndpoint = Annotated[str, typer.Option("--zmq-endpoint", help="zmq: ipc (one host), tcp (across hosts) or auto.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live progress bars (summary only).")]
+BindHost = Annotated[Optional[str], typer.Option("--bind-host", help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's address toward the rendezvous.")]
+StallTimeout = Annotated[float, typer.Option("--stall-timeout", help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is named as hung.")]
+ZmqEndpoint = Annotated[Literal[ZMQ_ENDPOINTS], typer.Option("--zmq-endpoint", help="zmq: ipc (one host), tcp (across hosts) or auto.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", **FLAG)]
+NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live progress (summary only).", **FLAG)]
+LogFormat = Annotated[
+    Literal[LOG_FORMATS],
+    typer.Option("--log-format", help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON line); auto: rich on a terminal, plain otherwise (a job's log file)."),
+]
+ProgressInterval = Annotated[float, typer.Option("--progress-interval", help="Seconds between progress lines (plain and json formats).")]
 
-DEFAULT_STEPS = DEFAULT_TOTAL_STEPS
-Strategy = Annotated[str, typer.Option("--strategy", help="pipeline (split steps over stages) or data (whole samples per process: the baseline).")]
+Strategy = Annotated[Literal[STRATEGIES], typer.Option("--strategy", help="pipeline (split steps over stages) or data (whole samples per process: the baseline).")]
 MaxInFlight = Annotated[int, typer.Option("--max-in-flight", help="Messages a stage may have queued for sending before it waits (back-pressure).")]
+
+# -- how the steps are split, and what the work costs (ppsvd.costs) ---------------------------------
+Partition = Annotated[
+    str,
+    typer.Option("--partition", help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), even, or sizes such as 4,5,5,5,5,3,1."),
+]
+CostsFrom = Annotated[
+    Optional[str],
+    typer.Option("--costs-from", help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the start)."),
+]
+EncodeMs = Annotated[float, typer.Option("--encode-ms", help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like --step-ms.")]
+DecodeMs = Annotated[float, typer.Option("--decode-ms", help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like --step-ms.")]
+StageSpeed = Annotated[
+    Optional[str],
+    typer.Option("--stage-speed", help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a stage is divided by it."),
+]
+Resume = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--resume",
+        help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it lacks; "
+        "the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
+    ),
+]

@@ -1,4 +1,10 @@
-"""`ppsvd run`: generate SVD videos (images in, MP4s out) with the steps pipelined over N GPUs."""
+"""`ppsvd run`: generate SVD videos (images in, MP4s out) with the steps pipelined over N GPUs.
+
+Options carry diffusers' names where diffusers has one (StableVideoDiffusionPipeline.__call__:
+num_frames, height, width, num_inference_steps, fps, motion_bucket_id, ...; from_pretrained:
+revision, variant); the guide's --total-steps and --latent-shape stay and may be combined with
+them when they agree. The config is built by ppsvd.api.run_config, the same as ppsvd.run().
+"""
 
 from __future__ import annotations
 
@@ -8,32 +14,48 @@ from typing import Annotated, Optional
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, RunConfig, default_latent_shape
+from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
 
 NAME = "run"
 
+_DIFFUSERS = "diffusers' StableVideoDiffusionPipeline(...)(image, "
+
 
 def command(
+    ctx: typer.Context,
     image: Annotated[
         Optional[list[str]],
-        typer.Option("--image", help="Input image: a file, a directory or a glob; repeatable. Sample i uses image i mod count. Default: the built-in test image."),
+        typer.Option("--image", help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless --num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image."),
+    ] = None,
+    inputs: Annotated[
+        Optional[Path],
+        typer.Option("--inputs", help="Job file, one sample per entry: CSV with a header (image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines ({\"image\": \"cat.png\", \"seed\": 3}). Relative image paths are relative to the file. Instead of --image."),
     ] = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
-    weights: Annotated[str, typer.Option("--weights", help="pretrained, or random: the model's architecture with random weights (timing without a download).")] = "pretrained",
-    total_steps: o.TotalSteps = DEFAULT_TOTAL_STEPS,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.")] = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when the model has them, else the full-precision ones.")] = None,
+    weights: o.Weights = "pretrained",
+    num_frames: Annotated[Optional[int], typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64).")] = None,
+    num_inference_steps: Annotated[Optional[int], typer.Option("--num-inference-steps", help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28.")] = None,
+    total_steps: Annotated[Optional[int], typer.Option("--total-steps", help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 (divisible by 1, 2, 4 and 7).")] = None,
     latent_shape: Annotated[
         Optional[tuple[int, int, int, int, int]],
-        typer.Option("--latent-shape", help="B C F H W: videos per sample, latent channels, frames, latent height, latent width (pixels 8H x 8W). Default 1 4 14 64 64 (tiny: its own small shape)."),
+        typer.Option("--latent-shape", help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8)."),
     ] = None,
-    num_samples: o.NumSamples = 1,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 without --image).")] = None,
     seed: o.Seed = 0,
-    fps: Annotated[int, typer.Option("--fps", help="Frame rate of the MP4 and the fps conditioning (the UNet sees fps-1, as in diffusers).")] = 6,
+    fps: Annotated[int, typer.Option("--fps", help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps.")] = 6,
+    video_fps: Annotated[Optional[int], typer.Option("--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps.")] = None,
     motion_bucket_id: Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")] = 127,
     noise_aug_strength: Annotated[float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")] = 0.02,
     min_guidance_scale: Annotated[float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")] = 1.0,
     max_guidance_scale: Annotated[float, typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1).")] = 3.0,
-    decode_chunk_size: Annotated[Optional[int], typer.Option("--decode-chunk-size", help="Frames decoded at a time (default: all).")] = None,
-    save_frames: Annotated[bool, typer.Option("--save-frames", help="Also write every frame as PNG.")] = False,
+    decode_chunk_size: Annotated[Optional[int], typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")] = None,
+    save_frames: Annotated[bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)] = False,
+    save_video: Annotated[bool, typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG)] = True,
+    save_latents: Annotated[bool, typer.Option("--save-latents/--no-save-latents", help="Write each sample's final latent (safetensors).", **o.FLAG)] = True,
     nproc: o.NProc = None,
     transport: o.Transport = None,
     device: o.Device = None,
@@ -41,50 +63,72 @@ def command(
     output_dir: o.OutputDir = Path("ppsvd-runs"),
     timeout: o.Timeout = 600.0,
     max_in_flight: o.MaxInFlight = 2,
-    bind_host: o.BindHost = "127.0.0.1",
+    bind_host: o.BindHost = None,
+    stall_timeout: o.StallTimeout = 60.0,
     zmq_endpoint: o.ZmqEndpoint = "auto",
     strategy: o.Strategy = "pipeline",
+    partition: o.Partition = DEFAULT_PARTITION,
+    costs_from: o.CostsFrom = None,
+    log_format: o.LogFormat = "auto",
+    progress_interval: o.ProgressInterval = 10.0,
     no_progress: o.NoProgress = False,
+    resume: o.Resume = None,
     debug: o.Debug = False,
 ) -> int:
     """Generate videos with Stable Video Diffusion, the denoising steps pipelined over N GPUs.
 
     The videos equal what diffusers' StableVideoDiffusionPipeline produces for the same image,
-    seed and settings, for any --nproc and transport. Also runs under torchrun
-    (torchrun --nproc_per_node=7 -m ppsvd run ...). --model-id tiny runs an embedded small
-    SVD on CPU in seconds.
+    seed and settings, for any --nproc and transport. The defaults (the guide's: 28 steps, 14
+    frames at 512x512, fps 6) equal pipe(image.resize((512, 512)), num_frames=14, height=512,
+    width=512, num_inference_steps=28, fps=6, generator=torch.Generator().manual_seed(seed)).
+    Outputs are named <image stem>-s<seed>. Also runs under torchrun
+    (torchrun --nproc_per_node=7 -m ppsvd run ...). --model-id tiny runs an embedded small SVD
+    on CPU in seconds.
     """
-    from ppsvd.commands.common import execute, resolve_device, resolve_nproc
-    from ppsvd.io.images import resolve_images
+    from ppsvd.api import run_config
+    from ppsvd.commands.common import execute, explicit_options
 
-    if latent_shape is None:
-        latent_shape = default_latent_shape(model)
-    config = RunConfig(
-        model=model,
+    config = run_config(
+        image,
+        inputs=inputs,
+        model_id=model,
+        revision=revision,
+        variant=variant,
         weights=weights,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        num_inference_steps=num_inference_steps,
         total_steps=total_steps,
-        latent_shape=tuple(latent_shape),
+        latent_shape=latent_shape,
         num_samples=num_samples,
         seed=seed,
-        nproc=resolve_nproc(nproc),
-        transport=transport,
-        device=resolve_device(device),
-        dtype=dtype,
-        strategy=strategy,
-        output_dir=output_dir,
-        timeout_s=timeout,
-        max_in_flight=max_in_flight,
-        bind_host=bind_host,
-        zmq_endpoint=zmq_endpoint,
-        images=resolve_images(image) if image else (),
         fps=fps,
+        video_fps=video_fps,
         motion_bucket_id=motion_bucket_id,
         noise_aug_strength=noise_aug_strength,
         min_guidance_scale=min_guidance_scale,
         max_guidance_scale=max_guidance_scale,
         decode_chunk_size=decode_chunk_size,
         save_frames=save_frames,
-        show_progress=not no_progress,
+        save_video=save_video,
+        save_latents=save_latents,
+        nproc=nproc,
+        transport=transport,
+        device=device,
+        dtype=dtype,
+        strategy=strategy,
+        partition=partition,
+        costs_from=costs_from,
+        output_dir=output_dir,
+        timeout=timeout,
+        max_in_flight=max_in_flight,
+        bind_host=bind_host,
+        stall_timeout_s=stall_timeout,
+        zmq_endpoint=zmq_endpoint,
+        log_format=log_format,
+        progress_interval_s=progress_interval,
+        progress=not no_progress,
         debug=debug,
     )
-    return execute(config)
+    return execute(config, command=NAME, resume=resume, explicit=explicit_options(ctx))

@@ -3,31 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_TOTAL_STEPS, RunConfig
+from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS, DEVICES, DTYPES, SYNTHETIC_MODEL, parse_float_list
 
 NAME = "simulate"
 
+NProc = Annotated[Optional[int], typer.Option("--nproc", help="Stages (one process each). Default 4; under torchrun: the world size.")]
+Device = Annotated[Literal[DEVICES], typer.Option("--device", help="Where the stand-in's tensors live.")]
+
 
 def command(
+    ctx: typer.Context,
     total_steps: o.TotalSteps = DEFAULT_TOTAL_STEPS,
     latent_shape: o.LatentShape = DEFAULT_LATENT_SHAPE,
     num_samples: o.NumSamples = 8,
     seed: o.Seed = 0,
-    nproc: o.NProc = None,
+    nproc: NProc = None,
     transport: o.Transport = None,
-    device: o.Device = "cpu",
-    dtype: o.Dtype = "fp32",
+    device: Device = "cpu",
+    dtype: Annotated[Optional[Literal[DTYPES]], typer.Option("--dtype")] = "fp32",
     step_ms: o.StepMs = 20.0,
-    model: o.ModelId = "synthetic",
+    model: o.ModelId = SYNTHETIC_MODEL,
     strategy: o.Strategy = "pipeline",
+    partition: o.Partition = DEFAULT_PARTITION,
+    costs_from: o.CostsFrom = None,
+    encode_ms: o.EncodeMs = 0.0,
+    decode_ms: o.DecodeMs = 0.0,
+    stage_speed: o.StageSpeed = None,
     output_dir: o.OutputDir = Path("ppsvd-runs"),
     timeout: o.Timeout = 600.0,
     max_in_flight: o.MaxInFlight = 2,
-    bind_host: o.BindHost = "127.0.0.1",
+    bind_host: o.BindHost = None,
+    stall_timeout: o.StallTimeout = 60.0,
     zmq_endpoint: o.ZmqEndpoint = "auto",
+    log_format: o.LogFormat = "auto",
+    progress_interval: o.ProgressInterval = 10.0,
     no_progress: o.NoProgress = False,
+    resume: o.Resume = None,
     debug: o.Debug = False,
 ) -> int:
     """Run the pipeline on CPU with the synthetic stand-in model (default 4 stages, 20 ms per step).
@@ -36,33 +52,35 @@ def command(
     scaling over stages shows even on a 2-core machine. Works self-launched (--nproc N) and
     as a worker under torchrun (torchrun --nproc_per_node=4 -m ppsvd simulate ...).
     """
-    from ppsvd.commands.common import execute, resolve_nproc
+    from ppsvd.api import simulate_config
+    from ppsvd.commands.common import execute, explicit_options
 
-    config = RunConfig(
-        model=model,
+    config = simulate_config(
+        model_id=model,
         total_steps=total_steps,
         latent_shape=tuple(latent_shape),
         num_samples=num_samples,
         seed=seed,
-        nproc=resolve_nproc(4 if nproc is None and not _under_torchrun() else nproc),
+        nproc=nproc,
         transport=transport,
-        device=device or "cpu",
+        device=device,
         dtype=dtype,
         strategy=strategy,
-        step_ms=step_ms if model == "synthetic" else 0.0,
+        partition=partition,
+        costs_from=costs_from,
+        encode_ms=encode_ms,
+        decode_ms=decode_ms,
+        stage_speed=parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
+        step_ms=step_ms,
         output_dir=output_dir,
-        timeout_s=timeout,
+        timeout=timeout,
         max_in_flight=max_in_flight,
         bind_host=bind_host,
+        stall_timeout_s=stall_timeout,
         zmq_endpoint=zmq_endpoint,
-        show_progress=not no_progress,
+        log_format=log_format,
+        progress_interval_s=progress_interval,
+        progress=not no_progress,
         debug=debug,
-        save_video=False,
     )
-    return execute(config)
-
-
-def _under_torchrun() -> bool:
-    from ppsvd.config import env_world
-
-    return env_world() is not None
+    return execute(config, command=NAME, resume=resume, explicit=explicit_options(ctx))

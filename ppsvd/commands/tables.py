@@ -43,13 +43,21 @@ def summary_table(metrics: RunMetrics) -> Table:
     pipeline = m.strategy == "pipeline"
     unit = "stage" if pipeline else "worker"
     stages = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in ((unit, "right"), ("steps", "left"), ("samples", "right"), ("busy", "right"), ("waiting", "right"), ("load s", "right")):
+    predicted = any(st.predicted_sample_s is not None for st in m.stages)
+    columns = [(unit, "right"), ("steps", "left"), ("samples", "right"), ("s/sample", "right")]
+    if predicted:
+        columns.append(("planned", "right"))
+    columns += [("busy", "right"), ("waiting", "right"), ("load s", "right")]
+    for name, justify in columns:
         stages.add_column(name, justify=justify)
     if pipeline:
         stages.add_column("hand-off →", justify="right")
     hops = {h.src: h for h in m.hops}
     for st in m.stages:
-        row = [str(st.stage), f"{st.steps[0]}–{st.steps[1] - 1} ({st.num_steps})", str(st.samples), _pct(st.busy_frac), _pct(st.waiting_frac), f"{st.load_s:.2f}"]
+        row = [str(st.stage), f"{st.steps[0]}–{st.steps[1] - 1} ({st.num_steps})", str(st.samples), _fmt(st.median_sample_s, ".3f")]
+        if predicted:
+            row.append(_fmt(st.predicted_sample_s, ".3f"))
+        row += [_pct(st.busy_frac), _pct(st.waiting_frac), f"{st.load_s:.2f}"]
         if pipeline:
             hop = hops.get(st.stage)
             row.append(_fmt(hop.median_s * 1000 if hop else None, ".2f", " ms"))
@@ -68,9 +76,17 @@ def summary_table(metrics: RunMetrics) -> Table:
     overall.add_row("latency p50 / p95", f"{_fmt(m.latency_p50_s, '.3f', ' s')} / {_fmt(m.latency_p95_s, '.3f', ' s')}")
     rate_name = "steady samples/s" if pipeline else "samples/s (whole run)"
     overall.add_row(rate_name, _fmt(m.throughput, ".4f"))
-    overall.add_row("ideal samples/s", f"{_fmt(m.ideal_throughput, '.4f')}  {_ideal_formula(m)}")
-    overall.add_row("efficiency", f"{_pct(m.efficiency_vs_ideal)} of ideal")
-    overall.add_row("partition", m.partition)
+    if m.predicted_throughput is not None:
+        overall.add_row("planned samples/s", f"{_fmt(m.predicted_throughput, '.4f')}  (measured {_pct(m.vs_plan)} of plan)")
+    speedup = f"{_fmt(m.speedup, '.2f', '×')} on {m.num_stages}, efficiency {_pct(m.efficiency)}" if m.speedup is not None else "—"
+    overall.add_row("speedup", speedup)
+    overall.add_row("", Text(m.efficiency_basis, style="dim"))
+    mode = f"{m.partition_mode}: " if m.partition_mode else ""
+    overall.add_row("partition", mode + m.partition)
+    if m.planned_costs is not None:
+        from ppsvd.costs import CostModel
+
+        overall.add_row("planned with", CostModel.from_json(m.planned_costs).describe())
 
     table = Table(
         title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · {m.completed}/{m.num_samples} samples",
@@ -100,16 +116,6 @@ def _range_pct(values: list[float | None]) -> str:
         return "—"
     lo, hi = round(100 * min(known)), round(100 * max(known))
     return f"{lo}%" if lo == hi else f"{lo}–{hi}%"
-
-
-def _ideal_formula(m: RunMetrics) -> str:
-    """How ideal_throughput was computed, with the numbers: '(1 / (7 steps × 20.1 ms))'."""
-    if not m.median_step_s or not m.steps_per_stage:
-        return ""
-    step = f"{m.median_step_s * 1000:.1f} ms"
-    if m.strategy == "pipeline":
-        return f"(1 / ({max(m.steps_per_stage)} steps × median step {step}))"
-    return f"({m.num_stages} / ({m.total_steps} steps × median step {step}))"
 
 
 def bench_table(runs: list[BenchRun]) -> Table:

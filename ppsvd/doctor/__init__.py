@@ -2,7 +2,7 @@
 
     probe.py   gathers facts (NVML, torch, environment, HF cache, disks): the side effects
     live.py    the live transport check (ppsvd.backends.linkcheck) with a hard deadline
-    checks.py  pure: Facts + Planned -> [CheckResult]   (tests feed fake facts)
+    checks.py  pure: Facts + RunConfig -> [CheckResult]   (tests feed fake facts)
     memory.py  pure: the memory model and the largest latent shape that fits
     render.py  Rich table / JSON
 
@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 
 from ppsvd import __version__
 from ppsvd.doctor.checks import context, exit_code, run_checks
-from ppsvd.doctor.facts import CheckResult, Facts, Planned
+from ppsvd.config import RunConfig
+from ppsvd.doctor.facts import CheckResult, Facts
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("schema_version", "ppsvd_version", "ok", "exit_code", "planned", "machine", "counts", "checks",
@@ -27,7 +28,8 @@ CHECK_KEYS = ("name", "status", "summary", "fix", "details")
 
 @dataclass
 class Report:
-    planned: Planned
+    config: RunConfig
+    """The run as asked (device None: not given); device, dtype and transport below are what it resolves to here."""
     facts: Facts
     checks: list[CheckResult]
     device: str
@@ -43,7 +45,7 @@ class Report:
         return {s: sum(c.status == s for c in self.checks) for s in ("pass", "warn", "fail", "skip")}
 
     def to_json(self) -> dict[str, Any]:
-        p, f = self.planned, self.facts
+        p, f = self.config, self.facts
         return {
             "schema_version": SCHEMA_VERSION,
             "ppsvd_version": __version__,
@@ -67,7 +69,7 @@ class Report:
 
 
 def diagnose(
-    planned: Planned,
+    config: RunConfig,
     *,
     live: bool = True,
     live_timeout: float = 10.0,
@@ -78,26 +80,30 @@ def diagnose(
     hang: tuple[str, ...] = (),
     on_progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Probe this machine, optionally run the live transport check, and check the planned run."""
+    """Probe this machine, optionally run the live transport check, and check the planned run.
+
+    config is the run as `ppsvd run` would get it, except that device may be None (not given):
+    it resolves here, as run resolves it, once the probe knows whether torch can use a GPU.
+    """
     from ppsvd.doctor import probe
     from ppsvd.doctor.live import run_live
 
     start = time.monotonic()
     if on_progress:
         on_progress("probing versions, GPUs, environment, model cache, disks")
-    facts = probe.gather(planned, env=env, nvml=nvml, torch_module=torch_module)
-    ctx = context(facts, planned)
+    facts = probe.gather(config, env=env, nvml=nvml, torch_module=torch_module)
+    ctx = context(facts, config)
     if live:
-        run_live(facts, planned, ctx.dtype, timeout_s=live_timeout, check_link=check_link, hang=hang,
+        run_live(facts, config, ctx.dtype, timeout_s=live_timeout, check_link=check_link, hang=hang,
                  on_start=(lambda label: on_progress(f"live transport check: {label}")) if on_progress else None)
-    return report_for(facts, planned, elapsed_s=time.monotonic() - start)
+    return report_for(facts, config, elapsed_s=time.monotonic() - start)
 
 
-def report_for(facts: Facts, planned: Planned, *, elapsed_s: float = 0.0) -> Report:
+def report_for(facts: Facts, config: RunConfig, *, elapsed_s: float = 0.0) -> Report:
     """The report for already-gathered facts (pure: what tests call with fake facts)."""
-    ctx = context(facts, planned)
-    return Report(planned=planned, facts=facts, checks=run_checks(facts, planned), device=ctx.device, dtype=ctx.dtype,
+    ctx = context(facts, config)
+    return Report(config=config, facts=facts, checks=run_checks(facts, config), device=ctx.device, dtype=ctx.dtype,
                   transport=ctx.transport, elapsed_s=elapsed_s)
 
 
-__all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Facts", "Planned", "Report", "diagnose", "report_for"]
+__all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Facts", "Report", "diagnose", "report_for"]

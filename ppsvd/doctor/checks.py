@@ -7,12 +7,15 @@ Every warn and fail carries a fix. The exit code is 1 when any check fails, else
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ppsvd.doctor import memory
-from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo, Planned
-from ppsvd.models.layout import predownload_command
+from ppsvd.config import RunConfig, auto_device
+from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo
+from ppsvd.models.hub import predownload_command, stage_components
+from ppsvd.shapes import LatentShape
 
 CHECK_NAMES = ("versions", "gpus", "placement", "p2p", "environment", "model", "memory", "disk", "transport")
 
@@ -47,15 +50,17 @@ ENV_EFFECTS = {
 
 @dataclass(frozen=True)
 class Context:
+    """The facts, the run as asked (config.device None: not given) and what it resolves to here."""
+
     facts: Facts
-    planned: Planned
+    config: RunConfig
     device: str
     dtype: str
     transport: str
 
     @property
     def family(self) -> str:
-        return memory.model_family(self.planned.model)
+        return memory.model_family(self.config.model)
 
     @property
     def needs_diffusers(self) -> bool:
@@ -63,7 +68,7 @@ class Context:
 
     @property
     def hops(self) -> list[tuple[int, int]]:
-        return [(k, k + 1) for k in range(self.planned.nproc - 1)]
+        return [(k, k + 1) for k in range(self.config.nproc - 1)]
 
     @property
     def planned_link(self) -> str:
@@ -71,14 +76,15 @@ class Context:
         return {"zmq": "zmq-ipc"}.get(self.transport, self.transport)
 
 
-def context(facts: Facts, planned: Planned) -> Context:
-    device = planned.resolved_device(facts.cuda_usable)
-    return Context(facts=facts, planned=planned, device=device, dtype=planned.resolved_dtype(device),
-                   transport=planned.resolved_transport(device))
+def context(facts: Facts, config: RunConfig) -> Context:
+    """Resolve the device as `run` would on this machine, then dtype and transport by RunConfig's rules."""
+    resolved = config.replace(device=config.device or auto_device(facts.cuda_usable))
+    return Context(facts=facts, config=config, device=resolved.device, dtype=resolved.resolved_dtype,
+                   transport=resolved.resolved_transport)
 
 
-def run_checks(facts: Facts, planned: Planned) -> list[CheckResult]:
-    ctx = context(facts, planned)
+def run_checks(facts: Facts, config: RunConfig) -> list[CheckResult]:
+    ctx = context(facts, config)
     checks: list[Callable[[Context], CheckResult]] = [
         check_versions, check_gpus, check_placement, check_p2p, check_environment,
         check_model, check_memory, check_disk, check_transport,
@@ -98,18 +104,14 @@ def gib(n: int | float | None) -> str:
 
 
 def version_tuple(text: str | None) -> tuple[int, ...]:
-    if not text:
-        return ()
+    """The leading numbers of a version, enough to compare with a minimum: '2.5.1+cu124' -> (2, 5, 1),
+    '0.34.0rc1' -> (0, 34, 0), '550.54.15' -> (550, 54, 15), None -> ()."""
     parts = []
-    for piece in text.split("+")[0].split("."):
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
+    for piece in (text or "").split("+")[0].split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
     return tuple(parts)
 
 
@@ -142,108 +144,120 @@ def _result(name: str, status: str, summary: str, fixes: list[str], details: dic
 # -- versions ---------------------------------------------------------------------------------
 
 
+class _Rows:
+    """The version table being built: one row per component, and the fixes of those that do not pass."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.fixes: list[str] = []
+
+    def add(self, component: str, version: str | None, status: str, note: str = "", fix: str = "") -> None:
+        self.rows.append({"component": component, "version": version, "status": status, "note": note})
+        if status != "pass" and fix:
+            self.fixes.append(fix)
+
+
 def check_versions(ctx: Context) -> CheckResult:
     f = ctx.facts
-    rows: list[dict[str, Any]] = []
-    fixes: list[str] = []
-
-    def row(component: str, version: str | None, status: str, note: str = "", fix: str = "") -> None:
-        rows.append({"component": component, "version": version, "status": status, "note": note})
-        if status != "pass" and fix:
-            fixes.append(fix)
-
-    py = version_tuple(f.python)
-    row("python", f.python, "pass" if py >= MIN_VERSIONS["python"] else "fail", ">= 3.11 required",
-        "Use Python 3.11 or newer.")
-
-    torch_v = f.packages.get("torch")
-    if torch_v is None or f.torch_error:
-        row("torch", torch_v, "fail", f.torch_error or "not installed",
-            "Install torch (pip install torch; a CUDA build for GPUs: https://pytorch.org/get-started/locally/).")
-    elif version_tuple(torch_v) < MIN_VERSIONS["torch"]:
-        row("torch", torch_v, "fail", ">= 2.4 required", "Upgrade torch to 2.4 or newer.")
-    else:
-        row("torch", torch_v, "pass")
-
-    has_gpus = bool(f.gpus) or f.physical_gpus > 0
-    if f.torch_cuda is None:
-        if ctx.device == "cuda" or has_gpus:
-            status = "fail" if ctx.device == "cuda" or (ctx.planned.device is None and has_gpus) else "warn"
-            row("cuda runtime", None, status, "torch is a CPU build",
-                "Install a CUDA build of torch that the driver supports "
-                f"(driver CUDA {f.driver_cuda or '?'}: pip install torch --index-url https://download.pytorch.org/whl/cu12x).")
-        else:
-            row("cuda runtime", None, "pass", "CPU build of torch (no GPU here)")
-    else:
-        row("cuda runtime", f.torch_cuda, "pass")
-
-    if f.driver is None:
-        note = "no NVIDIA driver (NVML)" if not has_gpus else "driver version unknown"
-        row("driver", None, "pass", note)
-    else:
-        status, note, fix = "pass", f"supports CUDA {f.driver_cuda or '?'}", ""
-        if f.torch_cuda and f.driver_cuda:
-            built, supported = version_tuple(f.torch_cuda), version_tuple(f.driver_cuda)
-            if built[:1] > supported[:1]:
-                status = "fail" if ctx.device == "cuda" else "warn"
-                fix = (f"torch is built for CUDA {f.torch_cuda} but driver {f.driver} supports only CUDA {f.driver_cuda}: "
-                       f"update the NVIDIA driver, or install a torch built for CUDA {f.driver_cuda} or older.")
-            elif built[:2] > supported[:2]:
-                status = "warn"
-                fix = (f"torch is built for CUDA {f.torch_cuda}, newer than the driver's CUDA {f.driver_cuda}: "
-                       "minor-version compatibility usually works, but update the driver if kernels fail to load.")
-        row("driver", f.driver, status, note, fix)
-
-    nccl_needed = ctx.transport == "nccl" and ctx.planned.nproc > 1
-    if f.nccl is None:
-        if nccl_needed:
-            row("nccl", None, "fail", "torch has no NCCL",
-                "Install a CUDA build of torch (it bundles NCCL), or plan --transport gloo or zmq.")
-        else:
-            row("nccl", None, "pass", "not available" + (" (CPU build of torch)" if f.torch_cuda is None else ""))
-    else:
-        row("nccl", f.nccl, "pass")
-
-    for name, key in (("diffusers", "diffusers"), ("transformers", "transformers")):
-        v = f.packages.get(key)
-        minimum = ".".join(map(str, MIN_VERSIONS[key]))
-        if not ctx.needs_diffusers:
-            row(name, v, "pass", "not needed for --model synthetic")
-        elif v is None:
-            row(name, None, "fail", "not installed", f"pip install '{name}>={minimum}'")
-        elif version_tuple(v) < MIN_VERSIONS[key]:
-            row(name, v, "fail", f">= {minimum} required", f"pip install -U '{name}>={minimum}'")
-        else:
-            row(name, v, "pass")
-
-    zmq_v = f.packages.get("pyzmq")
-    if zmq_v is None:
-        status = "fail" if ctx.transport == "zmq" else "warn"
-        row("pyzmq", None, status, "not installed: no zmq transport", "pip install 'pyzmq>=25'")
-    elif version_tuple(zmq_v) < MIN_VERSIONS["pyzmq"]:
-        row("pyzmq", zmq_v, "fail" if ctx.transport == "zmq" else "warn", ">= 25 required", "pip install -U 'pyzmq>=25'")
-    else:
-        row("pyzmq", zmq_v, "pass")
-
-    nvml_v = f.packages.get("nvidia-ml-py")
-    if nvml_v is None:
-        row("nvidia-ml-py", None, "warn", "not installed: GPU facts from torch only (no NVLink, no driver)",
-            "pip install nvidia-ml-py")
-    else:
-        row("nvidia-ml-py", nvml_v, "pass", "" if f.gpu_source == "nvml" else (f.nvml_error or ""))
-
-    status = _worst([r["status"] for r in rows])
-    parts = [f"Python {f.python}", f"torch {torch_v or 'missing'}" + ("" if f.torch_cuda else " (CPU)")]
-    if f.torch_cuda:
-        parts.append(f"CUDA {f.torch_cuda}")
-    if f.driver:
-        parts.append(f"driver {f.driver}")
-    if f.nccl:
-        parts.append(f"NCCL {f.nccl}")
+    table = _Rows()
+    for add_rows in (_python_and_torch_rows, _cuda_rows, _driver_row, _nccl_row, _library_rows):
+        add_rows(ctx, table)
+    rows = table.rows
+    parts = [f"Python {f.python}", f"torch {f.packages.get('torch') or 'missing'}" + ("" if f.torch_cuda else " (CPU)")]
+    parts += [f"{name} {value}" for name, value in (("CUDA", f.torch_cuda), ("driver", f.driver), ("NCCL", f.nccl)) if value]
     parts += [f"{r['component']} {r['version'] or 'missing'}" for r in rows if r["component"] in ("diffusers", "transformers", "pyzmq")]
     bad = [r["component"] for r in rows if r["status"] != "pass"]
     summary = ", ".join(parts) + (f"; problem: {', '.join(bad)}" if bad else "")
-    return _result("versions", status, summary, fixes, {"components": rows, "platform": f.platform})
+    return _result("versions", _worst([r["status"] for r in rows]), summary, table.fixes, {"components": rows, "platform": f.platform})
+
+
+def _python_and_torch_rows(ctx: Context, table: _Rows) -> None:
+    f = ctx.facts
+    py = version_tuple(f.python)
+    table.add("python", f.python, "pass" if py >= MIN_VERSIONS["python"] else "fail", ">= 3.11 required",
+              "Use Python 3.11 or newer.")
+    torch_v = f.packages.get("torch")
+    if torch_v is None or f.torch_error:
+        table.add("torch", torch_v, "fail", f.torch_error or "not installed",
+                  "Install torch (pip install torch; a CUDA build for GPUs: https://pytorch.org/get-started/locally/).")
+    elif version_tuple(torch_v) < MIN_VERSIONS["torch"]:
+        table.add("torch", torch_v, "fail", ">= 2.4 required", "Upgrade torch to 2.4 or newer.")
+    else:
+        table.add("torch", torch_v, "pass")
+
+
+def _cuda_rows(ctx: Context, table: _Rows) -> None:
+    f = ctx.facts
+    has_gpus = bool(f.gpus) or f.physical_gpus > 0
+    if f.torch_cuda is not None:
+        table.add("cuda runtime", f.torch_cuda, "pass")
+    elif ctx.device == "cuda" or has_gpus:
+        status = "fail" if ctx.device == "cuda" or (ctx.config.device is None and has_gpus) else "warn"
+        table.add("cuda runtime", None, status, "torch is a CPU build",
+                  "Install a CUDA build of torch that the driver supports "
+                  f"(driver CUDA {f.driver_cuda or '?'}: pip install torch --index-url https://download.pytorch.org/whl/cu12x).")
+    else:
+        table.add("cuda runtime", None, "pass", "CPU build of torch (no GPU here)")
+
+
+def _driver_row(ctx: Context, table: _Rows) -> None:
+    f = ctx.facts
+    if f.driver is None:
+        has_gpus = bool(f.gpus) or f.physical_gpus > 0
+        table.add("driver", None, "pass", "no NVIDIA driver (NVML)" if not has_gpus else "driver version unknown")
+        return
+    status, fix = "pass", ""
+    if f.torch_cuda and f.driver_cuda:
+        built, supported = version_tuple(f.torch_cuda), version_tuple(f.driver_cuda)
+        if built[:1] > supported[:1]:
+            status = "fail" if ctx.device == "cuda" else "warn"
+            fix = (f"torch is built for CUDA {f.torch_cuda} but driver {f.driver} supports only CUDA {f.driver_cuda}: "
+                   f"update the NVIDIA driver, or install a torch built for CUDA {f.driver_cuda} or older.")
+        elif built[:2] > supported[:2]:
+            status = "warn"
+            fix = (f"torch is built for CUDA {f.torch_cuda}, newer than the driver's CUDA {f.driver_cuda}: "
+                   "minor-version compatibility usually works, but update the driver if kernels fail to load.")
+    table.add("driver", f.driver, status, f"supports CUDA {f.driver_cuda or '?'}", fix)
+
+
+def _nccl_row(ctx: Context, table: _Rows) -> None:
+    f = ctx.facts
+    if f.nccl is not None:
+        table.add("nccl", f.nccl, "pass")
+    elif ctx.transport == "nccl" and ctx.config.nproc > 1:
+        table.add("nccl", None, "fail", "torch has no NCCL",
+                  "Install a CUDA build of torch (it bundles NCCL), or plan --transport gloo or zmq.")
+    else:
+        table.add("nccl", None, "pass", "not available" + (" (CPU build of torch)" if f.torch_cuda is None else ""))
+
+
+def _library_rows(ctx: Context, table: _Rows) -> None:
+    """diffusers and transformers (not for the synthetic model), pyzmq, nvidia-ml-py."""
+    f = ctx.facts
+    for name in ("diffusers", "transformers"):
+        v = f.packages.get(name)
+        minimum = ".".join(map(str, MIN_VERSIONS[name]))
+        if not ctx.needs_diffusers:
+            table.add(name, v, "pass", "not needed for --model synthetic")
+        elif v is None:
+            table.add(name, None, "fail", "not installed", f"pip install '{name}>={minimum}'")
+        elif version_tuple(v) < MIN_VERSIONS[name]:
+            table.add(name, v, "fail", f">= {minimum} required", f"pip install -U '{name}>={minimum}'")
+        else:
+            table.add(name, v, "pass")
+    zmq_v = f.packages.get("pyzmq")
+    if zmq_v is None:
+        table.add("pyzmq", None, "fail" if ctx.transport == "zmq" else "warn", "not installed: no zmq transport", "pip install 'pyzmq>=25'")
+    elif version_tuple(zmq_v) < MIN_VERSIONS["pyzmq"]:
+        table.add("pyzmq", zmq_v, "fail" if ctx.transport == "zmq" else "warn", ">= 25 required", "pip install -U 'pyzmq>=25'")
+    else:
+        table.add("pyzmq", zmq_v, "pass")
+    nvml_v = f.packages.get("nvidia-ml-py")
+    if nvml_v is None:
+        table.add("nvidia-ml-py", None, "warn", "not installed: GPU facts from torch only (no NVLink, no driver)",
+                  "pip install nvidia-ml-py")
+    else:
+        table.add("nvidia-ml-py", nvml_v, "pass", "" if f.gpu_source == "nvml" else (f.nvml_error or ""))
 
 
 # -- GPUs -------------------------------------------------------------------------------------
@@ -261,7 +275,7 @@ def _gpu_json(g: GpuInfo) -> dict[str, Any]:
 
 
 def check_gpus(ctx: Context) -> CheckResult:
-    f, p = ctx.facts, ctx.planned
+    f, p = ctx.facts, ctx.config
     details = {"source": f.gpu_source, "count": len(f.gpus), "physical": f.physical_gpus,
                "cuda_usable": f.cuda_usable, "driver": f.driver, "nvml_error": f.nvml_error,
                "gpus": [_gpu_json(g) for g in f.gpus]}
@@ -329,23 +343,19 @@ def check_gpus(ctx: Context) -> CheckResult:
 def check_placement(ctx: Context) -> CheckResult:
     from ppsvd.plan import partition_steps
 
-    f, p = ctx.facts, ctx.planned
+    f, p = ctx.facts, ctx.config
     plan = partition_steps(p.total_steps, p.nproc)
     n = len(f.gpus)
     stages = []
     for k, steps in enumerate(plan.ranges):
-        loads = ["unet"]
-        if k == 0 and ctx.needs_diffusers:
-            loads += ["image_encoder", "vae"]
-        elif k == p.nproc - 1 and ctx.needs_diffusers:
-            loads += ["vae"]
+        loads = list(stage_components(k == 0, k == p.nproc - 1)) if ctx.needs_diffusers else ["synthetic"]
         if ctx.device == "cuda" and n:
             g = f.gpus[k % n]
             device, gpu = f"cuda:{k % n}", g.name
         else:
             device, gpu = "cpu", None
         stages.append({"stage": k, "device": device, "gpu": gpu, "steps": [steps.start, steps.stop],
-                       "loads": loads if ctx.needs_diffusers else ["synthetic"]})
+                       "loads": loads})
     details = {"device": ctx.device, "nproc": p.nproc, "total_steps": p.total_steps, "split": plan.describe(),
                "stages": stages}
     statuses, fixes = ["pass"], []
@@ -406,7 +416,7 @@ def p2p_order(gpus: list[GpuInfo], pairs: list[PairInfo], length: int) -> list[G
 
 
 def check_p2p(ctx: Context) -> CheckResult:
-    f, p = ctx.facts, ctx.planned
+    f, p = ctx.facts, ctx.config
     n = len(f.gpus)
     env_disabled = truthy(f.env.get("NCCL_P2P_DISABLE"))
     pairs = f.pairs
@@ -487,7 +497,7 @@ def ifname_matches(value: str, interfaces: tuple[str, ...]) -> list[str]:
 
 
 def check_environment(ctx: Context) -> CheckResult:
-    f, p = ctx.facts, ctx.planned
+    f, p = ctx.facts, ctx.config
     variables: dict[str, dict[str, Any]] = {}
     statuses, fixes, notes = ["pass"], [], []
     multi = p.nproc > 1
@@ -572,7 +582,7 @@ def check_model(ctx: Context) -> CheckResult:
     details = {"model": m.model, "kind": m.kind, "present": m.present, "path": m.path, "files": m.files,
                "size_bytes": m.size_bytes, "missing": list(m.missing), "incomplete_downloads": m.incomplete_downloads,
                "cache_dir": m.cache_dir, "offline": offline, "download_command": None}
-    if m.kind != "embedded" and ctx.planned.weights == "random":
+    if m.kind != "embedded" and ctx.config.weights == "random":
         return _result("model", "pass", f"--weights random: {m.model}'s architecture from ppsvd's configs, nothing to download",
                        [], details)
     if m.kind == "embedded":
@@ -609,7 +619,7 @@ def check_model(ctx: Context) -> CheckResult:
 
 
 def check_memory(ctx: Context) -> CheckResult:
-    f, p = ctx.facts, ctx.planned
+    f, p = ctx.facts, ctx.config
     shape = p.latent_shape
     stages = memory.estimate_stages(p.model, ctx.dtype, shape, p.nproc, ctx.device)
     details: dict[str, Any] = {
@@ -681,15 +691,15 @@ def check_memory(ctx: Context) -> CheckResult:
 # -- disk -------------------------------------------------------------------------------------
 
 
-def output_bytes_estimate(planned: Planned) -> int:
+def output_bytes_estimate(config: RunConfig) -> int:
     """Per run: fp32 latents + an mp4 (at most ~5% of the raw frames) per sample, plus the manifest."""
-    b, c, f, h, w = planned.latent_shape
+    b, c, f, h, w = config.latent_shape
     per_sample = b * c * f * h * w * 4 + b * f * (8 * h) * (8 * w) * 3 // 20
-    return planned.num_samples * per_sample + 1024 * 1024
+    return config.num_samples * per_sample + 1024 * 1024
 
 
 def check_disk(ctx: Context) -> CheckResult:
-    f, p = ctx.facts, ctx.planned
+    f, p = ctx.facts, ctx.config
     out = f.output_disk
     need = output_bytes_estimate(p)
     details: dict[str, Any] = {"output": None, "cache": None}
@@ -750,14 +760,14 @@ def _link_json(link: LinkInfo, step_s: float | None, steps_per_stage: float) -> 
 
 
 def check_transport(ctx: Context) -> CheckResult:
-    f, p = ctx.facts, ctx.planned
-    b, c, fr, h, w = p.latent_shape
+    f, p = ctx.facts, ctx.config
+    shape = LatentShape(*p.latent_shape)
     # A reference SVD step only means something for SVD-sized models (see memory.REF_STEP_S).
     step_s = memory.estimated_step_s(p.latent_shape) if ctx.family == "svd" else None
     steps_per_stage = p.total_steps / p.nproc
     nbytes = memory.DTYPE_BYTES[ctx.dtype]
     details: dict[str, Any] = {
-        "payload_shape": [b, fr, c, h, w], "payload_bytes": b * c * fr * h * w * nbytes, "dtype": ctx.dtype,
+        "payload_shape": list(shape.handoff()), "payload_bytes": shape.numel * nbytes, "dtype": ctx.dtype,
         "estimated_step_s": step_s, "steps_per_stage": steps_per_stage, "planned": ctx.planned_link,
         "needed": p.nproc > 1, "links": [], "skipped": [{"label": lab, "reason": why} for lab, why in f.live_skipped],
     }

@@ -7,47 +7,10 @@ checks; nothing here imports torch, NVML or touches the machine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 Status = Literal["pass", "warn", "fail", "skip"]
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail", "skip")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Planned:
-    """The run doctor checks for: the same options as `ppsvd run`, with the defaults it would use."""
-
-    model: str
-    weights: str = "pretrained"
-    """pretrained, or random (the architecture with random weights: nothing to download)."""
-    nproc: int = 1
-    latent_shape: tuple[int, int, int, int, int] = (1, 4, 14, 64, 64)
-    """B C F H W (the guide's --latent-shape)."""
-    dtype: str | None = None
-    """fp32, fp16, bf16; None: fp16 on CUDA, fp32 on CPU (as `run`)."""
-    device: str | None = None
-    """cpu, cuda; None: cuda when torch can use a GPU, else cpu (as `run`)."""
-    transport: str | None = None
-    """nccl, gloo, zmq; None: nccl on CUDA, else gloo (as `run`)."""
-    total_steps: int = 28
-    num_samples: int = 1
-    output_dir: Path = Path("ppsvd-runs")
-
-    def resolved_device(self, cuda_usable: bool) -> str:
-        if self.device is not None:
-            return self.device
-        return "cuda" if cuda_usable else "cpu"
-
-    def resolved_dtype(self, device: str) -> str:
-        if self.dtype is not None:
-            return self.dtype
-        return "fp16" if device == "cuda" else "fp32"
-
-    def resolved_transport(self, device: str) -> str:
-        if self.transport is not None:
-            return self.transport
-        return "nccl" if device == "cuda" else "gloo"
 
 
 @dataclass(frozen=True, kw_only=True)

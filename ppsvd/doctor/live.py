@@ -12,7 +12,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from ppsvd.doctor.facts import Facts, LinkInfo, Planned
+from ppsvd.config import RunConfig
+from ppsvd.doctor.facts import Facts, LinkInfo
+from ppsvd.shapes import LatentShape
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 GRACE_S = 5.0
@@ -39,7 +41,7 @@ def candidates(facts: Facts) -> tuple[list[tuple[str, str, str]], list[tuple[str
 
 def run_live(
     facts: Facts,
-    planned: Planned,
+    config: RunConfig,
     dtype: str,
     *,
     timeout_s: float = 10.0,
@@ -57,8 +59,7 @@ def run_live(
         except Exception as exc:  # noqa: BLE001
             facts.live_error = f"ppsvd.backends.linkcheck is not importable ({type(exc).__name__}: {exc})"
             return
-    b, c, f, h, w = planned.latent_shape
-    payload = (b, f, c, h, w)  # [B, F, C, H, W]: the layout that travels between stages
+    payload = LatentShape(*config.latent_shape).handoff()
     run, skipped = candidates(facts)
     facts.live_skipped = skipped
     facts.live = []

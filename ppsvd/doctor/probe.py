@@ -15,8 +15,10 @@ import socket
 from pathlib import Path
 from typing import Any, Mapping
 
-from ppsvd.doctor.facts import DiskInfo, Facts, GpuInfo, ModelInfo, PairInfo, Planned
-from ppsvd.models.layout import COMPONENTS, CONFIG_FILES, WEIGHT_FILES
+from ppsvd.doctor.checks import version_tuple
+from ppsvd.doctor.facts import DiskInfo, Facts, GpuInfo, ModelInfo, PairInfo
+from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
+from ppsvd.models import hub
 
 PACKAGES = ("torch", "diffusers", "transformers", "pyzmq", "nvidia-ml-py", "huggingface_hub")
 
@@ -35,11 +37,7 @@ ENV_VARS = (
     "HF_HUB_OFFLINE",
 )
 
-EMBEDDED_MODELS = ("synthetic", "tiny")
-
-def _fp16_name(filename: str) -> str:
-    stem, _, rest = filename.partition(".")
-    return f"{stem}.fp16.{rest}"
+EMBEDDED_MODELS = (SYNTHETIC_MODEL, TINY_MODEL)
 
 
 # NVML constants, by value: pynvml defines NVML_P2P_CAPS_INDEX_READ as `0,` (a tuple, a stray comma
@@ -61,7 +59,7 @@ NVLINK_MAX_LINKS = 18
 
 
 def gather(
-    planned: Planned,
+    config: RunConfig,
     *,
     env: Mapping[str, str] | None = None,
     nvml: Any = None,
@@ -75,8 +73,11 @@ def gather(
     probe_gpus(facts, env, nvml=nvml, torch_module=torch_module)
     probe_env(facts, env)
     probe_host(facts)
-    facts.model = probe_model(planned.model, env, facts)
-    facts.output_disk = probe_disk(Path(planned.output_dir))
+    try:
+        facts.model = probe_model(config.model, env)
+    except Exception as exc:  # e.g. a cache folder it cannot read
+        facts.probe_errors.append(f"model {config.model}: {type(exc).__name__}: {exc}")
+    facts.output_disk = probe_disk(Path(config.output_dir))
     if facts.model is not None and facts.model.kind == "hub" and facts.model.cache_dir:
         facts.cache_disk = probe_disk(Path(facts.model.cache_dir))
     return facts
@@ -94,17 +95,7 @@ def probe_versions(facts: Facts) -> None:
         except importlib.metadata.PackageNotFoundError:
             facts.packages[name] = None
     hub = facts.packages.get("huggingface_hub")
-    facts.hub_cli = "hf" if hub is None or _version_tuple(hub) >= (0, 34) else "huggingface-cli"
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+    facts.hub_cli = "hf" if hub is None or version_tuple(hub) >= (0, 34) else "huggingface-cli"
 
 
 def probe_torch(facts: Facts, torch_module: Any = None) -> None:
@@ -351,76 +342,36 @@ def probe_host(facts: Facts) -> None:
 # -- model ------------------------------------------------------------------------------------
 
 
-def hub_cache_dir(env: Mapping[str, str]) -> Path:
-    """The Hugging Face hub cache, resolved as huggingface_hub does."""
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    if env.get("HUGGINGFACE_HUB_CACHE"):
-        return Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def is_local_model(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()
-
-
-def probe_model(model: str, env: Mapping[str, str], facts: Facts | None = None) -> ModelInfo:
+def probe_model(model: str, env: Mapping[str, str]) -> ModelInfo:
+    """Where the planned model's files are and which components are incomplete, as the loader
+    sees them (models.hub: the same local/hub answer, cache folder and file list)."""
     if model in EMBEDDED_MODELS:
         return ModelInfo(model=model, kind="embedded", present=True)
-    if is_local_model(model):
-        root = Path(model).expanduser()
-        if not root.is_dir():
-            return ModelInfo(model=model, kind="local", present=False, path=str(root),
-                             missing=COMPONENTS)
-        return _scan(model, "local", root, cache_dir=None)
-    cache = hub_cache_dir(env)
-    repo = cache / ("models--" + model.replace("/", "--"))
-    incomplete = len(list((repo / "blobs").glob("*.incomplete"))) if (repo / "blobs").is_dir() else 0
-    snapshot = _snapshot(repo)
-    if snapshot is None:
-        return ModelInfo(model=model, kind="hub", present=False, missing=COMPONENTS,
-                         incomplete_downloads=incomplete, cache_dir=str(cache))
-    info = _scan(model, "hub", snapshot, cache_dir=str(cache))
-    return ModelInfo(**{**info.__dict__, "incomplete_downloads": incomplete})
+    where = hub.locate(model)
+    cache = None if where == "local" else hub.hub_cache_dir(env)
+    root = hub.model_root(model, where, env=env)
+    missing = hub.missing_components(hub.missing_files(model, where, env=env)) if root is not None else hub.COMPONENTS
+    files, size = _count_files(root) if root is not None else (0, 0)
+    path = str(root) if root is not None else (os.path.expanduser(model) if where == "local" else None)
+    incomplete = 0
+    if where == "hub":
+        blobs = hub.repo_cache_dir(model, env) / "blobs"
+        incomplete = len(list(blobs.glob("*.incomplete"))) if blobs.is_dir() else 0
+    return ModelInfo(model=model, kind=where, present=not missing, path=path, files=files, size_bytes=size,
+                     missing=missing, incomplete_downloads=incomplete, cache_dir=cache)
 
 
-def _snapshot(repo: Path) -> Path | None:
-    snapshots = repo / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        candidate = snapshots / ref.read_text().strip()
-        if candidate.is_dir():
-            return candidate
-    dirs = [d for d in snapshots.iterdir() if d.is_dir()]
-    return max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None
-
-
-def _scan(model: str, kind: str, root: Path, *, cache_dir: str | None) -> ModelInfo:
-    files = 0
-    size = 0
+def _count_files(root: Path) -> tuple[int, int]:
+    """(files, bytes) under root, following the cache's symlinks into blobs/ (a dangling link is skipped)."""
+    files = size = 0
     for path in root.rglob("*"):
         try:
-            if path.is_file():  # follows the cache's symlinks into blobs/; a dangling link is skipped
+            if path.is_file():
                 files += 1
                 size += path.stat().st_size
         except OSError:
             continue
-    missing = []
-    for component in COMPONENTS:
-        has_config = (root / CONFIG_FILES[component]).is_file()
-        names = WEIGHT_FILES.get(component)
-        has_weights = names is None or any(
-            (root / component / n).is_file() or (root / component / _fp16_name(n)).is_file() for n in names
-        )
-        if not has_config or not has_weights:
-            missing.append(component)
-    return ModelInfo(model=model, kind=kind, present=not missing, path=str(root), files=files, size_bytes=size,  # type: ignore[arg-type]
-                     missing=tuple(missing), cache_dir=cache_dir)
+    return files, size
 
 
 # -- disk -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def to_json_text(report: Report) -> str:
 
 
 def render(report: Report, console: Console) -> None:
-    p = report.planned
+    p = report.config
     console.print(Text.assemble(
         ("ppsvd doctor", "bold"),
         f"  planned: --model-id {p.model} --nproc {p.nproc} --latent-shape {' '.join(map(str, p.latent_shape))} "

@@ -1,15 +1,18 @@
 """Input images: which files (--image), how they are read, and the built-in test image.
 
 Sample i is conditioned on image i mod count. Each image is converted to RGB and resized to the
-run's pixel size here, once, deterministically; diffusers' preprocessing then sees an image that
-already has the target size, so ppsvd and a reference StableVideoDiffusionPipeline given the same
-PIL image get bitwise the same input.
+run's pixel size here, once, deterministically (bicubic, what `image.resize((width, height))` does
+in diffusers' SVD example); diffusers' preprocessing then sees an image that already has the
+target size, so ppsvd and a reference StableVideoDiffusionPipeline given the same PIL image get
+bitwise the same input.
 
-Only PIL and numpy: the launcher checks images before any worker starts, and must stay fast.
+Files need only PIL and numpy: the launcher checks images before any worker starts, and must stay
+fast. An http(s) URL is fetched with diffusers' own load_image (imported only then).
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from pathlib import Path
@@ -18,9 +21,10 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from ppsvd.config import BUILTIN_IMAGE, RunConfig, is_url
 from ppsvd.errors import InputImageError
 
-BUILTIN = "builtin"
+BUILTIN = BUILTIN_IMAGE
 """What the manifest records as the image of a sample that used the built-in test image."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -32,8 +36,9 @@ _HINT = "pass an image file (PNG, JPEG, WebP, ...), a directory of images or a q
 def resolve_images(spec: Iterable[str]) -> tuple[str, ...]:
     """Expand --image values into image files, in order.
 
-    Each value is a file (taken as is), a directory (its image files, sorted by name, not
-    recursive) or a glob (its matches, sorted). A value that matches nothing is an error.
+    Each value is a file (taken as is), an http(s) URL (taken as is, fetched when used), a
+    directory (its image files, sorted by name, not recursive) or a glob (its matches, sorted).
+    A value that matches nothing is an error.
     """
     files: list[str] = []
     for item in spec:
@@ -41,7 +46,14 @@ def resolve_images(spec: Iterable[str]) -> tuple[str, ...]:
     return tuple(files)
 
 
+def with_images_resolved(config: RunConfig) -> RunConfig:
+    """config with its --image values expanded to files and URLs (a no-op when they already are)."""
+    return config.replace(images=resolve_images(config.images)) if config.images else config
+
+
 def _expand(item: str) -> list[str]:
+    if is_url(item):
+        return [item]
     path = Path(item).expanduser()
     if path.is_file():
         return [str(path)]
@@ -107,6 +119,8 @@ def _box(width: int, height: int, x0: float, y0: float, x1: float, y1: float) ->
 
 
 def _open_rgb(path: str) -> Image.Image:
+    if is_url(path):
+        return _fetch_url(path).copy()
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
@@ -120,6 +134,23 @@ def _open_rgb(path: str) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputImageError(f"--image {path}: unreadable image ({reason}); {_HINT}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _fetch_url(url: str) -> Image.Image:
+    """An image URL through diffusers.utils.load_image (RGB, EXIF-rotated; its request has a finite
+    timeout, DIFFUSERS_REQUEST_TIMEOUT, 60 s by default). Cached: samples cycle over their images."""
+    from diffusers.utils import load_image as diffusers_load_image
+
+    try:
+        image = diffusers_load_image(url)
+        image.load()
+        return image
+    except UnidentifiedImageError:
+        raise InputImageError(f"--image {url}: the server did not send an image PIL can read; check the URL") from None
+    except Exception as exc:  # requests' errors (refused, timeout, DNS) and truncated downloads alike
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputImageError(f"--image {url}: could not fetch the image ({reason}); check the URL, or download it and pass the file") from None
 
 
 def _fit(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -16,8 +16,9 @@ from typing import Any, Callable
 import torch
 
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
+from ppsvd.costs import CostModel
 from ppsvd.plan import StepPlan
-from ppsvd.backends.protocol import KIND_SAMPLE, Message, Schema
+from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
 
 StepCallback = Callable[[int], None]
 """Called after each denoising step with the global step index (for progress bars)."""
@@ -89,6 +90,29 @@ class StageModel(ABC):
         """Facts for the manifest (model id, parameter counts, ...)."""
         return {"model": self.config.model}
 
+    @staticmethod
+    def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
+        """What a stage is loading, for the progress display while it loads."""
+        return f"loading {config.model}"
+
+    @staticmethod
+    def declared_costs(config: RunConfig) -> CostModel | None:
+        """The model's costs when they are known without measuring (the synthetic stand-in's);
+        None: `--partition auto` measures them at the start of the run (ppsvd.runtime.planning)."""
+        return None
+
+    def throwaway_sample(self) -> Sample:
+        """A sample-shaped input for timing this stage's work before the run (ppsvd.runtime.planning).
+
+        Drawn from its own generator, so no sample's random numbers are touched; models whose cost
+        depends on the values (SVD: guidance > 1 doubles the UNet batch) override it."""
+        generator = torch.Generator("cpu").manual_seed(0)
+        tensors = {
+            name: torch.randn(spec.shape, generator=generator).to(self.device, DTYPE_NAMES[spec.dtype])
+            for name, spec in self.schema().items()
+        }
+        return Sample(index=-1, tensors=tensors, meta={})
+
 
 def torch_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
@@ -112,6 +136,11 @@ def build_stage_model(config: RunConfig, plan: StepPlan, stage: int, device: tor
     return model_class(config)(config, plan, stage, device)
 
 
+def loading_phase(config: RunConfig, plan: StepPlan, stage: int) -> str:
+    """The progress phase of a stage while it builds its model ('loading unet, scheduler, vae ...')."""
+    return model_class(config).loading_text(config, stage == 0, stage == plan.num_stages - 1)
+
+
 def preflight(config: RunConfig) -> None:
     """Checks that need the model (files present, shapes compatible, images readable).
 
@@ -122,3 +151,54 @@ def preflight(config: RunConfig) -> None:
     check = getattr(cls, "preflight", None)
     if check is not None:
         check(config)
+    check_memory(config)
+
+
+def check_memory(config: RunConfig) -> None:
+    """Refuse a latent shape that cannot fit in free memory (ConfigError naming the largest that
+    does), before workers spend time loading. Only where the free memory is known without
+    touching the GPUs: host memory on CPU, NVML on CUDA; under torchrun each host may differ, so
+    the stages find out themselves."""
+    from ppsvd.config import env_world
+    from ppsvd.errors import ConfigError
+    from ppsvd.models import memory
+
+    if env_world() is not None:
+        return
+    capacity, labels = _free_memory(config)
+    if not capacity:
+        return
+    problem = memory.fit_refusal(config.model, config.resolved_dtype, config.latent_shape, config.nproc, config.device,
+                                 capacity, labels, config.decode_chunk_size)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
+    """Free bytes per device the stages use (stage k on device k), or ([], []) when unknown."""
+    import os
+
+    if config.device == "cpu":
+        try:
+            import psutil
+
+            return [int(psutil.virtual_memory().available)], ["this host (all stages together)"]
+        except Exception:
+            return [], []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not all(part.strip().isdigit() for part in visible.split(",") if part.strip()):
+        return [], []  # UUIDs or MIG instances: doctor maps those; the stages will see for themselves
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            order = [int(p) for p in visible.split(",") if p.strip()] if visible is not None else list(range(count))
+            order = [i for i in order if i < count][: config.nproc]
+            free = [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free) for i in order]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return [], []
+    return free, [f"cuda:{k}" for k in range(len(free))]

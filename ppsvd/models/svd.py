@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig
+from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec
 from ppsvd.errors import ConfigError, ModelNotFoundError
-from ppsvd.io.images import check_image, image_for_sample, load_sample_image, resolve_images
+from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
 from ppsvd.models import tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
-from ppsvd.models.layout import CONFIG_FILES, WEIGHT_FILES, predownload_command
+from ppsvd.models import hub
+from ppsvd.shapes import LatentShape
+from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 
 # Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
@@ -47,89 +49,44 @@ ADDED_TIME_IDS = "added_time_ids"  # [k*B, 3], fps-1, motion bucket, noise augme
 GUIDANCE_SCALE = "guidance_scale"  # [B, F, 1, 1, 1], per-frame CFG weight
 HANDOFF = (LATENTS, IMAGE_LATENTS, IMAGE_EMBEDDINGS, ADDED_TIME_IDS, GUIDANCE_SCALE)
 
-FP16_VARIANT = "fp16"
-
 
 # -- where the model comes from ------------------------------------------------------------------
 
 
-def stage_components(is_first: bool, is_last: bool) -> tuple[str, ...]:
-    """The components one stage loads (see the module docstring)."""
-    names = ["unet", "scheduler"]
-    if is_first:
-        names += ["image_encoder", "feature_extractor"]
-    if is_first or is_last:
-        names.append("vae")
-    return tuple(names)
-
-
 def model_source(config: RunConfig) -> str:
-    """'tiny', 'random', 'local' (a directory) or 'hub' (an id resolved through the HF cache)."""
+    """'tiny', 'random', 'local' (a directory, or a path that does not exist) or 'hub' (an id
+    resolved through the HF cache): see hub.locate."""
     if config.model == TINY_MODEL:
         return "tiny"
     if config.weights == "random":
         return "random"
-    if os.path.isdir(os.path.expanduser(config.model)):
-        return "local"
-    return "hub"
+    return hub.locate(config.model)
 
 
-def hub_cache_dir() -> str:
-    """The Hugging Face cache that from_pretrained uses, read from the environment *now*.
+def _weights_variant(config: RunConfig, source: str, name: str) -> str | None:
+    """The variant= of one component's from_pretrained, as diffusers' pipeline takes it.
 
-    huggingface_hub reads HF_HOME / HF_HUB_CACHE once at import; reading them again here (and
-    passing the result to from_pretrained) keeps the launcher's check and the workers' loads on
-    the same folder even when the variables were set after that import.
+    --variant given: that one. Otherwise the files on disk decide: an fp16 run takes the fp16
+    files when they are there, any run takes what is there (SVD-XT's repo has both; some people
+    fetch one). With nothing on disk yet, an fp16 run asks for the fp16 files (half the download)
+    and _from_pretrained falls back to the full-precision ones if the repository has none.
     """
-    from huggingface_hub import constants
-
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return str(constants.HF_HUB_CACHE)
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as set now (see hub_cache_dir for why not the import-time constant)."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE")
-    if value is None:
-        return bool(constants.HF_HUB_OFFLINE)
-    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def download_hint(model: str) -> str:
-    return predownload_command(model)
-
-
-def _find(model: str, source: str, relpath: str) -> str | None:
-    """Path of one file of the model if it is on disk (local directory or HF cache), else None."""
-    if source == "local":
-        path = Path(os.path.expanduser(model)) / relpath
-        return str(path) if path.is_file() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(model, relpath, cache_dir=hub_cache_dir())
-    return found if isinstance(found, str) else None
-
-
-def _weights_variant(model: str, source: str, name: str) -> str | None:
-    """None when the full-precision weights are on disk (or nothing is: let from_pretrained fetch
-    them), 'fp16' when only the fp16 variant is (SVD-XT's repo has both; some people fetch one)."""
-    files = WEIGHT_FILES.get(name, ())
-    if any(_find(model, source, f"{name}/{f}") for f in files):
-        return None
-    if any(_find(model, source, f"{name}/{_variant_name(f)}") for f in files):
+    if config.variant is not None:
+        return config.variant
+    fp16_run = config.resolved_dtype == FP16_VARIANT
+    full, half = (_on_disk(config, source, name, variant) for variant in (None, FP16_VARIANT))
+    if half and (fp16_run or not full):
         return FP16_VARIANT
-    return None
+    if full:
+        return None
+    return FP16_VARIANT if fp16_run else None
 
 
-def _variant_name(filename: str) -> str:
-    """'model.safetensors' -> 'model.fp16.safetensors' (diffusers' and transformers' convention)."""
-    stem, _, rest = filename.partition(".")
-    return f"{stem}.{FP16_VARIANT}.{rest}"
+def _on_disk(config: RunConfig, source: str, name: str, variant: str | None) -> bool:
+    """Whether this component's weights (of that variant; None: the plain files) are on disk."""
+    files = WEIGHT_FILES.get(name, ())
+    names = [hub.variant_name(f, variant) if variant else f for f in files]
+    return any(hub.find(config.model, source, f"{name}/{f}", revision=config.revision) for f in names)
 
 
 def _describe_missing(missing: list[str]) -> str:
@@ -137,16 +94,6 @@ def _describe_missing(missing: list[str]) -> str:
     if len(missing) == len(CONFIG_FILES) + len(WEIGHT_FILES):
         return "not in"
     return f"incomplete (missing {', '.join(missing)}) in"
-
-
-def _missing_files(model: str, source: str) -> list[str]:
-    """Files of a complete SVD repository that are not on disk (configs and weights)."""
-    missing = [rel for rel in CONFIG_FILES.values() if _find(model, source, rel) is None]
-    for name, files in WEIGHT_FILES.items():
-        candidates = [f"{name}/{f}" for f in files] + [f"{name}/{_variant_name(f)}" for f in files]
-        if not any(_find(model, source, rel) for rel in candidates):
-            missing.append(f"{name}/{files[0]}")
-    return missing
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -166,7 +113,7 @@ def load_components(config: RunConfig, names: tuple[str, ...], device: torch.dev
     elif source == "random":
         parts = tiny.build_components(tiny.SVD_XT, names, device=device)
     else:
-        parts = {name: _from_pretrained(config.model, source, name, dtype) for name in names}
+        parts = {name: _from_pretrained(config, source, name, dtype) for name in names}
     for part in parts.values():
         if isinstance(part, torch.nn.Module):
             part.to(device=device).eval()
@@ -187,31 +134,49 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
         logger.setLevel(level)
 
 
-def _from_pretrained(model: str, source: str, name: str, dtype: torch.dtype) -> Any:
-    """One component through its library's own from_pretrained, as diffusers' pipeline loads it."""
+def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dtype) -> Any:
+    """One component through its library's own from_pretrained, as diffusers' pipeline loads it
+    (revision and variant as StableVideoDiffusionPipeline.from_pretrained(revision=, variant=))."""
+    variant = _weights_variant(config, source, name)
+    try:
+        return _load_component(config, source, name, dtype, variant)
+    except (OSError, ValueError):
+        # Our own guess (fp16 for an fp16 run, nothing on disk yet) and the repository has no
+        # fp16 files: take the full-precision ones, as a run without that guess would.
+        guessed = config.variant is None and variant == FP16_VARIANT and not _on_disk(config, source, name, FP16_VARIANT)
+        if not guessed or name not in WEIGHT_FILES:
+            raise
+        return _load_component(config, source, name, dtype, None)
+
+
+def _load_component(config: RunConfig, source: str, name: str, dtype: torch.dtype, variant: str | None) -> Any:
+    model = config.model
     location = os.path.expanduser(model) if source == "local" else model
-    hub = {} if source == "local" else {"cache_dir": hub_cache_dir(), "local_files_only": hub_offline()}
-    variant = _weights_variant(model, source, name)
+    cache = {} if source == "local" else {
+        "cache_dir": hub.hub_cache_dir(), "local_files_only": hub.hub_offline(), "revision": config.revision,
+    }
+    if name not in WEIGHT_FILES:
+        variant = None  # configs and processors have no variants
     if name == "unet":
         from diffusers import UNetSpatioTemporalConditionModel
 
-        return UNetSpatioTemporalConditionModel.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **hub)
+        return UNetSpatioTemporalConditionModel.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **cache)
     if name == "vae":
         from diffusers import AutoencoderKLTemporalDecoder
 
-        return AutoencoderKLTemporalDecoder.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **hub)
+        return AutoencoderKLTemporalDecoder.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **cache)
     if name == "image_encoder":
         from transformers import CLIPVisionModelWithProjection
 
-        return CLIPVisionModelWithProjection.from_pretrained(location, subfolder=name, dtype=dtype, variant=variant, **hub)
+        return CLIPVisionModelWithProjection.from_pretrained(location, subfolder=name, dtype=dtype, variant=variant, **cache)
     if name == "feature_extractor":
         from transformers import CLIPImageProcessor
 
-        return CLIPImageProcessor.from_pretrained(location, subfolder=name, **hub)
+        return CLIPImageProcessor.from_pretrained(location, subfolder=name, **cache)
     if name == "scheduler":
         from diffusers import EulerDiscreteScheduler
 
-        return EulerDiscreteScheduler.from_pretrained(location, subfolder=name, **hub)
+        return EulerDiscreteScheduler.from_pretrained(location, subfolder=name, **cache)
     raise ValueError(f"unknown component {name!r}")
 
 
@@ -251,8 +216,14 @@ class SVDStageModel(StageModel):
             scheduler=self.scheduler,
             feature_extractor=parts.get("feature_extractor"),
         )
-        # Sample i uses image i mod count; directories and globs are expanded once, here.
-        self.images = resolve_images(config.images) if self.is_first else ()
+        # Each sample's image, seed and conditioning (stage 0 starts samples; the rest travels with them).
+        self.config = with_images_resolved(config) if self.is_first else config
+        self.specs = self.config.sample_specs() if self.is_first else ()
+
+    @staticmethod
+    def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
+        source = {"tiny": "the embedded tiny SVD", "random": "random weights"}.get(model_source(config), config.model)
+        return f"loading {', '.join(stage_components(is_first, is_last))} from {source}"
 
     # -- shapes --------------------------------------------------------------------------------
     @property
@@ -263,13 +234,14 @@ class SVDStageModel(StageModel):
         return h * scale, w * scale
 
     def schema(self) -> Schema:
-        b, c, f, h, w = self.config.latent_shape
+        shape = LatentShape(*self.config.latent_shape)
+        b, f = shape.b, shape.f
         k = 2 if self.encode_with_cfg else 1
         dim = self.unet.config.cross_attention_dim
         dtype = dtype_name(self.dtype)
         specs = (
-            TensorSpec(LATENTS, dtype, (b, f, c, h, w)),
-            TensorSpec(IMAGE_LATENTS, dtype, (k * b, f, c, h, w)),
+            TensorSpec(LATENTS, dtype, shape.handoff()),
+            TensorSpec(IMAGE_LATENTS, dtype, shape.handoff(batch=k * b)),
             TensorSpec(IMAGE_EMBEDDINGS, dtype, (k * b, 1, dim)),
             TensorSpec(ADDED_TIME_IDS, dtype, (k * b, 3)),
             TensorSpec(GUIDANCE_SCALE, dtype, (b, f, 1, 1, 1)),
@@ -278,18 +250,20 @@ class SVDStageModel(StageModel):
 
     # -- stage 0 -------------------------------------------------------------------------------
     def prepare(self, index: int) -> Sample:
-        seed = self.config.seed + index
-        image_name = image_for_sample(self.images, index)
+        spec = self.specs[index] if index < len(self.specs) else self.config.sample_spec(index)
         height, width = self.pixel_size
-        image = load_sample_image(image_name, width, height)
-        generator = torch.Generator("cpu").manual_seed(seed)
+        image = load_sample_image(spec.image, width, height)
+        generator = torch.Generator("cpu").manual_seed(spec.seed)
         with torch.no_grad():
-            tensors = self._initial_state(image, generator)
-        return Sample(index=index, tensors=tensors, meta={"seed": seed, "image": image_name})
+            tensors = self._initial_state(image, generator, spec)
+        # The conditioning is in the tensors (added_time_ids, noise-augmented image latents); the
+        # facts travel in the header for the manifest and the writer (MP4 frame rate, file name).
+        return Sample(index=index, tensors=tensors, meta=spec.conditioning())
 
-    def _initial_state(self, image, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _initial_state(self, image, generator: torch.Generator, spec: SampleSpec) -> dict[str, torch.Tensor]:
         """Steps 3-8 of StableVideoDiffusionPipeline.__call__, in its order (the generator's draws:
-        first the image's noise augmentation, then the initial latents)."""
+        first the image's noise augmentation, then the initial latents), with this sample's fps,
+        motion bucket and noise augmentation."""
         from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _append_dims
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -301,15 +275,15 @@ class SVDStageModel(StageModel):
         image_embeddings = pipe._encode_image(image, device, b, cfg)
         dtype = image_embeddings.dtype
         # SVD was micro-conditioned on fps - 1 (diffusers does the same subtraction).
-        fps = config.fps - 1
+        fps = spec.fps - 1
 
         pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device)
         noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
-        pixels = pixels + config.noise_aug_strength * noise
+        pixels = pixels + spec.noise_aug_strength * noise
         image_latents = self._encode_pixels(pixels, b, cfg).to(dtype)
         image_latents = image_latents.unsqueeze(1).repeat(1, f, 1, 1, 1)  # [k*B, F, C, H, W]
 
-        added_time_ids = pipe._get_add_time_ids(fps, config.motion_bucket_id, config.noise_aug_strength, dtype, 1, b, cfg)
+        added_time_ids = pipe._get_add_time_ids(fps, spec.motion_bucket_id, spec.noise_aug_strength, dtype, 1, b, cfg)
         added_time_ids = added_time_ids.to(device)
 
         # init_noise_sigma depends on the schedule, so it is set before the latents are drawn.
@@ -429,10 +403,9 @@ class SVDStageModel(StageModel):
 
 def check_images(config: RunConfig) -> None:
     """Every image a sample will use exists and decodes (InputImageError otherwise)."""
-    if not config.images:
+    if not config.input_images:
         return
-    images = resolve_images(config.images)
-    for path in images[: config.num_samples]:
+    for path in dict.fromkeys(spec.image for spec in with_images_resolved(config).sample_specs()):
         check_image(path)
 
 
@@ -444,65 +417,72 @@ def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if source == "random":
         return tiny.load_config(tiny.SVD_XT, "unet"), tiny.load_config(tiny.SVD_XT, "vae")
     model = config.model
-    if source == "hub":
-        _check_hub_id(model)
-    missing = _missing_files(model, source)
+    if source == "local" and hub.model_root(model, source) is None:
+        raise ModelNotFoundError(
+            f"--model {model}: no such directory; pass an existing model directory, a hub id like "
+            f"{DEFAULT_MODEL_ID} (looked up in the cache {hub.hub_cache_dir()}), or 'tiny'"
+        )
+    revision = config.revision if source == "hub" else None
+    missing = hub.missing_files(model, source, revision=revision)
     if missing:
         if source == "local":
             raise ModelNotFoundError(
                 f"--model {model}: the directory lacks {', '.join(missing)}; point --model at a complete SVD "
                 f"model folder (model_index.json, unet/, vae/, image_encoder/, feature_extractor/, scheduler/), "
-                f"e.g. one made by `{download_hint(DEFAULT_MODEL_ID)} --local-dir {model}`"
+                f"e.g. one made by `{predownload_command(DEFAULT_MODEL_ID)} --local-dir {model}`"
             )
-        _fetch_configs_or_fail(model, missing)
-    return _read_json(model, source, CONFIG_FILES["unet"]), _read_json(model, source, CONFIG_FILES["vae"])
+        _fetch_configs_or_fail(model, missing, revision)
+    else:
+        _check_variant(config, source)
+    return _read_json(model, source, CONFIG_FILES["unet"], revision), _read_json(model, source, CONFIG_FILES["vae"], revision)
 
 
-def _check_hub_id(model: str) -> None:
-    """A --model that is neither a directory nor a well-formed hub id is a bad path."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    looks_like_path = os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        looks_like_path = True
-    if looks_like_path:
+def _check_variant(config: RunConfig, source: str) -> None:
+    """--variant on a model whose weights are all on disk: every weighted component must have it."""
+    if config.variant is None:
+        return
+    lacking = [name for name in WEIGHT_FILES if not _on_disk(config, source, name, config.variant)]
+    if lacking:
         raise ModelNotFoundError(
-            f"--model {model}: no such directory; pass an existing model directory, a hub id like "
-            f"{DEFAULT_MODEL_ID} (looked up in the cache {hub_cache_dir()}), or 'tiny'"
+            f"--variant {config.variant}: {config.model} has no {config.variant} weights for {', '.join(lacking)} "
+            f"(no {hub.variant_name(WEIGHT_FILES[lacking[0]][0], config.variant)} in {lacking[0]}/); "
+            "drop --variant to load the weights that are there"
         )
 
 
-def _fetch_configs_or_fail(model: str, missing: list[str]) -> None:
+def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None = None) -> None:
     """A hub model not fully in the cache: an error when offline; when online, fetch the small
-    configs now (so a wrong id fails here, in one line) and leave the weights to the workers."""
-    cache = hub_cache_dir()
-    if hub_offline():
+    configs now (so a wrong id or revision fails here, in one line) and leave the weights to the workers."""
+    cache = hub.hub_cache_dir()
+    fetch = predownload_command(model, revision=revision)
+    at = f" at revision {revision}" if revision else ""
+    if hub.hub_offline():
         raise ModelNotFoundError(
-            f"--model {model}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
             f"name exists), and HF_HUB_OFFLINE forbids downloading; "
-            f"fetch it first with `{download_hint(model)}` (or unset HF_HUB_OFFLINE)"
+            f"fetch it first with `{fetch}` (or unset HF_HUB_OFFLINE)"
         )
     from huggingface_hub import hf_hub_download
 
     try:
         for rel in CONFIG_FILES.values():
-            hf_hub_download(model, rel, cache_dir=cache)
-    except Exception as exc:  # any hub failure (unknown repo, gated, no network) ends the same way
+            hf_hub_download(model, rel, cache_dir=cache, revision=revision)
+    except Exception as exc:  # any hub failure (unknown repo or revision, gated, no network) ends the same way
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelNotFoundError(
-            f"--model {model}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
-            f"name exists), and the Hub did not provide it ({reason}); check the id, or fetch it first with `{download_hint(model)}`"
+            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"name exists), and the Hub did not provide it ({reason}); check the id, or fetch it first with `{fetch}`"
         ) from None
 
 
-def _read_json(model: str, source: str, relpath: str) -> dict[str, Any]:
+def _read_json(model: str, source: str, relpath: str, revision: str | None = None) -> dict[str, Any]:
     import json
 
-    path = _find(model, source, relpath)
+    path = hub.find(model, source, relpath, revision=revision)
     if path is None:  # fetched configs are in the cache now; anything else was reported above
-        raise ModelNotFoundError(f"--model {model}: {relpath} is missing; fetch the model with `{download_hint(model)}`")
+        raise ModelNotFoundError(
+            f"--model {model}: {relpath} is missing; fetch the model with `{predownload_command(model, revision=revision)}`"
+        )
     return json.loads(Path(path).read_text())
 
 

@@ -7,13 +7,17 @@ It keeps what matters for the pipeline and drops the network:
 - the "noise prediction" is a cheap nonlinear function of the latent, the conditioning and
   the timestep, so the result changes if any step is skipped, repeated or reordered;
 - each step costs --step-ms of wall time *without using the CPU* (a sleep, like waiting for
-  a GPU kernel), so scaling over N stages can be measured on a 2-core machine.
+  a GPU kernel), so scaling over N stages can be measured on a 2-core machine;
+- stage 0 spends --encode-ms preparing each sample and the last stage --decode-ms finishing it
+  (SVD's image encode and VAE decode), the same way; --stage-speed divides all of a stage's
+  costs by its device's relative speed (mixed GPUs).
 
 The cost is a wall-clock budget: a stage spends exactly len(steps) x step_ms on a sample, and
 the stand-in's own CPU work for that sample (making the initial noise, the math, scheduler
 set-up) is counted inside that budget, as host work overlaps queued kernels on a GPU. So stage
 costs are exactly proportional to their step counts, and what a benchmark measures beyond that
-is the pipeline's own overhead.
+is the pipeline's own overhead. declared_costs() states these costs as a ppsvd.costs.CostModel,
+so `--partition auto` plans with exactly what the stand-in will spend.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from importlib import resources
 
 import torch
 
+from ppsvd.costs import CostModel
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
+from ppsvd.shapes import LatentShape
 
 
 def svd_scheduler():
@@ -43,19 +49,31 @@ class SyntheticStageModel(StageModel):
         super().__init__(config, plan, stage, device)
         self.dtype = torch_dtype(config.resolved_dtype)
         self.scheduler = svd_scheduler()
-        b, c, f, h, w = config.latent_shape
-        self.state_shape = (b, f, c, h, w)  # diffusers layout [B, F, C, H, W]
-        self.step_s = config.step_ms / 1000.0
+        self.state_shape = LatentShape(*config.latent_shape).handoff()
+        speed = device_speed(config, stage)
+        self.step_s = config.step_ms / 1000.0 / speed
+        self.encode_s = config.encode_ms / 1000.0 / speed if self.is_first else 0.0
+        self.decode_s = config.decode_ms / 1000.0 / speed if self.is_last else 0.0
         self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
         self._budget_start: float | None = None
+        self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
 
     def schema(self) -> Schema:
         spec = TensorSpec("latents", dtype_name(self.dtype), self.state_shape)
         cond = TensorSpec("image_latents", dtype_name(self.dtype), self.state_shape)
         return {spec.name: spec, cond.name: cond}
 
+    @staticmethod
+    def declared_costs(config) -> CostModel:
+        """What this stand-in spends (see the module docstring): exact, so no need to measure."""
+        return CostModel.from_ms(
+            config.step_ms, config.encode_ms, config.decode_ms, config.stage_speed,
+            source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
+        )
+
     def prepare(self, index: int) -> Sample:
-        self._budget_start = time.perf_counter()  # preparing counts inside the first steps' budget
+        # Preparing counts inside the encode budget, or inside the first steps' when there is none.
+        started = time.perf_counter()
         generator = torch.Generator("cpu").manual_seed(self.config.seed + index)
         image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
         self.scheduler.set_timesteps(self.config.total_steps)
@@ -65,7 +83,11 @@ class SyntheticStageModel(StageModel):
             "latents": latents.to(self.device, self.dtype),
             "image_latents": image_latents.to(self.device, self.dtype),
         }
-        return Sample(index=index, tensors=tensors, meta={"seed": self.config.seed + index})
+        if self.encode_s:
+            _sleep_until(started + self.encode_s)
+            started += self.encode_s
+        self._budget_start = started
+        return Sample(index=index, tensors=tensors, meta={"seed": self.config.seed + index, "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name})
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
         if not steps:
@@ -90,10 +112,26 @@ class SyntheticStageModel(StageModel):
         return Sample(index=sample.index, tensors={**sample.tensors, "latents": latents}, meta=sample.meta)
 
     def finalize(self, sample: Sample) -> SampleResult:
-        return SampleResult(index=sample.index, latents=sample.tensors["latents"], meta=dict(sample.meta))
+        started = time.perf_counter()
+        result = SampleResult(index=sample.index, latents=sample.tensors["latents"], meta=dict(sample.meta))
+        _sleep_until(started + self.decode_s)
+        return result
 
     def describe(self) -> dict:
-        return {"model": "synthetic", "step_ms": self.config.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
+        c = self.config
+        facts = {"model": "synthetic", "weights": "none (a stand-in function)", "step_ms": c.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
+        if c.encode_ms or c.decode_ms or c.stage_speed:
+            facts.update(encode_ms=c.encode_ms, decode_ms=c.decode_ms, stage_speed=list(c.stage_speed))
+        return facts
+
+
+def device_speed(config, stage: int) -> float:
+    """--stage-speed of this process's device. The list describes devices, i.e. ranks: a pipeline
+    stage is its rank, while every data-parallel worker runs "stage 0", so it reads its RANK."""
+    if not config.stage_speed:
+        return 1.0
+    rank = stage if config.strategy == "pipeline" else int(os.environ.get("RANK", "0"))
+    return config.stage_speed[rank]
 
 
 FAULT_ENV = "PPSVD_FAULT"

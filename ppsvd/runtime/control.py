@@ -7,34 +7,109 @@ ZeroMQ never notices a dead peer. So every stage
   overwritten by the stages that stop because of it),
 - bumps a heartbeat counter twice a second and watches everyone else's: a counter that stops
   moving for `stale_after_s` without a 'done' mark means that stage is gone,
-- watches its parent process (the launcher) and the store itself.
+- watches its parent process (the launcher) and the store itself,
+- watches its own compute loop (StepWatch): a stage in the middle of its steps whose heartbeat
+  thread still runs but that makes no step for max(--stall-timeout, 20 x its median step) is hung
+  (a stuck kernel or collective) and names itself.
 Any of these sets a local Event that every wait in the stage polls (`cancelled`).
+
+Once the abort key names a stage, that stage must go even if it cannot act (SIGSTOPped, hung in
+C code): the launcher (or, under torchrun, its peers on the same host) SIGKILLs it after
+KILL_GRACE_S, so no one waits for the elastic agent's 30 s SIGTERM grace.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import statistics
+import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from ppsvd.backends.deadline import Deadline
+from ppsvd.backends.hosts import HostFacts, publish_host, read_host, this_host
 
 ABORT_KEY = "abort"
 HEARTBEAT_S = 0.5
 STALE_AFTER_S = 5.0
+STALL_FACTOR = 20
+"""A step that takes this many times the stage's median step (and at least --stall-timeout) is a hang."""
+KILL_GRACE_S = 1.0
+"""How long a blamed stage may take to exit by itself before it is SIGKILLed."""
 
 
 def key(run_id: str, *parts: object) -> str:
     return "/".join(["ppsvd", run_id, *map(str, parts)])
 
 
+def new_run_id() -> str:
+    """A run id for a self-launched run: a public part (logs, config.json) and a secret one.
+
+    Every store key and zmq key of the run contains the whole id, so a process that can reach
+    the store but was not told the id cannot guess a key to forge (it could list them: the
+    store's reachability is what really guards it, see docs/multinode.md)."""
+    import secrets
+
+    return f"{secrets.token_hex(6)}~{secrets.token_hex(16)}"
+
+
+def public_run_id(run_id: str) -> str:
+    """The part of a run id that may be written to disk or shown."""
+    return run_id.split("~")[0]
+
+
 @dataclass
 class StopReason:
     stage: int | None
     message: str
+
+
+class StepWatch:
+    """The compute loop's progress as the watchdog sees it: the loop calls begin() before a
+    stage's steps of a sample, step() after each step and end() after the last; the watcher
+    asks stalled() twice a second. Outside begin/end (receiving, sending, loading) nothing is judged
+    here: those waits have their own deadlines."""
+
+    def __init__(self, min_s: float, first_s: float) -> None:
+        self.min_s = min_s
+        self.first_s = first_s
+        """Before any step finished, the allowance is --timeout (the first step may compile or tune kernels)."""
+        self._durations: deque[float] = deque(maxlen=101)
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def begin(self) -> None:
+        self._since = time.monotonic()
+
+    def step(self, _step: int | None = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._since is not None:
+                self._durations.append(now - self._since)
+            self._since = now
+
+    def end(self) -> None:
+        self._since = None
+
+    def limit(self) -> float:
+        with self._lock:
+            durations = list(self._durations)
+        if not durations:
+            return max(self.min_s, self.first_s)
+        return max(self.min_s, STALL_FACTOR * statistics.median(durations))
+
+    def stalled(self, now: float) -> float | None:
+        """The limit that the current step has exceeded, or None."""
+        since = self._since
+        if since is None:
+            return None
+        limit = self.limit()
+        return limit if now - since > limit else None
 
 
 class RunControl:
@@ -49,7 +124,11 @@ class RunControl:
         *,
         stale_after_s: float = STALE_AFTER_S,
         startup_grace_s: float = 600.0,
+        stall_after_s: float = 60.0,
+        kill_blamed: bool = False,
     ):
+        """kill_blamed: SIGKILL a blamed stage on this host that does not exit by itself (under
+        torchrun; a self-launched run's launcher does it for every stage)."""
         self.store = store
         self.run_id = run_id
         self.rank = rank
@@ -62,6 +141,9 @@ class RunControl:
         self._parent = os.getppid()
         self._watcher: threading.Thread | None = None
         self._finished = threading.Event()
+        self.kill_blamed = kill_blamed
+        self.steps = StepWatch(stall_after_s, startup_grace_s)
+        self._done = False
 
     # -- the flag ------------------------------------------------------------------------------
     def cancelled(self) -> bool:
@@ -83,10 +165,24 @@ class RunControl:
         The first published reason wins (compare_set), so the stages that stop because of it
         never overwrite the root cause.
         """
-        reason = StopReason(self.rank if stage is None else stage, message)
-        self._set_local(reason)
+        self._publish(StopReason(self.rank if stage is None else stage, message))
+
+    def interrupted(self, signal_name: str) -> None:
+        """This stage got SIGINT/SIGTERM/SIGHUP: stop the others too, blaming no stage, unless a
+        peer on this host died first (then the signal is the agent tearing the host down because
+        of it, and that peer is the cause)."""
         try:
-            self.store.compare_set(key(self.run_id, ABORT_KEY), "", f"{reason.stage}\t{message}")
+            self.store.set(key(self.run_id, "left", self.rank), signal_name)
+        except Exception:
+            pass
+        if not self._blame_dead_neighbours():
+            self._publish(StopReason(None, f"interrupted by {signal_name}"))
+
+    def _publish(self, reason: StopReason) -> None:
+        self._set_local(reason)
+        stage = "" if reason.stage is None else str(reason.stage)
+        try:
+            self.store.compare_set(key(self.run_id, ABORT_KEY), "", f"{stage}\t{reason.message}")
         except Exception:
             pass  # the store may be the thing that broke; the local flag is set either way
 
@@ -95,6 +191,10 @@ class RunControl:
 
     # -- liveness --------------------------------------------------------------------------------
     def start_watching(self) -> None:
+        try:
+            publish_host(self.store, self.run_id, self.rank)  # for blame lines and the kill of a hung stage
+        except Exception:
+            pass  # the watcher reports a lost store
         self._watcher = threading.Thread(target=self._watch, name=f"ppsvd-watch-{self.rank}", daemon=True)
         self._watcher.start()
 
@@ -105,11 +205,33 @@ class RunControl:
     def mark_done(self) -> None:
         """This stage finished its work: peers stop expecting its heartbeat (it keeps watching them)."""
         self.store.set(key(self.run_id, "done", self.rank), "1")
+        self._done = True
 
     def stop_watching(self) -> None:
         self._finished.set()
         if self._watcher is not None:
-            self._watcher.join(timeout=2)
+            self._watcher.join(timeout=2 * KILL_GRACE_S + 1)
+        if not self._done:
+            self._blame_dead_neighbours()
+
+    def _blame_dead_neighbours(self) -> bool:
+        """Leaving early (a failure, or the agent's SIGTERM because a stage on this host died):
+        if a peer on this host is provably gone without finishing or being interrupted, it is the
+        cause; say so before stages on other hosts see only our links break and blame us."""
+        try:
+            here = this_host()
+            for peer in range(self.world_size):
+                if peer == self.rank or self.store.check([key(self.run_id, "done", peer)]):
+                    continue
+                if self.store.check([key(self.run_id, "left", peer)]):
+                    continue  # it was interrupted too (Ctrl-C reaches the whole group)
+                facts = read_host(self.store, self.run_id, peer)
+                if facts is not None and facts.shares_processes(here) and not facts.alive():
+                    self.fail("its process ended before it finished (killed or exited)", stage=peer)
+                    return True
+        except Exception:
+            pass  # best effort: the store may be gone too
+        return False
 
     def _watch(self) -> None:
         last_seen: dict[int, tuple[int, float]] = {}
@@ -122,7 +244,13 @@ class RunControl:
                     found = self.read_abort()
                     if found is not None:
                         self._set_local(found)
+                        if self.kill_blamed and found.stage not in (None, self.rank):
+                            kill_if_alive(self.store, self.run_id, found.stage)
                         return
+                stalled = self.steps.stalled(now)
+                if stalled is not None:
+                    self._hung(stalled)
+                    return
                 for peer in range(self.world_size):
                     if peer == self.rank or self.store.check([key(self.run_id, "done", peer)]):
                         continue
@@ -162,6 +290,44 @@ class RunControl:
         deadline = Deadline(timeout_s, what="the other stages' work", cancelled=self.cancelled)
         while not self.store.check(keys):
             time.sleep(deadline.slice(0.02))
+
+
+    def _hung(self, limit: float) -> None:
+        """This stage's compute loop is stuck in a step: name it, then leave (the stuck thread
+        cannot unwind, so nothing else would end this process)."""
+        message = f"made no step for {limit:g} s in the middle of its steps (hung in a kernel or collective?)"
+        self.fail(message)
+        print(f"ppsvd: stage {self.rank} failed: {message}", file=sys.stderr, flush=True)
+        if self._finished.wait(2 * KILL_GRACE_S):
+            return
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def kill_if_alive(store: Any, run_id: str, stage: int, grace_s: float = KILL_GRACE_S) -> bool:
+    """SIGKILL stage `stage` if it runs on this host and has not exited within grace_s.
+
+    Returns True if it was killed here. The process is identified by pid and start time, so a
+    recycled pid is never hit."""
+    facts: HostFacts | None = read_host(store, run_id, stage)
+    if facts is None or not facts.shares_processes(this_host()):
+        return False
+    deadline = time.monotonic() + grace_s
+    while facts.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not facts.alive():
+        return False
+    try:
+        os.kill(facts.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stage_host(store: Any, run_id: str, stage: int) -> str | None:
+    """The host name stage `stage` said it runs on, if it did."""
+    facts = read_host(store, run_id, stage)
+    return facts.hostname if facts is not None else None
 
 
 def read_abort(store: Any, run_id: str) -> StopReason | None:

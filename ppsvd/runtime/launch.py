@@ -5,21 +5,30 @@ The launcher process hosts a small TCPStore of its own: workers publish progress
 first failure's reason there, so the launcher can draw the bars and name the failed stage even
 when that stage was killed outright. The elastic agent does the process management: it
 watches the workers every 0.1 s and tears every worker down as soon as one fails.
+
+Nothing of a self-launched run listens beyond this host: the store listens on 127.0.0.1 only
+(hosts.loopback_store), the agent's rendezvous is a client of that same store instead of a
+server of its own, and zmq links are ipc sockets in a private directory (or loopback tcp).
+Once the abort key names a stage, the launcher SIGKILLs it if it has not left within
+KILL_GRACE_S (a SIGSTOPped or hung stage would otherwise hold the agent for its 30 s SIGTERM
+grace).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from ppsvd.config import RunConfig
-from ppsvd.runtime.control import read_abort
-from ppsvd.errors import StageFailedError
+from ppsvd.runtime.control import kill_if_alive, new_run_id, public_run_id, read_abort
+from ppsvd.errors import Interrupted, StageFailedError
 
 
 @dataclass
@@ -31,21 +40,30 @@ class LaunchResult:
     failed_stage: int | None = None
 
 
-def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: bool = True) -> LaunchResult:
-    """Run config on config.nproc local workers; wait; return the result (or raise StageFailedError)."""
-    from torch.distributed import TCPStore
+def launch(
+    config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: bool = True,
+    indices: tuple[int, ...] | None = None,
+) -> LaunchResult:
+    """Run config on config.nproc local workers; wait; return the result (or raise StageFailedError).
+
+    run_dir and indices: a resumed run's directory and the samples still to generate. A signal
+    (Ctrl-C, SIGTERM, SIGHUP) stops every worker and raises Interrupted, whatever raise_on_failure."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from ppsvd.io.atomic import make_run_dir, run_label
+    from ppsvd.backends.hosts import loopback_store
+    from ppsvd.io.atomic import DirIdentity, make_run_dir, remove_temp_files, run_label
     from ppsvd.runtime.progress import live_progress
     from ppsvd.runtime.worker import WorkerSpec, worker_main
 
     run_start = time.time()
+    _start_resource_tracker_immune_to_sighup()
     run_dir = Path(run_dir) if run_dir is not None else make_run_dir(config.output_dir, run_label(config.model, config.strategy, config.nproc))
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:12]
-    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=config.timeout_s))
+    identity = DirIdentity.of(run_dir)
+    run_id = new_run_id()
+    store = loopback_store(config.timeout_s)
     spec = WorkerSpec(
         config=config,
         run_id=run_id,
@@ -53,27 +71,44 @@ def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: 
         run_start=run_start,
         store_host="127.0.0.1",
         store_port=store.port,
+        indices=indices,
     )
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=config.nproc,
-        run_id=run_id,
+        run_id=public_run_id(run_id),
+        # The rendezvous joins our loopback store as a client (is_host False) rather than host a
+        # store of its own on every interface.
         rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",
-        rdzv_configs={"timeout": int(config.timeout_s)},
+        rdzv_endpoint=f"127.0.0.1:{store.port}",
+        rdzv_configs={"timeout": int(config.timeout_s), "is_host": False},
+        local_addr="127.0.0.1",
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
     )
     _quiet_elastic_logs(config.debug)
-    error, failed_stage = None, None
+    error, failed_stage, signum = None, None, None
+    enforcer = _Enforcer(store.port, run_id, config.timeout_s)
     try:
-        with live_progress(store, run_id, config):
+        with live_progress(store, run_id, config), enforcer, _no_second_store():
             elastic_launch(launch_config, worker_main)(spec)
     except ChildFailedError as exc:
-        failed_stage, error = _explain(exc, store, run_id)
+        failed_stage, error = _explain(exc, store, run_id, enforcer.killed)
+    except SignalException as exc:  # the agent got the signal, passed it on to every worker and waited for them
+        signum = int(exc.sigval)
+    except KeyboardInterrupt:  # Ctrl-C before the agent installed its handlers
+        signum = int(signal.SIGINT)
+    finally:
+        # Every worker is gone: what a killed one could not remove, the launcher does.
         _remove_stale_sockets(run_id)
+        if identity.problem() is None:
+            remove_temp_files(run_dir)
+    if signum is not None:
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, run_dir)
+    if error is None:
+        error = _check_outputs(identity)
     wall_s = time.time() - run_start
     if error is None:
         _stamp_timeline(run_dir, run_start, run_start + wall_s)
@@ -83,11 +118,59 @@ def launch(config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: 
     return result
 
 
-def _explain(exc, store, run_id: str) -> tuple[int | None, str]:
+class _Enforcer:
+    """While the workers run: once the abort key names a stage, make sure that stage goes."""
+
+    def __init__(self, port: int, run_id: str, timeout_s: float) -> None:
+        self.port, self.run_id, self.timeout_s = port, run_id, timeout_s
+        self.killed: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ppsvd-enforcer", daemon=True)
+
+    def __enter__(self) -> _Enforcer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        from torch.distributed import TCPStore
+
+        try:  # a connection of its own: the agent and the progress display use theirs
+            store = TCPStore("127.0.0.1", self.port, is_master=False, timeout=timedelta(seconds=self.timeout_s))
+        except Exception:
+            return
+        while not self._stop.wait(0.1):
+            reason = read_abort(store, self.run_id)
+            if reason is not None:
+                if reason.stage is not None and kill_if_alive(store, self.run_id, reason.stage):
+                    self.killed.add(reason.stage)
+                return
+
+
+@contextlib.contextmanager
+def _no_second_store():
+    """The agent's rendezvous would start a second store server for the workers' own
+    init_process_group (shared on all interfaces); ppsvd's workers use the launcher's store."""
+    name = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _explain(exc, store, run_id: str, killed_here: set[int] = frozenset()) -> tuple[int | None, str]:
     """The root cause: the reason a stage published, else how the first failed process died."""
     reason = read_abort(store, run_id)
     rank, failure = exc.get_first_failure()
-    killed = failure.exitcode < 0 and failure.signal_name() != "<N/A>"
+    killed = failure.exitcode < 0 and failure.signal_name() != "<N/A>" and rank not in killed_here
     # A killed stage cannot say why; its neighbours may have noticed first and blamed it.
     if killed and (reason is None or reason.stage in (None, rank)):
         return rank, f"stage {rank} was killed by {failure.signal_name()}; every other stage was stopped"
@@ -97,16 +180,42 @@ def _explain(exc, store, run_id: str) -> tuple[int | None, str]:
     return rank, f"stage {rank} exited with code {failure.exitcode}{detail}; every other stage was stopped"
 
 
-def _remove_stale_sockets(run_id: str) -> None:
-    """A killed stage cannot unlink its zmq ipc socket file; the launcher does."""
-    import glob
-    import tempfile
+def _check_outputs(identity) -> str | None:
+    """After a run that succeeded: the run directory is still the one created, and every file
+    the manifest lists is on disk (the last stage checked as much; this sees later deletions too)."""
+    from ppsvd.io.results import MANIFEST, listed_entries, missing_files
 
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"ppsvd-{run_id}-*.sock")):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    problem = identity.problem()
+    if problem is not None:
+        return problem
+    # A directory removed and made again may get the same inode number back: its files tell.
+    missing = [name for name in ("config.json", MANIFEST) if not (identity.path / name).is_file()]
+    missing += missing_files(identity.path, listed_entries(identity.path))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        return f"files listed in the manifest are gone from {identity.path}: {', '.join(missing[:3])}{more}"
+    return None
+
+
+def _start_resource_tracker_immune_to_sighup() -> None:
+    """multiprocessing's resource tracker (a helper process the workers' queues register with)
+    ignores SIGINT and SIGTERM but dies of SIGHUP; a closed terminal then ends in a screen of
+    KeyErrors from the tracker started in its place. A process inherits an ignored signal, so
+    start it while SIGHUP is ignored."""
+    from multiprocessing import resource_tracker
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _remove_stale_sockets(run_id: str) -> None:
+    """A killed stage cannot unlink its zmq ipc socket file; the launcher removes the run's socket directory."""
+    from ppsvd.backends.zmq import remove_ipc_dir
+
+    remove_ipc_dir(run_id)
 
 
 def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:
@@ -123,6 +232,10 @@ def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:
 def _quiet_elastic_logs(debug: bool) -> None:
     """The agent logs every worker failure with a traceback; ppsvd reports it in one line instead."""
     level = logging.INFO if debug else logging.CRITICAL
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
+    prefixes = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
+    # torch gives each of its modules' loggers a level of its own (LOGLEVEL, default WARNING), so
+    # the parents' level alone would not silence e.g. the agent's "Received 2 death signal".
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith(prefixes)]
+    for name in {*prefixes, *names}:
         logging.getLogger(name).setLevel(level)
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "INFO" if debug else "ERROR")

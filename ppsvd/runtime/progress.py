@@ -1,18 +1,30 @@
-"""Live progress: stages report to the store, one process draws every stage's bar.
+"""Live progress: stages report to the store, one process shows every stage's progress.
 
 Stages write "samples_done steps_done" under their own key, at most ten times a second (a
-store write is ~0.1 ms; the compute loop never waits for the display). The drawing process (the
-launcher when ppsvd starts the workers itself, rank 0 under torchrun) polls those keys.
+store write is ~0.1 ms; the compute loop never waits for the display), and their phase
+("loading unet, vae, ...", "waiting for the other stages", "running") under another when it
+changes. The showing process (the launcher when ppsvd starts the workers itself, rank 0 under
+torchrun) polls those keys and shows them as --log-format says: Rich bars on a terminal; plain
+lines every --progress-interval seconds otherwise (a cluster job's log file); or JSON lines on
+stdout for machines. Each shows the phase with its elapsed time, and an ETA.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ppsvd.runtime.control import key
 
 REPORT_EVERY_S = 0.1
+PHASE_STARTING = "starting"
+"""A stage that has published no phase yet: its process is starting (importing torch, joining)."""
+PHASE_RUNNING = "running"
+PHASE_WAITING = "waiting for the other stages"
 
 
 class ProgressReporter:
@@ -25,12 +37,20 @@ class ProgressReporter:
     def __init__(self, store: Any, run_id: str, stage: int) -> None:
         self.store = store
         self.name = key(run_id, "progress", stage)
+        self.phase_name = key(run_id, "phase", stage)
         self.samples = 0
         self.steps = 0
         self._published: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ppsvd-progress-{stage}", daemon=True)
         self._thread.start()
+
+    def phase(self, text: str) -> None:
+        """What this stage is doing while it does no steps ('loading unet, vae', ...), published now."""
+        try:
+            self.store.set(self.phase_name, text)
+        except Exception:
+            pass  # best effort, as the counts
 
     def step(self, _step: int | None = None) -> None:
         self.steps += 1
@@ -59,51 +79,125 @@ class ProgressReporter:
             pass  # progress is best effort; the control watcher reports a lost store
 
 
-class ProgressBoard:
-    """A Rich progress display with one bar per stage, fed by polling the store."""
+@dataclass
+class StageProgress:
+    """What the showing process knows about one stage."""
 
-    def __init__(self, store: Any, run_id: str, rows: list[tuple[str, int, int]], *, title: str) -> None:
-        """rows: one per process: (label, steps per sample, samples it will handle)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    label: str
+    total_steps: int
+    """Steps this stage runs over the whole run (its steps per sample x its samples)."""
+    total_samples: int
+    steps: int = 0
+    samples: int = 0
+    phase: str = PHASE_STARTING
+    phase_since: float = field(default_factory=time.monotonic)
+
+    def status(self, now: float) -> str:
+        """'' while running (the bar says it all), else the phase and how long it has lasted."""
+        if self.phase == PHASE_RUNNING or (self.total_steps and self.steps >= self.total_steps):
+            return "done" if self.total_steps and self.steps >= self.total_steps else ""
+        return f"{self.phase} ({now - self.phase_since:.0f} s)"
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "phase": "done" if self.total_steps and self.steps >= self.total_steps else self.phase,
+            "phase_s": round(now - self.phase_since, 1),
+            "steps": self.steps,
+            "total_steps": self.total_steps,
+            "samples": self.samples,
+            "total_samples": self.total_samples,
+        }
+
+
+def eta_seconds(done: int, total: int, working_s: float) -> float | None:
+    """Seconds left at the rate so far (steps per second since the first step); None before that."""
+    if done <= 0 or working_s <= 0 or total <= 0:
+        return None
+    return max(0.0, (total - done) * working_s / done)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
+class ProgressBoard:
+    """Every stage's progress, polled from the store; shown as Rich bars, plain lines or JSON lines."""
+
+    def __init__(
+        self, store: Any, run_id: str, rows: list[tuple[str, int, int]], *, title: str, style: str = "rich", interval_s: float = 10.0
+    ) -> None:
+        """rows: one per process: (label, steps per sample, samples it will handle); style: rich, plain or json."""
+        self.store = store
+        self.run_id = run_id
+        self.title = title
+        self.style = style
+        self.interval_s = interval_s
+        self.stages = [StageProgress(label, steps * samples, samples) for label, steps, samples in rows]
+        self.started = time.monotonic()
+        self.first_step_at: float | None = None
+        self._last_line = self.started
+        self.progress = self._rich_progress() if style == "rich" else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _rich_progress(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from ppsvd.console import err
 
-        self.store = store
-        self.run_id = run_id
-        self.samples_per_stage = [samples for _, _, samples in rows]
-        self.progress = Progress(
+        progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("steps · {task.fields[samples]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("[dim]{task.fields[status]}"),
             console=err,
             transient=False,
         )
-        self.progress.console.print(title)
-        self.tasks = []
-        for label, steps, samples in rows:
-            task = self.progress.add_task(label, total=steps * samples, samples=f"0/{samples} samples")
-            self.tasks.append(task)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.tasks = [
+            progress.add_task(st.label, total=st.total_steps, samples=f"0/{st.total_samples} samples", status=st.status(self.started))
+            for st in self.stages
+        ]
+        return progress
 
     @classmethod
     def for_run(cls, store: Any, run_id: str, config) -> ProgressBoard:
-        from ppsvd.plan import partition_steps, shard_samples
+        from ppsvd.plan import rank_work
 
         n, t, s = config.nproc, config.total_steps, config.num_samples
-        if config.strategy == "pipeline":
-            plan = partition_steps(t, n)
-            rows = [(f"stage {k} · steps {r.start}-{r.stop - 1}", len(r), s) for k, r in enumerate(plan.ranges)]
-            title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {plan.describe()}"
-        else:
-            rows = [(f"worker {k} · all {t} steps", t, len(shard_samples(s, n, k))) for k in range(n)]
+        works = [rank_work(config.strategy, n, k, range(s), total_steps=t) for k in range(n)]
+        rows = [(f"{w.label} · " + (f"all {t} steps" if len(w.steps) == t else f"steps {w.steps.start}-{w.steps.stop - 1}"),
+                 len(w.steps), len(w.samples)) for w in works]
+        if works[0].writes_shard:
             title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s)"
-        return cls(store, run_id, rows, title=title)
+        else:
+            title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {works[0].plan.describe()}"
+        return cls(store, run_id, rows, title=title, style=progress_style(config), interval_s=config.progress_interval_s)
 
     def __enter__(self) -> ProgressBoard:
-        self.progress.start()
+        from ppsvd.console import err
+
+        if self.progress is not None:
+            self.progress.console.print(self.title)
+            self.progress.start()
+        elif self.style == "json":
+            self._emit({"event": "start", "title": _plain(self.title), "stages": [st.label for st in self.stages]})
+        else:
+            err.print(_plain(self.title), markup=False, highlight=False, soft_wrap=True)
         self._thread = threading.Thread(target=self._poll, name="ppsvd-progress", daemon=True)
         self._thread.start()
         return self
@@ -113,23 +207,92 @@ class ProgressBoard:
         if self._thread is not None:
             self._thread.join(timeout=2)
         self.refresh()
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
+        else:
+            self.report()  # the final state, so a log always ends with where every stage got to
 
     def _poll(self) -> None:
         while not self._stop.wait(REPORT_EVERY_S):
             self.refresh()
+            if self.progress is None and time.monotonic() - self._last_line >= self.interval_s:
+                self.report()
 
     def refresh(self) -> None:
-        for stage, task in enumerate(self.tasks):
-            name = key(self.run_id, "progress", stage)
+        now = time.monotonic()
+        for stage, st in enumerate(self.stages):
             try:
-                if not self.store.check([name]):
-                    continue
-                samples, steps = (int(v) for v in self.store.get(name).decode().split())
+                names = [key(self.run_id, "progress", stage), key(self.run_id, "phase", stage)]
+                if self.store.check(names[1:]):
+                    phase = self.store.get(names[1]).decode()
+                    if phase != st.phase:
+                        st.phase, st.phase_since = phase, now
+                if self.store.check(names[:1]):
+                    st.samples, st.steps = (int(v) for v in self.store.get(names[0]).decode().split())
             except Exception:
                 return
-            total = self.samples_per_stage[stage]
-            self.progress.update(task, completed=steps, samples=f"{samples}/{total} samples")
+            if st.steps and self.first_step_at is None:
+                self.first_step_at = now
+            if self.progress is not None:
+                self.progress.update(
+                    self.tasks[stage], completed=st.steps, samples=f"{st.samples}/{st.total_samples} samples", status=st.status(now)
+                )
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        """The run's time left: all stages' remaining steps at the rate since the first step."""
+        now = time.monotonic() if now is None else now
+        if self.first_step_at is None:
+            return None
+        done = sum(st.steps for st in self.stages)
+        return eta_seconds(done, sum(st.total_steps for st in self.stages), now - self.first_step_at)
+
+    def line(self, now: float | None = None) -> str:
+        """One plain progress line: elapsed, each stage's steps/samples or phase, the ETA."""
+        now = time.monotonic() if now is None else now
+        parts = []
+        for st in self.stages:
+            status = st.status(now)
+            counts = f"{st.steps}/{st.total_steps} steps, {st.samples}/{st.total_samples} samples"
+            parts.append(f"{st.label.split(' · ')[0]}: " + (f"{status}, {counts}" if status and status != "done" else counts))
+        return f"ppsvd: progress {now - self.started:.1f} s · " + " · ".join(parts) + f" · ETA {_duration(self.eta_s(now))}"
+
+    def report(self) -> None:
+        """Write one progress line now (plain or json style)."""
+        now = time.monotonic()
+        self._last_line = now
+        if self.style == "json":
+            eta = self.eta_s(now)
+            self._emit(
+                {
+                    "event": "progress",
+                    "elapsed_s": round(now - self.started, 1),
+                    "eta_s": None if eta is None else round(eta, 1),
+                    "stages": [st.to_json(now) for st in self.stages],
+                }
+            )
+        else:
+            from ppsvd.console import err
+
+            err.print(self.line(now), markup=False, highlight=False, soft_wrap=True)
+
+    @staticmethod
+    def _emit(record: dict[str, Any]) -> None:
+        print(json.dumps(record), file=sys.stdout, flush=True)
+
+
+def progress_style(config) -> str:
+    """config.log_format, with 'auto' resolved: Rich bars on a terminal, plain lines otherwise."""
+    if config.log_format != "auto":
+        return config.log_format
+    from ppsvd.console import err
+
+    return "rich" if err.is_terminal else "plain"
+
+
+def _plain(markup: str) -> str:
+    from rich.text import Text
+
+    return Text.from_markup(markup).plain
 
 
 def live_progress(store: Any, run_id: str, config):

@@ -25,6 +25,7 @@ from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
 from ppsvd.models.base import Sample, SampleResult, StageModel
 from ppsvd.plan import StepPlan
+from ppsvd.runtime.control import StepWatch
 from ppsvd.runtime.progress import ProgressReporter
 from ppsvd.backends.protocol import Message
 from ppsvd.analysis.timeline import SampleSpan, StageTimeline
@@ -46,6 +47,8 @@ class StageContext:
     fail: Callable[..., None]
     """fail(message, stage=None): publish a failure (of this stage, or of the `stage` blamed)."""
     reporter: ProgressReporter | None = None
+    watch: StepWatch | None = None
+    """The watchdog's view of the compute loop (control.StepWatch): told when steps begin and end."""
     run_dir: Path | None = None
     spans: list[SampleSpan] = field(default_factory=list)
 
@@ -76,6 +79,10 @@ def _get(q: queue.Queue, cancelled: CancelCheck, timeout_s: float, what: str) ->
             continue
 
 
+class _PeerSilent(Exception):
+    """A transport wait on the neighbour ran out of time: the neighbour is the one to name."""
+
+
 class _Worker(threading.Thread):
     """A daemon thread whose failure becomes this stage's failure (never swallowed)."""
 
@@ -91,6 +98,8 @@ class _Worker(threading.Thread):
             self.work()
         except Cancelled:
             pass  # another part of the run failed; its reason is already published
+        except _PeerSilent as exc:
+            self.ctx.fail(str(exc), stage=self.peer)
         except TransportError as exc:
             if self.peer is not None and not isinstance(exc, TransportTimeout):
                 # A dead peer shows up here first (gloo sees the socket close at once); the
@@ -118,7 +127,11 @@ class Receiver(_Worker):
     def work(self) -> None:
         timeout = self.ctx.config.timeout_s
         while True:
-            msg = self.transport.recv(self.schema, timeout_s=timeout, cancelled=self.ctx.cancelled)
+            try:
+                msg = self.transport.recv(self.schema, timeout_s=timeout, cancelled=self.ctx.cancelled)
+            except TransportTimeout as exc:
+                # The sender is the one that went quiet (hung, stopped, or unreachable), not us.
+                raise _PeerSilent(f"sent nothing to stage {self.ctx.stage} for {timeout:g} s ({exc})") from None
             _put(self.inbox, (msg, time.time()), self.ctx.cancelled, timeout, "the hand-off of a received sample")
             if msg.is_end:
                 return
@@ -138,7 +151,10 @@ class Sender(_Worker):
         timeout = self.ctx.config.timeout_s
         while True:
             msg: Message = _get(self.outbox, self.ctx.cancelled, timeout, "sample to send")
-            self.transport.send(msg, timeout_s=timeout, cancelled=self.ctx.cancelled)
+            try:
+                self.transport.send(msg, timeout_s=timeout, cancelled=self.ctx.cancelled)
+            except TransportTimeout as exc:
+                raise _PeerSilent(f"took nothing from stage {self.ctx.stage} for {timeout:g} s ({exc})") from None
             if msg.is_end:
                 return
             self.sent_at[msg.index] = time.time()
@@ -190,9 +206,12 @@ def run_stage(
     spans: list[SampleSpan] = ctx.spans
     for expected in ctx.indices:
         span_recv = (None, None, None)
+        prepare_s = None
         if ctx.is_first:
             compute_start = time.time()
+            prepare_start = time.perf_counter()
             sample = model.prepare(expected)
+            prepare_s = time.perf_counter() - prepare_start
         else:
             recv_start = time.time()
             msg, arrived = _get(receiver.inbox, cancelled, config.timeout_s, f"sample {expected} from stage {ctx.stage - 1}")
@@ -202,9 +221,8 @@ def run_stage(
             span_recv = (recv_start, time.time(), arrived)
             compute_start = time.time()
             sample = Sample.from_message(msg, model.device)
-        reporter_step = ctx.reporter.step if ctx.reporter is not None else None
         steps_start = time.perf_counter()
-        sample = model.run_steps(sample, my_steps, on_step=reporter_step)
+        sample = _run_steps(ctx, model, sample, my_steps)
         steps_s = time.perf_counter() - steps_start
         span = SampleSpan(
             index=expected,
@@ -215,9 +233,12 @@ def run_stage(
             arrived=span_recv[2],
             steps=len(my_steps),
             steps_s=steps_s,
+            prepare_s=prepare_s,
         )
         if ctx.is_last:
+            finalize_start = time.perf_counter()
             result = model.finalize(sample)
+            span.finalize_s = time.perf_counter() - finalize_start
             span.compute_end = time.time()
             result.meta.setdefault("started", sample.meta.get("started", compute_start))
             result.meta["completed"] = span.compute_end
@@ -251,6 +272,24 @@ def run_stage(
         for span in spans:
             span.send_end = sender.sent_at.get(span.index)
     return spans
+
+
+def _run_steps(ctx: StageContext, model: StageModel, sample: Sample, steps: range) -> Sample:
+    """model.run_steps, with every finished step reported to the progress bars and the watchdog."""
+    reporter, watch = ctx.reporter, ctx.watch
+    if watch is None:
+        return model.run_steps(sample, steps, on_step=reporter.step if reporter is not None else None)
+
+    def on_step(step: int) -> None:
+        watch.step(step)
+        if reporter is not None:
+            reporter.step(step)
+
+    watch.begin()
+    try:
+        return model.run_steps(sample, steps, on_step=on_step)
+    finally:
+        watch.end()
 
 
 def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) -> None:

@@ -19,10 +19,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from ppsvd.config import RunConfig
-from ppsvd.runtime.control import RunControl, key, store_get
+from ppsvd.console import notice
+from ppsvd.runtime.control import RunControl, key, public_run_id, store_get
 from ppsvd.errors import Cancelled, PpsvdError
 
 RUN_DIR_KEY = "run_dir"
+WRITER_GRACE_S = 3.0
+"""How long a stopping last stage lets the sample it is writing finish."""
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,60 @@ class WorkerSpec:
     run_start: float
     store_host: str
     store_port: int
+    indices: tuple[int, ...] | None = None
+    """The samples to generate (a resumed run: those not finished yet); None: all of them."""
+
+
+class StopSignal(BaseException):
+    """SIGINT, SIGTERM or SIGHUP reached this worker. A BaseException, so no `except Exception`
+    on the way swallows it; _run turns it into a quiet exit with code 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def catch_stop_signals() -> list[int]:
+    """From now on the first SIGINT/SIGTERM/SIGHUP raises StopSignal in the main thread; later
+    ones are only recorded (the launcher repeats the signal while this process cleans up, and
+    a second exception would cut the clean-up short). Returns the list of signals received."""
+    received: list[int] = []
+
+    def handler(signum, _frame) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise StopSignal(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    return received
+
+
+def leave(code: int) -> None:
+    """Exit a worker after a failure or a signal: flush, then os._exit. A normal interpreter
+    shutdown runs the C++ destructors of gloo's groups and threads, which can abort
+    ("terminate called without an active exception") and bury the one line that matters."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point for workers started by ppsvd.runtime.launch (one per local rank)."""
+    received = catch_stop_signals()
     _die_with_parent()
+    try:
+        code = _start_worker(spec, received)
+    except StopSignal as stop:  # before the stage loop started: nothing to clean up yet
+        code = 128 + stop.signum
+    if code:
+        leave(code)
+
+
+def _start_worker(spec: WorkerSpec, received: list[int]) -> int:
     from torch.distributed import TCPStore
 
     store = TCPStore(
@@ -49,14 +101,17 @@ def worker_main(spec: WorkerSpec) -> None:
         timeout=timedelta(seconds=spec.config.timeout_s),
         use_libuv=True,
     )
-    code = _run(spec.config, store, spec.run_id, Path(spec.run_dir), spec.run_start, self_launched=True)
-    if code:
-        sys.exit(code)
+    return _run(spec.config, store, spec.run_id, Path(spec.run_dir), spec.run_start, self_launched=True,
+                indices=spec.indices, received=received)
 
 
-def torchrun_main(config: RunConfig) -> tuple[int, Path]:
+def torchrun_main(
+    config: RunConfig, *, run_dir: Path | None = None, indices: tuple[int, ...] | None = None,
+    received: list[int] | None = None,
+) -> tuple[int, Path]:
     """Entry point when the command itself runs under torchrun: this process is one stage.
 
+    run_dir and indices: a resumed run's directory and the samples still to generate.
     Returns the exit code and the run directory; the command prints the summary on rank 0."""
     launched = time.time()
     import torch.distributed as dist
@@ -68,7 +123,8 @@ def torchrun_main(config: RunConfig) -> tuple[int, Path]:
     if rank == 0:
         from ppsvd.io.atomic import make_run_dir, run_label
 
-        run_dir = make_run_dir(config.output_dir, run_label(config.model, config.strategy, world))
+        if run_dir is None:
+            run_dir = make_run_dir(config.output_dir, run_label(config.model, config.strategy, world))
         store.set(run_key, str(run_dir))
     else:
         run_dir = Path(store_get(store, run_key, config.timeout_s).decode())
@@ -76,7 +132,7 @@ def torchrun_main(config: RunConfig) -> tuple[int, Path]:
     from ppsvd.runtime.progress import live_progress
 
     with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.show_progress and rank == 0)):
-        code = _run(config, store, run_id, run_dir, launched, self_launched=False)
+        code = _run(config, store, run_id, run_dir, launched, self_launched=False, indices=indices, received=received)
     return code, run_dir
 
 
@@ -105,9 +161,10 @@ class _Job:
     world: int
     local_rank: int
     local_world: int
+    indices: tuple[int, ...] | None = None
 
     @staticmethod
-    def from_env(config, store, run_id, run_dir, run_start, *, self_launched: bool) -> _Job:
+    def from_env(config, store, run_id, run_dir, run_start, *, self_launched: bool, indices=None) -> _Job:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return _Job(
             config=config,
@@ -121,23 +178,38 @@ class _Job:
             world=world,
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+            indices=None if indices is None else tuple(indices),
         )
 
 
-def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float, *, self_launched: bool) -> int:
-    """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by another)."""
-    job = _Job.from_env(config, store, run_id, run_dir, run_start, self_launched=self_launched)
+def _run(
+    config: RunConfig, store, run_id: str, run_dir: Path, run_start: float, *, self_launched: bool,
+    indices: tuple[int, ...] | None = None, received: list[int] | None = None,
+) -> int:
+    """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by
+    another, 128 + signum interrupted)."""
+    job = _Job.from_env(config, store, run_id, run_dir, run_start, self_launched=self_launched, indices=indices)
     rank = job.rank
-    control = RunControl(store, run_id, rank, job.world, startup_grace_s=config.timeout_s)
+    received = catch_stop_signals() if received is None else received
+    control = RunControl(
+        store, run_id, rank, job.world, startup_grace_s=config.timeout_s, stall_after_s=config.stall_timeout_s,
+        kill_blamed=not self_launched,  # a self-launched run's launcher kills a blamed stage itself
+    )
     control.start_watching()
-    opened: list = []  # transports to close however we leave
+    closers: list = []  # how to close what _work opened (links, the result writer), however we leave
     try:
-        _work(job, control, opened)
+        _work(job, control, closers)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every way out must be reported, then mapped to an exit code
+        if received:
+            # Interrupted (Ctrl-C reaches every process of the group; a scheduler's SIGTERM, the
+            # launcher passing a signal on). Stop the other stages too, in case only this one got
+            # it; say nothing: the launcher (ours or torchrun) speaks for the run.
+            control.interrupted(signal.Signals(received[0]).name)
+            return 128 + received[0]
         reason = control.reason
         if reason is not None and reason.stage == rank:  # one of our threads failed first
-            _say(f"stage {rank} failed: {reason.message}")
+            notice(f"stage {rank} failed: {reason.message}")
             return 1
         if reason is not None or isinstance(exc, Cancelled):  # another stage's failure stopped us
             if reason is None:
@@ -146,7 +218,8 @@ def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float,
                 cause = reason.message
             else:
                 cause = f"stage {reason.stage} failed: {reason.message}"
-            _say(f"stage {rank} stopped because {cause}", quiet=not config.debug)
+            if config.debug:
+                notice(f"stage {rank} stopped because {cause}")
             return 3
         if isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
@@ -155,7 +228,7 @@ def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float,
         else:
             message = f"{type(exc).__name__}: {exc}"
         control.fail(message)
-        _say(f"stage {rank} failed: {message}")
+        notice(f"stage {rank} failed: {message}")
         if config.debug:
             import traceback
 
@@ -163,28 +236,25 @@ def _run(config: RunConfig, store, run_id: str, run_dir: Path, run_start: float,
         return 1
     finally:
         control.stop_watching()
-        for transport in opened:
+        for close in closers:
             try:
-                transport.close()
+                close()
             except Exception:
                 pass
 
 
-def _say(text: str, *, quiet: bool = False) -> None:
-    if not quiet:
-        print(f"ppsvd: {text}", file=sys.stderr, flush=True)
-
-
-def _work(job: _Job, control: RunControl, opened: list) -> None:
+def _work(job: _Job, control: RunControl, closers: list) -> None:
     import torch
 
     from ppsvd import backends
     from ppsvd.backends.base import StageWorld
-    from ppsvd.models.base import build_stage_model
+    from ppsvd.models.base import build_stage_model, loading_phase
+    from ppsvd.environment import software_versions
     from ppsvd.io.atomic import write_json_atomic
-    from ppsvd.io.results import ResultWriter
-    from ppsvd.plan import partition_steps, shard_samples
-    from ppsvd.runtime.progress import ProgressReporter
+    from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter
+    from ppsvd.plan import rank_work
+    from ppsvd.runtime.planning import agree_on_plan
+    from ppsvd.runtime.progress import PHASE_RUNNING, PHASE_WAITING, ProgressReporter
     from ppsvd.backends.protocol import schema_payload_bytes
     from ppsvd.runtime.stage import StageContext, run_stage, stage_timeline
 
@@ -205,18 +275,19 @@ def _work(job: _Job, control: RunControl, opened: list) -> None:
     else:
         device = torch.device("cpu")
 
-    pipeline = config.strategy == "pipeline"
-    if pipeline:
-        plan, stage, indices = partition_steps(config.total_steps, world), rank, list(range(config.num_samples))
-    else:
-        plan, stage, indices = partition_steps(config.total_steps, 1), 0, list(shard_samples(config.num_samples, world, rank))
-    if rank == 0:
-        write_json_atomic(run_dir / "config.json", {**config.to_json(), "world_size": world, "partition": plan.to_json(), "run_id": run_id})
-
+    # Sample i depends only on seed + i, so a resumed run simply skips the finished ones.
+    todo = list(range(config.num_samples)) if job.indices is None else list(job.indices)
+    work = rank_work(config.strategy, world, rank, todo, total_steps=config.total_steps)
+    plan, stage, indices = work.plan, work.stage, list(work.samples)
+    # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
+    reporter = ProgressReporter(store, run_id, rank)
+    closers.append(reporter.close)
+    reporter.phase(loading_phase(config, plan, stage))
     # The model first: its hand-off schema bounds what a link may ever accept.
     model = build_stage_model(config, plan, stage, device)
+    reporter.phase(PHASE_WAITING)
     transport = None
-    if pipeline and world > 1:
+    if work.linked:
         stage_world = StageWorld(
             rank=rank,
             world_size=world,
@@ -230,19 +301,36 @@ def _work(job: _Job, control: RunControl, opened: list) -> None:
             run_id=run_id,
         )
         transport = backends.load(config.resolved_transport)(stage_world, max_payload_bytes=schema_payload_bytes(model.schema()))
-        opened.append(transport)
+        closers.append(transport.close)
         transport.open()
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
     # hand-off and steady-state numbers would measure load skew instead of the pipeline.
     control.mark_ready()
     control.barrier("ready", config.timeout_s)
+    # The split (until now the even one: a model needs only N to know its part); --partition
+    # auto may time every stage's work here, all of them loaded, before any sample starts.
+    run_plan = agree_on_plan(config, model, store, run_id, rank, world, control.cancelled)
+    plan = model.plan = run_plan.plan
+    if rank == 0:
+        write_json_atomic(
+            run_dir / "config.json",
+            {**config.to_json(), "world_size": world, "partition": plan.to_json(), "costs": run_plan.costs_json(),
+             "run_id": public_run_id(run_id), "versions": software_versions()},
+        )
     ready = time.time()
+    reporter.phase(PHASE_RUNNING)
 
     is_writer = stage == plan.num_stages - 1
     writer = None
     if is_writer:
-        writer = ResultWriter(run_dir, config, plan, model.describe(), manifest_name="manifest.json" if pipeline else f".manifest-{rank}.json")
-    reporter = ProgressReporter(store, run_id, rank)
+        writer = ResultWriter(
+            run_dir, config, plan, model.describe(),
+            manifest_name=f".manifest-{rank}.json" if work.writes_shard else MANIFEST,
+            journal_name=f".manifest-{rank}.jsonl" if work.writes_shard else JOURNAL,
+        )
+        # However this process leaves, the sample being written is finished first (bounded), so
+        # no half-written file and no unlisted finished file is left behind.
+        closers.insert(0, lambda: writer.stop(WRITER_GRACE_S))
     ctx = StageContext(
         config=config,
         plan=plan,
@@ -251,17 +339,20 @@ def _work(job: _Job, control: RunControl, opened: list) -> None:
         cancelled=control.cancelled,
         fail=control.fail,
         reporter=reporter,
+        watch=control.steps,
         run_dir=run_dir,
     )
     run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
     reporter.close()
+    if writer is not None:
+        writer.close()
     # Recorded under the rank: data-parallel workers all run "stage 0" of a 1-stage plan.
     timeline = stage_timeline(ctx, rank, launched=job.launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
     store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))
     control.mark_done()
     control.wait_all_done(config.timeout_s)
     if rank == 0:
-        _collect(job)
+        _collect(job, run_plan)
 
 
 def cpu_threads() -> int:
@@ -287,7 +378,7 @@ def _quiet_libraries(debug: bool) -> None:
         pass
 
 
-def _collect(job: _Job) -> None:
+def _collect(job: _Job, run_plan) -> None:
     """Rank 0: gather every stage's timeline into timeline.json (and merge data-parallel manifests)."""
     from ppsvd.io.atomic import write_json_atomic
     from ppsvd.analysis.timeline import RunTimeline
@@ -299,19 +390,25 @@ def _collect(job: _Job) -> None:
         {
             "strategy": config.strategy,
             "total_steps": config.total_steps,
-            "num_samples": config.num_samples,
+            "num_samples": config.num_samples if job.indices is None else len(job.indices),
             "run_start": job.run_start if job.self_launched else min(s["launched"] for s in stages),
             "run_end": None if job.self_launched else time.time(),
+            "partition": run_plan.mode,
+            "costs": run_plan.costs_json(),
             "stages": stages,
         }
     )
     timeline.save(run_dir / "timeline.json")
     if config.strategy == "data":
-        entries, manifest = [], None
+        from ppsvd.io.results import JOURNAL, MANIFEST, read_journal
+
+        # The samples a resumed run kept (its journal), then what every worker wrote this time.
+        entries, manifest = read_journal(run_dir / JOURNAL), None
         for part in sorted(run_dir.glob(".manifest-*.json")):
             manifest = json.loads(part.read_text())
             entries.extend(manifest["samples"])
             part.unlink()
         if manifest is not None:
             manifest["samples"] = sorted(entries, key=lambda e: e["index"])
-            write_json_atomic(run_dir / "manifest.json", manifest)
+            write_json_atomic(run_dir / MANIFEST, manifest)
+            (run_dir / JOURNAL).unlink(missing_ok=True)
