@@ -279,6 +279,26 @@ def _as_list(value: ImageLike | Iterable[ImageLike]) -> list[str]:
 # -- running ---------------------------------------------------------------------------------------
 
 
+def resolve_strategy(config: RunConfig, world=None, *, announce: bool = True) -> RunConfig:
+    """--strategy auto -> the layout the cost model predicts best for --goal (the same answer on
+    every rank: it depends only on the config), with one line saying why."""
+    if config.strategy != "auto":
+        return config
+    from ppsvd.layouts import apply, choose
+    from ppsvd.runtime.planning import known_costs
+
+    n = config.nproc if world is None else world[1]
+    config = config.replace(nproc=n)
+    config.validate()
+    layout, reason, _ = choose(config, known_costs(config))
+    if announce:
+        from ppsvd.console import out
+
+        out.print(reason, style="dim", soft_wrap=True)
+    return apply(config, layout)
+
+
+
 def check(config: RunConfig) -> RunConfig:
     """Everything that can fail before a worker starts: the options, the devices, the model's files
     and shapes, the images. Raises ConfigError (one line)."""
@@ -305,7 +325,12 @@ def execute(
     run_dir and indices: continue a stopped run in its directory with the samples it lacks
     (`--resume`; see ppsvd.io.resume). Raises StageFailedError naming the stage when a stage
     fails, Interrupted (exit code 128 + signal) when a signal stopped the run."""
+    config = resolve_strategy(config, env_world())
     if not checked:
+        if run_dir is None:
+            from ppsvd.io.atomic import check_output_dir
+
+            check_output_dir(config.output_dir)  # a file or an unwritable place: ConfigError, one line
         check(config)
     indices = None if indices is None else tuple(indices)
     if env_world() is not None:
@@ -347,6 +372,7 @@ def bench_plan(
     *,
     gpus: str | Sequence[int] | None = None,
     strategy: str | Sequence[str] = "pipeline",
+    partition: str | Sequence[str] = "auto",
     model_id: str | None = None,
     weights: str = "pretrained",
     total_steps: int | None = None,
@@ -407,6 +433,7 @@ def bench_plan(
         base=base,
         gpu_counts=tuple(counts),
         strategies=tuple(names),
+        partitions=tuple(p.strip() for p in (partition.split(",") if isinstance(partition, str) else partition) if p.strip()),
         cooldown_s=cooldown,
         fail_fast=fail_fast,
     ).validate(available if device == "cuda" else None)

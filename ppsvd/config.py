@@ -15,11 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from ppsvd.errors import ConfigError
+from ppsvd.plan import Layout
 
 TRANSPORTS = ("nccl", "gloo", "zmq")
 DTYPES = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
-STRATEGIES = ("pipeline", "data")
+STRATEGIES = ("pipeline", "data", "cfg", "auto")
+"""pipeline: steps split over stages; data: whole samples from a shared work queue; cfg: the two
+halves of classifier-free guidance on two processes per stage; auto: the layout the cost model
+predicts best for --goal (ppsvd.layouts). --pipeline-stages / --replicas make hybrids."""
+GOALS = ("throughput", "latency")
+CFG_HALF_RATIO = 114 / 162
+"""A half-batch (one guidance half) UNet step over a full CFG step: measured on one H200, fp16,
+SVD-XT at 14 frames 512x512 (114 ms vs 162 ms); the synthetic model's default --cfg-half-ms."""
 ZMQ_ENDPOINTS = ("auto", "ipc", "tcp")
 WEIGHTS = ("pretrained", "random")
 LOG_FORMATS = ("auto", "rich", "plain", "json")
@@ -126,7 +134,16 @@ class RunConfig:
     dtype: str | None = None
     """fp32, fp16 or bf16; None picks fp16 on CUDA and fp32 on CPU."""
     strategy: str = "pipeline"
-    """'pipeline' splits steps over stages; 'data' gives each process whole samples (the baseline)."""
+    """'pipeline' splits steps over stages; 'data' gives each process whole samples (the baseline);
+    'cfg' splits each step's guidance batch over two processes; 'auto' is resolved before a run."""
+    pipeline_stages: int | None = None
+    """Stages per pipeline (each a process, or a guidance pair with --strategy cfg); None: what the strategy implies."""
+    replicas: int | None = None
+    """Independent copies of the layout taking samples from one work queue; None: what the strategy implies."""
+    goal: str = "throughput"
+    """--strategy auto: pick the layout with the shortest makespan ('throughput') or per-video latency ('latency')."""
+    cfg_half_ms: float | None = None
+    """Synthetic model only: one guidance half's step (batch 1) in ms; None: step_ms x CFG_HALF_RATIO."""
     step_ms: float = 0.0
     """Synthetic model only: time spent per step without using the CPU, to emulate a GPU step."""
     encode_ms: float = 0.0
@@ -253,15 +270,18 @@ class RunConfig:
         check_latent_shape(self.latent_shape)
         if self.seed < 0:
             raise ConfigError(f"--seed {self.seed} is negative; use a seed >= 0")
-        if self.strategy == "pipeline" and self.total_steps < self.nproc:
+        _choice("--strategy", self.strategy, STRATEGIES)
+        _choice("--goal", self.goal, GOALS)
+        stages = self.layout().stages if self.strategy != "auto" else 1
+        if stages > 1 and self.total_steps < stages:
+            fewer = f"--nproc <= {self.total_steps}" if stages == self.nproc else "fewer --pipeline-stages"
             raise ConfigError(
-                f"--total-steps {self.total_steps} is smaller than the number of stages ({self.nproc}); "
-                f"every stage needs at least one step: use --total-steps >= {self.nproc} or --nproc <= {self.total_steps}"
+                f"--total-steps {self.total_steps} is smaller than the number of stages ({stages}); "
+                f"every stage needs at least one step: use --total-steps >= {stages} or {fewer}"
             )
         _choice("--transport", self.transport, TRANSPORTS, allow_none=True)
         _choice("--dtype", self.dtype, DTYPES, allow_none=True)
         _choice("--device", self.device, DEVICES)
-        _choice("--strategy", self.strategy, STRATEGIES)
         _choice("--zmq-endpoint", self.zmq_endpoint, ZMQ_ENDPOINTS)
         _choice("--weights", self.weights, WEIGHTS)
         if self.transport == "nccl" and self.device != "cuda":
@@ -312,6 +332,11 @@ class RunConfig:
                 raise ConfigError(f"{flag} {value} is negative; use 0 or more milliseconds")
             if value and not self.is_synthetic:
                 raise ConfigError(f"{flag} only applies to --model synthetic (got --model {self.model}); drop it")
+        if self.cfg_half_ms is not None:
+            if self.cfg_half_ms < 0:
+                raise ConfigError(f"--cfg-half-ms {self.cfg_half_ms} is negative; use 0 or more milliseconds")
+            if not self.is_synthetic:
+                raise ConfigError(f"--cfg-half-ms only applies to --model synthetic (got --model {self.model}); drop it")
         if self.stage_speed:
             text = ",".join(f"{v:g}" for v in self.stage_speed)
             if not self.is_synthetic:
@@ -324,13 +349,30 @@ class RunConfig:
                 )
         sizes = partition_sizes(self.partition)
         if sizes is not None:
-            if self.strategy != "pipeline":
+            if self.strategy in ("data", "auto"):
                 raise ConfigError(f"--partition {self.partition} splits a pipeline's steps; drop it with --strategy {self.strategy}")
-            if len(sizes) != self.nproc or sum(sizes) != self.total_steps:
+            stages = self.layout().stages if self.strategy != "auto" else self.nproc
+            if len(sizes) != stages or sum(sizes) != self.total_steps:
                 raise ConfigError(
-                    f"--partition {self.partition} gives {len(sizes)} stages {sum(sizes)} steps; a run of --nproc {self.nproc} "
-                    f"and --total-steps {self.total_steps} needs {self.nproc} sizes >= 1 that sum to {self.total_steps}, or auto/even"
+                    f"--partition {self.partition} gives {len(sizes)} stages {sum(sizes)} steps; a run of {stages} stages "
+                    f"and --total-steps {self.total_steps} needs {stages} sizes >= 1 that sum to {self.total_steps}, or auto/even"
                 )
+
+    @property
+    def resolved_cfg_half_ms(self) -> float:
+        """Synthetic model: one guidance half's step (--cfg-half-ms, or --step-ms x CFG_HALF_RATIO)."""
+        return self.cfg_half_ms if self.cfg_half_ms is not None else self.step_ms * CFG_HALF_RATIO
+
+    @property
+    def uses_guidance(self) -> bool:
+        """Classifier-free guidance is on (diffusers: max_guidance_scale > 1): there are two halves to split."""
+        return self.max_guidance_scale > 1
+
+    def layout(self, nproc: int | None = None) -> Layout:
+        """How the processes are arranged (--strategy, --pipeline-stages, --replicas) on `nproc`
+        (default --nproc); ConfigError in one line when it does not use exactly that many."""
+        return resolve_layout(self.strategy, self.nproc if nproc is None else nproc, self.pipeline_stages, self.replicas,
+                              guidance=self.uses_guidance, max_guidance=self.max_guidance_scale)
 
     def check_devices(self, cuda_device_count: int, local_world_size: int) -> None:
         """Checks that need to know the machine; called before launching and again in each worker."""
@@ -355,6 +397,54 @@ def _check_conditioning(where: str, *, fps: int | None, motion_bucket_id: int | 
         _positive(flag("fps"), fps)
     if noise_aug_strength is not None and noise_aug_strength < 0:
         raise ConfigError(f"{flag('noise-aug-strength')} {noise_aug_strength} is negative; use a value >= 0 (default 0.02)")
+
+
+# -- layouts --------------------------------------------------------------------------------------
+
+
+def resolve_layout(
+    strategy: str, nproc: int, pipeline_stages: int | None = None, replicas: int | None = None, *,
+    guidance: bool = True, max_guidance: float = 3.0,
+) -> Layout:
+    """--strategy pipeline|data|cfg with --pipeline-stages K / --replicas R -> a Layout of exactly
+    nproc processes (R x K x 2 for cfg, R x K otherwise); ConfigError naming the mismatch."""
+    if strategy == "auto":
+        raise ConfigError("--strategy auto is resolved before a run starts (ppsvd.layouts.choose); pick a layout first")
+    for flag, value in (("--pipeline-stages", pipeline_stages), ("--replicas", replicas)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value} must be at least 1")
+    cfg = strategy == "cfg"
+    if cfg and not guidance:
+        raise ConfigError(
+            f"--strategy cfg splits classifier-free guidance, but --max-guidance-scale {max_guidance:g} <= 1 turns it off: "
+            "nothing to split; use --strategy pipeline or data, or a guidance scale above 1"
+        )
+    width = 2 if cfg else 1
+    if strategy == "data":
+        if pipeline_stages not in (None, 1):
+            raise ConfigError(
+                f"--strategy data runs whole samples per process, but --pipeline-stages {pipeline_stages} asks for a pipeline; "
+                f"use --strategy pipeline --pipeline-stages {pipeline_stages} --replicas {max(1, nproc // pipeline_stages)}"
+            )
+        stages, reps = 1, replicas if replicas is not None else nproc
+    else:
+        reps = replicas if replicas is not None else 1
+        if pipeline_stages is not None:
+            stages = pipeline_stages
+        elif nproc % (width * reps) == 0:
+            stages = nproc // (width * reps)
+        else:
+            stages = max(1, nproc // (width * reps))
+    layout = Layout(reps, stages, cfg)
+    if layout.processes != nproc:
+        shape = f"{reps} replica{'s' if reps != 1 else ''} x {stages} stage{'s' if stages != 1 else ''}" + (" x 2 (cfg)" if cfg else "")
+        options = [f"{r} x {k}" + (" x 2" if cfg else "") for r in range(1, nproc + 1) for k in range(1, nproc + 1) if r * k * width == nproc]
+        raise ConfigError(
+            f"--nproc {nproc} cannot run {shape} = {layout.processes} processes; "
+            + (f"use a layout of exactly {nproc}: {', '.join(options)} (replicas x stages" + (" x pair)" if cfg else ")") if options
+               else f"--strategy cfg needs an even --nproc")
+        )
+    return layout
 
 
 # -- diffusers' names for the size and the steps --------------------------------------------------

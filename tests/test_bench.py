@@ -363,3 +363,23 @@ def test_end_to_end_bench_on_cpu(tmp_path):
     assert data["environment"]["device"] == "cpu" and len(data["runs"]) == 2
     assert data["runs"][1]["metrics"]["hops"][0]["median_s"] >= 0
     assert "scaling" in proc.stdout and "where the time went" in proc.stdout
+
+
+def test_even_and_auto_partitions_side_by_side(tmp_path):
+    plan = BenchPlan(base=base_config(), gpu_counts=(1, 2, 4), strategies=("pipeline", "data"),
+                     partitions=("even", "auto"), cooldown_s=0).validate(None)
+    assert plan.runs() == [(1, "pipeline", "even"), (1, "data", "even"), (2, "pipeline", "even"), (2, "pipeline", "auto"),
+                           (2, "data", "even"), (4, "pipeline", "even"), (4, "pipeline", "auto"), (4, "data", "even")]
+    machine = FakeMachine()
+    result = run_bench(plan, tmp_path / "results", launcher=machine.launch, sleep=machine.sleep, clock=machine.clock,
+                       environment={"test": True}, argv=["ppsvd", "bench"], plots=True)
+    assert [c.partition for c in machine.launched] == [p for _, _, p in plan.runs()]
+    rows = read_csv(tmp_path / "results" / CSV_NAME)
+    assert [(r["gpu_count"], r["strategy"], r["partition"]) for r in rows] == [(str(n), s, p) for n, s, p in plan.runs()]
+    assert rows[3]["efficiency_basis"] == "measured 1-GPU run"
+    assert Path(rows[3]["run_dir"]).name == "2gpu-pipeline-auto"
+    data = json.loads((tmp_path / "results" / JSON_NAME).read_text())
+    assert data["sweep"]["partitions"] == ["even", "auto"] and data["runs"][3]["partition"] == "auto"
+    assert (tmp_path / "results" / THROUGHPUT_PNG).stat().st_size > 0
+    with pytest.raises(ConfigError, match="--partition"):
+        BenchPlan(base=base_config(), gpu_counts=(1,), partitions=("14,14",)).validate(None)

@@ -28,6 +28,11 @@ def run_cli(capsys, *argv):
 )
 def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, argv, needle):
     monkeypatch.setattr("ppsvd.runtime.launch.launch", lambda *a, **k: pytest.fail("launched workers on bad input"))
+    # The same answers on a machine with a GPU: this test is about input, not the machine.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert needle in err

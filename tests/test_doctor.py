@@ -564,11 +564,15 @@ def test_real_live_check_gloo_and_zmq_on_this_cpu(tmp_path):
 # -- CLI --------------------------------------------------------------------------------------
 
 
-def test_cli_json_no_live(tmp_path):
+def test_cli_json_no_live(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from ppsvd.cli import app
 
+    # A CPU-only machine whatever this one has (with a GPU the planned run is a CUDA one).
+    real_gather = probe.gather
+    monkeypatch.setattr(probe, "gather", lambda planned, **kw: real_gather(
+        planned, **{**kw, "nvml": FakeNVML(fail_init=True), "torch_module": fake_torch(0, cuda=False)}))
     result = CliRunner().invoke(app, ["doctor", "--json", "--no-live", "--model-id", "synthetic", "--nproc", "2",
                                       "--total-steps", "28", "--output-dir", str(tmp_path)])
     data = json.loads(result.stdout)

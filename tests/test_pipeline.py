@@ -42,6 +42,29 @@ def test_every_sample_is_bitwise_equal_to_one_stage(tmp_path, no_fault, nproc, t
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "transport,changes,sizes",
+    [
+        ("gloo", {"partition": "1,2,25"}, (1, 2, 25)),  # explicit, as lopsided as it gets
+        # auto with a decode worth 4 steps: the last stage gets fewer (11 ms, 11 ms, 6 + 4 ms)
+        ("zmq", {"partition": "auto", "step_ms": 1.0, "decode_ms": 4.0}, (11, 11, 6)),
+    ],
+)
+def test_uneven_partitions_are_bitwise_equal_to_one_stage(tmp_path, no_fault, transport, changes, sizes):
+    config = small_config(tmp_path, nproc=3, transport=transport, **changes)
+    result = launch(config)
+    assert result.ok, result.error
+    got, want = read_latents(result.run_dir), reference_latents(config)
+    assert sorted(got) == list(range(config.num_samples))
+    assert all(torch.equal(got[i], want[i]) for i in want), f"partition {sizes} changed a sample"
+    timeline = RunTimeline.load(result.run_dir / "timeline.json")
+    assert tuple(s.steps[1] - s.steps[0] for s in timeline.stages) == sizes
+    assert timeline.partition == changes["partition"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert sum(b - a for a, b in manifest["partition"]) == 28
+
+
+@pytest.mark.timeout(120)
 def test_data_parallel_baseline_gives_the_same_samples(tmp_path, no_fault):
     config = small_config(tmp_path, nproc=2, strategy="data", num_samples=5)
     result = launch(config)

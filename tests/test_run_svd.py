@@ -85,7 +85,9 @@ def base_config(tiny_repo, images, out: Path, **changes) -> RunConfig:
 
 
 def read_frames(run_dir: Path, index: int) -> np.ndarray:
-    folder = run_dir / "frames" / f"sample_{index:05d}"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (entry,) = [s for s in manifest["samples"] if s["index"] == index]
+    folder = run_dir / entry["frames"][0]
     return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
 
 
@@ -105,6 +107,20 @@ def test_videos_equal_diffusers_pipeline(tiny_repo, images, reference, tmp_path,
 
 
 @pytest.mark.timeout(240)
+def test_uneven_partition_equals_diffusers_pipeline(tiny_repo, images, reference, tmp_path):
+    # 3 stages over 4 steps: 1 + 2 + 1, the middle stage runs two (run() calibrates for auto;
+    # this checks an explicit uneven split, which the default auto may or may not choose)
+    config = base_config(tiny_repo, images, tmp_path, nproc=3, transport="zmq", partition="1,2,1")
+    result = launch(config)
+    assert result.ok, result.error
+    latents = read_latents(result.run_dir)
+    for index, (ref_latents, ref_frames) in reference.items():
+        assert torch.equal(latents[index], ref_latents), f"sample {index}: partition 1,2,1"
+        assert np.array_equal(read_frames(result.run_dir, index), ref_frames[0])
+    assert json.loads((result.run_dir / "manifest.json").read_text())["partition"] == [[0, 1], [1, 3], [3, 4]]
+
+
+@pytest.mark.timeout(240)
 def test_cli_run_writes_mp4s_and_manifest(tiny_repo, images, tmp_path):
     out = tmp_path / "out"
     cmd = [
@@ -116,11 +132,14 @@ def test_cli_run_writes_mp4s_and_manifest(tiny_repo, images, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
     videos = sorted((run_dir / "videos").glob("*.mp4"))
-    assert [v.name for v in videos] == [f"sample_{i:05d}.mp4" for i in range(3)]
+    assert [v.name for v in videos] == [f"in0-s{i}.mp4" for i in range(3)]  # named after the image and seed
     for video in videos:
         assert read_mp4(video) == (SHAPE[2], SHAPE[3] * 8, SHAPE[4] * 8)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert len(manifest["samples"]) == 3 and manifest["partition"] == [[0, 2], [2, 4]]
+    # --partition auto (the default) measured the stages and chose a contiguous split of the 4 steps
+    ranges = manifest["partition"]
+    assert len(manifest["samples"]) == 3 and len(ranges) == 2
+    assert ranges[0][0] == 0 and ranges[0][1] == ranges[1][0] and ranges[1][1] == STEPS
     assert not list(run_dir.rglob(".tmp-*")), "a temporary file was left behind"
 
 

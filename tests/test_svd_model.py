@@ -294,8 +294,9 @@ def test_fp16_variant_only_download_loads(tiny_repo, tmp_path):
     shutil.copytree(tiny_repo, repo)
     weights = repo / "unet" / "diffusion_pytorch_model.safetensors"
     weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
-    assert _weights_variant(str(repo), "local", "unet") == "fp16"
-    assert _weights_variant(str(repo), "local", "vae") is None
+    fp32_run = RunConfig(model=str(repo))
+    assert _weights_variant(fp32_run, "local", "unet") == "fp16"
+    assert _weights_variant(fp32_run, "local", "vae") is None
     config = RunConfig(model=str(repo), total_steps=2, latent_shape=(1, 4, 2, 8, 8))
     preflight(config)
     stage = SVDStageModel(config, partition_steps(2, 2), 1, CPU)

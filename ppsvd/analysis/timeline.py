@@ -74,7 +74,7 @@ class StageTimeline:
 @dataclass
 class RunTimeline:
     strategy: str
-    """'pipeline' (stages in a chain) or 'data' (independent workers)."""
+    """'pipeline' (stages in a chain), 'data' (independent workers), 'cfg' or 'hybrid' (plan.Layout.kind)."""
     total_steps: int
     num_samples: int
     run_start: float
@@ -95,8 +95,13 @@ class RunTimeline:
         """sample index -> when its result was complete (last stage, or the worker that ran it)."""
         if self.strategy == "pipeline":
             finishing = [self.stages[-1]] if self.stages else []
-        else:
+        elif self.strategy == "data":
             finishing = self.stages
+        else:  # cfg and hybrid layouts: the spans that finalized (a last stage of some replica), latest per sample
+            done: dict[int, float] = {}
+            for span in (span for stage in self.stages for span in stage.samples if span.finalize_s is not None):
+                done[span.index] = max(done.get(span.index, span.compute_end), span.compute_end)
+            return done
         return {span.index: span.compute_end for stage in finishing for span in stage.samples}
 
     def to_json(self) -> dict[str, Any]:

@@ -36,14 +36,38 @@ class StageWorld:
     """zmq tcp: the address to bind; None decides from where the peer runs (backends/zmq.py)."""
     zmq_endpoint: str = "auto"
     run_id: str = "ppsvd"
+    links: tuple[tuple[int, int], ...] | None = None
+    """Every (sender, receiver) link of this transport in the whole world, the same list on every
+    rank (torch.distributed creates each link's group collectively); None: the chain 0 -> 1 ->
+    ... -> N-1. A rank has at most one link in and one out (a guidance pair: both to its partner)."""
+
+    @property
+    def all_links(self) -> tuple[tuple[int, int], ...]:
+        if self.links is not None:
+            return self.links
+        return tuple((k, k + 1) for k in range(self.world_size - 1))
+
+    @property
+    def prev_rank(self) -> int | None:
+        """The rank this one receives from; None if it receives from nobody."""
+        if self.links is None:
+            return self.rank - 1 if self.rank > 0 else None
+        return next((src for src, dst in self.links if dst == self.rank), None)
+
+    @property
+    def next_rank(self) -> int | None:
+        """The rank this one sends to; None if it sends to nobody."""
+        if self.links is None:
+            return self.rank + 1 if self.rank < self.world_size - 1 else None
+        return next((dst for src, dst in self.links if src == self.rank), None)
 
     @property
     def is_first(self) -> bool:
-        return self.rank == 0
+        return self.prev_rank is None
 
     @property
     def is_last(self) -> bool:
-        return self.rank == self.world_size - 1
+        return self.next_rank is None
 
 
 class Transport(ABC):

@@ -111,11 +111,11 @@ class _TorchP2PTransport(Transport):
         # new_group is collective over the whole world: every rank creates every pair, in the same order.
         timeout = timedelta(seconds=self.world.timeout_s)
         rank = self.world.rank
-        for k in range(self.world.world_size - 1):
-            group = dist.new_group([k, k + 1], timeout=timeout, backend=self.backend)
-            if k == rank - 1:
+        for src, dst in self.world.all_links:  # one group per directed link: a pair's two directions never share one
+            group = dist.new_group(sorted((src, dst)), timeout=timeout, backend=self.backend)
+            if dst == rank:
                 self._recv_group = group
-            if k == rank:
+            if src == rank:
                 self._send_group = group
 
     def close(self) -> None:
@@ -138,12 +138,12 @@ class _TorchP2PTransport(Transport):
     def send(self, msg: Message, *, timeout_s: float, cancelled: CancelCheck) -> None:
         if self._send_group is None:
             raise TransportError(f"stage {self.world.rank} is the last stage: it has no next stage to send to")
+        peer = self.world.next_rank
         if self._send_broken:
-            raise TransportError(f"link to stage {self.world.rank + 1} is unusable: {self._send_broken}")
+            raise TransportError(f"link to stage {peer} is unusable: {self._send_broken}")
         header = msg.header()
         block = _header_tensor(header, self.wire_device)
         payload = [self._to_wire(t) for t in msg.tensors.values()]
-        peer = self.world.rank + 1
         works = [dist.isend(block, dst=peer, group=self._send_group, tag=HEADER_TAG)]
         works += [dist.isend(t, dst=peer, group=self._send_group, tag=PAYLOAD_TAG) for t in payload if t.numel()]
         try:
@@ -162,13 +162,13 @@ class _TorchP2PTransport(Transport):
         if self._recv_group is None:
             raise TransportError(f"stage {self.world.rank} is the first stage: it has no previous stage to receive from")
         if self._recv_broken:
-            raise TransportError(f"link from stage {self.world.rank - 1} is unusable: {self._recv_broken}")
+            raise TransportError(f"link from stage {self.world.prev_rank} is unusable: {self._recv_broken}")
         header = self._recv_header(timeout_s=timeout_s, cancelled=cancelled)
         try:
             try:
                 check_against_schema(header, schema, max_payload_bytes=self.max_payload_bytes)
             except ProtocolError as exc:
-                raise ProtocolError(f"from stage {self.world.rank - 1}: {exc}") from None
+                raise ProtocolError(f"from stage {self.world.prev_rank}: {exc}") from None
             tensors = self._recv_payload(header, timeout_s=timeout_s, cancelled=cancelled)
         except BaseException as exc:
             # The peer's payload sends (if any) are still coming: the link is out of step,
@@ -178,7 +178,7 @@ class _TorchP2PTransport(Transport):
         return Message(kind=header.kind, index=header.index, tensors=tensors, meta=dict(header.meta))
 
     def _recv_header(self, *, timeout_s: float, cancelled: CancelCheck) -> Header:
-        peer = self.world.rank - 1
+        peer = self.world.prev_rank
         if self._pending_header is None:
             block = torch.empty(HEADER_BYTES, dtype=torch.uint8, device=self.wire_device)
             work = dist.irecv(block, src=peer, group=self._recv_group, tag=HEADER_TAG)
@@ -204,7 +204,7 @@ class _TorchP2PTransport(Transport):
             raise ProtocolError(f"from stage {peer}: {exc}") from None
 
     def _recv_payload(self, header: Header, *, timeout_s: float, cancelled: CancelCheck) -> dict[str, torch.Tensor]:
-        peer = self.world.rank - 1
+        peer = self.world.prev_rank
         tensors = {spec.name: empty_like_spec(spec, self.wire_device) for spec in header.tensors}
         works = [
             dist.irecv(t, src=peer, group=self._recv_group, tag=PAYLOAD_TAG) for t in tensors.values() if t.numel()

@@ -108,9 +108,9 @@ class ZmqTransport(Transport):
             if not world.is_last:
                 # Published first, so stage k+1 can admit exactly us whenever it binds.
                 self._client_keys = zmq.curve_keypair()
-                world.store.set(_client_key(world, world.rank + 1), self._client_keys[0])
+                world.store.set(_client_key(world, world.next_rank), self._client_keys[0])
             if not world.is_first:
-                peer = self._wait_for_host(world.rank - 1)
+                peer = self._wait_for_host(world.prev_rank)
                 route = lambda: route_address(getattr(world.store, "host", "127.0.0.1"))  # noqa: E731
                 link = plan_link(world, me, peer, route=route)
                 if link.warning:
@@ -158,7 +158,7 @@ class ZmqTransport(Transport):
             sock.bind(f"ipc://{path}")
             self._ipc_path = path
         else:
-            self._admit_only(sock, _client_key(self.world, self.world.rank), f"stage {self.world.rank - 1}'s CURVE key")
+            self._admit_only(sock, _client_key(self.world, self.world.rank), f"stage {self.world.prev_rank}'s CURVE key")
             host = link.bind_host
             if _is_ipv6(host):
                 sock.setsockopt(zmq.IPV6, 1)
@@ -185,7 +185,7 @@ class ZmqTransport(Transport):
         self.world.store.set(_server_key(self.world, self.world.rank), public)  # before the endpoint
 
     def _connect_push(self) -> None:
-        peer = self.world.rank + 1
+        peer = self.world.next_rank
         endpoint = self._wait_key(_store_key(self.world, peer), f"stage {peer} publishing its zmq endpoint").decode()
         sock = self._ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
@@ -227,7 +227,7 @@ class ZmqTransport(Transport):
     def send(self, msg: Message, *, timeout_s: float, cancelled: CancelCheck) -> None:
         if self._push is None:
             raise TransportError(f"stage {self.world.rank} has no next stage to send to (or the transport is closed)")
-        peer = self.world.rank + 1
+        peer = self.world.next_rank
         what = f"send of {msg.kind} {msg.index} to stage {peer}"
         head = msg.header().to_bytes()
         if len(head) > HEADER_BYTES:
@@ -255,7 +255,7 @@ class ZmqTransport(Transport):
         So the stream ends with a handshake, like gloo's send, which completes only when the
         receiver has taken the message.
         """
-        peer = self.world.rank + 1
+        peer = self.world.next_rank
         key = _end_key(self.world, peer)
         # Under the send's deadline: the handshake is part of sending END.
         confirmed = deadline.part(f"stage {peer} confirming it received the end of the stream")
@@ -266,7 +266,7 @@ class ZmqTransport(Transport):
     def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
         if self._pull is None:
             raise TransportError(f"stage {self.world.rank} has no previous stage to receive from (or the transport is closed)")
-        peer = self.world.rank - 1
+        peer = self.world.prev_rank
         deadline = Deadline(timeout_s, what=f"receive from stage {peer}", cancelled=cancelled)
         while True:
             _poll(self._pull, zmq.POLLIN, deadline)
@@ -314,7 +314,7 @@ def plan_link(world: StageWorld, me: HostFacts, peer: HostFacts, *, route=lambda
 
     route() is this host's address toward the store, asked only when it is needed."""
     check_endpoint_choice(world.zmq_endpoint)
-    rank, sender = world.rank, world.rank - 1
+    rank, sender = world.rank, world.prev_rank
     choice = world.zmq_endpoint
     if choice == "auto":
         choice = "ipc" if me.shares_files(peer) else "tcp"

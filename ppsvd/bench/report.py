@@ -60,6 +60,7 @@ CSV_COLUMNS = GUIDE_COLUMNS + [
 ]
 
 STRATEGY_COLORS = {"pipeline": "tab:blue", "data": "tab:orange"}
+PARTITION_COLORS = {"even": "tab:blue", "auto": "tab:green"}
 # Thin bars in the timeline, in colours the samples' tab10 palette does not use.
 WAITING_COLOR = "0.82"
 BLOCKED_COLOR = "black"
@@ -230,12 +231,17 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
     if baseline is not None:
         xs = list(range(1, max(counts) + 1))
         left.plot(xs, [n * baseline for n in xs], ls="--", color="0.45", lw=1.2, label="ideal: N × 1-GPU rate")
-    for strategy in strategies:
-        mine = sorted((r for r in runs if r.strategy == strategy and r.throughput), key=lambda r: r.gpu_count)
+    for strategy, partition in _curves(runs, strategies):
+        mine = sorted(
+            (r for r in runs if r.strategy == strategy and r.throughput and (partition is None or r.partition == partition or r.gpu_count == 1)),
+            key=lambda r: r.gpu_count,
+        )
         if not mine:
             continue
-        color = STRATEGY_COLORS.get(strategy, None)
+        color = PARTITION_COLORS.get(partition) if partition else STRATEGY_COLORS.get(strategy, None)
         what = "steady state" if strategy == "pipeline" else "whole run"
+        if partition:  # several splits compared: one curve each, sharing the 1-GPU run
+            what += f", --partition {partition}"
         xs = [r.gpu_count for r in mine]
         left.plot(xs, [r.throughput for r in mine], marker="o", lw=2.2, color=color, label=f"{strategy} ({what})")
         for r in mine:
@@ -246,11 +252,11 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
                 )
         work = [(r.gpu_count, r.metrics.overall_throughput) for r in mine if r.metrics.overall_throughput]
         if work:
-            right.plot(*zip(*work), marker="o", lw=2.2, color=color, label=f"{strategy}: samples / work time")
+            right.plot(*zip(*work), marker="o", lw=2.2, color=color, label=f"{strategy}{' ' + partition if partition else ''}: samples / work time")
         end_to_end = [(r.gpu_count, r.metrics.num_samples / r.total_time_sec) for r in mine if r.total_time_sec]
         if end_to_end:
             right.plot(*zip(*end_to_end), marker=".", ls=":", lw=1.4, color=color,
-                       label=f"{strategy}: samples / total_time_sec")
+                       label=f"{strategy}{' ' + partition if partition else ''}: samples / total_time_sec")
     for ax, name in ((left, "scaling (speedup vs 1 GPU)"), (right, "the whole job of S samples")):
         ax.set_xticks(counts)
         ax.set_xlim(0.5, max(counts) + 0.5)
@@ -264,6 +270,19 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _curves(runs: list[BenchRun], strategies: list[str]) -> list[tuple[str, str | None]]:
+    """(strategy, partition) per curve: one per strategy, and one per partition for a pipeline
+    when the sweep compared partitions (--partition even,auto)."""
+    curves: list[tuple[str, str | None]] = []
+    for strategy in strategies:
+        compared = [r.partition for r in runs if r.strategy == strategy and r.show_partition and r.gpu_count > 1]
+        if strategy == "pipeline" and compared:
+            curves += [(strategy, p) for p in dict.fromkeys(compared)]
+        else:
+            curves.append((strategy, None))
+    return curves
 
 
 def _baseline_rate(runs: list[BenchRun]) -> float | None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
-from ppsvd.config import DEFAULT_TOTAL_STEPS
+from ppsvd.config import DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
 from ppsvd.commands.options import (
     FLAG,
     Debug,
@@ -24,6 +24,8 @@ from ppsvd.commands.options import (
     OutputDir,
     Seed,
     StepMs,
+    EncodeMs,
+    DecodeMs,
     Timeout,
     TotalSteps,
     Transport,
@@ -42,6 +44,10 @@ Strategies = Annotated[
     str,
     typer.Option("--strategy", help="pipeline, data, or pipeline,data to run data parallelism as the baseline too."),
 ]
+Partitions = Annotated[
+    str,
+    typer.Option("--partition", help="auto, even, or even,auto to compare the even split with the cost-aware one at every count."),
+]
 Cooldown = Annotated[float, typer.Option("--cooldown", help="Seconds to wait between runs (the guide's GPU cool-down).")]
 FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)]
 Model = Annotated[
@@ -53,6 +59,7 @@ Model = Annotated[
 def command(
     gpus: Gpus = None,
     strategy: Strategies = "pipeline",
+    partition: Partitions = DEFAULT_PARTITION,
     model: Model = None,
     weights: Weights = "pretrained",
     total_steps: TotalSteps = DEFAULT_TOTAL_STEPS,
@@ -63,6 +70,8 @@ def command(
     device: Device = None,
     dtype: Dtype = None,
     step_ms: StepMs = 0.0,
+    encode_ms: EncodeMs = 0.0,
+    decode_ms: DecodeMs = 0.0,
     timeout: Timeout = 600.0,
     cooldown: Cooldown = GUIDE_COOLDOWN_S,
     fail_fast: FailFast = False,
@@ -85,6 +94,7 @@ def command(
     plan = bench_plan(
         gpus=gpus,
         strategy=strategy,
+        partition=partition,
         model_id=model,
         weights=weights,
         total_steps=total_steps,
@@ -95,6 +105,8 @@ def command(
         device=device,
         dtype=dtype,
         step_ms=step_ms,
+        encode_ms=encode_ms,
+        decode_ms=decode_ms,
         timeout=timeout,
         cooldown=cooldown,
         fail_fast=fail_fast,
@@ -118,6 +130,7 @@ def _header(plan) -> str:
     base = plan.base
     return (
         f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
+        f"partition {','.join(plan.partition_modes)} · "
         f"model {base.model} on {base.device} · T={base.total_steps} · {base.num_samples} samples · seed {base.seed} · "
         f"latent {' '.join(map(str, base.latent_shape))}" + (f" · {base.step_ms:g} ms/step" if base.step_ms else "")
     )

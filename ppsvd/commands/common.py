@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ppsvd.api import resolve_device, resolve_nproc  # noqa: F401  (one definition, shared with the API)
+from ppsvd.api import resolve_device, resolve_nproc, resolve_strategy  # noqa: F401  (one definition, shared with the API)
 from ppsvd.config import RunConfig, env_world
 from ppsvd.console import error_line, notice, out
 from ppsvd.errors import Interrupted
@@ -24,6 +24,7 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
     plan = _resume_plan(resume, config, explicit or {}, world) if resume is not None else None
     if plan is not None:
         config = plan.config
+    config = resolve_strategy(config, world, announce=world is None or world[0] == 0)
     config.validate()
     if plan is not None and plan.finished:
         if world is None or world[0] == 0:

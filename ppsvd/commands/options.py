@@ -15,6 +15,7 @@ import typer
 from ppsvd.config import (
     DEVICES,
     DTYPES,
+    GOALS,
     LOG_FORMATS,
     STRATEGIES,
     TRANSPORTS,
@@ -66,7 +67,14 @@ LogFormat = Annotated[
 ]
 ProgressInterval = Annotated[float, typer.Option("--progress-interval", help="Seconds between progress lines (plain and json formats).")]
 
-Strategy = Annotated[Literal[STRATEGIES], typer.Option("--strategy", help="pipeline (split steps over stages) or data (whole samples per process: the baseline).")]
+Strategy = Annotated[
+    Literal[STRATEGIES],
+    typer.Option("--strategy", help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model predicts best for --goal)."),
+]
+PipelineStages = Annotated[Optional[int], typer.Option("--pipeline-stages", help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.")]
+Replicas = Annotated[Optional[int], typer.Option("--replicas", help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline --replicas 2 (2 x 4 stages).")]
+Goal = Annotated[Literal[GOALS], typer.Option("--goal", help="--strategy auto: shortest makespan of all samples (throughput) or of one video (latency).")]
+CfgHalfMs = Annotated[Optional[float], typer.Option("--cfg-half-ms", help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 frames 512x512).")]
 MaxInFlight = Annotated[int, typer.Option("--max-in-flight", help="Messages a stage may have queued for sending before it waits (back-pressure).")]
 
 # -- how the steps are split, and what the work costs (ppsvd.costs) ---------------------------------

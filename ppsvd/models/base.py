@@ -86,6 +86,23 @@ class StageModel(ABC):
     def finalize(self, sample: Sample) -> SampleResult:
         """Last stage: the outputs of a fully denoised sample."""
 
+    guidance_half: int | None = None
+    """Guidance-parallel stages (ppsvd.runtime.cfg): which half of the CFG batch this rank runs
+    (0 unconditional, 1 conditional); None: both, as diffusers does."""
+    pair: Any = None
+    """The link to the guidance partner: exchange(name, tensor, index), send(...), recv(...)."""
+
+    def split_guidance(self, half: int, pair: Any = None) -> None:
+        """Run only one half of the guidance batch from now on (before schema() is asked), and
+        swap noise predictions with the partner through `pair` (which may be set later)."""
+        from ppsvd.errors import ConfigError
+
+        raise ConfigError(f"--strategy cfg: the {self.config.model} model cannot split classifier-free guidance; use pipeline or data")
+
+    def pair_schema(self) -> Schema:
+        """The largest messages between guidance partners (a noise prediction; frames of the decode)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Facts for the manifest (model id, parameter counts, ...)."""
         return {"model": self.config.model}

@@ -48,6 +48,10 @@ IMAGE_EMBEDDINGS = "image_embeddings"  # [k*B, 1, D], CLIP image embedding
 ADDED_TIME_IDS = "added_time_ids"  # [k*B, 3], fps-1, motion bucket, noise augmentation
 GUIDANCE_SCALE = "guidance_scale"  # [B, F, 1, 1, 1], per-frame CFG weight
 HANDOFF = (LATENTS, IMAGE_LATENTS, IMAGE_EMBEDDINGS, ADDED_TIME_IDS, GUIDANCE_SCALE)
+CONDITIONING = (IMAGE_LATENTS, IMAGE_EMBEDDINGS, ADDED_TIME_IDS)
+"""The tensors diffusers doubles for CFG ([unconditional; conditional]); a guidance half keeps its own."""
+NOISE_PRED = "noise_pred"  # what guidance partners swap every step, [B, F, C, H, W]
+FRAMES = "frames"  # what the conditional half sends of the decode, uint8 [rows, H, W, 3]
 
 
 # -- where the model comes from ------------------------------------------------------------------
@@ -236,7 +240,7 @@ class SVDStageModel(StageModel):
     def schema(self) -> Schema:
         shape = LatentShape(*self.config.latent_shape)
         b, f = shape.b, shape.f
-        k = 2 if self.encode_with_cfg else 1
+        k = 2 if self.encode_with_cfg and self.guidance_half is None else 1
         dim = self.unet.config.cross_attention_dim
         dtype = dtype_name(self.dtype)
         specs = (
@@ -256,6 +260,8 @@ class SVDStageModel(StageModel):
         generator = torch.Generator("cpu").manual_seed(spec.seed)
         with torch.no_grad():
             tensors = self._initial_state(image, generator, spec)
+        if self.guidance_half is not None:  # diffusers' [unconditional; conditional]: keep our half
+            tensors.update({name: tensors[name].chunk(2)[self.guidance_half].clone() for name in CONDITIONING})
         # The conditioning is in the tensors (added_time_ids, noise-augmented image latents); the
         # facts travel in the header for the manifest and the writer (MP4 frame rate, file name).
         return Sample(index=index, tensors=tensors, meta=spec.conditioning())
@@ -329,7 +335,10 @@ class SVDStageModel(StageModel):
         with torch.no_grad():
             for i in steps:
                 timestep = scheduler.timesteps[i]
-                latents = self._step(latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg)
+                if cfg and self.guidance_half is not None:
+                    latents = self._half_step(latents, timestep, i, image_latents, image_embeddings, added_time_ids, guidance_scale)
+                else:
+                    latents = self._step(latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg)
                 if on_step is not None:
                     on_step(i)
         return Sample(index=sample.index, tensors={**t, LATENTS: latents}, meta=sample.meta)
@@ -352,20 +361,110 @@ class SVDStageModel(StageModel):
             noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
         return scheduler.step(noise_pred, timestep, latents).prev_sample
 
+    def _half_step(self, latents, timestep, step: int, image_latents, image_embeddings, added_time_ids, guidance_scale):
+        """_step for one guidance half: the UNet on our half of the batch (batch B, where diffusers
+        runs 2B), the partner's prediction swapped in, then the same guidance and scheduler step."""
+        scheduler = self.scheduler
+        latent_model_input = scheduler.scale_model_input(latents, timestep)
+        latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+        own = self.unet(
+            latent_model_input,
+            timestep,
+            encoder_hidden_states=image_embeddings,
+            added_time_ids=added_time_ids,
+            return_dict=False,
+        )[0]
+        other = self.pair.exchange(NOISE_PRED, own, step)
+        noise_pred_uncond, noise_pred_cond = (own, other) if self.guidance_half == 0 else (other, own)
+        noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+        return scheduler.step(noise_pred, timestep, latents).prev_sample
+
+    def split_guidance(self, half: int, pair=None) -> None:
+        if not self.encode_with_cfg:
+            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
+        self.guidance_half = half
+        self.pair = pair
+
+    def pair_schema(self) -> Schema:
+        shape = LatentShape(*self.config.latent_shape)
+        height, width = self.pixel_size if self.vae is not None else (shape.h * 8, shape.w * 8)
+        specs = [TensorSpec(NOISE_PRED, dtype_name(self.dtype), shape.handoff())]
+        if self.is_last:
+            specs.append(TensorSpec(FRAMES, "uint8", (shape.b * shape.f, height, width, 3)))
+        return {spec.name: spec for spec in specs}
+
     # -- last stage ----------------------------------------------------------------------------
     def finalize(self, sample: Sample) -> SampleResult:
+        if self.guidance_half is not None:
+            return self._finalize_half(sample)
         latents = sample.tensors[LATENTS]
         _, _, f, _, _ = self.config.latent_shape
         chunk = self.config.decode_chunk_size or f
         with torch.no_grad():
             frames = self.pipe.decode_latents(latents, f, chunk)  # [B, 3, F, H, W], float32
-            video = self.pipe.video_processor.postprocess_video(video=frames, output_type="np")  # [B, F, H, W, 3]
+            # output_type "pt" stops where "np" would copy float32 frames to the host: the same
+            # denormalized values, still on the device, [B, F, 3, H, W].
+            video = self.pipe.video_processor.postprocess_video(video=frames, output_type="pt")
+            # The uint8 conversion on the device too, so one uint8 copy (a quarter of the bytes)
+            # leaves it, and the compute loop spends no host time on float math; the same
+            # float32 operations as frames_to_uint8, so the same bytes (round half to even in both).
+            pixels = frames_to_uint8(video.permute(0, 1, 3, 4, 2)).cpu()  # [B, F, H, W, 3]
         return SampleResult(
             index=sample.index,
-            latents=latents,
-            frames=torch.from_numpy(frames_to_uint8(video)),
+            latents=latents.cpu(),  # the frames' copy has waited for the device already; the writer thread will not
+            frames=pixels,
             meta=dict(sample.meta),
         )
+
+    def _finalize_half(self, sample: Sample) -> SampleResult:
+        """A guidance pair's decode: the B x F latent frames cut at a decode_chunk_size boundary
+        (plan.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
+        as the whole would be (chunks are decoded independently); the conditional half sends its
+        uint8 frames to the unconditional half, which returns the whole video."""
+        from ppsvd.plan import decode_split
+
+        latents = sample.tensors[LATENTS]
+        b, _, f, _, _ = self.config.latent_shape
+        height, width = self.pixel_size
+        chunk = self.config.decode_chunk_size or f
+        rows = b * f
+        cut = decode_split(rows, chunk)
+        mine = range(0, cut) if self.guidance_half == 0 else range(cut, rows)
+        pixels = self._decode_rows(latents, mine, chunk)
+        if self.guidance_half == 1:
+            if len(mine):
+                self.pair.send(FRAMES, pixels, sample.index)
+            return SampleResult(index=sample.index, latents=latents.cpu(), frames=None, meta=dict(sample.meta))
+        if cut < rows:
+            theirs = self.pair.recv(FRAMES, (rows - cut, height, width, 3), torch.uint8, sample.index)
+            pixels = torch.cat([pixels, theirs])
+        return SampleResult(
+            index=sample.index,
+            latents=latents.cpu(),
+            frames=pixels.reshape(b, f, height, width, 3),
+            meta=dict(sample.meta),
+        )
+
+    def _decode_rows(self, latents: torch.Tensor, rows: range, chunk: int) -> torch.Tensor:
+        """uint8 frames [len(rows), H, W, 3] of these rows of the flattened B x F latent frames,
+        with finalize's operations (rows.start must be a chunk boundary, so the chunks are the same)."""
+        height, width = self.pixel_size
+        if not len(rows):
+            return torch.empty((0, height, width, 3), dtype=torch.uint8)
+        part = latents.flatten(0, 1)[rows.start : rows.stop].unsqueeze(0)  # [1, rows, C, H, W]
+        with torch.no_grad():
+            frames = self.pipe.decode_latents(part, len(rows), chunk)  # [1, 3, rows, H, W]
+            video = self.pipe.video_processor.postprocess_video(video=frames, output_type="pt")
+            return frames_to_uint8(video.permute(0, 1, 3, 4, 2))[0].cpu()
+
+    def throwaway_sample(self) -> Sample:
+        """A random state with the real per-frame guidance scale: guidance above 1 doubles the
+        UNet's batch (classifier-free guidance), so a calibration step must see it too."""
+        sample = super().throwaway_sample()
+        b, _, f, _, _ = self.config.latent_shape
+        scale = torch.linspace(self.config.min_guidance_scale, self.config.max_guidance_scale, f)
+        sample.tensors[GUIDANCE_SCALE] = scale.reshape(1, f, 1, 1, 1).repeat(b, 1, 1, 1, 1).to(self.device, self.dtype)
+        return sample
 
     def describe(self) -> dict[str, Any]:
         modules = {"unet": self.unet, "vae": self.vae, "image_encoder": self.pipe.image_encoder}
@@ -513,8 +612,13 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
         )
 
 
-def frames_to_uint8(video: np.ndarray) -> np.ndarray:
-    """Float frames in [0, 1] -> uint8, rounding as diffusers' numpy_to_pil does for output_type='pil'."""
+def frames_to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Float frames in [0, 1] -> uint8, rounding as diffusers' numpy_to_pil does for output_type='pil'.
+
+    A torch tensor stays on its device: float32 x 255 and round-half-to-even give the same bytes
+    as numpy's."""
+    if isinstance(video, torch.Tensor):
+        return (video * 255).round().to(torch.uint8)
     return (video * 255).round().astype(np.uint8)
 
 

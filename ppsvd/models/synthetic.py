@@ -10,7 +10,11 @@ It keeps what matters for the pipeline and drops the network:
   a GPU kernel), so scaling over N stages can be measured on a 2-core machine;
 - stage 0 spends --encode-ms preparing each sample and the last stage --decode-ms finishing it
   (SVD's image encode and VAE decode), the same way; --stage-speed divides all of a stage's
-  costs by its device's relative speed (mixed GPUs).
+  costs by its device's relative speed (mixed GPUs);
+- with guidance on (--max-guidance-scale > 1) the prediction is a guided mix of an
+  "unconditional" and a "conditional" part, combined with diffusers' per-frame scale, so a
+  guidance pair (--strategy cfg) splits it like SVD's: each half computes its part in
+  --cfg-half-ms, they swap the real latent-sized tensors, and the last pair splits the decode.
 
 The cost is a wall-clock budget: a stage spends exactly len(steps) x step_ms on a sample, and
 the stand-in's own CPU work for that sample (making the initial noise, the math, scheduler
@@ -57,6 +61,26 @@ class SyntheticStageModel(StageModel):
         self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
+        self.speed = speed
+        # diffusers' per-frame guidance scale, in the hand-off layout B F C H W; None without guidance.
+        _, _, f, _, _ = config.latent_shape
+        self.guidance = (
+            torch.linspace(config.min_guidance_scale, config.max_guidance_scale, f).reshape(1, f, 1, 1, 1).to(device, self.dtype)
+            if config.max_guidance_scale > 1 else None
+        )
+
+    def split_guidance(self, half: int, pair=None) -> None:
+        if self.guidance is None:
+            from ppsvd.errors import ConfigError
+
+            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
+        self.guidance_half = half
+        self.pair = pair
+        self.step_s = self.config.resolved_cfg_half_ms / 1000.0 / self.speed
+
+    def pair_schema(self) -> Schema:
+        spec = TensorSpec("noise_pred", dtype_name(self.dtype), self.state_shape)
+        return {spec.name: spec}
 
     def schema(self) -> Schema:
         spec = TensorSpec("latents", dtype_name(self.dtype), self.state_shape)
@@ -104,17 +128,53 @@ class SyntheticStageModel(StageModel):
         for done, step in enumerate(steps, start=1):
             t = scheduler.timesteps[step]
             model_input = scheduler.scale_model_input(latents, t)
-            noise_pred = torch.tanh(model_input + 0.1 * cond + torch.sin(t.to(latents.dtype) * (step + 1)))
+            wave = torch.sin(t.to(latents.dtype) * (step + 1))
+            if self.guidance is None:
+                noise_pred = torch.tanh(model_input + 0.1 * cond + wave)
+            else:
+                noise_pred = self._guided(model_input, cond, wave, step)
             latents = scheduler.step(noise_pred, t, latents).prev_sample
             _sleep_until(begin + done * self.step_s)  # fixed deadlines: no drift from overshoot
             if on_step is not None:
                 on_step(step)
         return Sample(index=sample.index, tensors={**sample.tensors, "latents": latents}, meta=sample.meta)
 
+    def _guided(self, model_input, cond, wave, step: int):
+        """The stand-in's classifier-free guidance: an unconditional part (no conditioning) and a
+        conditional one, mixed as diffusers does; a guidance half computes its part and swaps."""
+        half = self.guidance_half
+        uncond = torch.tanh(model_input + wave) if half != 1 else None
+        conditional = torch.tanh(model_input + 0.1 * cond + wave) if half != 0 else None
+        if half == 0:
+            conditional = self.pair.exchange("noise_pred", uncond, step)
+        elif half == 1:
+            uncond = self.pair.exchange("noise_pred", conditional, step)
+        return uncond + self.guidance * (conditional - uncond)
+
     def finalize(self, sample: Sample) -> SampleResult:
         started = time.perf_counter()
-        result = SampleResult(index=sample.index, latents=sample.tensors["latents"], meta=dict(sample.meta))
-        _sleep_until(started + self.decode_s)
+        latents = sample.tensors["latents"]
+        result = SampleResult(index=sample.index, latents=latents, meta=dict(sample.meta))
+        if self.guidance_half is None:
+            _sleep_until(started + self.decode_s)
+            return result
+        # A guidance pair's split decode (as SVD's, plan.decode_split): each half spends its rows'
+        # share of --decode-ms; the conditional half's "frames" (its rows of the latent) go to the
+        # unconditional half, which waits for them like for real frames.
+        from ppsvd.plan import decode_split
+
+        b, _, f, _, _ = self.config.latent_shape
+        rows = b * f
+        cut = decode_split(rows, self.config.decode_chunk_size or f)
+        mine = cut if self.guidance_half == 0 else rows - cut
+        _sleep_until(started + self.decode_s * mine / rows)
+        part = latents.flatten(0, 1)
+        if self.guidance_half == 1:
+            if mine:
+                self.pair.send("frames", part[cut:].contiguous(), sample.index)
+            return SampleResult(index=sample.index, latents=latents, meta=dict(sample.meta))
+        if cut < rows:
+            self.pair.recv("frames", tuple(part[cut:].shape), part.dtype, sample.index, device=latents.device)
         return result
 
     def describe(self) -> dict:
@@ -130,7 +190,7 @@ def device_speed(config, stage: int) -> float:
     stage is its rank, while every data-parallel worker runs "stage 0", so it reads its RANK."""
     if not config.stage_speed:
         return 1.0
-    rank = stage if config.strategy == "pipeline" else int(os.environ.get("RANK", "0"))
+    rank = int(os.environ["RANK"]) if "RANK" in os.environ else stage
     return config.stage_speed[rank]
 
 

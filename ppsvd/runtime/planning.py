@@ -61,7 +61,9 @@ def known_costs(config: RunConfig) -> CostModel | None:
 def needs_calibration(config: RunConfig, world: int) -> bool:
     """auto with a choice to make (N > 1 and T > N) and no costs known beforehand. The same
     answer on every rank (it depends only on the config), so all calibrate or none does."""
-    if config.strategy != "pipeline" or config.partition != "auto" or world == 1 or config.total_steps == world:
+    if config.strategy != "pipeline" or config.layout(world).replicas > 1:  # only plain pipelines calibrate
+        return False
+    if config.partition != "auto" or world == 1 or config.total_steps == world:
         return False
     if config.costs_from:
         return False
@@ -73,8 +75,12 @@ def needs_calibration(config: RunConfig, world: int) -> bool:
 def agree_on_plan(config: RunConfig, model, store, run_id: str, rank: int, world: int, cancelled: Callable[[], bool]) -> RunPlan:
     """Every stage's call returns the same RunPlan (a collective: call it on every rank)."""
     total = config.total_steps
-    if config.strategy != "pipeline":  # data parallelism: every worker runs all steps
+    stages = config.layout(world).stages
+    if stages == 1:  # data parallelism, a guidance pair: every rank runs all steps
         return RunPlan(partition_steps(total, 1), config.partition, known_costs(config) if rank == 0 else None)
+    if stages != world:  # hybrids: K stages per replica (or pair), split by known costs or evenly, without calibrating
+        costs = known_costs(config) if config.partition == "auto" or rank == 0 else None
+        return RunPlan(choose_plan(config.partition, total, stages, costs), config.partition, costs)
     if config.partition != "auto" or world == 1:  # no costs needed to know the split
         costs = known_costs(config) if rank == 0 else None
         return RunPlan(choose_plan(config.partition, total, world, costs), config.partition, costs)

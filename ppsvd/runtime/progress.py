@@ -21,7 +21,7 @@ from typing import Any
 from ppsvd.runtime.control import key
 
 REPORT_EVERY_S = 0.1
-PHASE_STARTING = "starting"
+PHASE_STARTING = "starting the process"
 """A stage that has published no phase yet: its process is starting (importing torch, joining)."""
 PHASE_RUNNING = "running"
 PHASE_WAITING = "waiting for the other stages"
@@ -179,11 +179,14 @@ class ProgressBoard:
         from ppsvd.plan import rank_work
 
         n, t, s = config.nproc, config.total_steps, config.num_samples
-        works = [rank_work(config.strategy, n, k, range(s), total_steps=t) for k in range(n)]
+        layout = config.layout(n)
+        works = [rank_work(config.strategy, n, k, range(s), total_steps=t, layout=layout) for k in range(n)]
         rows = [(f"{w.label} · " + (f"all {t} steps" if len(w.steps) == t else f"steps {w.steps.start}-{w.steps.stop - 1}"),
                  len(w.steps), len(w.samples)) for w in works]
-        if works[0].writes_shard:
-            title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s)"
+        if layout.kind == "data":
+            title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s) from one work queue"
+        elif layout.kind != "pipeline":
+            title = f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split {works[0].plan.describe()}"
         else:
             title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {works[0].plan.describe()}"
         return cls(store, run_id, rows, title=title, style=progress_style(config), interval_s=config.progress_interval_s)

@@ -42,7 +42,7 @@ class StageContext:
     stage: int
     """Position in the chain (the rank for 'pipeline'; 0 for every 'data' worker)."""
     indices: list[int]
-    """Sample indices this stage will see, in order."""
+    """Sample indices this stage will see, in order; with `take`, the ones its replica may take."""
     cancelled: CancelCheck
     fail: Callable[..., None]
     """fail(message, stage=None): publish a failure (of this stage, or of the `stage` blamed)."""
@@ -50,6 +50,9 @@ class StageContext:
     watch: StepWatch | None = None
     """The watchdog's view of the compute loop (control.StepWatch): told when steps begin and end."""
     run_dir: Path | None = None
+    take: Callable[[], int | None] | None = None
+    """Work queue (several replicas): stage 0 asks it for its next sample (None: none left); later
+    stages take what their stage 0 sends, in increasing order, until the end of stream."""
     spans: list[SampleSpan] = field(default_factory=list)
 
     @property
@@ -204,20 +207,27 @@ def run_stage(
         thread.start()
 
     spans: list[SampleSpan] = ctx.spans
-    for expected in ctx.indices:
+    taken = _Taken(ctx)
+    while True:
         span_recv = (None, None, None)
         prepare_s = None
         if ctx.is_first:
+            expected = taken.next_for_first()
+            if expected is None:
+                break
             compute_start = time.time()
             prepare_start = time.perf_counter()
             sample = model.prepare(expected)
             prepare_s = time.perf_counter() - prepare_start
         else:
+            if taken.exhausted():
+                break
             recv_start = time.time()
-            msg, arrived = _get(receiver.inbox, cancelled, config.timeout_s, f"sample {expected} from stage {ctx.stage - 1}")
-            if msg.is_end or msg.index != expected:
-                got = "end of stream" if msg.is_end else f"sample {msg.index}"
-                raise TransportError(f"stage {ctx.stage} received {got} from stage {ctx.stage - 1}, expected sample {expected}")
+            msg, arrived = _get(receiver.inbox, cancelled, config.timeout_s, f"{taken.waiting_for()} from stage {ctx.stage - 1}")
+            if msg.is_end and ctx.take is not None:
+                taken.end = msg
+                break
+            expected = taken.check_received(msg)
             span_recv = (recv_start, time.time(), arrived)
             compute_start = time.time()
             sample = Sample.from_message(msg, model.device)
@@ -257,11 +267,13 @@ def run_stage(
 
     # End of stream: tell the next stage how many samples there were, then drain our threads.
     if receiver is not None:
-        msg, _ = _get(receiver.inbox, cancelled, config.timeout_s, f"end of stream from stage {ctx.stage - 1}")
-        if not msg.is_end or msg.index != len(ctx.indices):
-            raise TransportError(f"stage {ctx.stage} expected end of stream after {len(ctx.indices)} samples, got {msg.kind} {msg.index}")
+        msg = taken.end
+        if msg is None:
+            msg, _ = _get(receiver.inbox, cancelled, config.timeout_s, f"end of stream from stage {ctx.stage - 1}")
+        if not msg.is_end or msg.index != taken.count:
+            raise TransportError(f"stage {ctx.stage} expected end of stream after {taken.count} samples, got {msg.kind} {msg.index}")
     if sender is not None:
-        _put(sender.outbox, Message.end(len(ctx.indices)), cancelled, config.timeout_s, "the hand-off of the end of stream to the sender")
+        _put(sender.outbox, Message.end(taken.count), cancelled, config.timeout_s, "the hand-off of the end of stream to the sender")
     if writer is not None:
         _put(writer.queue, None, cancelled, config.timeout_s, "the hand-off of the end of stream to the writer")
     for thread in threads:
@@ -272,6 +284,48 @@ def run_stage(
         for span in spans:
             span.send_end = sender.sent_at.get(span.index)
     return spans
+
+
+class _Taken:
+    """Which sample comes next, and the checks on what arrives: a fixed list (one replica sees
+    every sample in order), or a work queue (stage 0 takes; later stages accept increasing indices
+    from the queue's samples, each once, until the end of stream)."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.count = 0
+        self.last: int | None = None
+        self.allowed = set(ctx.indices)
+        self.end: Message | None = None
+
+    def next_for_first(self) -> int | None:
+        if self.ctx.take is not None:
+            index = self.ctx.take()
+        else:
+            index = self.ctx.indices[self.count] if self.count < len(self.ctx.indices) else None
+        if index is not None:
+            self.count += 1
+        return index
+
+    def exhausted(self) -> bool:
+        return self.ctx.take is None and self.count >= len(self.ctx.indices)
+
+    def waiting_for(self) -> str:
+        return f"sample {self.ctx.indices[self.count]}" if self.ctx.take is None else "the next sample"
+
+    def check_received(self, msg: Message) -> int:
+        stage = self.ctx.stage
+        if self.ctx.take is None:
+            expected = self.ctx.indices[self.count]
+            if msg.is_end or msg.index != expected:
+                got = "end of stream" if msg.is_end else f"sample {msg.index}"
+                raise TransportError(f"stage {stage} received {got} from stage {stage - 1}, expected sample {expected}")
+        elif msg.index not in self.allowed or (self.last is not None and msg.index <= self.last):
+            after = f" after sample {self.last}" if self.last is not None else ""
+            raise TransportError(f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it could take next")
+        self.count += 1
+        self.last = msg.index
+        return msg.index
 
 
 def _run_steps(ctx: StageContext, model: StageModel, sample: Sample, steps: range) -> Sample:

@@ -277,7 +277,8 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
 
     # Sample i depends only on seed + i, so a resumed run simply skips the finished ones.
     todo = list(range(config.num_samples)) if job.indices is None else list(job.indices)
-    work = rank_work(config.strategy, world, rank, todo, total_steps=config.total_steps)
+    layout = config.layout(world)
+    work = rank_work(config.strategy, world, rank, todo, total_steps=config.total_steps, layout=layout)
     plan, stage, indices = work.plan, work.stage, list(work.samples)
     # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
     reporter = ProgressReporter(store, run_id, rank)
@@ -285,24 +286,35 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     reporter.phase(loading_phase(config, plan, stage))
     # The model first: its hand-off schema bounds what a link may ever accept.
     model = build_stage_model(config, plan, stage, device)
+    if work.paired:  # before schema(): a guidance half hands on only its half of the conditioning
+        model.split_guidance(work.half)
     reporter.phase(PHASE_WAITING)
     transport = None
+    stage_world = StageWorld(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        local_world_size=local_world,
+        store=store,
+        device=str(device),
+        timeout_s=config.timeout_s,
+        bind_host=config.bind_host,
+        zmq_endpoint=config.zmq_endpoint,
+        run_id=run_id,
+        links=layout.lane_links(),
+    )
     if work.linked:
-        stage_world = StageWorld(
-            rank=rank,
-            world_size=world,
-            local_rank=local_rank,
-            local_world_size=local_world,
-            store=store,
-            device=str(device),
-            timeout_s=config.timeout_s,
-            bind_host=config.bind_host,
-            zmq_endpoint=config.zmq_endpoint,
-            run_id=run_id,
-        )
         transport = backends.load(config.resolved_transport)(stage_world, max_payload_bytes=schema_payload_bytes(model.schema()))
         closers.append(transport.close)
         transport.open()
+    if work.paired:  # every rank of a cfg layout is paired, so all open their pair links together
+        from ppsvd.runtime.cfg import open_pair_link
+
+        model.pair = open_pair_link(
+            backends.load(config.resolved_transport), stage_world, layout.pair_links(),
+            max_payload_bytes=schema_payload_bytes(model.pair_schema()), cancelled=control.cancelled,
+        )
+        closers.append(model.pair.close)
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
     # hand-off and steady-state numbers would measure load skew instead of the pipeline.
     control.mark_ready()
@@ -320,7 +332,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     ready = time.time()
     reporter.phase(PHASE_RUNNING)
 
-    is_writer = stage == plan.num_stages - 1
+    is_writer = work.writes  # the conditional half of a last guidance pair hands its frames to its partner
     writer = None
     if is_writer:
         writer = ResultWriter(
@@ -341,6 +353,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
         reporter=reporter,
         watch=control.steps,
         run_dir=run_dir,
+        take=_work_queue(job, work, control) if work.takes_from_queue else None,
     )
     run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
     reporter.close()
@@ -353,6 +366,15 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     control.wait_all_done(config.timeout_s)
     if rank == 0:
         _collect(job, run_plan)
+
+
+def _work_queue(job: _Job, work, control: RunControl):
+    """The take() of this rank's replica on the run's shared work queue (runtime/workqueue.py)."""
+    from ppsvd.runtime.workqueue import WorkQueue
+
+    queue = WorkQueue(job.store, job.run_id, work.samples, replica=work.replica, half=work.half,
+                      timeout_s=job.config.timeout_s, cancelled=control.cancelled)
+    return queue.take
 
 
 def cpu_threads() -> int:
@@ -388,7 +410,7 @@ def _collect(job: _Job, run_plan) -> None:
     stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.timeout_s)) for r in range(job.world)]
     timeline = RunTimeline.from_json(
         {
-            "strategy": config.strategy,
+            "strategy": config.layout(job.world).kind,
             "total_steps": config.total_steps,
             "num_samples": config.num_samples if job.indices is None else len(job.indices),
             "run_start": job.run_start if job.self_launched else min(s["launched"] for s in stages),
@@ -399,7 +421,7 @@ def _collect(job: _Job, run_plan) -> None:
         }
     )
     timeline.save(run_dir / "timeline.json")
-    if config.strategy == "data":
+    if config.layout(job.world).replicas > 1:  # every replica wrote a shard of the manifest
         from ppsvd.io.results import JOURNAL, MANIFEST, read_journal
 
         # The samples a resumed run kept (its journal), then what every worker wrote this time.
