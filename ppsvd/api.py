@@ -327,11 +327,11 @@ def execute(
     fails, Interrupted (exit code 128 + signal) when a signal stopped the run."""
     config = resolve_strategy(config, env_world())
     if not checked:
+        check(config)
         if run_dir is None:
             from ppsvd.io.atomic import check_output_dir
 
             check_output_dir(config.output_dir)  # a file or an unwritable place: ConfigError, one line
-        check(config)
     indices = None if indices is None else tuple(indices)
     if env_world() is not None:
         from ppsvd.runtime.worker import torchrun_main

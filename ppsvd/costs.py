@@ -129,8 +129,9 @@ def plan_steps(total_steps: int, num_stages: int, costs: CostModel) -> StepPlan:
     per-stage times that never decrease with more steps, this minimises the maximum exactly
     (the classic minimax resource allocation: if the greedy's bottleneck j got its last step
     when every other stage's next step would have cost at least as much, any split that gives
-    no stage more than the greedy did sums to fewer than T steps). Ties go to earlier stages,
-    so equal costs give the even split of partition_steps (10+9+9 for 28 over 3).
+    no stage more than the greedy did sums to fewer than T steps). Ties go to the stage with
+    fewer steps, then the earlier one, so equal (or zero) costs give the even split of
+    partition_steps (10+9+9 for 28 over 3).
     """
     if num_stages <= 0:
         raise ValueError(f"stages({num_stages}) must be positive")
@@ -139,7 +140,7 @@ def plan_steps(total_steps: int, num_stages: int, costs: CostModel) -> StepPlan:
     costs = costs.for_stages(num_stages)
     sizes = [1] * num_stages
     for _ in range(total_steps - num_stages):
-        k = min(range(num_stages), key=lambda s: (costs.stage_s(s, sizes[s] + 1, num_stages), s))
+        k = min(range(num_stages), key=lambda s: (costs.stage_s(s, sizes[s] + 1, num_stages), sizes[s], s))
         sizes[k] += 1
     return plan_from_sizes(sizes)
 

@@ -336,7 +336,8 @@ def rank_work(
         raise ValueError(f"layout {layout.describe()} uses {layout.processes} processes, not {world}")
     plan = plan if plan is not None else partition_steps(total_steps, layout.stages)
     if plan.num_stages != layout.stages:
-        raise ValueError(f"plan of {plan.num_stages} stages for {layout.stages} stages per replica")
+        per = "ranks" if layout.kind == "pipeline" else "stages per replica"
+        raise ValueError(f"plan of {plan.num_stages} stages for {layout.stages} {per}")
     replica, stage, half = layout.position(rank)
     return RankWork(strategy, rank, plan, stage, tuple(samples), layout, replica, half)
 

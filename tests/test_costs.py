@@ -46,6 +46,7 @@ def test_split_is_optimal_against_brute_force():
 @pytest.mark.parametrize("total,n", [(28, 1), (28, 2), (28, 3), (28, 7), (25, 7), (5, 5), (100, 6)])
 def test_equal_costs_give_the_even_split(total, n):
     assert plan_steps(total, n, CostModel(step_s=0.02)).sizes == partition_steps(total, n).sizes
+    assert plan_steps(total, n, CostModel(step_s=0.0)).sizes == partition_steps(total, n).sizes  # nothing costs anything
 
 
 def test_issue_profile_scaled_to_a_fifth_by_hand():

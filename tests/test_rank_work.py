@@ -17,11 +17,11 @@ def test_pipeline_ranks_own_their_stage_of_every_sample():
         rank_work("pipeline", 3, 0, [0], total_steps=10, plan=weighted)
 
 
-def test_data_ranks_own_all_steps_of_a_contiguous_shard_and_a_single_rank_has_no_links():
+def test_data_ranks_own_all_steps_and_take_from_the_queue_and_a_single_rank_has_no_links():
     todo = [3, 4, 8, 9, 11]  # a resumed run: only these are left
     works = [rank_work("data", 2, k, todo, total_steps=28) for k in range(2)]
-    assert [w.samples for w in works] == [(3, 4, 8), (9, 11)]
-    assert all(w.steps == range(28) and w.stage == 0 and not w.linked and w.writes_shard for w in works)
+    assert [w.samples for w in works] == [tuple(todo)] * 2  # a free worker takes the next of these (runtime/workqueue.py)
+    assert all(w.steps == range(28) and w.stage == 0 and not w.linked and w.writes_shard and w.takes_from_queue for w in works)
     assert works[1].label == "worker 1"
     assert not rank_work("pipeline", 1, 0, todo, total_steps=28).linked
     with pytest.raises(ValueError, match="neither"):

@@ -27,8 +27,8 @@ def command(
     total_steps: o.TotalSteps = DEFAULT_TOTAL_STEPS,
     num_samples: o.NumSamples = 1,
     output_dir: o.OutputDir = Path("ppsvd-runs"),
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for machines) instead of the table.")] = False,
-    no_live: Annotated[bool, typer.Option("--no-live", help="Skip the live transport check (2 local workers per transport).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for machines) instead of the table.", **o.FLAG)] = False,
+    no_live: Annotated[bool, typer.Option("--no-live", help="Skip the live transport check (2 local workers per transport).", **o.FLAG)] = False,
     live_timeout: Annotated[float, typer.Option("--live-timeout", help="Seconds after which a transport that has not finished counts as failed.")] = 10.0,
     hang: Annotated[
         Optional[list[str]], typer.Option("--simulate-hang", hidden=True, help="Testing: force this live check (gloo, zmq-ipc, zmq-tcp, nccl) to hang.")
