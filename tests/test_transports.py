@@ -23,7 +23,8 @@ import zmq
 
 from ppsvd.backends import load
 from ppsvd.backends.base import StageWorld
-from ppsvd.backends.zmq import ZmqTransport, ipc_path, resolve_endpoint_kind
+from ppsvd.backends.hosts import HostFacts, publish_host
+from ppsvd.backends.zmq import ZmqTransport, ipc_path, plan_link
 from ppsvd.errors import (
     Cancelled,
     ConfigError,
@@ -341,17 +342,53 @@ def test_zmq_end_waits_until_the_next_stage_received_it(store):
 
 @pytest.fixture
 def receiver(store):
-    """Stage 1 of 2, bound and listening; the test plays stage 0 with a raw PUSH socket."""
-    transport = ZmqTransport(client_world(1, 2, store.port, run_id(), zmq_endpoint="tcp"), max_payload_bytes=2**20)
+    """Stage 1 of 2, bound and listening; the test plays stage 0 with a raw PUSH socket (it says
+    where it runs and publishes its CURVE key, as stage 0 would)."""
+    rid = run_id()
+    world = client_world(1, 2, store.port, rid, zmq_endpoint="tcp")
+    publish_host(store, rid, 0)
+    public, secret = zmq.curve_keypair()
+    store.set(f"{rid}/zmq/1/client-key", public)
+    transport = ZmqTransport(world, max_payload_bytes=2**20)
     transport.open()
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.connect(transport.bound_endpoint)
+    push = curve_push(ctx, transport.bound_endpoint, store.get(f"{rid}/zmq/1/server-key"), (public, secret))
     yield transport, push
     push.close(0)
     ctx.term()
     transport.close()
+
+
+def curve_push(ctx, endpoint: str, server_key: bytes, keys: tuple[bytes, bytes] | None):
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        push.curve_serverkey = server_key
+        push.curve_publickey, push.curve_secretkey = keys
+    push.connect(endpoint)
+    return push
+
+
+@pytest.mark.timeout(30)
+def test_zmq_tcp_admits_only_the_sending_stage(receiver, store):
+    """Frames from anyone but stage 0 never reach recv: without CURVE, or with a key of its own
+    (even knowing the server's public key), the handshake fails before a frame is read."""
+    transport, push = receiver
+    rid = transport.world.run_id
+    ctx = zmq.Context()
+    intruders = [
+        curve_push(ctx, transport.bound_endpoint, b"", None),
+        curve_push(ctx, transport.bound_endpoint, store.get(f"{rid}/zmq/1/server-key"), zmq.curve_keypair()),
+    ]
+    for intruder in intruders:
+        intruder.send_multipart(good_frames(0), flags=zmq.NOBLOCK) if intruder.poll(200, zmq.POLLOUT) else None
+    with pytest.raises(TransportTimeout):
+        transport.recv(SCHEMA, timeout_s=1.0, cancelled=NEVER)
+    push.send_multipart(good_frames(4))  # the real sender still gets through
+    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=NEVER), 4)
+    for intruder in intruders:
+        intruder.close(0)
+    ctx.term()
 
 
 def good_frames(i: int = 0) -> list:
@@ -439,6 +476,7 @@ def test_zmq_send_to_a_stage_that_is_not_listening_times_out(store):
     rid = run_id()
     world = client_world(0, 2, store.port, rid, zmq_endpoint="tcp")
     with socket_on_free_port() as port:
+        store.set(f"{rid}/zmq/1/server-key", zmq.curve_keypair()[0])
         store.set(f"{rid}/zmq/1", f"tcp://127.0.0.1:{port}")  # nobody accepts there
     sender = ZmqTransport(world)
     sender.open()
@@ -463,36 +501,69 @@ def test_zmq_open_times_out_when_the_next_stage_never_publishes(store):
 def test_zmq_ipc_refuses_a_path_that_already_exists(store):
     rid = run_id()
     path = ipc_path(rid, 1)
+    os.mkdir(os.path.dirname(path), 0o700)
     open(path, "w").close()
     try:
-        transport = ZmqTransport(client_world(1, 2, store.port, rid, zmq_endpoint="ipc"))
+        world = client_world(1, 2, store.port, rid, zmq_endpoint="ipc")
+        publish_host(store, rid, 0)
+        transport = ZmqTransport(world)
         with pytest.raises(ConfigError, match="already exists"):
             transport.open()
         assert os.path.exists(path)  # not ours: left alone
     finally:
         os.unlink(path)
+        os.rmdir(os.path.dirname(path))
 
 
-def test_zmq_endpoint_choice():
+def test_zmq_ipc_sockets_live_in_a_private_directory(store):
+    first, last = zmq_chain(store, 2, "ipc")
+    directory = os.path.dirname(last._ipc_path)
+    assert os.stat(directory).st_mode & 0o777 == 0o700
+    first.close()
+    last.close()
+    assert not os.path.exists(directory)
+    # A directory others can enter (or not ours) is refused, never used.
+    rid = run_id()
+    os.mkdir(os.path.dirname(ipc_path(rid, 1)), 0o755)
+    try:
+        publish_host(store, rid, 0)
+        with pytest.raises(ConfigError, match="not a private"):
+            ZmqTransport(client_world(1, 2, store.port, rid, zmq_endpoint="ipc")).open()
+    finally:
+        os.rmdir(os.path.dirname(ipc_path(rid, 1)))
+
+
+def test_zmq_link_plan_follows_where_the_peer_runs(monkeypatch, tmp_path):
     def world(**kw) -> StageWorld:
-        base = {"rank": 0, "world_size": 4, "local_rank": 0, "local_world_size": 4, "store": None}
+        base = {"rank": 1, "world_size": 4, "local_rank": 0, "local_world_size": 2, "store": None}
         base.update(kw)
         return StageWorld(**base)
 
-    assert resolve_endpoint_kind(world()) == "ipc"
-    assert resolve_endpoint_kind(world(zmq_endpoint="tcp")) == "tcp"
-    assert resolve_endpoint_kind(world(local_world_size=2, bind_host="10.0.0.5")) == "tcp"
+    here = HostFacts("a", network="n1", files="n1/m1", processes="p1", pid=1, started="1")
+    same_box_other_agent = HostFacts("a", network="n1", files="n1/m1", processes="p1", pid=2, started="1")
+    container = HostFacts("a", network="n1", files="n1/m2", processes="p2", pid=2, started="1")
+    elsewhere = HostFacts("b", network="n2", files="n2/m1", processes="p3", pid=2, started="1")
+    route = lambda: "10.0.0.5"  # noqa: E731
+    # Two agents on one machine are one host, whatever --nnodes says (issue 13).
+    assert plan_link(world(), here, same_box_other_agent).kind == "ipc"
+    assert plan_link(world(zmq_endpoint="tcp"), here, same_box_other_agent).bind_host == "127.0.0.1"
+    assert plan_link(world(bind_host="127.0.0.1", zmq_endpoint="tcp"), here, same_box_other_agent).warning is None
+    assert plan_link(world(), here, container) == plan_link(world(zmq_endpoint="tcp"), here, container)
+    assert plan_link(world(), here, container).bind_host == "127.0.0.1"
+    # Another host: tcp on this host's address toward the store, or exactly --bind-host.
+    assert plan_link(world(), here, elsewhere, route=route).bind_host == "10.0.0.5"
+    explicit = plan_link(world(bind_host="127.0.0.1"), here, elsewhere, route=route)
+    assert explicit.bind_host == "127.0.0.1" and "runs on b" in explicit.warning
+    assert plan_link(world(bind_host="10.1.1.1"), here, elsewhere).bind_host == "10.1.1.1"
     with pytest.raises(ConfigError, match="--bind-host"):
-        resolve_endpoint_kind(world(local_world_size=2))
-    with pytest.raises(ConfigError, match="--bind-host"):
-        resolve_endpoint_kind(world(local_world_size=2, bind_host="localhost", zmq_endpoint="tcp"))
-    with pytest.raises(ConfigError, match="one host only"):
-        resolve_endpoint_kind(world(local_world_size=2, bind_host="10.0.0.5", zmq_endpoint="ipc"))
+        plan_link(world(), here, elsewhere, route=lambda: None)
+    with pytest.raises(ConfigError, match="one host"):
+        plan_link(world(zmq_endpoint="ipc"), here, elsewhere)
     with pytest.raises(ConfigError, match="'udp'"):
-        resolve_endpoint_kind(world(zmq_endpoint="udp"))
+        plan_link(world(zmq_endpoint="udp"), here, here)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / ("x" * 120)))
     with pytest.raises(ConfigError, match="socket path limit"):
-        ipc_path("x" * 200, 0)
-    assert "/" not in os.path.basename(ipc_path("a/b c", 3))
+        ipc_path("r", 0)
 
 
 def test_first_and_last_stage_have_one_link(store):

@@ -76,9 +76,9 @@ def check_link(
         if reason:
             return failed(reason)
 
-    import torch.distributed as dist  # heavy: only when a check actually runs
+    from ppsvd.backends.hosts import loopback_store  # imports torch.distributed: only when a check actually runs
 
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s))
+    store = loopback_store(timeout_s)  # listens on 127.0.0.1 only
     run_id = f"linkcheck-{uuid.uuid4().hex[:12]}"
     endpoint = _planned_endpoint(transport, zmq_endpoint, run_id, store.port)
     job = {
@@ -215,11 +215,11 @@ def _died_silently(workers: list, reports: dict, results) -> str | None:
 
 
 def _remove_ipc_file(endpoint: str) -> None:
+    """A killed worker cannot remove its socket, nor the private directory it sits in."""
     if endpoint.startswith("ipc://"):
-        try:
-            os.unlink(endpoint[len("ipc://") :])
-        except FileNotFoundError:
-            pass
+        import shutil
+
+        shutil.rmtree(os.path.dirname(endpoint[len("ipc://") :]), ignore_errors=True)
 
 
 def _stop(workers: list) -> None:

@@ -30,8 +30,6 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
         if world is None or world[0] == 0:
             out.print(f"nothing to do: all {config.num_samples} samples of {plan.run_dir} are finished")
         return 0
-    if plan is None:
-        check_output_dir(config.output_dir)
     run_dir = None if plan is None else plan.run_dir
     indices = None if plan is None else plan.remaining
     if world is not None:
@@ -44,6 +42,8 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
                 _announce(config, world[1])
             # Every rank checks its own inputs, so a bad flag fails fast everywhere.
             preflight(config)
+            if plan is None:
+                check_output_dir(config.output_dir)  # after the input checks: bad input creates nothing
             if plan is not None and rank == 0:
                 _restart(plan)
             code, run_dir = torchrun_main(config, run_dir=run_dir, indices=indices, received=received)
@@ -67,6 +67,8 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
 
     _catch_signals_until_launch()
     api.check(config)  # devices, model files and shapes, images, memory
+    if plan is None:
+        check_output_dir(config.output_dir)  # after the input checks: bad input creates nothing
     _announce(config, config.nproc)
     if plan is not None:
         _restart(plan)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
+from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
 
 NAME = "plan"
 
@@ -28,6 +28,10 @@ def command(
     decode_ms: o.DecodeMs = 0.0,
     stage_speed: o.StageSpeed = None,
     handoff_ms: HandoffMs = 0.0,
+    cfg_half_ms: o.CfgHalfMs = None,
+    decode_chunk_size: Annotated[Optional[int], typer.Option("--decode-chunk-size", help="Frames decoded at a time (where a guidance pair can split the decode). Default: all.")] = None,
+    latent_shape: o.LatentShape = DEFAULT_LATENT_SHAPE,
+    goal: o.Goal = "throughput",
     as_json: Json = False,
 ) -> int:
     """Show how a run would split its steps and what that predicts, without running it.
@@ -36,7 +40,10 @@ def command(
     from numbers (--step-ms, --encode-ms, --decode-ms, --stage-speed; the H200 profile of SVD-XT
     at 14 frames 512x512 is --step-ms 165 --encode-ms 65 --decode-ms 490). Shows the partition,
     each stage's predicted time per sample, the bottleneck, throughput, speedup and efficiency
-    against one GPU, and the makespan of --num-samples as a pipeline and data-parallel.
+    against one GPU, and the makespan of --num-samples as a pipeline and data-parallel. Then
+    every layout of --nproc processes side by side (pipelines, work-queue data parallelism,
+    guidance pairs, hybrids) with its makespan, throughput and per-video latency, best for
+    --goal first: what --strategy auto would pick.
     """
     from ppsvd.config import RunConfig, parse_float_list
     from ppsvd.costs import CostModel, forecast
@@ -54,7 +61,8 @@ def command(
     # The run's own checks (one line each): sizes that fit, one speed per stage, a usable run directory.
     config = RunConfig(
         total_steps=total_steps, nproc=nproc, num_samples=num_samples, partition=partition, costs_from=costs_from,
-        step_ms=step_ms, encode_ms=encode_ms, decode_ms=decode_ms, stage_speed=speeds,
+        step_ms=step_ms, encode_ms=encode_ms, decode_ms=decode_ms, stage_speed=speeds, cfg_half_ms=cfg_half_ms,
+        decode_chunk_size=decode_chunk_size, latent_shape=tuple(latent_shape), goal=goal,
     ).validate()
     if costs_from:
         costs = known_costs(config)
@@ -64,11 +72,32 @@ def command(
         costs = CostModel(costs.step_s, costs.prepare_s, costs.finalize_s, handoff_ms / 1000, costs.speeds, costs.source)
     chosen = forecast(choose_plan(partition, total_steps, nproc, costs), costs, num_samples)
     even = forecast(partition_steps(total_steps, nproc), costs, num_samples)
+    from ppsvd.layouts import choose
+
+    _, reason, layouts = choose(config.replace(strategy="auto"), costs)
     if as_json:
-        print(json.dumps({"partition": partition, "plan": chosen.to_json(), "even": even.to_json()}))
+        print(json.dumps({"partition": partition, "plan": chosen.to_json(), "even": even.to_json(),
+                          "layouts": [f.row() for f in layouts], "auto": reason}))
         return 0
     _show(partition, chosen, even)
+    _show_layouts(layouts, reason, goal)
     return 0
+
+
+def _show_layouts(layouts, reason: str, goal: str) -> None:
+    from rich.table import Table
+
+    from ppsvd.console import out
+
+    table = Table(title=f"layouts of the same processes · best for --goal {goal} first", header_style="bold",
+                  title_style="bold", box=None, pad_edge=False)
+    for name in ("layout", "", "steps per stage", "makespan s", "samples/s", "latency s"):
+        table.add_column(name, justify="left" if name in ("layout", "") else "right")
+    for f in layouts:
+        table.add_row(f.layout.name(), f.layout.describe(), "+".join(map(str, f.sizes)), f"{f.makespan_s:.2f}",
+                      f"{f.throughput:.4f}", f"{f.latency_s:.3f}")
+    out.print(table)
+    out.print(reason, style="dim", soft_wrap=True)
 
 
 def _show(partition: str, chosen, even) -> None:

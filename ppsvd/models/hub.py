@@ -151,3 +151,38 @@ def model_root(model: str, where: Location, *, revision: str | None = None, env:
         if found is not None:
             return Path(found).parents[len(Path(rel).parts) - 1]
     return None
+
+
+def weight_params(model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Parameter count of each component whose safetensors weights are on disk, read from the
+    files' headers (exact, no tensors loaded); components without such files are left out."""
+    counts: dict[str, int] = {}
+    for name, files in WEIGHT_FILES.items():
+        for candidate in files:
+            if not candidate.endswith((".safetensors", ".safetensors.index.json")):
+                continue
+            found = find(model, where, f"{name}/{candidate}", revision=revision, env=env)
+            found = found or find(model, where, f"{name}/{variant_name(candidate)}", revision=revision, env=env)
+            if found is None:
+                continue
+            shards = [Path(found)]
+            if found.endswith(".index.json"):
+                import json
+
+                weight_map = json.loads(Path(found).read_text()).get("weight_map", {})
+                shards = [Path(found).parent / shard for shard in sorted(set(weight_map.values()))]
+            counts[name] = sum(_safetensors_params(shard) for shard in shards)
+            break
+    return counts
+
+
+def _safetensors_params(path: Path) -> int:
+    """Elements of every tensor in a safetensors file: its header is an 8-byte length and JSON."""
+    import json
+    import math
+    import struct
+
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    return sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")

@@ -33,6 +33,7 @@ is far too low. Check against a real GPU with `python -m ppsvd.doctor.calibrate 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ppsvd.models.hub import stage_components
@@ -84,10 +85,32 @@ class StageMemory:
 
 
 def model_family(model: str) -> str:
-    """synthetic, tiny or svd (every hub id or local directory is treated as SVD-sized)."""
+    """synthetic, tiny or svd (every hub id or local directory is SVD-sized unless its files say otherwise)."""
     if model in ("synthetic", "tiny"):
         return model
     return "svd"
+
+
+def activation_scale(params: dict[str, int]) -> float:
+    """The activation constants were measured on SVD-XT; another UNet's activations scale with its
+    channel width, and its parameter count with the width squared: so sqrt(params / SVD-XT's)."""
+    unet = params.get("unet") or SVD_PARAMS["unet"]
+    return (unet / SVD_PARAMS["unet"]) ** 0.5
+
+
+@functools.lru_cache(maxsize=16)
+def model_params(model: str) -> dict[str, int]:
+    """Parameters per component: the embedded tiny SVD's, else counted from the weights on disk
+    (a local directory or the hub cache), else SVD-XT's (a model not downloaded yet)."""
+    if model_family(model) == "tiny":
+        return dict(TINY_PARAMS)
+    from ppsvd.models.hub import locate, weight_params
+
+    try:
+        on_disk = weight_params(model, locate(model))
+    except Exception:  # an unreadable cache is the loader's error to report, not the estimate's
+        on_disk = {}
+    return {**SVD_PARAMS, **on_disk}
 
 
 def positions(shape: tuple[int, int, int, int, int]) -> int:
@@ -107,6 +130,8 @@ def estimate_stages(
     b, c, f, h, w = shape
     overhead = OVERHEAD_CUDA if device == "cuda" else OVERHEAD_CPU
     family = model_family(model)
+    params = model_params(model) if family != "synthetic" else {}
+    width = activation_scale(params)
     latent_bytes = b * c * f * h * w * nbytes
     stages = []
     for k in range(nproc):
@@ -118,14 +143,13 @@ def estimate_stages(
                             overhead_bytes=overhead)
             )
             continue
-        params = TINY_PARAMS if family == "tiny" else SVD_PARAMS
         count = sum(params.get(name, 0) for name in stage_components(first, last))  # no weights: scheduler, feature extractor
-        acts = {"unet": UNET_ACT * CFG * b * f * h * w * nbytes}
+        acts = {"unet": round(UNET_ACT * width * CFG * b * f * h * w * nbytes)}
         if last:
             chunk = f if decode_chunk is None else min(decode_chunk, f)
-            acts["decode"] = DECODE_ACT * b * chunk * h * w * nbytes
+            acts["decode"] = round(DECODE_ACT * width * b * chunk * h * w * nbytes)
         if first:
-            acts["encode"] = ENCODE_ACT * b * h * w * 4
+            acts["encode"] = round(ENCODE_ACT * width * b * h * w * 4)
         kind = max(acts, key=lambda key: acts[key])
         # Latents in flight: received, being worked on, queued to send (max_in_flight 2), with CFG copies.
         buffers = 6 * latent_bytes

@@ -324,10 +324,13 @@ def kill_if_alive(store: Any, run_id: str, stage: int, grace_s: float = KILL_GRA
     return True
 
 
-def stage_host(store: Any, run_id: str, stage: int) -> str | None:
-    """The host name stage `stage` said it runs on, if it did."""
-    facts = read_host(store, run_id, stage)
-    return facts.hostname if facts is not None else None
+def describe(reason: StopReason, store: Any, run_id: str) -> str:
+    """The one line naming the cause, with the blamed stage's host (for runs over several hosts)."""
+    if reason.stage is None:
+        return reason.message
+    facts = read_host(store, run_id, reason.stage)
+    where = f" on host {facts.hostname}" if facts is not None else ""
+    return f"stage {reason.stage}{where} failed: {reason.message}"
 
 
 def read_abort(store: Any, run_id: str) -> StopReason | None:

@@ -19,8 +19,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from ppsvd.config import RunConfig
-from ppsvd.console import notice
-from ppsvd.runtime.control import RunControl, key, public_run_id, store_get
+from ppsvd.console import error_line, notice
+from ppsvd.runtime.control import RunControl, describe, key, public_run_id, store_get
 from ppsvd.errors import Cancelled, PpsvdError
 
 RUN_DIR_KEY = "run_dir"
@@ -218,7 +218,10 @@ def _run(
                 cause = reason.message
             else:
                 cause = f"stage {reason.stage} failed: {reason.message}"
-            if config.debug:
+            if not self_launched and rank == 0 and reason is not None:
+                # Under torchrun no launcher of ours speaks for the run: rank 0 names the cause.
+                error_line(describe(reason, store, run_id))
+            elif config.debug:
                 notice(f"stage {rank} stopped because {cause}")
             return 3
         if isinstance(exc, KeyboardInterrupt):
