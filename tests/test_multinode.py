@@ -34,13 +34,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def agent_command(port: int, node_rank: int, *simulate_args: str) -> list[str]:
-    """One agent's command line: the same as on two real hosts, with 127.0.0.1 as the endpoint."""
+def agent_command(port: int, *simulate_args: str) -> list[str]:
+    """One agent's command line: the same as on two real hosts, with 127.0.0.1 as the endpoint
+    (the c10d rendezvous assigns ranks itself: no --node-rank)."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--node-rank", str(node_rank),
-        "-m", "ppsvd", "simulate", *simulate_args,
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "ppsvd", "simulate", *simulate_args,
     ]
+
+
+def test_the_readme_multinode_line_is_the_one_tested_here():
+    line = " ".join(["torchrun", *agent_command(29500, "--transport", "zmq")[3:]])
+    assert line in (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def _start_agents(tmp_path: Path, *args: str, fault: str | None = None) -> list[subprocess.Popen]:
@@ -50,7 +55,7 @@ def _start_agents(tmp_path: Path, *args: str, fault: str | None = None) -> list[
     if fault:
         env["PPSVD_FAULT"] = fault
     return [
-        subprocess.Popen(agent_command(port, r, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        subprocess.Popen(agent_command(port, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          env=env, start_new_session=True)
         for r in (0, 1)
     ]

@@ -206,6 +206,10 @@ def _run(
             # launcher passing a signal on). Stop the other stages too, in case only this one got
             # it; say nothing: the launcher (ours or torchrun) speaks for the run.
             control.interrupted(signal.Signals(received[0]).name)
+            found = control.read_abort()
+            if not self_launched and rank == 0 and found is not None and found.stage is not None:
+                # The agent stopped us because a stage failed: rank 0 still names it (torchrun).
+                error_line(describe(found, store, run_id))
             return 128 + received[0]
         reason = control.reason
         if reason is not None and reason.stage == rank:  # one of our threads failed first
