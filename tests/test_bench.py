@@ -159,7 +159,7 @@ def test_pipeline_and_data_side_by_side(tmp_path):
     assert data4.metrics.overall_throughput == pytest.approx(10 / (3 * 28 * STEP_S))
     assert data4.speedup == pytest.approx(10 / 3)  # vs 1 worker doing all 10: 10 x 14 s
     assert data4.efficiency == pytest.approx(10 / 12)
-    assert data4.note.startswith("10 samples over 4 workers: shards 3+3+2+2")
+    assert data4.note.startswith("10 samples over 4 workers: about 3+3+2+2 each from the work queue")
     pipe4 = by[(4, "pipeline")]
     assert pipe4.efficiency == pytest.approx(1.0)
     assert pipe4.metrics.ideal_pipeline_makespan_s == pytest.approx(13 * 7 * STEP_S)

@@ -543,7 +543,7 @@ def test_zmq_link_plan_follows_where_the_peer_runs(monkeypatch, tmp_path):
     same_box_other_agent = HostFacts("a", network="n1", files="n1/m1", processes="p1", pid=2, started="1")
     container = HostFacts("a", network="n1", files="n1/m2", processes="p2", pid=2, started="1")
     elsewhere = HostFacts("b", network="n2", files="n2/m1", processes="p3", pid=2, started="1")
-    route = lambda: "10.0.0.5"  # noqa: E731
+    route = lambda: "10.0.0.5"
     # Two agents on one machine are one host, whatever --nnodes says (issue 13).
     assert plan_link(world(), here, same_box_other_agent).kind == "ipc"
     assert plan_link(world(zmq_endpoint="tcp"), here, same_box_other_agent).bind_host == "127.0.0.1"

@@ -111,7 +111,7 @@ class ZmqTransport(Transport):
                 world.store.set(_client_key(world, world.next_rank), self._client_keys[0])
             if not world.is_first:
                 peer = self._wait_for_host(world.prev_rank)
-                route = lambda: route_address(getattr(world.store, "host", "127.0.0.1"))  # noqa: E731
+                route = lambda: route_address(getattr(world.store, "host", "127.0.0.1"))
                 link = plan_link(world, me, peer, route=route)
                 if link.warning:
                     print(f"ppsvd: warning: {link.warning}", file=sys.stderr, flush=True)

@@ -54,6 +54,10 @@ Launcher = Callable[[RunConfig, Path], LaunchLike]
 """launch(config, run_dir) -> result; must not raise for a run that fails."""
 
 
+SWEPT_STRATEGIES = ("pipeline", "data")
+"""What a sweep compares at every GPU count (a guidance pair needs an even count: not swept)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class BenchPlan:
     """What to sweep: a base RunConfig (everything but nproc and strategy), counts, strategies."""
@@ -98,8 +102,11 @@ class BenchPlan:
             raise ConfigError("--gpus is empty; give counts such as --gpus 1,2,4,7")
         if len(set(self.gpu_counts)) != len(self.gpu_counts):
             raise ConfigError(f"--gpus {_join(self.gpu_counts)} repeats a count; list each count once")
-        if not self.strategies or len(set(self.strategies)) != len(self.strategies):
-            raise ConfigError(f"--strategy {_join(self.strategies)} must list pipeline and/or data once each")
+        if not self.strategies or len(set(self.strategies)) != len(self.strategies) or not set(self.strategies) <= set(SWEPT_STRATEGIES):
+            raise ConfigError(
+                f"--strategy {_join(self.strategies)} must list pipeline and/or data once each "
+                "(cfg, hybrids and auto: compare them with `ppsvd plan` or `ppsvd simulate --strategy ...`)"
+            )
         modes = self.partition_modes
         if len(set(modes)) != len(modes) or not set(modes) <= set(PARTITIONS):
             raise ConfigError(f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU count)")
@@ -214,18 +221,21 @@ class SweepObserver:
 
 
 def run_note(config: RunConfig) -> str | None:
-    """Why this count is not a clean split: uneven steps (pipeline) or uneven shards (data)."""
+    """Why this count is not a clean split: uneven steps (pipeline) or an uneven sample count (data)."""
     n, t, s = config.nproc, config.total_steps, config.num_samples
-    works = [rank_work(config.strategy, n, k, range(s), total_steps=t) for k in range(n)]
-    if not works[0].writes_shard:  # auto and explicit sizes are chosen splits: no note
-        return works[0].plan.notice() if config.partition == "even" else None
-    shards = [len(w.samples) for w in works]
-    if len(set(shards)) == 1:
+    if config.strategy == "pipeline":
+        if config.partition != "even":  # auto and explicit sizes are chosen splits: no note
+            return None
+        return rank_work(config.strategy, n, 0, range(s), total_steps=t).plan.notice()
+    if config.strategy != "data" or s % n == 0:
         return None
-    idle = shards.count(0)
-    text = f"{s} samples over {n} workers: shards {'+'.join(map(str, shards))}; the busiest worker ({max(shards)} samples) sets the time"
-    if idle:
-        text += f", {idle} worker(s) have nothing to do"
+    # Workers take samples from a queue: with equal speeds the first s mod n take one more.
+    base, extra = divmod(s, n)
+    counts = [base + (1 if k < extra else 0) for k in range(n)]
+    text = (f"{s} samples over {n} workers: about {'+'.join(map(str, counts))} each from the work queue; "
+            f"the busiest worker ({max(counts)} samples) sets the time")
+    if base == 0:
+        text += f", {counts.count(0)} worker(s) have nothing to do"
     return text
 
 

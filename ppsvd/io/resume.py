@@ -26,7 +26,8 @@ EXECUTION_FIELDS = frozenset(
     {
         "nproc", "transport", "strategy", "partition", "costs_from", "stage_speed", "output_dir", "timeout_s",
         "stall_timeout_s", "max_in_flight", "bind_host", "zmq_endpoint", "step_ms", "encode_ms", "decode_ms",
-        "debug", "show_progress", "extra", "log_format", "progress_interval_s",
+        "debug", "show_progress", "extra", "log_format", "progress_interval_s", "pipeline_stages", "replicas",
+        "goal", "cfg_half_ms",
     }
 )
 """RunConfig fields that change how a run executes, never a sample's values (the exactness
@@ -62,10 +63,6 @@ def load_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; pass a directory a ppsvd run or simulate wrote") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {run_dir}: {CONFIG} is unreadable ({exc}); start a new run instead") from None
-    if not isinstance(data.get("partition"), str):
-        # config.json's "partition" holds the executed plan (the step ranges), not the option's
-        # text; an execution detail either way, so the resumed run plans its own.
-        data.pop("partition", None)
     try:
         return RunConfig.from_json(data)
     except (TypeError, ValueError) as exc:

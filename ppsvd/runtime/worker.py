@@ -333,7 +333,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     if rank == 0:
         write_json_atomic(
             run_dir / "config.json",
-            {**config.to_json(), "world_size": world, "partition": plan.to_json(), "costs": run_plan.costs_json(),
+            {**config.to_json(), "world_size": world, "step_ranges": plan.to_json(), "costs": run_plan.costs_json(),
              "run_id": public_run_id(run_id), "versions": software_versions()},
         )
     ready = time.time()
