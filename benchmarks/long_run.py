@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="ppsvd-long-"))
-    config = RunConfig(
+    config = RunConfig.from_options(
         model="synthetic", total_steps=args.total_steps, latent_shape=tuple(args.latent_shape),
         num_samples=args.num_samples, nproc=args.nproc, transport=args.transport, step_ms=args.step_ms,
         output_dir=out, show_progress=False, timeout_s=120.0,

@@ -45,7 +45,7 @@ def main() -> None:
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="ppsvd-partition-"))
 
     def measure(n: int, partition: str, speeds: tuple[float, ...] = ()):
-        config = RunConfig(
+        config = RunConfig.from_options(
             model="synthetic", total_steps=args.total_steps, latent_shape=tuple(args.latent_shape),
             num_samples=args.num_samples, nproc=n, transport=args.transport, step_ms=args.step_ms,
             encode_ms=args.encode_ms, decode_ms=args.decode_ms, stage_speed=speeds, partition=partition,

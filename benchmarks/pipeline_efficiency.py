@@ -41,7 +41,7 @@ def main() -> None:
     for transport in transports:
         base = None
         for n in nprocs:
-            config = RunConfig(
+            config = RunConfig.from_options(
                 model="synthetic",
                 total_steps=args.total_steps,
                 latent_shape=tuple(args.latent_shape),

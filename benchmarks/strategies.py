@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     ms = {k: round(v / args.scale) for k, v in H200_MS.items()}
     out = Path(tempfile.mkdtemp(prefix="ppsvd-strategies-"))
-    base = RunConfig(
+    base = RunConfig.from_options(
         model="synthetic", total_steps=28, latent_shape=(1, 4, 14, 64, 64), dtype="fp16", step_ms=ms["step"],
         cfg_half_ms=ms["half"], encode_ms=ms["encode"], decode_ms=ms["decode"], decode_chunk_size=1,
         transport=args.transport, output_dir=out, show_progress=False, timeout_s=300.0, seed=3,
@@ -56,12 +56,12 @@ def main() -> None:
 
     def run(config: RunConfig) -> dict:
         measured = measure(config)
-        layout = config.layout()
-        predicted = predict(layout, LayoutCosts.from_config(config, costs), config.total_steps, config.num_samples)
-        row = {"layout": layout.name(), "describe": layout.describe(), "nproc": config.nproc, "samples": config.num_samples,
+        layout = config.layout_plan()
+        predicted = predict(layout, LayoutCosts.from_config(config, costs), config.job.total_steps, config.job.num_samples)
+        row = {"layout": layout.name(), "describe": layout.describe(), "nproc": config.layout.nproc, "samples": config.job.num_samples,
                **measured, "predicted_makespan_s": predicted.makespan_s, "predicted_latency_s": predicted.latency_s}
         report["runs"].append(row)
-        print(f"  {row['layout']:8s} N={config.nproc} S={config.num_samples:3d}: makespan {row['makespan_s']:7.3f} s "
+        print(f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan {row['makespan_s']:7.3f} s "
               f"(predicted {row['predicted_makespan_s']:7.3f}), latency p50 {row['latency_s']:.3f} s "
               f"(predicted {row['predicted_latency_s']:.3f})", flush=True)
         return row
@@ -110,7 +110,7 @@ def measure(config) -> dict:
 
     result = launch(config.validate())
     if not result.ok:
-        raise SystemExit(f"{config.layout().name()} failed: {result.error}")
+        raise SystemExit(f"{config.layout_plan().name()} failed: {result.error}")
     timeline = RunTimeline.load(result.run_dir / "timeline.json")
     done, starts = timeline.completions(), sample_starts(timeline)
     return {

@@ -45,11 +45,11 @@ def parse_args() -> argparse.Namespace:
 
 def diffusers_loop(pipe, config: RunConfig, indices: range) -> list[tuple[torch.Tensor, np.ndarray]]:
     """The baseline: one pipeline call per sample, seeded seed + index like ppsvd."""
-    b, _, f, h, w = config.latent_shape
+    b, _, f, h, w = config.job.latent_shape
     latents: list[torch.Tensor] = []
 
     def keep_final_latents(_pipe, i, _t, kwargs):
-        if i == config.total_steps - 1:
+        if i == config.job.total_steps - 1:
             latents.append(kwargs["latents"])
         return {}
 
@@ -60,15 +60,15 @@ def diffusers_loop(pipe, config: RunConfig, indices: range) -> list[tuple[torch.
             height=h * 8,
             width=w * 8,
             num_frames=f,
-            num_inference_steps=config.total_steps,
-            fps=config.fps,
-            motion_bucket_id=config.motion_bucket_id,
-            noise_aug_strength=config.noise_aug_strength,
-            min_guidance_scale=config.min_guidance_scale,
-            max_guidance_scale=config.max_guidance_scale,
-            decode_chunk_size=config.decode_chunk_size,
+            num_inference_steps=config.job.total_steps,
+            fps=config.svd.fps,
+            motion_bucket_id=config.svd.motion_bucket_id,
+            noise_aug_strength=config.svd.noise_aug_strength,
+            min_guidance_scale=config.svd.min_guidance_scale,
+            max_guidance_scale=config.svd.max_guidance_scale,
+            decode_chunk_size=config.svd.decode_chunk_size,
             num_videos_per_prompt=b,
-            generator=torch.Generator("cpu").manual_seed(config.seed + index),
+            generator=torch.Generator("cpu").manual_seed(config.job.seed + index),
             output_type="np",
             callback_on_step_end=keep_final_latents,
         ).frames
@@ -101,7 +101,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ppsvd-tiny-") as tmp:
         repo = tiny.save_tiny(Path(tmp) / "tiny-svd")
-        config = RunConfig(model=str(repo), total_steps=args.steps, latent_shape=tuple(args.latent_shape), seed=0)
+        config = RunConfig.from_options(model=str(repo), total_steps=args.steps, latent_shape=tuple(args.latent_shape), seed=0)
         pipe = StableVideoDiffusionPipeline.from_pretrained(repo)
         pipe.set_progress_bar_config(disable=True)
         stage = SVDStageModel(config, partition_steps(args.steps, 1), 0, torch.device("cpu"))

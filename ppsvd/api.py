@@ -218,7 +218,7 @@ def run_config(
         entries = read_inputs(inputs)
     else:
         entries = tuple(item if isinstance(item, SampleInput) else SampleInput(**item) for item in inputs)
-    return RunConfig(
+    return RunConfig.from_options(
         model=model_id,
         images=image_list,
         inputs=entries,
@@ -254,7 +254,7 @@ def simulate_config(
     """The RunConfig of `ppsvd simulate` (see simulate() for the arguments), checked."""
     if any(v is not None for v in (num_frames, height, width)) and tuple(latent_shape or ()) == DEFAULT_LATENT_SHAPE:
         latent_shape = None  # diffusers' names given: they replace parts of the default shape
-    return RunConfig(
+    return RunConfig.from_options(
         model=model_id,
         latent_shape=resolve_latent_shape(model_id, latent_shape, num_frames=num_frames, height=height, width=width),
         total_steps=resolve_total_steps(total_steps, num_inference_steps),
@@ -282,12 +282,12 @@ def _as_list(value: ImageLike | Iterable[ImageLike]) -> list[str]:
 def resolve_strategy(config: RunConfig, world=None, *, announce: bool = True) -> RunConfig:
     """--strategy auto -> the layout the cost model predicts best for --goal (the same answer on
     every rank: it depends only on the config), with one line saying why."""
-    if config.strategy != "auto":
+    if config.layout.strategy != "auto":
         return config
     from ppsvd.layouts import apply, choose
     from ppsvd.runtime.planning import known_costs
 
-    n = config.nproc if world is None else world[1]
+    n = config.layout.nproc if world is None else world[1]
     config = config.replace(nproc=n)
     config.validate()
     layout, reason, _ = choose(config, known_costs(config))
@@ -308,12 +308,12 @@ def check(config: RunConfig) -> RunConfig:
     if env_world() is None:
         import torch
 
-        config.check_devices(torch.cuda.device_count() if config.device == "cuda" else 0, config.nproc)
+        config.check_devices(torch.cuda.device_count() if config.model.device == "cuda" else 0, config.layout.nproc)
     preflight(config)
-    if config.costs_from:
+    if config.layout.costs_from:
         from ppsvd.analysis.costs import costs_from_run
 
-        costs_from_run(config.costs_from)  # a run directory without usable costs: one line, now
+        costs_from_run(config.layout.costs_from)  # a run directory without usable costs: one line, now
     return config
 
 
@@ -331,7 +331,7 @@ def execute(
         if run_dir is None:
             from ppsvd.io.atomic import check_output_dir
 
-            check_output_dir(config.output_dir)  # a file or an unwritable place: ConfigError, one line
+            check_output_dir(config.output.output_dir)  # a file or an unwritable place: ConfigError, one line
     indices = None if indices is None else tuple(indices)
     if env_world() is not None:
         from ppsvd.runtime.worker import torchrun_main
@@ -416,7 +416,7 @@ def bench_plan(
     for name in names:
         if name not in STRATEGIES:
             raise ConfigError(f"--strategy {','.join(names)!r}: {name!r} is not one of {', '.join(STRATEGIES)}")
-    base = RunConfig(
+    base = RunConfig.from_options(
         model=model_id,
         weights=weights,
         total_steps=resolve_total_steps(total_steps, num_inference_steps),
@@ -449,5 +449,5 @@ def benchmark(*, observer=None, **options: Any):
 
     plan = bench_plan(**options)
     preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
-    results_dir = sweep.new_results_dir(plan.base.output_dir)
+    results_dir = sweep.new_results_dir(plan.base.output.output_dir)
     return sweep.run_bench(plan, results_dir, observer=observer)

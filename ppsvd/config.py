@@ -1,4 +1,4 @@
-"""Run configuration: one frozen dataclass, and every check of user input.
+"""Run configuration: a frozen RunConfig of frozen sections, and every check of user input.
 
 Each check raises ConfigError with the bad value and the fix, so the CLI can print one line
 and exit 2 before any worker starts.
@@ -12,25 +12,34 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ppsvd.errors import ConfigError
 from ppsvd.plan import Layout
 
-TRANSPORTS = ("nccl", "gloo", "zmq")
-DTYPES = ("fp32", "fp16", "bf16")
-DEVICES = ("cpu", "cuda")
-STRATEGIES = ("pipeline", "data", "cfg", "auto")
+Transport = Literal["nccl", "gloo", "zmq"]
+Dtype = Literal["fp32", "fp16", "bf16"]
+Device = Literal["cpu", "cuda"]
+Strategy = Literal["pipeline", "data", "cfg", "auto"]
+Goal = Literal["throughput", "latency"]
+ZmqEndpoint = Literal["auto", "ipc", "tcp"]
+Weights = Literal["pretrained", "random"]
+LogFormat = Literal["auto", "rich", "plain", "json"]
+
+TRANSPORTS: tuple[str, ...] = get_args(Transport)
+DTYPES: tuple[str, ...] = get_args(Dtype)
+DEVICES: tuple[str, ...] = get_args(Device)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 """pipeline: steps split over stages; data: whole samples from a shared work queue; cfg: the two
 halves of classifier-free guidance on two processes per stage; auto: the layout the cost model
 predicts best for --goal (ppsvd.layouts). --pipeline-stages / --replicas make hybrids."""
-GOALS = ("throughput", "latency")
+GOALS: tuple[str, ...] = get_args(Goal)
 CFG_HALF_RATIO = 114 / 162
 """A half-batch (one guidance half) UNet step over a full CFG step: measured on one H200, fp16,
 SVD-XT at 14 frames 512x512 (114 ms vs 162 ms); the synthetic model's default --cfg-half-ms."""
-ZMQ_ENDPOINTS = ("auto", "ipc", "tcp")
-WEIGHTS = ("pretrained", "random")
-LOG_FORMATS = ("auto", "rich", "plain", "json")
+ZMQ_ENDPOINTS: tuple[str, ...] = get_args(ZmqEndpoint)
+WEIGHTS: tuple[str, ...] = get_args(Weights)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 """Progress output: 'rich' bars, 'plain' lines at a steady interval, 'json' lines; 'auto' picks
 rich on a terminal and plain otherwise (a cluster job's log file)."""
 
@@ -109,98 +118,31 @@ class SampleSpec:
         }
 
 
+# -- the run's configuration, one section per concern -------------------------------------------
+# Each field (its default and docstring) lives in exactly one section; RunConfig composes them.
+# Flat option names (the CLI's, the Python API's, an old flat config.json) reach their section
+# through OPTION_SECTIONS, derived from these dataclasses' fields.
+
+
 @dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Everything one pipeline run needs. Built by the CLI, checked by validate(), sent to every worker."""
+class ModelSection:
+    """Which model runs, and on what device and precision."""
 
     model: str = SYNTHETIC_MODEL
     """'synthetic' (CPU stand-in), 'tiny' (embedded small SVD), a hub id or a local directory."""
-    weights: str = "pretrained"
+    weights: Weights = "pretrained"
     """'pretrained' loads weights; 'random' builds the architecture from configs with random weights."""
-    total_steps: int = DEFAULT_TOTAL_STEPS
-    """Denoising steps T, split over the stages."""
-    latent_shape: tuple[int, int, int, int, int] = DEFAULT_LATENT_SHAPE
-    """B C F H W: videos per sample, latent channels, frames, latent height and width (pixels = 8x)."""
-    num_samples: int = 1
-    """Samples to generate; sample i uses seed + i."""
-    seed: int = 0
-    nproc: int = 1
-    """Stages (processes). Under torchrun this is the world size."""
-    transport: str | None = None
-    """nccl, gloo or zmq; None picks nccl when every stage has its own CUDA device, else gloo."""
-    device: str = "cpu"
-    """cpu or cuda. Commands resolve a missing --device with auto_device before a run; only doctor
-    plans with None (not given), and resolves it once it has probed the machine."""
-    dtype: str | None = None
-    """fp32, fp16 or bf16; None picks fp16 on CUDA and fp32 on CPU."""
-    strategy: str = "pipeline"
-    """'pipeline' splits steps over stages; 'data' gives each process whole samples (the baseline);
-    'cfg' splits each step's guidance batch over two processes; 'auto' is resolved before a run."""
-    pipeline_stages: int | None = None
-    """Stages per pipeline (each a process, or a guidance pair with --strategy cfg); None: what the strategy implies."""
-    replicas: int | None = None
-    """Independent copies of the layout taking samples from one work queue; None: what the strategy implies."""
-    goal: str = "throughput"
-    """--strategy auto: pick the layout with the shortest makespan ('throughput') or per-video latency ('latency')."""
-    cfg_half_ms: float | None = None
-    """Synthetic model only: one guidance half's step (batch 1) in ms; None: step_ms x CFG_HALF_RATIO."""
-    step_ms: float = 0.0
-    """Synthetic model only: time spent per step without using the CPU, to emulate a GPU step."""
-    encode_ms: float = 0.0
-    """Synthetic model only: stage 0's time per sample to prepare it (SVD's image encode), spent like step_ms."""
-    decode_ms: float = 0.0
-    """Synthetic model only: the last stage's time per sample to finish it (SVD's VAE decode), spent like step_ms."""
-    stage_speed: tuple[float, ...] = ()
-    """Synthetic model only: relative speed of each stage's device (0.5 = half as fast); empty: all 1."""
-    partition: str = DEFAULT_PARTITION
-    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.costs),
-    'even' (sizes differ by at most one), or explicit sizes 'a,b,c' (one per stage, summing to T)."""
-    costs_from: str | None = None
-    """A previous run's directory: plan (and predict) with the costs its timeline.json recorded."""
-    output_dir: Path = Path("ppsvd-runs")
-    timeout_s: float = 600.0
-    """Longest any single wait may last (a receive, a send, the rendezvous). Failures are usually seen sooner."""
-    stall_timeout_s: float = 60.0
-    """A stage in the middle of its steps that makes no step for max(this, 20 x its median step) is hung."""
-    max_in_flight: int = 2
-    """Messages a stage may have queued for sending before it stops computing (back-pressure)."""
-    bind_host: str | None = None
-    """zmq tcp: the address to bind. None: loopback when the sending stage runs on this host, else this
-    host's address on the route to the store (backends/zmq.py decides from where each peer runs)."""
-    zmq_endpoint: str = "auto"
-    """zmq: 'ipc' on one host, 'tcp' across hosts; 'auto' picks."""
-    # SVD conditioning (diffusers' StableVideoDiffusionPipeline arguments).
-    images: tuple[str, ...] = ()
-    """Input image files or http(s) URLs; sample i uses images[i % len]. Empty: the built-in test image."""
-    inputs: tuple[SampleInput, ...] = ()
-    """--inputs job file, one SampleInput per line; sample i uses inputs[i % len]. Excludes images."""
-    fps: int = 6
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
-    min_guidance_scale: float = 1.0
-    max_guidance_scale: float = 3.0
-    decode_chunk_size: int | None = None
-    video_fps: int | None = None
-    """Playback frame rate of the MP4s; None: the sample's fps conditioning (diffusers keeps the two
-    apart: export_to_video(frames, fps=...) is separate from the pipeline's fps argument)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of --model, as from_pretrained(revision=...)."""
     variant: str | None = None
     """Weights variant, as from_pretrained(variant=...): None picks fp16 files for an fp16 run when
     the model has them, else the full-precision ones."""
-    save_video: bool = True
-    save_frames: bool = False
-    save_latents: bool = True
-    debug: bool = False
-    show_progress: bool = True
-    log_format: str = "auto"
-    """How progress is shown: see LOG_FORMATS."""
-    progress_interval_s: float = 10.0
-    """Seconds between progress lines in the plain and json formats."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form values recorded in the run's config.json (e.g. the bench sweep it belongs to)."""
+    dtype: Dtype | None = None
+    """fp32, fp16 or bf16; None picks fp16 on CUDA and fp32 on CPU."""
+    device: Device = "cpu"
+    """cpu or cuda. Commands resolve a missing --device with auto_device before a run; only doctor
+    plans with None (not given), and resolves it once it has probed the machine."""
 
-    # -- derived ---------------------------------------------------------------------------
     @property
     def is_synthetic(self) -> bool:
         return self.model == SYNTHETIC_MODEL
@@ -211,97 +153,43 @@ class RunConfig:
             return self.dtype
         return "fp16" if self.device == "cuda" else "fp32"
 
-    @property
-    def resolved_transport(self) -> str:
-        if self.transport is not None:
-            return self.transport
-        return "nccl" if self.device == "cuda" else "gloo"
+    def validate(self) -> None:
+        _choice("--dtype", self.dtype, DTYPES, allow_none=True)
+        _choice("--device", self.device, DEVICES)
+        _choice("--weights", self.weights, WEIGHTS)
+        if self.device == "cpu" and self.resolved_dtype == "fp16" and not self.is_synthetic:
+            raise ConfigError("--dtype fp16 is not supported on --device cpu for SVD; use --dtype fp32 or bf16")
+        if self.variant is not None and not re.fullmatch(r"[A-Za-z0-9_]+", self.variant):
+            raise ConfigError(f"--variant {self.variant!r} is not a weights variant name; use e.g. --variant fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSection:
+    """What to generate: how many samples, of what size, from which inputs."""
+
+    total_steps: int = DEFAULT_TOTAL_STEPS
+    """Denoising steps T, split over the stages."""
+    latent_shape: tuple[int, int, int, int, int] = DEFAULT_LATENT_SHAPE
+    """B C F H W: videos per sample, latent channels, frames, latent height and width (pixels = 8x)."""
+    num_samples: int = 1
+    """Samples to generate; sample i uses seed + i."""
+    seed: int = 0
+    images: tuple[str, ...] = ()
+    """Input image files or http(s) URLs; sample i uses images[i % len]. Empty: the built-in test image."""
+    inputs: tuple[SampleInput, ...] = ()
+    """--inputs job file, one SampleInput per line; sample i uses inputs[i % len]. Excludes images."""
 
     @property
     def input_images(self) -> tuple[str, ...]:
         """The image of each input (--image values, or the --inputs lines), in order."""
         return tuple(item.image for item in self.inputs) if self.inputs else self.images
 
-    def sample_specs(self) -> tuple[SampleSpec, ...]:
-        """Every sample's image, seed, conditioning and output name. Pure: every process gets the same."""
-        return plan_samples(self)
-
-    def sample_spec(self, index: int) -> SampleSpec:
-        """The spec of sample `index`, also past num_samples (what a longer run would give it)."""
-        return plan_samples(self if index < self.num_samples else self.replace(num_samples=index + 1))[index]
-
-    def skipped_images(self) -> tuple[str, ...]:
-        """Input images no sample uses, because --num-samples is smaller than their number."""
-        return self.input_images[self.num_samples :]
-
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["output_dir"] = str(self.output_dir)
-        data["latent_shape"] = list(self.latent_shape)
-        data["images"] = list(self.images)
-        data["inputs"] = [item.to_json() for item in self.inputs]
-        data["resolved_dtype"] = self.resolved_dtype
-        data["resolved_transport"] = self.resolved_transport
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs["output_dir"] = Path(kwargs.get("output_dir", "ppsvd-runs"))
-        kwargs["latent_shape"] = tuple(kwargs.get("latent_shape", DEFAULT_LATENT_SHAPE))
-        kwargs["images"] = tuple(kwargs.get("images", ()))
-        kwargs["stage_speed"] = tuple(kwargs.get("stage_speed", ()))
-        kwargs["inputs"] = tuple(SampleInput(**item) for item in kwargs.get("inputs", ()))
-        return cls(**kwargs)
-
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, sort_keys=True)
-
-    # -- checks ----------------------------------------------------------------------------
-    def validate(self) -> RunConfig:
-        """Check everything that can be checked without torch. Returns self for chaining."""
+    def validate(self) -> None:
         _positive("--total-steps", self.total_steps)
         _positive("--num-samples", self.num_samples)
-        _positive("--nproc", self.nproc)
         check_latent_shape(self.latent_shape)
         if self.seed < 0:
             raise ConfigError(f"--seed {self.seed} is negative; use a seed >= 0")
-        _choice("--strategy", self.strategy, STRATEGIES)
-        _choice("--goal", self.goal, GOALS)
-        stages = self.layout().stages if self.strategy != "auto" else 1
-        if stages > 1 and self.total_steps < stages:
-            fewer = f"--nproc <= {self.total_steps}" if stages == self.nproc else "fewer --pipeline-stages"
-            raise ConfigError(
-                f"--total-steps {self.total_steps} is smaller than the number of stages ({stages}); "
-                f"every stage needs at least one step: use --total-steps >= {stages} or {fewer}"
-            )
-        _choice("--transport", self.transport, TRANSPORTS, allow_none=True)
-        _choice("--dtype", self.dtype, DTYPES, allow_none=True)
-        _choice("--device", self.device, DEVICES)
-        _choice("--zmq-endpoint", self.zmq_endpoint, ZMQ_ENDPOINTS)
-        _choice("--weights", self.weights, WEIGHTS)
-        if self.transport == "nccl" and self.device != "cuda":
-            raise ConfigError(
-                f"--transport nccl needs --device cuda (got --device {self.device}); use --transport gloo or zmq on CPU"
-            )
-        if self.device == "cpu" and self.resolved_dtype == "fp16" and not self.is_synthetic:
-            raise ConfigError("--dtype fp16 is not supported on --device cpu for SVD; use --dtype fp32 or bf16")
-        if self.step_ms < 0:
-            raise ConfigError(f"--step-ms {self.step_ms} is negative; use 0 or more milliseconds")
-        self._check_costs()
-        if self.step_ms and not self.is_synthetic:
-            raise ConfigError(f"--step-ms only applies to --model synthetic (got --model {self.model}); drop it")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"--timeout {self.timeout_s} must be positive seconds")
-        if self.stall_timeout_s <= 0:
-            raise ConfigError(f"--stall-timeout {self.stall_timeout_s} must be positive seconds")
-        if self.max_in_flight < 1:
-            raise ConfigError(f"--max-in-flight {self.max_in_flight} must be at least 1")
-        _check_conditioning("", fps=self.fps, motion_bucket_id=self.motion_bucket_id, noise_aug_strength=self.noise_aug_strength)
         if self.images and self.inputs:
             raise ConfigError("--image and --inputs both given; list the images in the --inputs file, or drop --inputs")
         for k, item in enumerate(self.inputs):
@@ -309,13 +197,120 @@ class RunConfig:
             if item.seed is not None and item.seed < 0:
                 raise ConfigError(f"{where}seed {item.seed} is negative; use a seed >= 0")
             _check_conditioning(where, fps=item.fps, motion_bucket_id=item.motion_bucket_id, noise_aug_strength=item.noise_aug_strength)
-        if self.video_fps is not None:
-            _positive("--video-fps", self.video_fps)
-        if self.variant is not None and not re.fullmatch(r"[A-Za-z0-9_]+", self.variant):
-            raise ConfigError(f"--variant {self.variant!r} is not a weights variant name; use e.g. --variant fp16")
-        _choice("--log-format", self.log_format, LOG_FORMATS)
-        if self.progress_interval_s <= 0:
-            raise ConfigError(f"--progress-interval {self.progress_interval_s} must be positive seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayoutSection:
+    """How the processes are arranged and the steps split over them."""
+
+    nproc: int = 1
+    """Stages (processes). Under torchrun this is the world size."""
+    strategy: Strategy = "pipeline"
+    """'pipeline' splits steps over stages; 'data' gives each process whole samples (the baseline);
+    'cfg' splits each step's guidance batch over two processes; 'auto' is resolved before a run."""
+    pipeline_stages: int | None = None
+    """Stages per pipeline (each a process, or a guidance pair with --strategy cfg); None: what the strategy implies."""
+    replicas: int | None = None
+    """Independent copies of the layout taking samples from one work queue; None: what the strategy implies."""
+    goal: Goal = "throughput"
+    """--strategy auto: pick the layout with the shortest makespan ('throughput') or per-video latency ('latency')."""
+    partition: str = DEFAULT_PARTITION
+    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.costs),
+    'even' (sizes differ by at most one), or explicit sizes 'a,b,c' (one per stage, summing to T)."""
+    costs_from: str | None = None
+    """A previous run's directory: plan (and predict) with the costs its timeline.json recorded."""
+    max_in_flight: int = 2
+    """Messages a stage may have queued for sending before it stops computing (back-pressure)."""
+
+    def validate(self) -> None:
+        _positive("--nproc", self.nproc)
+        _choice("--strategy", self.strategy, STRATEGIES)
+        _choice("--goal", self.goal, GOALS)
+        if self.max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight {self.max_in_flight} must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSection:
+    """Synthetic model only: the costs it emulates (time spent without using the CPU)."""
+
+    step_ms: float = 0.0
+    """Synthetic model only: time spent per step without using the CPU, to emulate a GPU step."""
+    encode_ms: float = 0.0
+    """Synthetic model only: stage 0's time per sample to prepare it (SVD's image encode), spent like step_ms."""
+    decode_ms: float = 0.0
+    """Synthetic model only: the last stage's time per sample to finish it (SVD's VAE decode), spent like step_ms."""
+    stage_speed: tuple[float, ...] = ()
+    """Synthetic model only: relative speed of each stage's device (0.5 = half as fast); empty: all 1."""
+    cfg_half_ms: float | None = None
+    """Synthetic model only: one guidance half's step (batch 1) in ms; None: step_ms x CFG_HALF_RATIO."""
+
+    @property
+    def resolved_cfg_half_ms(self) -> float:
+        """One guidance half's step (--cfg-half-ms, or --step-ms x CFG_HALF_RATIO)."""
+        return self.cfg_half_ms if self.cfg_half_ms is not None else self.step_ms * CFG_HALF_RATIO
+
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The flags of this section that were set (each only applies to the synthetic model)."""
+        return tuple(flag for flag, set_ in (("--step-ms", bool(self.step_ms)), ("--encode-ms", bool(self.encode_ms)),
+                                             ("--decode-ms", bool(self.decode_ms)), ("--cfg-half-ms", self.cfg_half_ms is not None),
+                                             ("--stage-speed", bool(self.stage_speed))) if set_)
+
+    def validate(self) -> None:
+        for flag, value in (("--step-ms", self.step_ms), ("--encode-ms", self.encode_ms), ("--decode-ms", self.decode_ms)):
+            if value < 0:
+                raise ConfigError(f"{flag} {value} is negative; use 0 or more milliseconds")
+        if self.cfg_half_ms is not None and self.cfg_half_ms < 0:
+            raise ConfigError(f"--cfg-half-ms {self.cfg_half_ms} is negative; use 0 or more milliseconds")
+        if any(v <= 0 for v in self.stage_speed):
+            text = ",".join(f"{v:g}" for v in self.stage_speed)
+            raise ConfigError(f"--stage-speed {text} must list positive speeds, e.g. --stage-speed 1,1,1,0.5")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportSection:
+    """How stages talk: the transport, where it binds, and how long any wait may last."""
+
+    transport: Transport | None = None
+    """nccl, gloo or zmq; None picks nccl when every stage has its own CUDA device, else gloo."""
+    bind_host: str | None = None
+    """zmq tcp: the address to bind. None: loopback when the sending stage runs on this host, else this
+    host's address on the route to the store (backends/zmq.py decides from where each peer runs)."""
+    zmq_endpoint: ZmqEndpoint = "auto"
+    """zmq: 'ipc' on one host, 'tcp' across hosts; 'auto' picks."""
+    timeout_s: float = 600.0
+    """Longest any single wait may last (a receive, a send, the rendezvous). Failures are usually seen sooner."""
+    stall_timeout_s: float = 60.0
+    """A stage in the middle of its steps that makes no step for max(this, 20 x its median step) is hung."""
+
+    def validate(self) -> None:
+        _choice("--transport", self.transport, TRANSPORTS, allow_none=True)
+        _choice("--zmq-endpoint", self.zmq_endpoint, ZMQ_ENDPOINTS)
+        if self.timeout_s <= 0:
+            raise ConfigError(f"--timeout {self.timeout_s} must be positive seconds")
+        if self.stall_timeout_s <= 0:
+            raise ConfigError(f"--stall-timeout {self.stall_timeout_s} must be positive seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SvdSection:
+    """SVD conditioning: diffusers' StableVideoDiffusionPipeline arguments (the run's defaults)."""
+
+    fps: int = 6
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+    decode_chunk_size: int | None = None
+
+    @property
+    def uses_guidance(self) -> bool:
+        """Classifier-free guidance is on (diffusers: max_guidance_scale > 1): there are two halves to split."""
+        return self.max_guidance_scale > 1
+
+    def validate(self) -> None:
+        _check_conditioning("", fps=self.fps, motion_bucket_id=self.motion_bucket_id, noise_aug_strength=self.noise_aug_strength)
         if self.min_guidance_scale > self.max_guidance_scale:
             raise ConfigError(
                 f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale {self.max_guidance_scale}; "
@@ -323,60 +318,239 @@ class RunConfig:
             )
         if self.decode_chunk_size is not None:
             _positive("--decode-chunk-size", self.decode_chunk_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSection:
+    """What a run writes, and where."""
+
+    output_dir: Path = Path("ppsvd-runs")
+    save_video: bool = True
+    save_frames: bool = False
+    save_latents: bool = True
+    video_fps: int | None = None
+    """Playback frame rate of the MP4s; None: the sample's fps conditioning (diffusers keeps the two
+    apart: export_to_video(frames, fps=...) is separate from the pipeline's fps argument)."""
+
+    def validate(self) -> None:
+        if self.video_fps is not None:
+            _positive("--video-fps", self.video_fps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UiSection:
+    """What the user sees while a run goes."""
+
+    debug: bool = False
+    show_progress: bool = True
+    log_format: LogFormat = "auto"
+    """How progress is shown: see LOG_FORMATS."""
+    progress_interval_s: float = 10.0
+    """Seconds between progress lines in the plain and json formats."""
+
+    def validate(self) -> None:
+        _choice("--log-format", self.log_format, LOG_FORMATS)
+        if self.progress_interval_s <= 0:
+            raise ConfigError(f"--progress-interval {self.progress_interval_s} must be positive seconds")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "job": JobSection,
+    "layout": LayoutSection,
+    "synthetic": SyntheticSection,
+    "transport": TransportSection,
+    "svd": SvdSection,
+    "output": OutputSection,
+    "ui": UiSection,
+}
+"""RunConfig's sections, by attribute name."""
+
+OPTION_SECTIONS: dict[str, str] = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+"""Flat option name -> the section that holds it: the one routing table, derived from the sections."""
+
+OPTION_NAMES = (*OPTION_SECTIONS, "extra")
+"""Every flat option name RunConfig.from_options and replace accept."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one pipeline run needs. Built by the CLI, checked by validate(), sent to every worker."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    job: JobSection = field(default_factory=JobSection)
+    layout: LayoutSection = field(default_factory=LayoutSection)
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    transport: TransportSection = field(default_factory=TransportSection)
+    svd: SvdSection = field(default_factory=SvdSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    ui: UiSection = field(default_factory=UiSection)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form values recorded in the run's config.json (e.g. the bench sweep it belongs to)."""
+
+    # -- construction from flat option names -----------------------------------------------------
+    @classmethod
+    def from_options(cls, **options: Any) -> RunConfig:
+        """A config from flat option names (nproc=2, fps=7, ...), each routed to its section."""
+        return cls().replace(**options)
+
+    def replace(self, **options: Any) -> RunConfig:
+        """A copy with flat options changed (nproc=2, fps=7, ...), each routed to its section."""
+        grouped: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for name, value in options.items():
+            if name == "extra":
+                top[name] = value
+            elif name in OPTION_SECTIONS:
+                grouped.setdefault(OPTION_SECTIONS[name], {})[name] = value
+            else:
+                raise TypeError(f"RunConfig has no option {name!r}")
+        for section, changes in grouped.items():
+            top[section] = dataclasses.replace(getattr(self, section), **changes)
+        return dataclasses.replace(self, **top)
+
+    def options(self) -> dict[str, Any]:
+        """Every flat option name -> its value (what --resume compares by name)."""
+        values = {name: getattr(getattr(self, section), name) for name, section in OPTION_SECTIONS.items()}
+        values["extra"] = self.extra
+        return values
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def is_synthetic(self) -> bool:
+        return self.model.is_synthetic
+
+    @property
+    def resolved_dtype(self) -> str:
+        return self.model.resolved_dtype
+
+    @property
+    def resolved_transport(self) -> str:
+        if self.transport.transport is not None:
+            return self.transport.transport
+        return "nccl" if self.model.device == "cuda" else "gloo"
+
+    @property
+    def input_images(self) -> tuple[str, ...]:
+        """The image of each input (--image values, or the --inputs lines), in order."""
+        return self.job.input_images
+
+    def sample_specs(self) -> tuple[SampleSpec, ...]:
+        """Every sample's image, seed, conditioning and output name. Pure: every process gets the same."""
+        return plan_samples(self)
+
+    def sample_spec(self, index: int) -> SampleSpec:
+        """The spec of sample `index`, also past num_samples (what a longer run would give it)."""
+        return plan_samples(self if index < self.job.num_samples else self.replace(num_samples=index + 1))[index]
+
+    def skipped_images(self) -> tuple[str, ...]:
+        """Input images no sample uses, because --num-samples is smaller than their number."""
+        return self.input_images[self.job.num_samples :]
+
+    # -- config.json -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """Nested by section (plus extra and the resolved dtype and transport)."""
+        data: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        data["output"]["output_dir"] = str(self.output.output_dir)
+        data["job"]["latent_shape"] = list(self.job.latent_shape)
+        data["job"]["images"] = list(self.job.images)
+        data["job"]["inputs"] = [item.to_json() for item in self.job.inputs]
+        data["synthetic"]["stage_speed"] = list(self.synthetic.stage_speed)
+        data["extra"] = dict(self.extra)
+        data["resolved_dtype"] = self.resolved_dtype
+        data["resolved_transport"] = self.resolved_transport
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """From to_json's nested form, or the flat config.json of runs written before the sections
+        (so --resume continues those). Keys that are no option (world_size, costs, ...) are ignored."""
+        if isinstance(data.get("job"), dict):  # nested by section
+            flat = {k: v for name in SECTIONS for k, v in (data.get(name) or {}).items() if OPTION_SECTIONS.get(k) == name}
+            if "extra" in data:
+                flat["extra"] = data["extra"]
+        else:
+            flat = {k: v for k, v in data.items() if k in OPTION_NAMES}
+        for name, kind in (("output_dir", Path), ("latent_shape", tuple), ("images", tuple), ("stage_speed", tuple)):
+            if name in flat:
+                flat[name] = kind(flat[name])
+        if "inputs" in flat:
+            flat["inputs"] = tuple(SampleInput(**item) for item in flat["inputs"])
+        return cls.from_options(**flat)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    # -- checks ----------------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Check everything that can be checked without torch: each section's own checks, then the
+        ones across sections. Returns self for chaining."""
+        self.job.validate()
+        self.layout.validate()
+        stages = self.layout_plan().stages if self.layout.strategy != "auto" else 1
+        if stages > 1 and self.job.total_steps < stages:
+            fewer = f"--nproc <= {self.job.total_steps}" if stages == self.layout.nproc else "fewer --pipeline-stages"
+            raise ConfigError(
+                f"--total-steps {self.job.total_steps} is smaller than the number of stages ({stages}); "
+                f"every stage needs at least one step: use --total-steps >= {stages} or {fewer}"
+            )
+        self.transport.validate()
+        self.model.validate()
+        if self.transport.transport == "nccl" and self.model.device != "cuda":
+            raise ConfigError(
+                f"--transport nccl needs --device cuda (got --device {self.model.device}); use --transport gloo or zmq on CPU"
+            )
+        self.synthetic.validate()
+        self._check_costs()
+        self.svd.validate()
+        self.output.validate()
+        self.ui.validate()
         return self
 
     def _check_costs(self) -> None:
-        """--encode-ms, --decode-ms, --stage-speed (synthetic model), --partition, --costs-from."""
-        for flag, value in (("--encode-ms", self.encode_ms), ("--decode-ms", self.decode_ms)):
-            if value < 0:
-                raise ConfigError(f"{flag} {value} is negative; use 0 or more milliseconds")
-            if value and not self.is_synthetic:
-                raise ConfigError(f"{flag} only applies to --model synthetic (got --model {self.model}); drop it")
-        if self.cfg_half_ms is not None:
-            if self.cfg_half_ms < 0:
-                raise ConfigError(f"--cfg-half-ms {self.cfg_half_ms} is negative; use 0 or more milliseconds")
+        """The synthetic section only with the synthetic model; --stage-speed and --partition against the layout."""
+        for flag in self.synthetic.given:
             if not self.is_synthetic:
-                raise ConfigError(f"--cfg-half-ms only applies to --model synthetic (got --model {self.model}); drop it")
-        if self.stage_speed:
-            text = ",".join(f"{v:g}" for v in self.stage_speed)
-            if not self.is_synthetic:
-                raise ConfigError(f"--stage-speed only applies to --model synthetic (got --model {self.model}); drop it")
-            if any(v <= 0 for v in self.stage_speed):
-                raise ConfigError(f"--stage-speed {text} must list positive speeds, e.g. --stage-speed 1,1,1,0.5")
-            if len(self.stage_speed) != self.nproc:
-                raise ConfigError(
-                    f"--stage-speed {text} gives {len(self.stage_speed)} speeds for {self.nproc} stages; give one per stage (--nproc {self.nproc})"
-                )
-        sizes = partition_sizes(self.partition)
+                raise ConfigError(f"{flag} only applies to --model synthetic (got --model {self.model.model}); drop it")
+        speeds, nproc = self.synthetic.stage_speed, self.layout.nproc
+        if speeds and len(speeds) != nproc:
+            text = ",".join(f"{v:g}" for v in speeds)
+            raise ConfigError(
+                f"--stage-speed {text} gives {len(speeds)} speeds for {nproc} stages; give one per stage (--nproc {nproc})"
+            )
+        partition, strategy = self.layout.partition, self.layout.strategy
+        sizes = partition_sizes(partition)
         if sizes is not None:
-            if self.strategy in ("data", "auto"):
-                raise ConfigError(f"--partition {self.partition} splits a pipeline's steps; drop it with --strategy {self.strategy}")
-            stages = self.layout().stages if self.strategy != "auto" else self.nproc
-            if len(sizes) != stages or sum(sizes) != self.total_steps:
+            if strategy in ("data", "auto"):
+                raise ConfigError(f"--partition {partition} splits a pipeline's steps; drop it with --strategy {strategy}")
+            stages = self.layout_plan().stages if strategy != "auto" else nproc
+            total = self.job.total_steps
+            if len(sizes) != stages or sum(sizes) != total:
                 raise ConfigError(
-                    f"--partition {self.partition} gives {len(sizes)} stages {sum(sizes)} steps; a run of {stages} stages "
-                    f"and --total-steps {self.total_steps} needs {stages} sizes >= 1 that sum to {self.total_steps}, or auto/even"
+                    f"--partition {partition} gives {len(sizes)} stages {sum(sizes)} steps; a run of {stages} stages "
+                    f"and --total-steps {total} needs {stages} sizes >= 1 that sum to {total}, or auto/even"
                 )
 
     @property
     def resolved_cfg_half_ms(self) -> float:
         """Synthetic model: one guidance half's step (--cfg-half-ms, or --step-ms x CFG_HALF_RATIO)."""
-        return self.cfg_half_ms if self.cfg_half_ms is not None else self.step_ms * CFG_HALF_RATIO
+        return self.synthetic.resolved_cfg_half_ms
 
     @property
     def uses_guidance(self) -> bool:
         """Classifier-free guidance is on (diffusers: max_guidance_scale > 1): there are two halves to split."""
-        return self.max_guidance_scale > 1
+        return self.svd.uses_guidance
 
-    def layout(self, nproc: int | None = None) -> Layout:
+    def layout_plan(self, nproc: int | None = None) -> Layout:
         """How the processes are arranged (--strategy, --pipeline-stages, --replicas) on `nproc`
         (default --nproc); ConfigError in one line when it does not use exactly that many."""
-        return resolve_layout(self.strategy, self.nproc if nproc is None else nproc, self.pipeline_stages, self.replicas,
-                              guidance=self.uses_guidance, max_guidance=self.max_guidance_scale)
+        lay = self.layout
+        return resolve_layout(lay.strategy, lay.nproc if nproc is None else nproc, lay.pipeline_stages, lay.replicas,
+                              guidance=self.uses_guidance, max_guidance=self.svd.max_guidance_scale)
 
     def check_devices(self, cuda_device_count: int, local_world_size: int) -> None:
         """Checks that need to know the machine; called before launching and again in each worker."""
-        if self.device == "cuda":
+        if self.model.device == "cuda":
             if cuda_device_count == 0:
                 raise ConfigError("--device cuda but no CUDA device is visible; use --device cpu (or ppsvd simulate)")
             if local_world_size > cuda_device_count:
@@ -384,7 +558,7 @@ class RunConfig:
                     f"{local_world_size} stages on this host but only {cuda_device_count} CUDA device(s) visible; "
                     f"use --nproc {cuda_device_count} or fewer (never two stages on one GPU)"
                 )
-        if self.resolved_transport == "nccl" and self.device != "cuda":
+        if self.resolved_transport == "nccl" and self.model.device != "cuda":
             raise ConfigError("--transport nccl needs one CUDA device per stage; use --transport gloo or zmq")
 
 
@@ -520,13 +694,13 @@ def plan_samples(config: RunConfig) -> tuple[SampleSpec, ...]:
     """Sample i: input i mod count (or the built-in image), seed + i unless its input sets a seed,
     the run's conditioning unless its input sets its own, and a unique output name."""
     specs, used = [], set()
-    for index in range(config.num_samples):
-        item = config.inputs[index % len(config.inputs)] if config.inputs else None
+    for index in range(config.job.num_samples):
+        item = config.job.inputs[index % len(config.job.inputs)] if config.job.inputs else None
         if item is not None:
             image = item.image
         else:
-            image = config.images[index % len(config.images)] if config.images else BUILTIN_IMAGE
-        seed = config.seed + index if item is None or item.seed is None else item.seed
+            image = config.job.images[index % len(config.job.images)] if config.job.images else BUILTIN_IMAGE
+        seed = config.job.seed + index if item is None or item.seed is None else item.seed
         # The synthetic stand-in reads no image: its outputs are named by index.
         base = f"sample_{index:05d}" if config.is_synthetic else f"{image_stem(image)}-s{seed}"
         name, k = base, 1
@@ -539,9 +713,9 @@ def plan_samples(config: RunConfig) -> tuple[SampleSpec, ...]:
                 index=index,
                 image=image,
                 seed=seed,
-                fps=_pick(item, "fps", config.fps),
-                motion_bucket_id=_pick(item, "motion_bucket_id", config.motion_bucket_id),
-                noise_aug_strength=_pick(item, "noise_aug_strength", config.noise_aug_strength),
+                fps=_pick(item, "fps", config.svd.fps),
+                motion_bucket_id=_pick(item, "motion_bucket_id", config.svd.motion_bucket_id),
+                noise_aug_strength=_pick(item, "noise_aug_strength", config.svd.noise_aug_strength),
                 name=name,
             )
         )

@@ -44,10 +44,10 @@ class LayoutCosts:
         step from --cfg-half-ms or the measured H200 ratio; None costs: relative units (step 1)."""
         if costs is None:
             costs = CostModel(1.0, source="relative units (no costs known: step = 1)")
-        b, _, f, _, _ = config.latent_shape
+        b, _, f, _, _ = config.job.latent_shape
         rows = b * f
-        cut = decode_split(rows, config.decode_chunk_size or f)
-        half = config.resolved_cfg_half_ms / 1000 if config.is_synthetic and config.step_ms else costs.step_s * CFG_HALF_RATIO
+        cut = decode_split(rows, config.svd.decode_chunk_size or f)
+        half = config.resolved_cfg_half_ms / 1000 if config.is_synthetic and config.synthetic.step_ms else costs.step_s * CFG_HALF_RATIO
         return LayoutCosts(costs, half, costs.handoff_s, max(cut, rows - cut) / rows, config.uses_guidance)
 
 
@@ -127,16 +127,16 @@ def rank(forecasts: Sequence[LayoutForecast], goal: str) -> list[LayoutForecast]
 
 def choose(config: RunConfig, costs: CostModel | None, processes: int | None = None) -> tuple[Layout, str, list[LayoutForecast]]:
     """--strategy auto: the best layout for --goal, a one-line reason, and every forecast (best first)."""
-    n = config.nproc if processes is None else processes
+    n = config.layout.nproc if processes is None else processes
     layout_costs = LayoutCosts.from_config(config, costs)
-    forecasts = rank([predict(layout, layout_costs, config.total_steps, config.num_samples)
-                      for layout in candidates(n, config.total_steps, guidance=layout_costs.guidance)], config.goal)
+    forecasts = rank([predict(layout, layout_costs, config.job.total_steps, config.job.num_samples)
+                      for layout in candidates(n, config.job.total_steps, guidance=layout_costs.guidance)], config.layout.goal)
     best = forecasts[0]
     runner = forecasts[1] if len(forecasts) > 1 else None
-    measure = "makespan" if config.goal == "throughput" else "per-video latency"
-    value = (lambda f: f.makespan_s) if config.goal == "throughput" else (lambda f: f.latency_s)
-    reason = (f"--strategy auto --goal {config.goal}: {best.layout.describe()} ({best.layout.name()}) predicts the shortest "
-              f"{measure} for {config.num_samples} sample(s) on {n} processes, {value(best):.3g} s")
+    measure = "makespan" if config.layout.goal == "throughput" else "per-video latency"
+    value = (lambda f: f.makespan_s) if config.layout.goal == "throughput" else (lambda f: f.latency_s)
+    reason = (f"--strategy auto --goal {config.layout.goal}: {best.layout.describe()} ({best.layout.name()}) predicts the shortest "
+              f"{measure} for {config.job.num_samples} sample(s) on {n} processes, {value(best):.3g} s")
     if runner is not None:
         reason += f" vs {value(runner):.3g} s for {runner.layout.describe()} ({runner.layout.name()})"
     return best.layout, reason + f"; costs: {layout_costs.costs.describe()}", forecasts

@@ -27,15 +27,15 @@ def small_config(tmp_path: Path, **changes) -> RunConfig:
         timeout_s=60.0,
     )
     base.update(changes)
-    return RunConfig(**base).validate()
+    return RunConfig.from_options(**base).validate()
 
 
 def reference_latents(config: RunConfig) -> dict[int, torch.Tensor]:
     """Every sample computed in this process by one stage that runs all steps."""
-    plan = partition_steps(config.total_steps, 1)
+    plan = partition_steps(config.job.total_steps, 1)
     model = build_stage_model(config, plan, 0, torch.device("cpu"))
     return {
-        i: model.finalize(model.run_steps(model.prepare(i), plan.ranges[0])).latents for i in range(config.num_samples)
+        i: model.finalize(model.run_steps(model.prepare(i), plan.ranges[0])).latents for i in range(config.job.num_samples)
     }
 
 

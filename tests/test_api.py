@@ -185,7 +185,7 @@ def test_per_sample_conditioning_travels_with_the_sample_and_stays_exact(tiny_re
         SampleInput(image=str(inputs_dir / "b.png"), seed=11, motion_bucket_id=30, fps=9, noise_aug_strength=0.1),
         SampleInput(image=str(inputs_dir / "a.png")),
     )
-    config = RunConfig(model=str(tiny_repo), inputs=entries, num_samples=2, seed=4, total_steps=STEPS,
+    config = RunConfig.from_options(model=str(tiny_repo), inputs=entries, num_samples=2, seed=4, total_steps=STEPS,
                        latent_shape=(1, 4, FRAMES, HEIGHT // 8, WIDTH // 8)).validate()
     plan = partition_steps(STEPS, 2)
     first, last = (SVDStageModel(config, plan, k, torch.device("cpu")) for k in range(2))
@@ -224,11 +224,11 @@ def test_job_files_csv_and_json_lines(tmp_path):
 
 
 def test_outputs_are_named_after_inputs_and_unique():
-    config = RunConfig(model="tiny", images=("x/cat.png", "y/cat.jpg", "https://h/p/dog.webp?s=1"), num_samples=4)
+    config = RunConfig.from_options(model="tiny", images=("x/cat.png", "y/cat.jpg", "https://h/p/dog.webp?s=1"), num_samples=4)
     assert [s.name for s in plan_samples(config)] == ["cat-s0", "cat-s1", "dog-s2", "cat-s3"]
-    same_seed = RunConfig(model="tiny", inputs=(SampleInput(image="x/cat.png", seed=1), SampleInput(image="y/cat.png", seed=1)), num_samples=3)
+    same_seed = RunConfig.from_options(model="tiny", inputs=(SampleInput(image="x/cat.png", seed=1), SampleInput(image="y/cat.png", seed=1)), num_samples=3)
     assert [s.name for s in plan_samples(same_seed)] == ["cat-s1", "cat-s1-2", "cat-s1-3"]
-    assert [s.name for s in plan_samples(RunConfig(model="tiny", num_samples=2, seed=5))] == ["builtin-s5", "builtin-s6"]
+    assert [s.name for s in plan_samples(RunConfig.from_options(model="tiny", num_samples=2, seed=5))] == ["builtin-s5", "builtin-s6"]
 
 
 # -- bad input: one line, exit code 2 ------------------------------------------------------------
@@ -347,11 +347,11 @@ def test_variant_fp16_for_fp16_runs_and_an_explicit_variant_must_exist(tiny_repo
     shutil.copytree(tiny_repo, repo)
     unet = repo / "unet" / "diffusion_pytorch_model.safetensors"
     shutil.copy(unet, unet.with_name("diffusion_pytorch_model.fp16.safetensors"))
-    assert _weights_variant(RunConfig(model=str(repo), device="cuda"), "local", "unet") == "fp16"  # fp16 run
-    assert _weights_variant(RunConfig(model=str(repo)), "local", "unet") is None  # fp32 run: the full files
-    assert _weights_variant(RunConfig(model=str(repo), device="cuda"), "local", "vae") is None  # no fp16 there
+    assert _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "unet") == "fp16"  # fp16 run
+    assert _weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None  # fp32 run: the full files
+    assert _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "vae") is None  # no fp16 there
     with pytest.raises(ModelNotFoundError, match=r"--variant fp16: .* no fp16 weights for vae, image_encoder"):
-        preflight(RunConfig(model=str(repo), variant="fp16", latent_shape=(1, 4, 2, 8, 8)))
+        preflight(RunConfig.from_options(model=str(repo), variant="fp16", latent_shape=(1, 4, 2, 8, 8)))
 
 
 def test_missing_model_at_a_revision_says_how_to_fetch_it(tmp_path, monkeypatch):
@@ -360,5 +360,5 @@ def test_missing_model_at_a_revision_says_how_to_fetch_it(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
-        preflight(RunConfig(model="someone/svd-like", revision="v2", latent_shape=(1, 4, 2, 8, 8)))
+        preflight(RunConfig.from_options(model="someone/svd-like", revision="v2", latent_shape=(1, 4, 2, 8, 8)))
     assert "at revision v2" in str(info.value) and "hf download someone/svd-like --revision v2" in str(info.value)

@@ -35,10 +35,10 @@ LOAD_S = 2.0
 
 def ideal_timeline(config: RunConfig, start: float) -> RunTimeline:
     """What a perfect run of config would record: no overhead, every step STEP_S, load LOAD_S."""
-    n, t, s = config.nproc, config.total_steps, config.num_samples
+    n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
     ready = start + LOAD_S
     stages = []
-    if config.strategy == "pipeline":
+    if config.layout.strategy == "pipeline":
         plan = partition_steps(t, n)
         d = max(plan.sizes) * STEP_S  # the bottleneck sets the pace of every stage
         for k, steps in enumerate(plan.ranges):
@@ -61,7 +61,7 @@ def ideal_timeline(config: RunConfig, start: float) -> RunTimeline:
             ]
             stages.append(StageTimeline(stage=k, steps=(0, t), launched=start, ready=ready,
                                         finished=spans[-1].compute_end if spans else ready, samples=spans))
-    return RunTimeline(strategy=config.strategy, total_steps=t, num_samples=s, run_start=start, stages=stages)
+    return RunTimeline(strategy=config.layout.strategy, total_steps=t, num_samples=s, run_start=start, stages=stages)
 
 
 @dataclass
@@ -91,7 +91,7 @@ class FakeMachine:
 
     def launch(self, config: RunConfig, run_dir: Path) -> FakeResult:
         self.launched.append(config)
-        key = (config.nproc, config.strategy)
+        key = (config.layout.nproc, config.layout.strategy)
         if key in self.crash:
             raise RuntimeError("launcher exploded")
         if key in self.fail:
@@ -110,7 +110,7 @@ class FakeMachine:
 def base_config(**changes) -> RunConfig:
     values = {"model": "synthetic", "total_steps": 28, "num_samples": 10, "seed": 42, "device": "cpu"}
     values.update(changes)
-    return RunConfig(**values)
+    return RunConfig.from_options(**values)
 
 
 def sweep(tmp_path, machine, *, gpus=(1, 2, 4), strategies=("pipeline",), fail_fast=False, cooldown=5.0, **config):
@@ -131,8 +131,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_sweep_runs_each_count_with_cooldowns_and_writes_csv(tmp_path):
     machine = FakeMachine()
     result = sweep(tmp_path, machine)
-    assert [(c.nproc, c.strategy) for c in machine.launched] == [(1, "pipeline"), (2, "pipeline"), (4, "pipeline")]
-    assert all(c.show_progress is False for c in machine.launched)  # the sweep's bar is the only live display
+    assert [(c.layout.nproc, c.layout.strategy) for c in machine.launched] == [(1, "pipeline"), (2, "pipeline"), (4, "pipeline")]
+    assert all(c.ui.show_progress is False for c in machine.launched)  # the sweep's bar is the only live display
     assert machine.slept == [5.0, 5.0]  # between runs, not after the last
     header = (tmp_path / "results" / CSV_NAME).read_text().splitlines()[0].split(",")
     assert header[:3] == ["gpu_count", "total_time_sec", "per_sample_sec"]
@@ -214,7 +214,7 @@ def test_missing_timeline_is_a_failure(tmp_path):
 def test_json_holds_config_environment_and_metrics(tmp_path):
     sweep(tmp_path, FakeMachine(), gpus=(1, 2))
     data = json.loads((tmp_path / "results" / JSON_NAME).read_text())
-    assert data["config"]["total_steps"] == 28 and data["config"]["seed"] == 42
+    assert data["config"]["job"]["total_steps"] == 28 and data["config"]["job"]["seed"] == 42
     assert data["environment"] == {"test": True}
     assert data["sweep"]["gpu_counts"] == [1, 2]
     assert data["csv_columns"][:3] == ["gpu_count", "total_time_sec", "per_sample_sec"]
@@ -373,7 +373,7 @@ def test_even_and_auto_partitions_side_by_side(tmp_path):
     machine = FakeMachine()
     result = run_bench(plan, tmp_path / "results", launcher=machine.launch, sleep=machine.sleep, clock=machine.clock,
                        environment={"test": True}, argv=["ppsvd", "bench"], plots=True)
-    assert [c.partition for c in machine.launched] == [p for _, _, p in plan.runs()]
+    assert [c.layout.partition for c in machine.launched] == [p for _, _, p in plan.runs()]
     rows = read_csv(tmp_path / "results" / CSV_NAME)
     assert [(r["gpu_count"], r["strategy"], r["partition"]) for r in rows] == [(str(n), s, p) for n, s, p in plan.runs()]
     assert rows[3]["efficiency_basis"] == "measured 1-GPU run"

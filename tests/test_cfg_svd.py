@@ -50,7 +50,7 @@ def config_for(tiny_repo, image, out: Path, **changes) -> RunConfig:
         strategy="cfg",
     )
     values.update(changes)
-    return RunConfig(**values).validate()
+    return RunConfig.from_options(**values).validate()
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +74,9 @@ def reference(pipe, tiny_repo, image):
     for index in range(SAMPLES):
         found[index] = pipe(
             load_image(image, w * 8, h * 8), height=h * 8, width=w * 8, num_frames=f, num_inference_steps=STEPS,
-            fps=config.fps, motion_bucket_id=config.motion_bucket_id, noise_aug_strength=config.noise_aug_strength,
-            min_guidance_scale=config.min_guidance_scale, max_guidance_scale=config.max_guidance_scale,
-            decode_chunk_size=CHUNK, generator=torch.Generator("cpu").manual_seed(config.seed + index), output_type="latent",
+            fps=config.svd.fps, motion_bucket_id=config.svd.motion_bucket_id, noise_aug_strength=config.svd.noise_aug_strength,
+            min_guidance_scale=config.svd.min_guidance_scale, max_guidance_scale=config.svd.max_guidance_scale,
+            decode_chunk_size=CHUNK, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="latent",
         ).frames
     return found
 

@@ -5,12 +5,12 @@ from ppsvd.errors import ConfigError
 
 
 def test_defaults_are_the_guides():
-    cfg = RunConfig().validate()
-    assert cfg.total_steps == 28 and cfg.latent_shape == (1, 4, 14, 64, 64)
-    assert cfg.num_samples == 1 and cfg.seed == 0 and cfg.fps == 6 and cfg.motion_bucket_id == 127
+    cfg = RunConfig.from_options().validate()
+    assert cfg.job.total_steps == 28 and cfg.job.latent_shape == (1, 4, 14, 64, 64)
+    assert cfg.job.num_samples == 1 and cfg.job.seed == 0 and cfg.svd.fps == 6 and cfg.svd.motion_bucket_id == 127
     assert cfg.resolved_dtype == "fp32" and cfg.resolved_transport == "gloo"
-    assert RunConfig(device="cuda").resolved_dtype == "fp16"
-    assert RunConfig(device="cuda").resolved_transport == "nccl"
+    assert RunConfig.from_options(device="cuda").resolved_dtype == "fp16"
+    assert RunConfig.from_options(device="cuda").resolved_transport == "nccl"
 
 
 @pytest.mark.parametrize(
@@ -33,20 +33,20 @@ def test_defaults_are_the_guides():
 )
 def test_bad_input_is_one_line_with_the_value(changes, needle):
     with pytest.raises(ConfigError) as info:
-        RunConfig(**changes).validate()
+        RunConfig.from_options(**changes).validate()
     message = str(info.value)
     assert needle in message and "\n" not in message
 
 
 def test_device_checks_refuse_two_stages_on_one_gpu():
     with pytest.raises(ConfigError, match="never two stages on one GPU"):
-        RunConfig(device="cuda", nproc=4).check_devices(cuda_device_count=2, local_world_size=4)
+        RunConfig.from_options(device="cuda", nproc=4).check_devices(cuda_device_count=2, local_world_size=4)
     with pytest.raises(ConfigError, match="no CUDA device"):
-        RunConfig(device="cuda").check_devices(cuda_device_count=0, local_world_size=1)
+        RunConfig.from_options(device="cuda").check_devices(cuda_device_count=0, local_world_size=1)
 
 
 def test_config_round_trips_through_json():
-    cfg = RunConfig(nproc=3, latent_shape=(1, 4, 2, 8, 8), images=("a.png",))
+    cfg = RunConfig.from_options(nproc=3, latent_shape=(1, 4, 2, 8, 8), images=("a.png",))
     assert RunConfig.from_json(cfg.to_json()) == cfg
 
 
@@ -55,3 +55,35 @@ def test_int_lists():
     with pytest.raises(ConfigError, match="--gpus"):
         parse_int_list("--gpus", "1,x")
     check_latent_shape([1, 4, 14, 64, 64])
+
+
+def test_flat_options_route_to_their_one_section():
+    import dataclasses
+
+    from ppsvd.config import OPTION_SECTIONS, SECTIONS
+
+    owners = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(owners) == len(set(owners)) == len(OPTION_SECTIONS)  # each option in exactly one section
+    cfg = RunConfig.from_options(nproc=3, fps=7, transport="zmq", model="tiny", output_dir="out")
+    assert (cfg.layout.nproc, cfg.svd.fps, cfg.transport.transport, cfg.model.model) == (3, 7, "zmq", "tiny")
+    again = cfg.replace(timeout_s=5.0, seed=9)
+    assert again.transport.timeout_s == 5.0 and again.job.seed == 9 and again.transport.transport == "zmq"
+    assert cfg.transport.timeout_s == 600.0  # frozen: replace made a copy
+    with pytest.raises(TypeError, match="no option 'nprocs'"):
+        RunConfig.from_options(nprocs=2)
+
+
+def test_config_json_is_nested_and_old_flat_files_still_load():
+    from pathlib import Path
+
+    from ppsvd.config import SampleInput
+
+    cfg = RunConfig.from_options(model="tiny", nproc=2, inputs=(SampleInput(image="a.png", seed=3),), stage_speed=(),
+                                 latent_shape=(1, 4, 2, 8, 8), output_dir=Path("runs"), extra={"sweep": "x"})
+    data = cfg.to_json()
+    assert data["layout"]["nproc"] == 2 and data["job"]["latent_shape"] == [1, 4, 2, 8, 8] and "nproc" not in data
+    assert RunConfig.from_json({**data, "world_size": 2, "costs": None}) == cfg
+    # A config.json written before the sections: one flat record (what --resume of an older run reads).
+    flat = {**cfg.options(), "output_dir": "runs", "latent_shape": [1, 4, 2, 8, 8],
+            "inputs": [{"image": "a.png", "seed": 3}], "resolved_dtype": "fp32", "world_size": 2}
+    assert RunConfig.from_json(flat) == cfg

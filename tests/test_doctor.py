@@ -124,7 +124,7 @@ def gather(planned, tmp_path, *, nvml, torch_module, env=None):
 
 def plan_run(**options):
     """The run doctor checks, as the CLI builds it: --device not given unless options say so."""
-    return RunConfig(**{"device": None, **options})
+    return RunConfig.from_options(**{"device": None, **options})
 
 
 def by_name(report):
@@ -391,10 +391,10 @@ def test_doctor_and_the_svd_loader_agree_on_where_a_model_is_and_what_it_lacks(t
         info = probe.probe_model(model, dict(os.environ))
         assert (info.kind, info.missing, info.present) == (kind, missing, not missing), model
         if not missing:
-            svd.model_configs(RunConfig(model=model))
+            svd.model_configs(RunConfig.from_options(model=model))
             continue
         with pytest.raises(ModelNotFoundError) as refused:
-            svd.model_configs(RunConfig(model=model))
+            svd.model_configs(RunConfig.from_options(model=model))
         if model == "./missing":
             assert "no such directory" in str(refused.value)
         elif len(missing) < len(hub.COMPONENTS):

@@ -205,7 +205,7 @@ def test_shape_too_big_for_memory_is_refused_with_one_that_fits(tmp_path, capsys
 def _saved_run(tmp_path: Path, **changes) -> Path:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = RunConfig(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=6, seed=3, nproc=2, **changes)
+    config = RunConfig.from_options(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=6, seed=3, nproc=2, **changes)
     (run_dir / "config.json").write_text(json.dumps(config.to_json()))
     return run_dir
 
@@ -239,7 +239,7 @@ def test_resume_keeps_only_intact_listed_samples(tmp_path, monkeypatch, capsys):
     seen = {}
 
     def fake_launch(config, run_dir=None, *, indices=None, **_):
-        seen.update(indices=indices, run_dir=run_dir, nproc=config.nproc)
+        seen.update(indices=indices, run_dir=run_dir, nproc=config.layout.nproc)
         raise SystemExit(0)
 
     monkeypatch.setattr("ppsvd.runtime.launch.launch", fake_launch)
@@ -276,7 +276,7 @@ def test_journal_appends_one_line_per_sample_and_close_checks_files(tmp_path):
     from ppsvd.io.results import ResultWriter, listed_entries
     from ppsvd.plan import partition_steps
 
-    config = RunConfig(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=3)
+    config = RunConfig.from_options(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=3)
     writer = ResultWriter(tmp_path, config, partition_steps(4, 1))
     for i in range(3):
         writer.write(SimpleNamespace(index=i, latents=torch.full((1, 1, 4, 8, 8), float(i)), frames=None, meta={"name": f"x{i}"}))

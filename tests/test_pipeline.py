@@ -24,19 +24,19 @@ def test_every_sample_is_bitwise_equal_to_one_stage(tmp_path, no_fault, nproc, t
 
     got = read_latents(result.run_dir)
     want = reference_latents(config)
-    assert sorted(got) == list(range(config.num_samples))
+    assert sorted(got) == list(range(config.job.num_samples))
     for index, latents in want.items():
         assert torch.equal(got[index], latents), f"sample {index} differs with N={nproc} over {transport}"
 
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
-    assert [s["index"] for s in manifest["samples"]] == list(range(config.num_samples))
+    assert [s["index"] for s in manifest["samples"]] == list(range(config.job.num_samples))
     assert manifest["partition"] == [[r.start, r.stop] for r in __import__("ppsvd.plan").plan.partition_steps(28, nproc).ranges]
 
     timeline = RunTimeline.load(result.run_dir / "timeline.json")
     assert timeline.num_stages == nproc
     for stage in timeline.stages:
         # every stage saw every sample exactly once, in order
-        assert [s.index for s in stage.samples] == list(range(config.num_samples))
+        assert [s.index for s in stage.samples] == list(range(config.job.num_samples))
     last = timeline.stages[-1]
     assert [s.compute_end for s in last.samples] == sorted(s.compute_end for s in last.samples)
 
@@ -55,7 +55,7 @@ def test_uneven_partitions_are_bitwise_equal_to_one_stage(tmp_path, no_fault, tr
     result = launch(config)
     assert result.ok, result.error
     got, want = read_latents(result.run_dir), reference_latents(config)
-    assert sorted(got) == list(range(config.num_samples))
+    assert sorted(got) == list(range(config.job.num_samples))
     assert all(torch.equal(got[i], want[i]) for i in want), f"partition {sizes} changed a sample"
     timeline = RunTimeline.load(result.run_dir / "timeline.json")
     assert tuple(s.steps[1] - s.steps[0] for s in timeline.stages) == sizes

@@ -39,7 +39,7 @@ from tests.test_metrics import pipeline_timeline
 )
 def test_bad_partition_and_cost_options_name_the_value(changes, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
-        RunConfig(**changes).validate()
+        RunConfig.from_options(**changes).validate()
 
 
 def test_choose_plan_for_each_mode():

@@ -91,7 +91,7 @@ def test_csv_starts_with_the_guides_columns(tmp_path):
 
 
 def test_write_tables_is_atomic_and_complete(tmp_path):
-    plan = BenchPlan(base=RunConfig(), gpu_counts=(1, 2, 4, 7), strategies=("pipeline", "data"))
+    plan = BenchPlan(base=RunConfig.from_options(), gpu_counts=(1, 2, 4, 7), strategies=("pipeline", "data"))
     result = BenchResult(plan=plan, results_dir=tmp_path / "out", runs=bench_runs(tmp_path), environment={"x": 1})
     report.write_tables(result)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -155,7 +155,7 @@ def test_plots_are_pngs(tmp_path):
 def test_write_plots_picks_the_widest_pipeline(tmp_path):
     runs = bench_runs(tmp_path)
     assert report.timeline_run([r for r in runs if r.ok]).gpu_count == 4
-    plan = BenchPlan(base=RunConfig(), gpu_counts=(1, 2, 4, 7), strategies=("pipeline", "data"))
+    plan = BenchPlan(base=RunConfig.from_options(), gpu_counts=(1, 2, 4, 7), strategies=("pipeline", "data"))
     result = BenchResult(plan=plan, results_dir=tmp_path / "out", runs=runs)
     report.write_plots(result)
     assert set(result.files) == {"throughput_png", "timeline_png"}

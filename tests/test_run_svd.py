@@ -64,13 +64,13 @@ def reference(tiny_repo, images):
     for index in range(SAMPLES):
         image = load_image(images[index % len(images)], w * 8, h * 8)
         kwargs = dict(
-            height=h * 8, width=w * 8, num_frames=f, num_inference_steps=STEPS, fps=config.fps,
-            motion_bucket_id=config.motion_bucket_id, noise_aug_strength=config.noise_aug_strength,
-            min_guidance_scale=config.min_guidance_scale, max_guidance_scale=config.max_guidance_scale,
+            height=h * 8, width=w * 8, num_frames=f, num_inference_steps=STEPS, fps=config.svd.fps,
+            motion_bucket_id=config.svd.motion_bucket_id, noise_aug_strength=config.svd.noise_aug_strength,
+            min_guidance_scale=config.svd.min_guidance_scale, max_guidance_scale=config.svd.max_guidance_scale,
             num_videos_per_prompt=b,
         )
-        latents = pipe(image, generator=torch.Generator("cpu").manual_seed(config.seed + index), output_type="latent", **kwargs).frames
-        frames = pipe(image, generator=torch.Generator("cpu").manual_seed(config.seed + index), output_type="np", **kwargs).frames
+        latents = pipe(image, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="latent", **kwargs).frames
+        frames = pipe(image, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="np", **kwargs).frames
         results[index] = (latents, frames_to_uint8(frames))
     return results
 
@@ -81,7 +81,7 @@ def base_config(tiny_repo, images, out: Path, **changes) -> RunConfig:
         images=tuple(images), output_dir=out, show_progress=False, timeout_s=120.0, save_frames=True,
     )
     values.update(changes)
-    return RunConfig(**values).validate()
+    return RunConfig.from_options(**values).validate()
 
 
 def read_frames(run_dir: Path, index: int) -> np.ndarray:

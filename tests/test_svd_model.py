@@ -51,7 +51,7 @@ def reference(tiny_repo):
 
 def run_chain(config: RunConfig, num_stages: int, index: int):
     """ppsvd's pipeline in one process: what N workers would do, hand-offs checked against the schema."""
-    plan = partition_steps(config.total_steps, num_stages)
+    plan = partition_steps(config.job.total_steps, num_stages)
     stages = [SVDStageModel(config, plan, k, CPU) for k in range(num_stages)]
     sample = stages[0].prepare(index)
     for stage, steps in zip(stages, plan.ranges):
@@ -63,21 +63,21 @@ def run_chain(config: RunConfig, num_stages: int, index: int):
 
 
 def run_reference(pipe, config: RunConfig, image, index: int, output_type: str):
-    b, _, f, h, w = config.latent_shape
+    b, _, f, h, w = config.job.latent_shape
     return pipe(
         image,
         height=h * 8,
         width=w * 8,
         num_frames=f,
-        num_inference_steps=config.total_steps,
-        fps=config.fps,
-        motion_bucket_id=config.motion_bucket_id,
-        noise_aug_strength=config.noise_aug_strength,
-        min_guidance_scale=config.min_guidance_scale,
-        max_guidance_scale=config.max_guidance_scale,
-        decode_chunk_size=config.decode_chunk_size,
+        num_inference_steps=config.job.total_steps,
+        fps=config.svd.fps,
+        motion_bucket_id=config.svd.motion_bucket_id,
+        noise_aug_strength=config.svd.noise_aug_strength,
+        min_guidance_scale=config.svd.min_guidance_scale,
+        max_guidance_scale=config.svd.max_guidance_scale,
+        decode_chunk_size=config.svd.decode_chunk_size,
         num_videos_per_prompt=b,
-        generator=torch.Generator("cpu").manual_seed(config.seed + index),
+        generator=torch.Generator("cpu").manual_seed(config.job.seed + index),
         output_type=output_type,
     ).frames
 
@@ -93,7 +93,7 @@ CFG_INDEX = 1
 def cfg_case(tiny_repo, reference, tmp_path_factory):
     image_path = tmp_path_factory.mktemp("images") / "input.png"
     builtin_image(50, 30).save(image_path)
-    config = RunConfig(model=str(tiny_repo), images=(str(image_path),), **CFG_CASE)
+    config = RunConfig.from_options(model=str(tiny_repo), images=(str(image_path),), **CFG_CASE)
     image = load_image(str(image_path), 64, 64)  # what ppsvd gives the pipeline
     latents = run_reference(reference, config, image, CFG_INDEX, "latent")
     frames = run_reference(reference, config, image, CFG_INDEX, "np")
@@ -108,13 +108,13 @@ def test_pipelined_svd_is_bitwise_diffusers(cfg_case, num_stages):
     assert torch.equal(result.latents, ref_latents), (result.latents - ref_latents).abs().max()
     assert result.frames.dtype == torch.uint8 and tuple(result.frames.shape) == (2, 3, 64, 64, 3)
     assert np.array_equal(result.frames.numpy(), ref_frames)
-    assert result.meta == {"seed": config.seed + CFG_INDEX, "image": config.images[0], "name": f"input-s{config.seed + CFG_INDEX}",
+    assert result.meta == {"seed": config.job.seed + CFG_INDEX, "image": config.job.images[0], "name": f"input-s{config.job.seed + CFG_INDEX}",
                            "fps": 7, "motion_bucket_id": 100, "noise_aug_strength": 0.05}
 
 
 def test_without_guidance_and_builtin_image(tiny_repo, reference):
     """max_guidance_scale <= 1 turns CFG off: half-size hand-offs, still bitwise."""
-    config = RunConfig(model=str(tiny_repo), total_steps=4, latent_shape=(1, 4, 2, 8, 8), seed=11,
+    config = RunConfig.from_options(model=str(tiny_repo), total_steps=4, latent_shape=(1, 4, 2, 8, 8), seed=11,
                        min_guidance_scale=1.0, max_guidance_scale=1.0)
     image = builtin_image(64, 64)
     ref_latents = run_reference(reference, config, image, 0, "latent")
@@ -125,7 +125,7 @@ def test_without_guidance_and_builtin_image(tiny_repo, reference):
 
 
 def test_each_stage_loads_only_its_parts(tiny_repo):
-    config = RunConfig(model=str(tiny_repo), total_steps=3, latent_shape=(1, 4, 2, 8, 8))
+    config = RunConfig.from_options(model=str(tiny_repo), total_steps=3, latent_shape=(1, 4, 2, 8, 8))
     plan = partition_steps(3, 3)
     first, middle, last = (SVDStageModel(config, plan, k, CPU) for k in range(3))
     assert stage_components(True, True) == ("unet", "scheduler", "image_encoder", "feature_extractor", "vae")
@@ -144,7 +144,7 @@ def test_builtin_tiny_model_is_the_saved_one(tiny_repo):
     last bits on the memory alignment of the weights, and memory-mapped safetensors are not
     64-byte aligned like fresh tensors. Same weights, same loading path: same bits.)
     """
-    built = RunConfig(model="tiny", total_steps=2, latent_shape=tiny.DEFAULT_LATENT_SHAPE)
+    built = RunConfig.from_options(model="tiny", total_steps=2, latent_shape=tiny.DEFAULT_LATENT_SHAPE)
     saved = built.replace(model=str(tiny_repo))
     assert model_class(built) is SVDStageModel
     plan = partition_steps(2, 1)
@@ -168,7 +168,7 @@ def test_hub_id_loads_from_the_cache_offline(tiny_repo, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    config = RunConfig(model=repo_id, total_steps=2, latent_shape=(1, 4, 2, 8, 8))
+    config = RunConfig.from_options(model=repo_id, total_steps=2, latent_shape=(1, 4, 2, 8, 8))
     preflight(config)
     from_hub = SVDStageModel(config, partition_steps(2, 1), 0, CPU)
     from_dir = SVDStageModel(config.replace(model=str(tiny_repo)), partition_steps(2, 1), 0, CPU)
@@ -189,15 +189,15 @@ def one_line(exc_info) -> str:
 def test_preflight_accepts_a_good_run(tiny_repo, monkeypatch):
     # The memory check reads this machine's free memory; a fixed 64 GiB keeps the test machine-independent.
     monkeypatch.setattr("ppsvd.models.base._free_memory", lambda config: ([64 * 1024**3], ["this host"]))
-    preflight(RunConfig(model=str(tiny_repo), latent_shape=(1, 4, 14, 64, 64)))
-    preflight(RunConfig(model="tiny", latent_shape=tiny.DEFAULT_LATENT_SHAPE))
-    preflight(RunConfig(model="stabilityai/stable-video-diffusion-img2vid-xt", weights="random"))
+    preflight(RunConfig.from_options(model=str(tiny_repo), latent_shape=(1, 4, 14, 64, 64)))
+    preflight(RunConfig.from_options(model="tiny", latent_shape=tiny.DEFAULT_LATENT_SHAPE))
+    preflight(RunConfig.from_options(model="stabilityai/stable-video-diffusion-img2vid-xt", weights="random"))
 
 
 def test_preflight_missing_local_path(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(ModelNotFoundError) as exc:
-        preflight(RunConfig(model=str(missing), latent_shape=(1, 4, 2, 8, 8)))
+        preflight(RunConfig.from_options(model=str(missing), latent_shape=(1, 4, 2, 8, 8)))
     assert str(missing) in one_line(exc)
 
 
@@ -206,7 +206,7 @@ def test_preflight_incomplete_local_dir(tiny_repo, tmp_path):
     shutil.copytree(tiny_repo, partial)
     shutil.rmtree(partial / "image_encoder")
     with pytest.raises(ModelNotFoundError) as exc:
-        preflight(RunConfig(model=str(partial), latent_shape=(1, 4, 2, 8, 8)))
+        preflight(RunConfig.from_options(model=str(partial), latent_shape=(1, 4, 2, 8, 8)))
     assert "image_encoder/config.json" in one_line(exc)
 
 
@@ -215,7 +215,7 @@ def test_preflight_unknown_hub_id_offline_names_the_cache(monkeypatch, tmp_path)
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as exc:
-        preflight(RunConfig(model="nobody/no-such-svd", latent_shape=(1, 4, 2, 8, 8)))
+        preflight(RunConfig.from_options(model="nobody/no-such-svd", latent_shape=(1, 4, 2, 8, 8)))
     message = one_line(exc)
     assert "nobody/no-such-svd" in message
     assert str(tmp_path / "empty-hf-home" / "hub") in message
@@ -225,13 +225,13 @@ def test_preflight_unknown_hub_id_offline_names_the_cache(monkeypatch, tmp_path)
 
 def test_preflight_wrong_channel_count():
     with pytest.raises(ConfigError) as exc:
-        preflight(RunConfig(model="tiny", latent_shape=(1, 8, 4, 8, 8)))
+        preflight(RunConfig.from_options(model="tiny", latent_shape=(1, 8, 4, 8, 8)))
     assert "use --latent-shape 1 4 4 8 8" in one_line(exc)
 
 
 def test_preflight_one_frame_with_guidance():
     with pytest.raises(ConfigError) as exc:
-        preflight(RunConfig(model="tiny", latent_shape=(1, 4, 1, 8, 8)))
+        preflight(RunConfig.from_options(model="tiny", latent_shape=(1, 4, 1, 8, 8)))
     assert "F >= 2" in one_line(exc)
 
 
@@ -241,7 +241,7 @@ def test_preflight_bad_images(tmp_path):
     before = sorted(tmp_path.rglob("*"))
     for images in [(str(not_image),), (str(tmp_path / "missing.png"),), (str(tmp_path / "*.jpg"),)]:
         with pytest.raises(InputImageError) as exc:
-            preflight(RunConfig(model="tiny", latent_shape=tiny.DEFAULT_LATENT_SHAPE, images=images))
+            preflight(RunConfig.from_options(model="tiny", latent_shape=tiny.DEFAULT_LATENT_SHAPE, images=images))
         assert images[0] in one_line(exc)
         assert exc.value.exit_code == 2
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
@@ -296,10 +296,10 @@ def test_fp16_variant_only_download_loads(tiny_repo, tmp_path):
     shutil.copytree(tiny_repo, repo)
     weights = repo / "unet" / "diffusion_pytorch_model.safetensors"
     weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
-    fp32_run = RunConfig(model=str(repo))
+    fp32_run = RunConfig.from_options(model=str(repo))
     assert _weights_variant(fp32_run, "local", "unet") == "fp16"
     assert _weights_variant(fp32_run, "local", "vae") is None
-    config = RunConfig(model=str(repo), total_steps=2, latent_shape=(1, 4, 2, 8, 8))
+    config = RunConfig.from_options(model=str(repo), total_steps=2, latent_shape=(1, 4, 2, 8, 8))
     preflight(config)
     stage = SVDStageModel(config, partition_steps(2, 2), 1, CPU)
     assert stage.unet.dtype == torch.float32
@@ -309,7 +309,7 @@ def test_pixel_sizes_must_be_multiples_of_8():
     """Only reachable with a VAE that downsamples less than 8x (SVD's is 8x: any H, W work)."""
     from ppsvd.models.svd import check_shapes
 
-    config = RunConfig(model="some-vae-x2", latent_shape=(1, 4, 2, 6, 8))
+    config = RunConfig.from_options(model="some-vae-x2", latent_shape=(1, 4, 2, 6, 8))
     unet = {"in_channels": 8, "out_channels": 4}
     with pytest.raises(ConfigError) as exc:
         check_shapes(config, unet, {"block_out_channels": [32, 64], "latent_channels": 4})

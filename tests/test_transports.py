@@ -7,6 +7,7 @@ tests run every rank as a thread of the test process (much faster than importing
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import queue
@@ -25,6 +26,7 @@ from ppsvd.backends import load
 from ppsvd.backends.base import StageWorld
 from ppsvd.backends.hosts import HostFacts, publish_host
 from ppsvd.backends.zmq import ZmqTransport, ipc_path, plan_link
+from ppsvd.config import TransportSection
 from ppsvd.errors import (
     Cancelled,
     ConfigError,
@@ -62,9 +64,16 @@ def check_sample(msg: Message, i: int) -> None:
 
 def client_world(rank: int, n: int, port: int, run_id: str, **kw) -> StageWorld:
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=30))
-    defaults = {"device": "cpu", "timeout_s": 30.0, "run_id": run_id}
+    defaults = {"device": "cpu", "run_id": run_id}
     defaults.update(kw)
-    return StageWorld(rank=rank, world_size=n, local_rank=rank, local_world_size=n, store=store, **defaults)
+    return StageWorld(rank=rank, world_size=n, local_rank=rank, local_world_size=n, store=store, **_with_transport(defaults))
+
+
+def _with_transport(kw: dict) -> dict:
+    """StageWorld keywords with the transport section's options (timeout_s, ...) gathered into `transport`."""
+    names = {f.name for f in dataclasses.fields(TransportSection)}
+    section = {"timeout_s": 30.0, **{k: kw.pop(k) for k in list(kw) if k in names}}
+    return {**kw, "transport": TransportSection(**section)}
 
 
 @pytest.fixture
@@ -537,7 +546,7 @@ def test_zmq_link_plan_follows_where_the_peer_runs(monkeypatch, tmp_path):
     def world(**kw) -> StageWorld:
         base = {"rank": 1, "world_size": 4, "local_rank": 0, "local_world_size": 2, "store": None}
         base.update(kw)
-        return StageWorld(**base)
+        return StageWorld(**_with_transport(base))
 
     here = HostFacts("a", network="n1", files="n1/m1", processes="p1", pid=1, started="1")
     same_box_other_agent = HostFacts("a", network="n1", files="n1/m1", processes="p1", pid=2, started="1")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message, Schema
+from ppsvd.config import TransportSection
 
 __all__ = ["CancelCheck", "Deadline", "StageWorld", "Transport", "wait_for"]
 
@@ -31,10 +32,8 @@ class StageWorld:
     """A torch.distributed Store shared by all stages (endpoint exchange, abort flag, progress)."""
     device: str = "cpu"
     """'cpu' or 'cuda:<i>': where this stage's tensors live."""
-    timeout_s: float = 600.0
-    bind_host: str | None = None
-    """zmq tcp: the address to bind; None decides from where the peer runs (backends/zmq.py)."""
-    zmq_endpoint: str = "auto"
+    transport: TransportSection = field(default_factory=TransportSection)
+    """The run's transport section: timeout_s, and zmq's bind_host and zmq_endpoint."""
     run_id: str = "ppsvd"
     links: tuple[tuple[int, int], ...] | None = None
     """Every (sender, receiver) link of this transport in the whole world, the same list on every

@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 from ppsvd.backends.deadline import Deadline
-from ppsvd.config import DEFAULT_LATENT_SHAPE
+from ppsvd.config import DEFAULT_LATENT_SHAPE, TransportSection
 from ppsvd.errors import ConfigError, TransportTimeout
 from ppsvd.shapes import LatentShape
 
@@ -265,8 +265,7 @@ def _open(rank: int, job: dict[str, Any]):
         local_world_size=2,
         store=store,
         device=f"cuda:{rank}" if job["transport"] == "nccl" else "cpu",
-        timeout_s=job["timeout_s"],
-        zmq_endpoint=job["zmq_endpoint"],
+        transport=TransportSection(timeout_s=job["timeout_s"], zmq_endpoint=job["zmq_endpoint"]),
         run_id=job["run_id"],
     )
     transport = backends.load(job["transport"])(world)

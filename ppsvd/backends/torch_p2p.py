@@ -109,7 +109,7 @@ class _TorchP2PTransport(Transport):
 
     def _create_pair_groups(self) -> None:
         # new_group is collective over the whole world: every rank creates every pair, in the same order.
-        timeout = timedelta(seconds=self.world.timeout_s)
+        timeout = timedelta(seconds=self.world.transport.timeout_s)
         rank = self.world.rank
         for src, dst in self.world.all_links:  # one group per directed link: a pair's two directions never share one
             group = dist.new_group(sorted((src, dst)), timeout=timeout, backend=self.backend)
@@ -226,7 +226,7 @@ class _TorchP2PTransport(Transport):
         except RuntimeError as exc:  # DistBackendError is a RuntimeError
             reason = _first_line(exc)
             if "timed out" in reason.lower():
-                # The group's own timeout (world.timeout_s) expired in the backend: still a timeout,
+                # The group's own timeout (world.transport.timeout_s) expired in the backend: still a timeout,
                 # not evidence that the peer died.
                 raise TransportTimeout(f"{what} timed out in {self.backend}: {reason}") from exc
             raise TransportError(f"{what} failed, the peer stage probably died: {reason}") from exc
@@ -337,7 +337,7 @@ class GlooTransport(_TorchP2PTransport):
     def _init_default_group(self) -> None:
         w = self.world
         dist.init_process_group(
-            "gloo", store=w.store, rank=w.rank, world_size=w.world_size, timeout=timedelta(seconds=w.timeout_s)
+            "gloo", store=w.store, rank=w.rank, world_size=w.world_size, timeout=timedelta(seconds=w.transport.timeout_s)
         )
 
     def _start_wait(self, works: list, direction: str) -> _WaitHandle:
@@ -377,7 +377,7 @@ class NcclTransport(_TorchP2PTransport):
             store=w.store,
             rank=w.rank,
             world_size=w.world_size,
-            timeout=timedelta(seconds=w.timeout_s),
+            timeout=timedelta(seconds=w.transport.timeout_s),
             device_id=torch.device(w.device),
         )
 

@@ -101,7 +101,7 @@ class ZmqTransport(Transport):
         if self._ctx is not None:
             return
         world = self.world
-        check_endpoint_choice(world.zmq_endpoint)
+        check_endpoint_choice(world.transport.zmq_endpoint)
         me = publish_host(world.store, world.run_id, world.rank)
         self._ctx = zmq.Context()
         try:
@@ -133,7 +133,7 @@ class ZmqTransport(Transport):
         # Poll with check() rather than a blocking store.wait(): a TCPStore client serves one
         # request at a time, so a long wait would stall every other user of the same store.
         try:
-            wait_for(lambda: self.world.store.check([key]), Deadline(self.world.timeout_s, what=what), max_poll_s=0.05)
+            wait_for(lambda: self.world.store.check([key]), Deadline(self.world.transport.timeout_s, what=what), max_poll_s=0.05)
             return self.world.store.get(key)
         except RuntimeError as exc:  # DistStoreError: the store is gone
             raise TransportError(f"cannot read {what} from the store: {exc}") from None
@@ -313,9 +313,9 @@ def plan_link(world: StageWorld, me: HostFacts, peer: HostFacts, *, route=lambda
     """Pure: how stage world.rank binds its inbound link, given where it and stage rank-1 run.
 
     route() is this host's address toward the store, asked only when it is needed."""
-    check_endpoint_choice(world.zmq_endpoint)
+    check_endpoint_choice(world.transport.zmq_endpoint)
     rank, sender = world.rank, world.prev_rank
-    choice = world.zmq_endpoint
+    choice = world.transport.zmq_endpoint
     if choice == "auto":
         choice = "ipc" if me.shares_files(peer) else "tcp"
     if choice == "ipc":
@@ -325,14 +325,14 @@ def plan_link(world: StageWorld, me: HostFacts, peer: HostFacts, *, route=lambda
                 f"{peer.hostname} and stage {rank} on {me.hostname}: use --zmq-endpoint tcp or auto"
             )
         return LinkPlan("ipc")
-    if world.bind_host is not None:
+    if world.transport.bind_host is not None:
         warning = None
-        if _is_loopback(world.bind_host) and not me.shares_loopback(peer):
+        if _is_loopback(world.transport.bind_host) and not me.shares_loopback(peer):
             warning = (
-                f"stage {rank} binds zmq on loopback ({world.bind_host}, --bind-host) but stage {sender}, which "
+                f"stage {rank} binds zmq on loopback ({world.transport.bind_host}, --bind-host) but stage {sender}, which "
                 f"sends to it, runs on {peer.hostname}: it cannot connect; pass an address of {me.hostname} it can reach"
             )
-        return LinkPlan("tcp", world.bind_host, warning)
+        return LinkPlan("tcp", world.transport.bind_host, warning)
     if me.shares_loopback(peer):
         return LinkPlan("tcp", "127.0.0.1")
     address = route()

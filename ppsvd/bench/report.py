@@ -176,7 +176,7 @@ def write_plots(result: BenchResult) -> None:
     if not ok:
         return
     base = result.plan.base
-    what = f"T={base.total_steps} steps, {base.num_samples} samples, model {base.model}, {base.device}"
+    what = f"T={base.job.total_steps} steps, {base.job.num_samples} samples, model {base.model.model}, {base.model.device}"
     path = result.results_dir / THROUGHPUT_PNG
     plot_scaling(ok, path, title=f"Throughput vs GPU count ({what})")
     result.files["throughput_png"] = str(path)

@@ -72,7 +72,7 @@ class BenchPlan:
 
     @property
     def partition_modes(self) -> tuple[str, ...]:
-        return self.partitions or (self.base.partition,)
+        return self.partitions or (self.base.layout.partition,)
     cooldown_s: float = GUIDE_COOLDOWN_S
     """Pause between runs (the guide's `sleep 5`), not after the last one."""
     fail_fast: bool = False
@@ -222,12 +222,12 @@ class SweepObserver:
 
 def run_note(config: RunConfig) -> str | None:
     """Why this count is not a clean split: uneven steps (pipeline) or an uneven sample count (data)."""
-    n, t, s = config.nproc, config.total_steps, config.num_samples
-    if config.strategy == "pipeline":
-        if config.partition != "even":  # auto and explicit sizes are chosen splits: no note
+    n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
+    if config.layout.strategy == "pipeline":
+        if config.layout.partition != "even":  # auto and explicit sizes are chosen splits: no note
             return None
-        return rank_work(config.strategy, n, 0, range(s), total_steps=t).plan.notice()
-    if config.strategy != "data" or s % n == 0:
+        return rank_work(config.layout.strategy, n, 0, range(s), total_steps=t).plan.notice()
+    if config.layout.strategy != "data" or s % n == 0:
         return None
     # Workers take samples from a queue: with equal speeds the first s mod n take one more.
     base, extra = divmod(s, n)
@@ -308,7 +308,7 @@ def run_bench(
         plan=plan,
         results_dir=results_dir,
         runs=[BenchRun(gpu_count=n, strategy=s, partition=p, show_partition=len(plan.partition_modes) > 1) for n, s, p in plan.runs()],
-        environment=environment if environment is not None else collect_environment(plan.base.device),
+        environment=environment if environment is not None else collect_environment(plan.base.model.device),
         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         argv=list(sys.argv if argv is None else argv),
     )
@@ -359,9 +359,9 @@ def _launch_one(run: BenchRun, config: RunConfig, launcher: Launcher, clock: Cal
     except (OSError, ValueError, KeyError, TypeError) as exc:
         run.status, run.error = STATUS_FAILED, f"no usable timeline.json in {run_dir}: {exc}"
         return
-    if run.metrics.completed < config.num_samples:
+    if run.metrics.completed < config.job.num_samples:
         run.status = STATUS_FAILED
-        run.error = f"only {run.metrics.completed} of {config.num_samples} samples completed"
+        run.error = f"only {run.metrics.completed} of {config.job.num_samples} samples completed"
         return
     run.status = STATUS_OK
 

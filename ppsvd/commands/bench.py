@@ -131,8 +131,8 @@ def _header(plan) -> str:
     return (
         f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
         f"partition {','.join(plan.partition_modes)} · "
-        f"model {base.model} on {base.device} · T={base.total_steps} · {base.num_samples} samples · seed {base.seed} · "
-        f"latent {' '.join(map(str, base.latent_shape))}" + (f" · {base.step_ms:g} ms/step" if base.step_ms else "")
+        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples · seed {base.job.seed} · "
+        f"latent {' '.join(map(str, base.job.latent_shape))}" + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
     )
 
 

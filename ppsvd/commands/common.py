@@ -28,7 +28,7 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
     config.validate()
     if plan is not None and plan.finished:
         if world is None or world[0] == 0:
-            out.print(f"nothing to do: all {config.num_samples} samples of {plan.run_dir} are finished")
+            out.print(f"nothing to do: all {config.job.num_samples} samples of {plan.run_dir} are finished")
         return 0
     run_dir = None if plan is None else plan.run_dir
     indices = None if plan is None else plan.remaining
@@ -43,7 +43,7 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
             # Every rank checks its own inputs, so a bad flag fails fast everywhere.
             preflight(config)
             if plan is None:
-                check_output_dir(config.output_dir)  # after the input checks: bad input creates nothing
+                check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
             if plan is not None and rank == 0:
                 _restart(plan)
             code, run_dir = torchrun_main(config, run_dir=run_dir, indices=indices, received=received)
@@ -54,7 +54,7 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
         if code > 128 and run_dir is not None and rank == _writer_rank(config, world[1]):
             # torchrun speaks for the run (its own exit code and message); the stage that wrote
             # the samples adds the one line only it can give.
-            error_line(interrupted_line(code - 128, run_dir, config.num_samples, _resume_command(command, run_dir, world)))
+            error_line(interrupted_line(code - 128, run_dir, config.job.num_samples, _resume_command(command, run_dir, world)))
         # Leave the way a multiprocessing worker does: flush, then os._exit. A normal interpreter
         # shutdown runs the C++ destructors of gloo's groups and threads, and under torchrun that
         # aborted a finished run now and then ("terminate called without an active exception",
@@ -68,8 +68,8 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
     _catch_signals_until_launch()
     api.check(config)  # devices, model files and shapes, images, memory
     if plan is None:
-        check_output_dir(config.output_dir)  # after the input checks: bad input creates nothing
-    _announce(config, config.nproc)
+        check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
+    _announce(config, config.layout.nproc)
     if plan is not None:
         _restart(plan)
     try:
@@ -77,7 +77,7 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
     except Interrupted as exc:
         if exc.run_dir is None:
             raise
-        line = interrupted_line(exc.signum, exc.run_dir, config.num_samples, _resume_command(command, exc.run_dir, None))
+        line = interrupted_line(exc.signum, exc.run_dir, config.job.num_samples, _resume_command(command, exc.run_dir, None))
         raise Interrupted(line, exc.signum, exc.run_dir) from None
     _summary(config, result.run_dir)
     return 0
@@ -118,12 +118,12 @@ def _restart(plan) -> None:
 
     remove_temp_files(plan.run_dir)
     restart_journal(plan.run_dir, plan.kept)
-    notice(f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.num_samples} samples kept, "
+    notice(f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.job.num_samples} samples kept, "
            f"{len(plan.remaining)} to generate")
 
 
 def _writer_rank(config: RunConfig, world: int) -> int:
-    return world - 1 if config.strategy == "pipeline" else 0
+    return world - 1 if config.layout.strategy == "pipeline" else 0
 
 
 def interrupted_line(signum: int, run_dir: Path, num_samples: int, resume_command: str) -> str:
@@ -166,7 +166,7 @@ def _catch_signals_until_launch() -> None:
 
 def _summary(config: RunConfig, run_dir) -> None:
     """The per-stage table, or with --log-format json one JSON line (the metrics and the run dir)."""
-    if config.log_format == "json":
+    if config.ui.log_format == "json":
         import json
 
         from ppsvd.api import RunResult
@@ -185,13 +185,13 @@ def _announce(config: RunConfig, world: int) -> None:
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         notice(
-            f"--num-samples {config.num_samples} uses the first {config.num_samples} of {len(config.input_images)} input images; "
+            f"--num-samples {config.job.num_samples} uses the first {config.job.num_samples} of {len(config.input_images)} input images; "
             f"skipped: {shown} (drop --num-samples for one video per image)"
         )
 
-    if config.strategy == "pipeline" and config.partition == "even":  # auto and sizes are chosen splits
-        text = partition_steps(config.total_steps, world).notice()
+    if config.layout.strategy == "pipeline" and config.layout.partition == "even":  # auto and sizes are chosen splits
+        text = partition_steps(config.job.total_steps, world).notice()
         if text:
             notice(text)
-    if config.transport is None and world > 1 and config.strategy == "pipeline":
+    if config.transport.transport is None and world > 1 and config.layout.strategy == "pipeline":
         out.print(f"transport: {config.resolved_transport} (pick another with --transport)", style="dim")

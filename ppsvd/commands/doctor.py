@@ -58,7 +58,7 @@ def command(
         if label not in labels:
             raise ConfigError(f"--simulate-hang {label!r} is not one of {', '.join(labels)}")
     n = 1 if nproc is None else nproc
-    config = RunConfig(model=model, weights=weights, nproc=n, latent_shape=shape, dtype=dtype, device=device,
+    config = RunConfig.from_options(model=model, weights=weights, nproc=n, latent_shape=shape, dtype=dtype, device=device,
                        transport=transport, total_steps=total_steps, num_samples=num_samples, output_dir=output_dir)
     # The run's own checks of the same options (bad input -> ConfigError -> one line, exit 2). The
     # device is not known yet (it needs torch; doctor resolves it): check as a CUDA run unless --device says otherwise.

@@ -59,7 +59,7 @@ def command(
     if handoff_ms < 0:
         raise ConfigError(f"--handoff-ms {handoff_ms} is negative; use 0 or more milliseconds")
     # The run's own checks (one line each): sizes that fit, one speed per stage, a usable run directory.
-    config = RunConfig(
+    config = RunConfig.from_options(
         total_steps=total_steps, nproc=nproc, num_samples=num_samples, partition=partition, costs_from=costs_from,
         step_ms=step_ms, encode_ms=encode_ms, decode_ms=decode_ms, stage_speed=speeds, cfg_half_ms=cfg_half_ms,
         decode_chunk_size=decode_chunk_size, latent_shape=tuple(latent_shape), goal=goal,

@@ -52,9 +52,9 @@ class Report:
             "ok": self.exit_code == 0,
             "exit_code": self.exit_code,
             "planned": {
-                "model": p.model, "nproc": p.nproc, "latent_shape": list(p.latent_shape), "dtype": self.dtype,
-                "device": self.device, "transport": self.transport, "total_steps": p.total_steps,
-                "num_samples": p.num_samples, "output_dir": str(p.output_dir),
+                "model": p.model.model, "nproc": p.layout.nproc, "latent_shape": list(p.job.latent_shape), "dtype": self.dtype,
+                "device": self.device, "transport": self.transport, "total_steps": p.job.total_steps,
+                "num_samples": p.job.num_samples, "output_dir": str(p.output.output_dir),
             },
             "machine": {
                 "python": f.python, "platform": f.platform, "cpu_count": f.cpu_count,

@@ -60,7 +60,7 @@ class Context:
 
     @property
     def family(self) -> str:
-        return memory.model_family(self.config.model)
+        return memory.model_family(self.config.model.model)
 
     @property
     def needs_diffusers(self) -> bool:
@@ -68,7 +68,7 @@ class Context:
 
     @property
     def hops(self) -> list[tuple[int, int]]:
-        return [(k, k + 1) for k in range(self.config.nproc - 1)]
+        return [(k, k + 1) for k in range(self.config.layout.nproc - 1)]
 
     @property
     def planned_link(self) -> str:
@@ -78,8 +78,8 @@ class Context:
 
 def context(facts: Facts, config: RunConfig) -> Context:
     """Resolve the device as `run` would on this machine, then dtype and transport by RunConfig's rules."""
-    resolved = config.replace(device=config.device or auto_device(facts.cuda_usable))
-    return Context(facts=facts, config=config, device=resolved.device, dtype=resolved.resolved_dtype,
+    resolved = config.replace(device=config.model.device or auto_device(facts.cuda_usable))
+    return Context(facts=facts, config=config, device=resolved.model.device, dtype=resolved.resolved_dtype,
                    transport=resolved.resolved_transport)
 
 
@@ -192,7 +192,7 @@ def _cuda_rows(ctx: Context, table: _Rows) -> None:
     if f.torch_cuda is not None:
         table.add("cuda runtime", f.torch_cuda, "pass")
     elif ctx.device == "cuda" or has_gpus:
-        status = "fail" if ctx.device == "cuda" or (ctx.config.device is None and has_gpus) else "warn"
+        status = "fail" if ctx.device == "cuda" or (ctx.config.model.device is None and has_gpus) else "warn"
         table.add("cuda runtime", None, status, "torch is a CPU build",
                   "Install a CUDA build of torch that the driver supports "
                   f"(driver CUDA {f.driver_cuda or '?'}: pip install torch --index-url https://download.pytorch.org/whl/cu12x).")
@@ -224,7 +224,7 @@ def _nccl_row(ctx: Context, table: _Rows) -> None:
     f = ctx.facts
     if f.nccl is not None:
         table.add("nccl", f.nccl, "pass")
-    elif ctx.transport == "nccl" and ctx.config.nproc > 1:
+    elif ctx.transport == "nccl" and ctx.config.layout.nproc > 1:
         table.add("nccl", None, "fail", "torch has no NCCL",
                   "Install a CUDA build of torch (it bundles NCCL), or plan --transport gloo or zmq.")
     else:
@@ -293,8 +293,8 @@ def check_gpus(ctx: Context) -> CheckResult:
             why = f.nvml_error or "NVML found none"
             summary = f"no NVIDIA GPU on this machine ({why}); a planned run uses the CPU"
             fix = NO_GPU_FIX
-        status = "fail" if p.device == "cuda" or cpu_fix else "warn"
-        if p.device == "cuda":
+        status = "fail" if p.model.device == "cuda" or cpu_fix else "warn"
+        if p.model.device == "cuda":
             fix = fix + " Or drop --device cuda."
         return _result("gpus", status, summary, [cpu_fix, fix], details)
 
@@ -306,15 +306,15 @@ def check_gpus(ctx: Context) -> CheckResult:
         summary += f", {gib(min(mem))}" + ("" if min(mem) == max(mem) else f"-{gib(max(mem))}") + " each"
     statuses, fixes = ["pass"], []
     if not f.cuda_usable:
-        statuses.append("warn" if p.device == "cpu" else "fail")
-        summary += "; torch cannot use them" + ("" if p.device else ": the run would fall back to the CPU")
+        statuses.append("warn" if p.model.device == "cpu" else "fail")
+        summary += "; torch cannot use them" + ("" if p.model.device else ": the run would fall back to the CPU")
         fixes.append("Install a CUDA build of torch that this driver supports "
                      f"(driver CUDA {f.driver_cuda or '?'}), see https://pytorch.org/get-started/locally/; "
                      "or plan a CPU run with --device cpu.")
     if cpu_fix:
         statuses.append("fail")
         fixes.append(cpu_fix)
-    used = f.gpus[: p.nproc] if ctx.device == "cuda" else []
+    used = f.gpus[: p.layout.nproc] if ctx.device == "cuda" else []
     if ctx.device == "cuda":
         if ctx.dtype == "bf16":
             old = [g for g in used if g.capability and g.capability < (8, 0)]
@@ -344,11 +344,11 @@ def check_placement(ctx: Context) -> CheckResult:
     from ppsvd.plan import partition_steps
 
     f, p = ctx.facts, ctx.config
-    plan = partition_steps(p.total_steps, p.nproc)
+    plan = partition_steps(p.job.total_steps, p.layout.nproc)
     n = len(f.gpus)
     stages = []
     for k, steps in enumerate(plan.ranges):
-        loads = list(stage_components(k == 0, k == p.nproc - 1)) if ctx.needs_diffusers else ["synthetic"]
+        loads = list(stage_components(k == 0, k == p.layout.nproc - 1)) if ctx.needs_diffusers else ["synthetic"]
         if ctx.device == "cuda" and n:
             g = f.gpus[k % n]
             device, gpu = f"cuda:{k % n}", g.name
@@ -356,32 +356,32 @@ def check_placement(ctx: Context) -> CheckResult:
             device, gpu = "cpu", None
         stages.append({"stage": k, "device": device, "gpu": gpu, "steps": [steps.start, steps.stop],
                        "loads": loads})
-    details = {"device": ctx.device, "nproc": p.nproc, "total_steps": p.total_steps, "split": plan.describe(),
+    details = {"device": ctx.device, "nproc": p.layout.nproc, "total_steps": p.job.total_steps, "split": plan.describe(),
                "stages": stages}
     statuses, fixes = ["pass"], []
     if ctx.device == "cuda" and n == 0:
-        return _result("placement", "skip", f"{p.nproc} stage(s) planned on CUDA but no GPU is visible (see gpus)",
+        return _result("placement", "skip", f"{p.layout.nproc} stage(s) planned on CUDA but no GPU is visible (see gpus)",
                        [], details)
     if ctx.device == "cuda":
-        if p.nproc > n:
-            shared = ", ".join(f"stage {k} and stage {k % n} on GPU {k % n}" for k in range(n, p.nproc))
-            summary = f"--nproc {p.nproc} but only {n} GPU{'s' if n > 1 else ''} visible: two ranks on one GPU ({shared})"
+        if p.layout.nproc > n:
+            shared = ", ".join(f"stage {k} and stage {k % n} on GPU {k % n}" for k in range(n, p.layout.nproc))
+            summary = f"--nproc {p.layout.nproc} but only {n} GPU{'s' if n > 1 else ''} visible: two ranks on one GPU ({shared})"
             statuses.append("fail")
             fixes.append(f"Use --nproc {n} or fewer: ppsvd runs one stage per GPU (NCCL cannot put two ranks on "
                          "one GPU, and two stages would share its memory and compute). Make more GPUs visible "
                          "with CUDA_VISIBLE_DEVICES if the machine has them.")
         else:
-            summary = f"{p.nproc} stage{'s' if p.nproc > 1 else ''} on {p.nproc} of {n} GPUs, one each"
+            summary = f"{p.layout.nproc} stage{'s' if p.layout.nproc > 1 else ''} on {p.layout.nproc} of {n} GPUs, one each"
     else:
-        summary = f"{p.nproc} stage{'s' if p.nproc > 1 else ''} on the CPU ({f.cpu_count} cores)"
-        if p.nproc > f.cpu_count and ctx.family != "synthetic":
+        summary = f"{p.layout.nproc} stage{'s' if p.layout.nproc > 1 else ''} on the CPU ({f.cpu_count} cores)"
+        if p.layout.nproc > f.cpu_count and ctx.family != "synthetic":
             statuses.append("warn")
-            fixes.append(f"{p.nproc} stages share {f.cpu_count} cores: each step is slower than alone. "
+            fixes.append(f"{p.layout.nproc} stages share {f.cpu_count} cores: each step is slower than alone. "
                          "Fine for checking correctness; use --model synthetic to study scheduling.")
     summary += f"; steps {plan.describe()}"
     if not plan.is_even:
         statuses.append("warn")
-        fixes.append(f"Use a --total-steps divisible by {p.nproc} (e.g. {p.nproc * max(1, round(p.total_steps / p.nproc))}).")
+        fixes.append(f"Use a --total-steps divisible by {p.layout.nproc} (e.g. {p.layout.nproc * max(1, round(p.job.total_steps / p.layout.nproc))}).")
     return _result("placement", _worst(statuses), summary, fixes, details)
 
 
@@ -454,13 +454,13 @@ def check_p2p(ctx: Context) -> CheckResult:
             hop_text = ", ".join(f"stage {h['from_stage']} -> {h['to_stage']} (GPU {h['gpus'][0]} -> GPU {h['gpus'][1]})"
                                  for h in affected)
             summary += f"; affects the planned hop{'s' if len(affected) > 1 else ''} {hop_text}"
-        elif on_cuda and p.nproc > 1:
+        elif on_cuda and p.layout.nproc > 1:
             summary += "; none of the planned hops"
         fix = ("Without P2P, NCCL sends between those GPUs through host memory (SHM; sockets if NCCL_SHM_DISABLE=1): "
                "an extra copy each way, a slower hop. For SVD's small hand-offs that is usually well under 1% of a "
                "step: the live transport check shows the real cost.")
         if affected:
-            order = p2p_order(f.gpus, pairs, p.nproc)
+            order = p2p_order(f.gpus, pairs, p.layout.nproc)
             if order:
                 visible = ",".join(str(g.nvml_index if g.nvml_index is not None else g.index) for g in order)
                 details["suggested_visible_devices"] = visible
@@ -500,7 +500,7 @@ def check_environment(ctx: Context) -> CheckResult:
     f, p = ctx.facts, ctx.config
     variables: dict[str, dict[str, Any]] = {}
     statuses, fixes, notes = ["pass"], [], []
-    multi = p.nproc > 1
+    multi = p.layout.nproc > 1
 
     def var(name: str, status: str = "pass", note: str = "", fix: str = "") -> None:
         value = f.env.get(name)
@@ -582,7 +582,7 @@ def check_model(ctx: Context) -> CheckResult:
     details = {"model": m.model, "kind": m.kind, "present": m.present, "path": m.path, "files": m.files,
                "size_bytes": m.size_bytes, "missing": list(m.missing), "incomplete_downloads": m.incomplete_downloads,
                "cache_dir": m.cache_dir, "offline": offline, "download_command": None}
-    if m.kind != "embedded" and ctx.config.weights == "random":
+    if m.kind != "embedded" and ctx.config.model.weights == "random":
         return _result("model", "pass", f"--weights random: {m.model}'s architecture from ppsvd's configs, nothing to download",
                        [], details)
     if m.kind == "embedded":
@@ -620,8 +620,8 @@ def check_model(ctx: Context) -> CheckResult:
 
 def check_memory(ctx: Context) -> CheckResult:
     f, p = ctx.facts, ctx.config
-    shape = p.latent_shape
-    stages = memory.estimate_stages(p.model, ctx.dtype, shape, p.nproc, ctx.device)
+    shape = p.job.latent_shape
+    stages = memory.estimate_stages(p.model.model, ctx.dtype, shape, p.layout.nproc, ctx.device)
     details: dict[str, Any] = {
         "formula": "peak(stage) = overhead + weights(stage) + max(UNET_ACT*cfg*B*F*H*W*bytes, "
                    "DECODE_ACT*B*F*H*W*bytes on the last stage, ENCODE_ACT*B*H*W*4 on the first) + 6*latent_bytes",
@@ -637,7 +637,7 @@ def check_memory(ctx: Context) -> CheckResult:
         n = len(f.gpus)
         if n == 0:
             return _result("memory", "skip", "no GPU to compare against (see gpus)", [], details)
-        used = f.gpus[: min(p.nproc, n)]
+        used = f.gpus[: min(p.layout.nproc, n)]
         capacity = [g.free_bytes if g.free_bytes is not None else (g.total_bytes or 0) for g in used]
         labels = [f"cuda:{g.index}" for g in used]
         totals = [g.total_bytes for g in used]
@@ -661,19 +661,19 @@ def check_memory(ctx: Context) -> CheckResult:
     fixes = []
     if status != "pass":
         usable = [int(c * 0.9) for c in capacity]
-        best = memory.largest_fitting_shape(p.model, ctx.dtype, shape, p.nproc, ctx.device, usable)
+        best = memory.largest_fitting_shape(p.model.model, ctx.dtype, shape, p.layout.nproc, ctx.device, usable)
         details["largest_fitting_shape"] = list(best) if best else None
         over = "will not fit" if status == "fail" else "is tight (over 90% of free memory)"
         summary = f"{summary}: {over}"
         if best:
             fixes.append(f"Use --latent-shape {shape_text(best)} (the largest that fits, ~"
-                         f"{gib(max(memory.per_device_need(memory.estimate_stages(p.model, ctx.dtype, best, p.nproc, ctx.device), len(capacity))))}"
+                         f"{gib(max(memory.per_device_need(memory.estimate_stages(p.model.model, ctx.dtype, best, p.layout.nproc, ctx.device), len(capacity))))}"
                          f" {where}).")
         else:
             fixes.append("Even the smallest latent does not fit: free the GPU memory other processes hold (nvidia-smi).")
         last = stages[-1]
         if last.activation_kind == "decode" and ctx.family != "synthetic":
-            chunk = memory.largest_decode_chunk(p.model, ctx.dtype, shape, p.nproc, ctx.device, usable)
+            chunk = memory.largest_decode_chunk(p.model.model, ctx.dtype, shape, p.layout.nproc, ctx.device, usable)
             details["decode_chunk_that_fits"] = chunk
             if chunk:
                 fixes.append(f"Or keep the shape and decode fewer frames at a time: --decode-chunk-size {chunk} "
@@ -693,9 +693,9 @@ def check_memory(ctx: Context) -> CheckResult:
 
 def output_bytes_estimate(config: RunConfig) -> int:
     """Per run: fp32 latents + an mp4 (at most ~5% of the raw frames) per sample, plus the manifest."""
-    b, c, f, h, w = config.latent_shape
+    b, c, f, h, w = config.job.latent_shape
     per_sample = b * c * f * h * w * 4 + b * f * (8 * h) * (8 * w) * 3 // 20
-    return config.num_samples * per_sample + 1024 * 1024
+    return config.job.num_samples * per_sample + 1024 * 1024
 
 
 def check_disk(ctx: Context) -> CheckResult:
@@ -707,8 +707,8 @@ def check_disk(ctx: Context) -> CheckResult:
     if out is not None:
         details["output"] = {"path": out.path, "existing": out.existing, "free_bytes": out.free_bytes,
                              "total_bytes": out.total_bytes, "writable": out.writable, "estimated_bytes": need}
-        parts.append(f"outputs: {gib(out.free_bytes)} free at {out.existing}, a run of {p.num_samples} "
-                     f"sample{'s' if p.num_samples > 1 else ''} writes ~{need / 2**20:.0f} MiB")
+        parts.append(f"outputs: {gib(out.free_bytes)} free at {out.existing}, a run of {p.job.num_samples} "
+                     f"sample{'s' if p.job.num_samples > 1 else ''} writes ~{need / 2**20:.0f} MiB")
         if not out.writable:
             statuses.append("fail")
             parts.append(f"{out.existing} is not writable")
@@ -761,15 +761,15 @@ def _link_json(link: LinkInfo, step_s: float | None, steps_per_stage: float) -> 
 
 def check_transport(ctx: Context) -> CheckResult:
     f, p = ctx.facts, ctx.config
-    shape = LatentShape(*p.latent_shape)
+    shape = LatentShape(*p.job.latent_shape)
     # A reference SVD step only means something for SVD-sized models (see memory.REF_STEP_S).
-    step_s = memory.estimated_step_s(p.latent_shape) if ctx.family == "svd" else None
-    steps_per_stage = p.total_steps / p.nproc
+    step_s = memory.estimated_step_s(p.job.latent_shape) if ctx.family == "svd" else None
+    steps_per_stage = p.job.total_steps / p.layout.nproc
     nbytes = memory.DTYPE_BYTES[ctx.dtype]
     details: dict[str, Any] = {
         "payload_shape": list(shape.handoff()), "payload_bytes": shape.numel * nbytes, "dtype": ctx.dtype,
         "estimated_step_s": step_s, "steps_per_stage": steps_per_stage, "planned": ctx.planned_link,
-        "needed": p.nproc > 1, "links": [], "skipped": [{"label": lab, "reason": why} for lab, why in f.live_skipped],
+        "needed": p.layout.nproc > 1, "links": [], "skipped": [{"label": lab, "reason": why} for lab, why in f.live_skipped],
     }
     if f.live is None:
         if f.live_error:
@@ -784,12 +784,12 @@ def check_transport(ctx: Context) -> CheckResult:
             share = row["share_of_step"]
             parts.append(f"{link.label} {link.latency_ms:.2f} ms" + (f" ({share:.2%} of a step)" if share is not None else ""))
         else:
-            needed = link.label == ctx.planned_link and p.nproc > 1
+            needed = link.label == ctx.planned_link and p.layout.nproc > 1
             statuses.append("fail" if needed else "warn")
             parts.append(f"{link.label} FAILED ({link.error or 'no result'})")
             fixes.append(TRANSPORT_FIXES.get(link.label, ""))
     size = details["payload_bytes"]
-    reference = f"; reference SVD step ~{step_s:.2f} s" if step_s else f"; no reference step for --model-id {p.model}"
+    reference = f"; reference SVD step ~{step_s:.2f} s" if step_s else f"; no reference step for --model-id {p.model.model}"
     summary = f"{', '.join(parts)} per {size / 1024:.0f} KiB hop{reference}" if parts else "no transport could be tried here"
     if f.live_skipped:
         summary += "; skipped " + ", ".join(f"{lab} ({why})" for lab, why in f.live_skipped)

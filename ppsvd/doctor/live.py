@@ -59,7 +59,7 @@ def run_live(
         except Exception as exc:  # noqa: BLE001
             facts.live_error = f"ppsvd.backends.linkcheck is not importable ({type(exc).__name__}: {exc})"
             return
-    payload = LatentShape(*config.latent_shape).handoff()
+    payload = LatentShape(*config.job.latent_shape).handoff()
     run, skipped = candidates(facts)
     facts.live_skipped = skipped
     facts.live = []

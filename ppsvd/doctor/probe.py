@@ -74,10 +74,10 @@ def gather(
     probe_env(facts, env)
     probe_host(facts)
     try:
-        facts.model = probe_model(config.model, env)
+        facts.model = probe_model(config.model.model, env)
     except Exception as exc:  # e.g. a cache folder it cannot read
-        facts.probe_errors.append(f"model {config.model}: {type(exc).__name__}: {exc}")
-    facts.output_disk = probe_disk(Path(config.output_dir))
+        facts.probe_errors.append(f"model {config.model.model}: {type(exc).__name__}: {exc}")
+    facts.output_disk = probe_disk(Path(config.output.output_dir))
     if facts.model is not None and facts.model.kind == "hub" and facts.model.cache_dir:
         facts.cache_disk = probe_disk(Path(facts.model.cache_dir))
     return facts

@@ -25,8 +25,8 @@ def render(report: Report, console: Console) -> None:
     p = report.config
     console.print(Text.assemble(
         ("ppsvd doctor", "bold"),
-        f"  planned: --model-id {p.model} --nproc {p.nproc} --latent-shape {' '.join(map(str, p.latent_shape))} "
-        f"--dtype {report.dtype} --device {report.device} --transport {report.transport} --total-steps {p.total_steps}",
+        f"  planned: --model-id {p.model.model} --nproc {p.layout.nproc} --latent-shape {' '.join(map(str, p.job.latent_shape))} "
+        f"--dtype {report.dtype} --device {report.device} --transport {report.transport} --total-steps {p.job.total_steps}",
     ), soft_wrap=True)
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)

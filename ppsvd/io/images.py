@@ -48,7 +48,7 @@ def resolve_images(spec: Iterable[str]) -> tuple[str, ...]:
 
 def with_images_resolved(config: RunConfig) -> RunConfig:
     """config with its --image values expanded to files and URLs (a no-op when they already are)."""
-    return config.replace(images=resolve_images(config.images)) if config.images else config
+    return config.replace(images=resolve_images(config.job.images)) if config.job.images else config
 
 
 def _expand(item: str) -> list[str]:

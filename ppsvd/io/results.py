@@ -97,20 +97,20 @@ class ResultWriter:
         cfg = self.config
         stem = result.meta.get("name") or sample_stem(result.index)
         entry: dict[str, Any] = {"index": result.index, **{k: v for k, v in result.meta.items()}}
-        if cfg.save_latents:
+        if cfg.output.save_latents:
             path = self.run_dir / "latents" / f"{stem}.safetensors"
             save_latents(path, {"latents": result.latents}, metadata={"index": str(result.index), "layout": HANDOFF_LAYOUT})
             entry["latents"] = str(path.relative_to(self.run_dir))
-        if result.frames is not None and (cfg.save_video or cfg.save_frames):
+        if result.frames is not None and (cfg.output.save_video or cfg.output.save_frames):
             videos, frame_dirs = [], []
             for b in range(result.frames.shape[0]):
                 name = stem if result.frames.shape[0] == 1 else f"{stem}_b{b}"
                 frames = result.frames[b]
-                if cfg.save_video:
+                if cfg.output.save_video:
                     path = self.run_dir / "videos" / f"{name}.mp4"
-                    video.write_mp4(path, frames, cfg.video_fps or result.meta.get("fps", cfg.fps))
+                    video.write_mp4(path, frames, cfg.output.video_fps or result.meta.get("fps", cfg.svd.fps))
                     videos.append(str(path.relative_to(self.run_dir)))
-                if cfg.save_frames:
+                if cfg.output.save_frames:
                     folder = self.run_dir / "frames" / name
                     video.write_frames(folder, frames)
                     frame_dirs.append(str(folder.relative_to(self.run_dir)))
@@ -144,17 +144,17 @@ class ResultWriter:
         write_json_atomic(
             self.run_dir / self.manifest_name,
             {
-                "model": cfg.model,
+                "model": cfg.model.model,
                 # What the stage model says it loaded ('seeded random' for tiny), not just the flag.
-                "weights": self.model_facts.get("weights", cfg.weights),
-                "revision": cfg.revision,
+                "weights": self.model_facts.get("weights", cfg.model.weights),
+                "revision": cfg.model.revision,
                 "versions": software_versions(),
-                "total_steps": cfg.total_steps,
-                "latent_shape": list(cfg.latent_shape),
-                "strategy": cfg.strategy,
+                "total_steps": cfg.job.total_steps,
+                "latent_shape": list(cfg.job.latent_shape),
+                "strategy": cfg.layout.strategy,
                 "partition": self.plan.to_json(),
-                "seed": cfg.seed,
-                "fps": cfg.fps,
+                "seed": cfg.job.seed,
+                "fps": cfg.svd.fps,
                 "model_facts": self.model_facts,
                 "samples": sorted(self.entries, key=lambda e: e["index"]),
             },

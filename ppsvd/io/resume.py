@@ -9,7 +9,6 @@ values must match the saved config.json, or the command refuses with the options
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ EXECUTION_FIELDS = frozenset(
         "goal", "cfg_half_ms",
     }
 )
-"""RunConfig fields that change how a run executes, never a sample's values (the exactness
+"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run executes, never a sample's values (the exactness
 promise: any N, transport and partition): a resumed run may set them anew."""
 
 FOLLOW_THE_COMMAND = frozenset({"debug", "show_progress"})
@@ -80,10 +79,11 @@ def merge(
     world size)."""
     differing = []
     changes: dict[str, Any] = {}
+    ours_by_name, theirs_by_name = given.options(), saved.options()  # flat option name -> value
     for name, flag in sorted(explicit.items(), key=lambda item: item[1]):
-        if not hasattr(saved, name):
+        if name not in theirs_by_name:
             continue
-        ours, theirs = getattr(given, name), getattr(saved, name)
+        ours, theirs = ours_by_name[name], theirs_by_name[name]
         if name in EXECUTION_FIELDS:
             changes[name] = ours
         elif _normal(ours) != _normal(theirs):
@@ -95,8 +95,8 @@ def merge(
             + " to continue the run as it was, or start a new run"
         )
     for name in (*FOLLOW_THE_COMMAND, *keep_given):
-        changes[name] = getattr(given, name)
-    return dataclasses.replace(saved, **changes)
+        changes[name] = ours_by_name[name]
+    return saved.replace(**changes)
 
 
 def _normal(value: Any) -> Any:
@@ -116,18 +116,18 @@ def _show(value: Any) -> str:
 def plan_resume(run_dir: Path, config: RunConfig) -> ResumePlan:
     """Which samples of run_dir are finished (listed, every file present and loadable) and which remain."""
     run_dir = Path(run_dir)
-    kept = [e for e in listed_entries(run_dir) if 0 <= e["index"] < config.num_samples and sample_is_intact(run_dir, e, config)]
+    kept = [e for e in listed_entries(run_dir) if 0 <= e["index"] < config.job.num_samples and sample_is_intact(run_dir, e, config)]
     done = {e["index"] for e in kept}
-    remaining = tuple(i for i in range(config.num_samples) if i not in done)
+    remaining = tuple(i for i in range(config.job.num_samples) if i not in done)
     return ResumePlan(run_dir=run_dir, config=config, kept=kept, remaining=remaining)
 
 
 def sample_is_intact(run_dir: Path, entry: dict, config: RunConfig) -> bool:
     """Every file the entry lists exists; latents load with the run's shape; videos look like MP4s."""
     files = entry_files(entry)
-    if config.save_latents and not entry.get("latents"):
+    if config.output.save_latents and not entry.get("latents"):
         return False
-    if config.save_video and "videos" in entry and not entry["videos"]:
+    if config.output.save_video and "videos" in entry and not entry["videos"]:
         return False
     for name in files:
         path = run_dir / name
@@ -145,7 +145,7 @@ def _latents_ok(path: Path, config: RunConfig) -> bool:
 
     try:
         with safe_open(str(path), framework="numpy") as fh:
-            return tuple(fh.get_slice("latents").get_shape()) == LatentShape(*config.latent_shape).handoff()
+            return tuple(fh.get_slice("latents").get_shape()) == LatentShape(*config.job.latent_shape).handoff()
     except Exception:  # truncated, not safetensors, no 'latents' key
         return False
 

@@ -97,7 +97,7 @@ class StageModel(ABC):
         swap noise predictions with the partner through `pair` (which may be set later)."""
         from ppsvd.errors import ConfigError
 
-        raise ConfigError(f"--strategy cfg: the {self.config.model} model cannot split classifier-free guidance; use pipeline or data")
+        raise ConfigError(f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline or data")
 
     def pair_schema(self) -> Schema:
         """The largest messages between guidance partners (a noise prediction; frames of the decode)."""
@@ -105,12 +105,12 @@ class StageModel(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Facts for the manifest (model id, parameter counts, ...)."""
-        return {"model": self.config.model}
+        return {"model": self.config.model.model}
 
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
         """What a stage is loading, for the progress display while it loads."""
-        return f"loading {config.model}"
+        return f"loading {config.model.model}"
 
     @staticmethod
     def declared_costs(config: RunConfig) -> CostModel | None:
@@ -144,7 +144,7 @@ _DEFAULT_IMPLEMENTATION = "ppsvd.models.svd:SVDStageModel"
 
 def model_class(config: RunConfig) -> type[StageModel]:
     """The StageModel class for config.model, imported lazily (diffusers is heavy)."""
-    target = _IMPLEMENTATIONS.get(config.model, _DEFAULT_IMPLEMENTATION)
+    target = _IMPLEMENTATIONS.get(config.model.model, _DEFAULT_IMPLEMENTATION)
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
 
@@ -185,8 +185,8 @@ def check_memory(config: RunConfig) -> None:
     capacity, labels = _free_memory(config)
     if not capacity:
         return
-    problem = memory.fit_refusal(config.model, config.resolved_dtype, config.latent_shape, config.nproc, config.device,
-                                 capacity, labels, config.decode_chunk_size)
+    problem = memory.fit_refusal(config.model.model, config.resolved_dtype, config.job.latent_shape, config.layout.nproc, config.model.device,
+                                 capacity, labels, config.svd.decode_chunk_size)
     if problem:
         raise ConfigError(problem)
 
@@ -195,7 +195,7 @@ def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
     """Free bytes per device the stages use (stage k on device k), or ([], []) when unknown."""
     import os
 
-    if config.device == "cpu":
+    if config.model.device == "cpu":
         try:
             import psutil
 
@@ -212,7 +212,7 @@ def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
         try:
             count = pynvml.nvmlDeviceGetCount()
             order = [int(p) for p in visible.split(",") if p.strip()] if visible is not None else list(range(count))
-            order = [i for i in order if i < count][: config.nproc]
+            order = [i for i in order if i < count][: config.layout.nproc]
             free = [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free) for i in order]
         finally:
             pynvml.nvmlShutdown()

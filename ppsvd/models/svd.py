@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec
+from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec, SvdSection
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
 from ppsvd.models import tiny
@@ -60,11 +60,11 @@ FRAMES = "frames"  # what the conditional half sends of the decode, uint8 [rows,
 def model_source(config: RunConfig) -> str:
     """'tiny', 'random', 'local' (a directory, or a path that does not exist) or 'hub' (an id
     resolved through the HF cache): see hub.locate."""
-    if config.model == TINY_MODEL:
+    if config.model.model == TINY_MODEL:
         return "tiny"
-    if config.weights == "random":
+    if config.model.weights == "random":
         return "random"
-    return hub.locate(config.model)
+    return hub.locate(config.model.model)
 
 
 def _weights_variant(config: RunConfig, source: str, name: str) -> str | None:
@@ -75,8 +75,8 @@ def _weights_variant(config: RunConfig, source: str, name: str) -> str | None:
     fetch one). With nothing on disk yet, an fp16 run asks for the fp16 files (half the download)
     and _from_pretrained falls back to the full-precision ones if the repository has none.
     """
-    if config.variant is not None:
-        return config.variant
+    if config.model.variant is not None:
+        return config.model.variant
     fp16_run = config.resolved_dtype == FP16_VARIANT
     full, half = (_on_disk(config, source, name, variant) for variant in (None, FP16_VARIANT))
     if half and (fp16_run or not full):
@@ -90,7 +90,7 @@ def _on_disk(config: RunConfig, source: str, name: str, variant: str | None) -> 
     """Whether this component's weights (of that variant; None: the plain files) are on disk."""
     files = WEIGHT_FILES.get(name, ())
     names = [hub.variant_name(f, variant) if variant else f for f in files]
-    return any(hub.find(config.model, source, f"{name}/{f}", revision=config.revision) for f in names)
+    return any(hub.find(config.model.model, source, f"{name}/{f}", revision=config.model.revision) for f in names)
 
 
 def _describe_missing(missing: list[str]) -> str:
@@ -147,17 +147,17 @@ def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dty
     except (OSError, ValueError):
         # Our own guess (fp16 for an fp16 run, nothing on disk yet) and the repository has no
         # fp16 files: take the full-precision ones, as a run without that guess would.
-        guessed = config.variant is None and variant == FP16_VARIANT and not _on_disk(config, source, name, FP16_VARIANT)
+        guessed = config.model.variant is None and variant == FP16_VARIANT and not _on_disk(config, source, name, FP16_VARIANT)
         if not guessed or name not in WEIGHT_FILES:
             raise
         return _load_component(config, source, name, dtype, None)
 
 
 def _load_component(config: RunConfig, source: str, name: str, dtype: torch.dtype, variant: str | None) -> Any:
-    model = config.model
+    model = config.model.model
     location = os.path.expanduser(model) if source == "local" else model
     cache = {} if source == "local" else {
-        "cache_dir": hub.hub_cache_dir(), "local_files_only": hub.hub_offline(), "revision": config.revision,
+        "cache_dir": hub.hub_cache_dir(), "local_files_only": hub.hub_offline(), "revision": config.model.revision,
     }
     if name not in WEIGHT_FILES:
         variant = None  # configs and processors have no variants
@@ -212,7 +212,7 @@ class SVDStageModel(StageModel):
             _keep_vae_halves(self.vae, encoder=self.is_first, decoder=self.is_last)
         # The reference computes CFG on when max_guidance_scale > 1 while encoding (before the
         # per-frame scale exists); the hand-off shapes follow from it.
-        self.encode_with_cfg = config.max_guidance_scale > 1
+        self.encode_with_cfg = config.svd.max_guidance_scale > 1
         self.pipe = StableVideoDiffusionPipeline(
             vae=self.vae,
             image_encoder=parts.get("image_encoder"),
@@ -226,19 +226,19 @@ class SVDStageModel(StageModel):
 
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
-        source = {"tiny": "the embedded tiny SVD", "random": "random weights"}.get(model_source(config), config.model)
+        source = {"tiny": "the embedded tiny SVD", "random": "random weights"}.get(model_source(config), config.model.model)
         return f"loading {', '.join(stage_components(is_first, is_last))} from {source}"
 
     # -- shapes --------------------------------------------------------------------------------
     @property
     def pixel_size(self) -> tuple[int, int]:
         """(height, width) in pixels: the latent size times the VAE's scale factor (8 for SVD)."""
-        _, _, _, h, w = self.config.latent_shape
+        _, _, _, h, w = self.config.job.latent_shape
         scale = self.pipe.vae_scale_factor
         return h * scale, w * scale
 
     def schema(self) -> Schema:
-        shape = LatentShape(*self.config.latent_shape)
+        shape = LatentShape(*self.config.job.latent_shape)
         b, f = shape.b, shape.f
         k = 2 if self.encode_with_cfg and self.guidance_half is None else 1
         dim = self.unet.config.cross_attention_dim
@@ -274,7 +274,7 @@ class SVDStageModel(StageModel):
         from diffusers.utils.torch_utils import randn_tensor
 
         pipe, cfg, device, config = self.pipe, self.encode_with_cfg, self.device, self.config
-        b, _, f, _, _ = config.latent_shape
+        b, _, f, _, _ = config.job.latent_shape
         height, width = self.pixel_size
 
         # [k*B, 1, D]; one PIL image, so the reference's batch_size is 1 and B is num_videos_per_prompt.
@@ -293,10 +293,10 @@ class SVDStageModel(StageModel):
         added_time_ids = added_time_ids.to(device)
 
         # init_noise_sigma depends on the schedule, so it is set before the latents are drawn.
-        self.scheduler.set_timesteps(config.total_steps, device=device)
+        self.scheduler.set_timesteps(config.job.total_steps, device=device)
         latents = pipe.prepare_latents(b, f, self.unet.config.in_channels, height, width, dtype, device, generator)
 
-        guidance_scale = torch.linspace(config.min_guidance_scale, config.max_guidance_scale, f).unsqueeze(0)
+        guidance_scale = frame_guidance(config.svd, f).unsqueeze(0)
         guidance_scale = guidance_scale.to(device, latents.dtype).repeat(b, 1)
         guidance_scale = _append_dims(guidance_scale, latents.ndim)
         return {
@@ -330,7 +330,7 @@ class SVDStageModel(StageModel):
         # In the loop the reference decides CFG from the per-frame scale tensor.
         cfg = bool(guidance_scale.max() > 1)
         scheduler = self.scheduler
-        scheduler.set_timesteps(self.config.total_steps, device=self.device)
+        scheduler.set_timesteps(self.config.job.total_steps, device=self.device)
         scheduler.set_begin_index(steps.start)
         with torch.no_grad():
             for i in steps:
@@ -381,12 +381,12 @@ class SVDStageModel(StageModel):
 
     def split_guidance(self, half: int, pair=None) -> None:
         if not self.encode_with_cfg:
-            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
+            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
         self.guidance_half = half
         self.pair = pair
 
     def pair_schema(self) -> Schema:
-        shape = LatentShape(*self.config.latent_shape)
+        shape = LatentShape(*self.config.job.latent_shape)
         height, width = self.pixel_size if self.vae is not None else (shape.h * 8, shape.w * 8)
         specs = [TensorSpec(NOISE_PRED, dtype_name(self.dtype), shape.handoff())]
         if self.is_last:
@@ -398,8 +398,8 @@ class SVDStageModel(StageModel):
         if self.guidance_half is not None:
             return self._finalize_half(sample)
         latents = sample.tensors[LATENTS]
-        _, _, f, _, _ = self.config.latent_shape
-        chunk = self.config.decode_chunk_size or f
+        _, _, f, _, _ = self.config.job.latent_shape
+        chunk = self.config.svd.decode_chunk_size or f
         with torch.no_grad():
             frames = self.pipe.decode_latents(latents, f, chunk)  # [B, 3, F, H, W], float32
             # output_type "pt" stops where "np" would copy float32 frames to the host: the same
@@ -424,9 +424,9 @@ class SVDStageModel(StageModel):
         from ppsvd.plan import decode_split
 
         latents = sample.tensors[LATENTS]
-        b, _, f, _, _ = self.config.latent_shape
+        b, _, f, _, _ = self.config.job.latent_shape
         height, width = self.pixel_size
-        chunk = self.config.decode_chunk_size or f
+        chunk = self.config.svd.decode_chunk_size or f
         rows = b * f
         cut = decode_split(rows, chunk)
         mine = range(0, cut) if self.guidance_half == 0 else range(cut, rows)
@@ -461,15 +461,15 @@ class SVDStageModel(StageModel):
         """A random state with the real per-frame guidance scale: guidance above 1 doubles the
         UNet's batch (classifier-free guidance), so a calibration step must see it too."""
         sample = super().throwaway_sample()
-        b, _, f, _, _ = self.config.latent_shape
-        scale = torch.linspace(self.config.min_guidance_scale, self.config.max_guidance_scale, f)
+        b, _, f, _, _ = self.config.job.latent_shape
+        scale = frame_guidance(self.config.svd, f)
         sample.tensors[GUIDANCE_SCALE] = scale.reshape(1, f, 1, 1, 1).repeat(b, 1, 1, 1, 1).to(self.device, self.dtype)
         return sample
 
     def describe(self) -> dict[str, Any]:
         modules = {"unet": self.unet, "vae": self.vae, "image_encoder": self.pipe.image_encoder}
         info: dict[str, Any] = {
-            "model": self.config.model,
+            "model": self.config.model.model,
             "source": self.source,
             "weights": "seeded random" if self.source in ("tiny", "random") else "pretrained",
             "dtype": self.config.resolved_dtype,
@@ -515,13 +515,13 @@ def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return tiny.load_config(tiny.TINY, "unet"), tiny.load_config(tiny.TINY, "vae")
     if source == "random":
         return tiny.load_config(tiny.SVD_XT, "unet"), tiny.load_config(tiny.SVD_XT, "vae")
-    model = config.model
+    model = config.model.model
     if source == "local" and hub.model_root(model, source) is None:
         raise ModelNotFoundError(
             f"--model {model}: no such directory; pass an existing model directory, a hub id like "
             f"{DEFAULT_MODEL_ID} (looked up in the cache {hub.hub_cache_dir()}), or 'tiny'"
         )
-    revision = config.revision if source == "hub" else None
+    revision = config.model.revision if source == "hub" else None
     missing = hub.missing_files(model, source, revision=revision)
     if missing:
         if source == "local":
@@ -538,13 +538,13 @@ def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _check_variant(config: RunConfig, source: str) -> None:
     """--variant on a model whose weights are all on disk: every weighted component must have it."""
-    if config.variant is None:
+    if config.model.variant is None:
         return
-    lacking = [name for name in WEIGHT_FILES if not _on_disk(config, source, name, config.variant)]
+    lacking = [name for name in WEIGHT_FILES if not _on_disk(config, source, name, config.model.variant)]
     if lacking:
         raise ModelNotFoundError(
-            f"--variant {config.variant}: {config.model} has no {config.variant} weights for {', '.join(lacking)} "
-            f"(no {hub.variant_name(WEIGHT_FILES[lacking[0]][0], config.variant)} in {lacking[0]}/); "
+            f"--variant {config.model.variant}: {config.model.model} has no {config.model.variant} weights for {', '.join(lacking)} "
+            f"(no {hub.variant_name(WEIGHT_FILES[lacking[0]][0], config.model.variant)} in {lacking[0]}/); "
             "drop --variant to load the weights that are there"
         )
 
@@ -585,14 +585,19 @@ def _read_json(model: str, source: str, relpath: str, revision: str | None = Non
     return json.loads(Path(path).read_text())
 
 
+def frame_guidance(svd: SvdSection, frames: int) -> torch.Tensor:
+    """diffusers' per-frame guidance scale: min_guidance_scale to max_guidance_scale over the frames."""
+    return torch.linspace(svd.min_guidance_scale, svd.max_guidance_scale, frames)
+
+
 def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dict[str, Any]) -> None:
     """The latent shape fits the model, and the pixel size passes diffusers' check_inputs."""
-    b, c, f, h, w = config.latent_shape
-    shape = " ".join(map(str, config.latent_shape))
+    b, c, f, h, w = config.job.latent_shape
+    shape = " ".join(map(str, config.job.latent_shape))
     channels = unet_config.get("out_channels", 4)
     if c != channels or unet_config.get("in_channels", 2 * channels) != 2 * c or vae_config.get("latent_channels", c) != c:
         raise ConfigError(
-            f"--latent-shape {shape}: C={c} but {config.model}'s latents have {channels} channels; "
+            f"--latent-shape {shape}: C={c} but {config.model.model}'s latents have {channels} channels; "
             f"use --latent-shape {b} {channels} {f} {h} {w}"
         )
     scale = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
@@ -603,11 +608,11 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
             f"--latent-shape {shape}: H={h} W={w} give {height}x{width} pixels, but SVD needs multiples of 8; "
             f"use H and W that are multiples of {step}"
         )
-    if f == 1 and config.min_guidance_scale <= 1 < config.max_guidance_scale:
+    if f == 1 and config.svd.min_guidance_scale <= 1 < config.svd.max_guidance_scale:
         # diffusers encodes with CFG (max > 1) but its one-frame scale is min: the shapes disagree.
         raise ConfigError(
-            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.min_guidance_scale} <= 1 < "
-            f"--max-guidance-scale {config.max_guidance_scale} diffusers' SVD cannot run it; "
+            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.svd.min_guidance_scale} <= 1 < "
+            f"--max-guidance-scale {config.svd.max_guidance_scale} diffusers' SVD cannot run it; "
             "use F >= 2 or set both guidance scales on the same side of 1"
         )
 

@@ -53,27 +53,27 @@ class SyntheticStageModel(StageModel):
         super().__init__(config, plan, stage, device)
         self.dtype = torch_dtype(config.resolved_dtype)
         self.scheduler = svd_scheduler()
-        self.state_shape = LatentShape(*config.latent_shape).handoff()
+        self.state_shape = LatentShape(*config.job.latent_shape).handoff()
         speed = device_speed(config, stage)
-        self.step_s = config.step_ms / 1000.0 / speed
-        self.encode_s = config.encode_ms / 1000.0 / speed if self.is_first else 0.0
-        self.decode_s = config.decode_ms / 1000.0 / speed if self.is_last else 0.0
+        self.step_s = config.synthetic.step_ms / 1000.0 / speed
+        self.encode_s = config.synthetic.encode_ms / 1000.0 / speed if self.is_first else 0.0
+        self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
         self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
         self.speed = speed
         # diffusers' per-frame guidance scale, in the hand-off layout B F C H W; None without guidance.
-        _, _, f, _, _ = config.latent_shape
+        _, _, f, _, _ = config.job.latent_shape
         self.guidance = (
-            torch.linspace(config.min_guidance_scale, config.max_guidance_scale, f).reshape(1, f, 1, 1, 1).to(device, self.dtype)
-            if config.max_guidance_scale > 1 else None
+            torch.linspace(config.svd.min_guidance_scale, config.svd.max_guidance_scale, f).reshape(1, f, 1, 1, 1).to(device, self.dtype)
+            if config.svd.max_guidance_scale > 1 else None
         )
 
     def split_guidance(self, half: int, pair=None) -> None:
         if self.guidance is None:
             from ppsvd.errors import ConfigError
 
-            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
+            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
         self.guidance_half = half
         self.pair = pair
         self.step_s = self.config.resolved_cfg_half_ms / 1000.0 / self.speed
@@ -91,16 +91,16 @@ class SyntheticStageModel(StageModel):
     def declared_costs(config) -> CostModel:
         """What this stand-in spends (see the module docstring): exact, so no need to measure."""
         return CostModel.from_ms(
-            config.step_ms, config.encode_ms, config.decode_ms, config.stage_speed,
+            config.synthetic.step_ms, config.synthetic.encode_ms, config.synthetic.decode_ms, config.synthetic.stage_speed,
             source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
         )
 
     def prepare(self, index: int) -> Sample:
         # Preparing counts inside the encode budget, or inside the first steps' when there is none.
         started = time.perf_counter()
-        generator = torch.Generator("cpu").manual_seed(self.config.seed + index)
+        generator = torch.Generator("cpu").manual_seed(self.config.job.seed + index)
         image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
-        self.scheduler.set_timesteps(self.config.total_steps)
+        self.scheduler.set_timesteps(self.config.job.total_steps)
         latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
         latents = latents * self.scheduler.init_noise_sigma
         tensors = {
@@ -111,7 +111,7 @@ class SyntheticStageModel(StageModel):
             _sleep_until(started + self.encode_s)
             started += self.encode_s
         self._budget_start = started
-        return Sample(index=index, tensors=tensors, meta={"seed": self.config.seed + index, "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name})
+        return Sample(index=index, tensors=tensors, meta={"seed": self.config.job.seed + index, "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name})
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
         if not steps:
@@ -119,7 +119,7 @@ class SyntheticStageModel(StageModel):
         begin = self._budget_start if self._budget_start is not None else time.perf_counter()
         self._budget_start = None
         scheduler = self.scheduler
-        scheduler.set_timesteps(self.config.total_steps, device=self.device)
+        scheduler.set_timesteps(self.config.job.total_steps, device=self.device)
         scheduler.set_begin_index(steps.start)
         if self.fault is not None and self.fault[0] == sample.index:
             _inject(self.fault[1], self.stage, sample.index)
@@ -163,9 +163,9 @@ class SyntheticStageModel(StageModel):
         # unconditional half, which waits for them like for real frames.
         from ppsvd.plan import decode_split
 
-        b, _, f, _, _ = self.config.latent_shape
+        b, _, f, _, _ = self.config.job.latent_shape
         rows = b * f
-        cut = decode_split(rows, self.config.decode_chunk_size or f)
+        cut = decode_split(rows, self.config.svd.decode_chunk_size or f)
         mine = cut if self.guidance_half == 0 else rows - cut
         _sleep_until(started + self.decode_s * mine / rows)
         part = latents.flatten(0, 1)
@@ -179,19 +179,19 @@ class SyntheticStageModel(StageModel):
 
     def describe(self) -> dict:
         c = self.config
-        facts = {"model": "synthetic", "weights": "none (a stand-in function)", "step_ms": c.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
-        if c.encode_ms or c.decode_ms or c.stage_speed:
-            facts.update(encode_ms=c.encode_ms, decode_ms=c.decode_ms, stage_speed=list(c.stage_speed))
+        facts = {"model": "synthetic", "weights": "none (a stand-in function)", "step_ms": c.synthetic.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
+        if c.synthetic.encode_ms or c.synthetic.decode_ms or c.synthetic.stage_speed:
+            facts.update(encode_ms=c.synthetic.encode_ms, decode_ms=c.synthetic.decode_ms, stage_speed=list(c.synthetic.stage_speed))
         return facts
 
 
 def device_speed(config, stage: int) -> float:
     """--stage-speed of this process's device. The list describes devices, i.e. ranks: a pipeline
     stage is its rank, while every data-parallel worker runs "stage 0", so it reads its RANK."""
-    if not config.stage_speed:
+    if not config.synthetic.stage_speed:
         return 1.0
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else stage
-    return config.stage_speed[rank]
+    return config.synthetic.stage_speed[rank]
 
 
 FAULT_ENV = "PPSVD_FAULT"

@@ -93,4 +93,4 @@ def open_pair_link(transport_class: type[Transport], world: StageWorld, pair_lin
         transport.close()
         raise
     partner = transport.world.next_rank
-    return PairLink(transport, partner=partner, timeout_s=world.timeout_s, cancelled=cancelled)
+    return PairLink(transport, partner=partner, timeout_s=world.transport.timeout_s, cancelled=cancelled)

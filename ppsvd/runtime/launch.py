@@ -59,11 +59,11 @@ def launch(
 
     run_start = time.time()
     _start_resource_tracker_immune_to_sighup()
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(config.output_dir, run_label(config.model, config.strategy, config.nproc))
+    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(config.output.output_dir, run_label(config.model.model, config.layout.strategy, config.layout.nproc))
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = DirIdentity.of(run_dir)
     run_id = new_run_id()
-    store = loopback_store(config.timeout_s)
+    store = loopback_store(config.transport.timeout_s)
     spec = WorkerSpec(
         config=config,
         run_id=run_id,
@@ -76,21 +76,21 @@ def launch(
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
-        nproc_per_node=config.nproc,
+        nproc_per_node=config.layout.nproc,
         run_id=public_run_id(run_id),
         # The rendezvous joins our loopback store as a client (is_host False) rather than host a
         # store of its own on every interface.
         rdzv_backend="c10d",
         rdzv_endpoint=f"127.0.0.1:{store.port}",
-        rdzv_configs={"timeout": int(config.timeout_s), "is_host": False},
+        rdzv_configs={"timeout": int(config.transport.timeout_s), "is_host": False},
         local_addr="127.0.0.1",
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
     )
-    _quiet_elastic_logs(config.debug)
+    _quiet_elastic_logs(config.ui.debug)
     error, failed_stage, signum = None, None, None
-    enforcer = _Enforcer(store.port, run_id, config.timeout_s)
+    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s)
     try:
         with live_progress(store, run_id, config), enforcer, _no_second_store():
             elastic_launch(launch_config, worker_main)(spec)

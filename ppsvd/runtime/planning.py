@@ -49,10 +49,10 @@ class RunPlan:
 
 def known_costs(config: RunConfig) -> CostModel | None:
     """Costs known without running anything: --costs-from, else the model's declared ones."""
-    if config.costs_from:
+    if config.layout.costs_from:
         from ppsvd.analysis.costs import costs_from_run
 
-        return costs_from_run(config.costs_from)
+        return costs_from_run(config.layout.costs_from)
     from ppsvd.models.base import model_class
 
     return model_class(config).declared_costs(config)
@@ -61,11 +61,11 @@ def known_costs(config: RunConfig) -> CostModel | None:
 def needs_calibration(config: RunConfig, world: int) -> bool:
     """auto with a choice to make (N > 1 and T > N) and no costs known beforehand. The same
     answer on every rank (it depends only on the config), so all calibrate or none does."""
-    if config.strategy != "pipeline" or config.layout(world).replicas > 1:  # only plain pipelines calibrate
+    if config.layout.strategy != "pipeline" or config.layout_plan(world).replicas > 1:  # only plain pipelines calibrate
         return False
-    if config.partition != "auto" or world == 1 or config.total_steps == world:
+    if config.layout.partition != "auto" or world == 1 or config.job.total_steps == world:
         return False
-    if config.costs_from:
+    if config.layout.costs_from:
         return False
     from ppsvd.models.base import model_class
 
@@ -74,18 +74,18 @@ def needs_calibration(config: RunConfig, world: int) -> bool:
 
 def agree_on_plan(config: RunConfig, model, store, run_id: str, rank: int, world: int, cancelled: Callable[[], bool]) -> RunPlan:
     """Every stage's call returns the same RunPlan (a collective: call it on every rank)."""
-    total = config.total_steps
-    stages = config.layout(world).stages
+    total = config.job.total_steps
+    stages = config.layout_plan(world).stages
     if stages == 1:  # data parallelism, a guidance pair: every rank runs all steps
-        return RunPlan(partition_steps(total, 1), config.partition, known_costs(config) if rank == 0 else None)
+        return RunPlan(partition_steps(total, 1), config.layout.partition, known_costs(config) if rank == 0 else None)
     if stages != world:  # hybrids: K stages per replica (or pair), split by known costs or evenly, without calibrating
-        costs = known_costs(config) if config.partition == "auto" or rank == 0 else None
-        return RunPlan(choose_plan(config.partition, total, stages, costs), config.partition, costs)
-    if config.partition != "auto" or world == 1:  # no costs needed to know the split
+        costs = known_costs(config) if config.layout.partition == "auto" or rank == 0 else None
+        return RunPlan(choose_plan(config.layout.partition, total, stages, costs), config.layout.partition, costs)
+    if config.layout.partition != "auto" or world == 1:  # no costs needed to know the split
         costs = known_costs(config) if rank == 0 else None
-        return RunPlan(choose_plan(config.partition, total, world, costs), config.partition, costs)
+        return RunPlan(choose_plan(config.layout.partition, total, world, costs), config.layout.partition, costs)
 
-    deadline = Deadline(config.timeout_s, what="the partition plan", cancelled=cancelled)
+    deadline = Deadline(config.transport.timeout_s, what="the partition plan", cancelled=cancelled)
     if needs_calibration(config, world):
         store.set(key(run_id, COSTS_KEY, rank), json.dumps(measure_stage(model)))
     if rank == 0:

@@ -178,9 +178,9 @@ class ProgressBoard:
     def for_run(cls, store: Any, run_id: str, config) -> ProgressBoard:
         from ppsvd.plan import rank_work
 
-        n, t, s = config.nproc, config.total_steps, config.num_samples
-        layout = config.layout(n)
-        works = [rank_work(config.strategy, n, k, range(s), total_steps=t, layout=layout) for k in range(n)]
+        n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
+        layout = config.layout_plan(n)
+        works = [rank_work(config.layout.strategy, n, k, range(s), total_steps=t, layout=layout) for k in range(n)]
         rows = [(f"{w.label} · " + (f"all {t} steps" if len(w.steps) == t else f"steps {w.steps.start}-{w.steps.stop - 1}"),
                  len(w.steps), len(w.samples)) for w in works]
         if layout.kind == "data":
@@ -189,7 +189,7 @@ class ProgressBoard:
             title = f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split {works[0].plan.describe()}"
         else:
             title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {works[0].plan.describe()}"
-        return cls(store, run_id, rows, title=title, style=progress_style(config), interval_s=config.progress_interval_s)
+        return cls(store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s)
 
     def __enter__(self) -> ProgressBoard:
         from ppsvd.console import err
@@ -285,8 +285,8 @@ class ProgressBoard:
 
 def progress_style(config) -> str:
     """config.log_format, with 'auto' resolved: Rich bars on a terminal, plain lines otherwise."""
-    if config.log_format != "auto":
-        return config.log_format
+    if config.ui.log_format != "auto":
+        return config.ui.log_format
     from ppsvd.console import err
 
     return "rich" if err.is_terminal else "plain"
@@ -302,6 +302,6 @@ def live_progress(store: Any, run_id: str, config):
     """The per-stage bars as a context manager, or one that does nothing with --no-progress."""
     import contextlib
 
-    if not config.show_progress:
+    if not config.ui.show_progress:
         return contextlib.nullcontext()
     return ProgressBoard.for_run(store, run_id, config)

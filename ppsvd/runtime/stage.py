@@ -128,7 +128,7 @@ class Receiver(_Worker):
         self.inbox: queue.Queue = queue.Queue(maxsize=depth)
 
     def work(self) -> None:
-        timeout = self.ctx.config.timeout_s
+        timeout = self.ctx.config.transport.timeout_s
         while True:
             try:
                 msg = self.transport.recv(self.schema, timeout_s=timeout, cancelled=self.ctx.cancelled)
@@ -151,7 +151,7 @@ class Sender(_Worker):
         self.sent_at: dict[int, float] = {}
 
     def work(self) -> None:
-        timeout = self.ctx.config.timeout_s
+        timeout = self.ctx.config.transport.timeout_s
         while True:
             msg: Message = _get(self.outbox, self.ctx.cancelled, timeout, "sample to send")
             try:
@@ -172,7 +172,7 @@ class Writer(_Worker):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
 
     def work(self) -> None:
-        timeout = self.ctx.config.timeout_s
+        timeout = self.ctx.config.transport.timeout_s
         while True:
             result = _get(self.queue, self.ctx.cancelled, timeout, "sample to write")
             if result is None:
@@ -189,19 +189,19 @@ def run_stage(
     """Process every sample of ctx.indices through this stage; returns the per-sample spans."""
     config, cancelled = ctx.config, ctx.cancelled
     my_steps = ctx.plan.ranges[ctx.stage]
-    depth = max(1, config.max_in_flight - 1)  # one message in the transport plus `depth` queued
+    depth = max(1, config.layout.max_in_flight - 1)  # one message in the transport plus `depth` queued
     threads: list[_Worker] = []
     receiver = sender = writer = None
     if not ctx.is_first:
         assert transport is not None
-        receiver = Receiver(ctx, transport, model.schema(), depth=config.max_in_flight)
+        receiver = Receiver(ctx, transport, model.schema(), depth=config.layout.max_in_flight)
         threads.append(receiver)
     if not ctx.is_last:
         assert transport is not None
         sender = Sender(ctx, transport, depth=depth)
         threads.append(sender)
     else:
-        writer = Writer(ctx, write, depth=config.max_in_flight)
+        writer = Writer(ctx, write, depth=config.layout.max_in_flight)
         threads.append(writer)
     for thread in threads:
         thread.start()
@@ -223,7 +223,7 @@ def run_stage(
             if taken.exhausted():
                 break
             recv_start = time.time()
-            msg, arrived = _get(receiver.inbox, cancelled, config.timeout_s, f"{taken.waiting_for()} from stage {ctx.stage - 1}")
+            msg, arrived = _get(receiver.inbox, cancelled, config.transport.timeout_s, f"{taken.waiting_for()} from stage {ctx.stage - 1}")
             if msg.is_end and ctx.take is not None:
                 taken.end = msg
                 break
@@ -252,12 +252,12 @@ def run_stage(
             span.compute_end = time.time()
             result.meta.setdefault("started", sample.meta.get("started", compute_start))
             result.meta["completed"] = span.compute_end
-            _put(writer.queue, result, cancelled, config.timeout_s, f"the hand-off of sample {expected} to the writer")
+            _put(writer.queue, result, cancelled, config.transport.timeout_s, f"the hand-off of sample {expected} to the writer")
         else:
             span.compute_end = time.time()
             sample.meta.setdefault("started", compute_start)
             span.send_start = time.time()
-            _put(sender.outbox, sample.to_message(), cancelled, config.timeout_s, f"the hand-off of sample {expected} to the sender")
+            _put(sender.outbox, sample.to_message(), cancelled, config.transport.timeout_s, f"the hand-off of sample {expected} to the sender")
             span.enqueued = time.time()
         spans.append(span)
         if ctx.reporter is not None:
@@ -269,15 +269,15 @@ def run_stage(
     if receiver is not None:
         msg = taken.end
         if msg is None:
-            msg, _ = _get(receiver.inbox, cancelled, config.timeout_s, f"end of stream from stage {ctx.stage - 1}")
+            msg, _ = _get(receiver.inbox, cancelled, config.transport.timeout_s, f"end of stream from stage {ctx.stage - 1}")
         if not msg.is_end or msg.index != taken.count:
             raise TransportError(f"stage {ctx.stage} expected end of stream after {taken.count} samples, got {msg.kind} {msg.index}")
     if sender is not None:
-        _put(sender.outbox, Message.end(taken.count), cancelled, config.timeout_s, "the hand-off of the end of stream to the sender")
+        _put(sender.outbox, Message.end(taken.count), cancelled, config.transport.timeout_s, "the hand-off of the end of stream to the sender")
     if writer is not None:
-        _put(writer.queue, None, cancelled, config.timeout_s, "the hand-off of the end of stream to the writer")
+        _put(writer.queue, None, cancelled, config.transport.timeout_s, "the hand-off of the end of stream to the writer")
     for thread in threads:
-        _join(thread, cancelled, config.timeout_s)
+        _join(thread, cancelled, config.transport.timeout_s)
     if cancelled():
         raise Cancelled("the run is stopping")
     if sender is not None:

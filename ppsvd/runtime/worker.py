@@ -98,7 +98,7 @@ def _start_worker(spec: WorkerSpec, received: list[int]) -> int:
         spec.store_host,
         spec.store_port,
         is_master=False,
-        timeout=timedelta(seconds=spec.config.timeout_s),
+        timeout=timedelta(seconds=spec.config.transport.timeout_s),
         use_libuv=True,
     )
     return _run(spec.config, store, spec.run_id, Path(spec.run_dir), spec.run_start, self_launched=True,
@@ -117,21 +117,21 @@ def torchrun_main(
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=config.timeout_s)))
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=config.transport.timeout_s)))
     run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     run_key = key(run_id, RUN_DIR_KEY)
     if rank == 0:
         from ppsvd.io.atomic import make_run_dir, run_label
 
         if run_dir is None:
-            run_dir = make_run_dir(config.output_dir, run_label(config.model, config.strategy, world))
+            run_dir = make_run_dir(config.output.output_dir, run_label(config.model.model, config.layout.strategy, world))
         store.set(run_key, str(run_dir))
     else:
-        run_dir = Path(store_get(store, run_key, config.timeout_s).decode())
+        run_dir = Path(store_get(store, run_key, config.transport.timeout_s).decode())
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
     from ppsvd.runtime.progress import live_progress
 
-    with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.show_progress and rank == 0)):
+    with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False, indices=indices, received=received)
     return code, run_dir
 
@@ -192,7 +192,7 @@ def _run(
     rank = job.rank
     received = catch_stop_signals() if received is None else received
     control = RunControl(
-        store, run_id, rank, job.world, startup_grace_s=config.timeout_s, stall_after_s=config.stall_timeout_s,
+        store, run_id, rank, job.world, startup_grace_s=config.transport.timeout_s, stall_after_s=config.transport.stall_timeout_s,
         kill_blamed=not self_launched,  # a self-launched run's launcher kills a blamed stage itself
     )
     control.start_watching()
@@ -225,7 +225,7 @@ def _run(
             if not self_launched and rank == 0 and reason is not None:
                 # Under torchrun no launcher of ours speaks for the run: rank 0 names the cause.
                 error_line(describe(reason, store, run_id))
-            elif config.debug:
+            elif config.ui.debug:
                 notice(f"stage {rank} stopped because {cause}")
             return 3
         if isinstance(exc, KeyboardInterrupt):
@@ -236,7 +236,7 @@ def _run(
             message = f"{type(exc).__name__}: {exc}"
         control.fail(message)
         notice(f"stage {rank} failed: {message}")
-        if config.debug:
+        if config.ui.debug:
             import traceback
 
             traceback.print_exc()
@@ -268,24 +268,24 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
     rank, world, local_rank, local_world = job.rank, job.world, job.local_rank, job.local_world
     if not config.is_synthetic:
-        _quiet_libraries(config.debug)
-    if config.device == "cpu":
+        _quiet_libraries(config.ui.debug)
+    if config.model.device == "cpu":
         # On CPU, float results depend on the thread count (measured: 7.6e-6 apart between 1 and
         # 2 threads on the tiny SVD). A count that does not depend on N keeps outputs identical
         # for any N; 1 (or OMP_NUM_THREADS) also stops N stages from thrashing shared cores.
         torch.set_num_threads(cpu_threads())
-    cuda_count = torch.cuda.device_count() if config.device == "cuda" else 0
+    cuda_count = torch.cuda.device_count() if config.model.device == "cuda" else 0
     config.check_devices(cuda_count, local_world)
-    if config.device == "cuda":
+    if config.model.device == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
 
     # Sample i depends only on seed + i, so a resumed run simply skips the finished ones.
-    todo = list(range(config.num_samples)) if job.indices is None else list(job.indices)
-    layout = config.layout(world)
-    work = rank_work(config.strategy, world, rank, todo, total_steps=config.total_steps, layout=layout)
+    todo = list(range(config.job.num_samples)) if job.indices is None else list(job.indices)
+    layout = config.layout_plan(world)
+    work = rank_work(config.layout.strategy, world, rank, todo, total_steps=config.job.total_steps, layout=layout)
     plan, stage, indices = work.plan, work.stage, list(work.samples)
     # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
     reporter = ProgressReporter(store, run_id, rank)
@@ -304,9 +304,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
         local_world_size=local_world,
         store=store,
         device=str(device),
-        timeout_s=config.timeout_s,
-        bind_host=config.bind_host,
-        zmq_endpoint=config.zmq_endpoint,
+        transport=config.transport,
         run_id=run_id,
         links=layout.lane_links(),
     )
@@ -325,7 +323,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
     # hand-off and steady-state numbers would measure load skew instead of the pipeline.
     control.mark_ready()
-    control.barrier("ready", config.timeout_s)
+    control.barrier("ready", config.transport.timeout_s)
     # The split (until now the even one: a model needs only N to know its part); --partition
     # auto may time every stage's work here, all of them loaded, before any sample starts.
     run_plan = agree_on_plan(config, model, store, run_id, rank, world, control.cancelled)
@@ -370,7 +368,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     timeline = stage_timeline(ctx, rank, launched=job.launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
     store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))
     control.mark_done()
-    control.wait_all_done(config.timeout_s)
+    control.wait_all_done(config.transport.timeout_s)
     if rank == 0:
         _collect(job, run_plan)
 
@@ -380,7 +378,7 @@ def _work_queue(job: _Job, work, control: RunControl):
     from ppsvd.runtime.workqueue import WorkQueue
 
     queue = WorkQueue(job.store, job.run_id, work.samples, replica=work.replica, half=work.half,
-                      timeout_s=job.config.timeout_s, cancelled=control.cancelled)
+                      timeout_s=job.config.transport.timeout_s, cancelled=control.cancelled)
     return queue.take
 
 
@@ -414,12 +412,12 @@ def _collect(job: _Job, run_plan) -> None:
 
     config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
 
-    stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.timeout_s)) for r in range(job.world)]
+    stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.transport.timeout_s)) for r in range(job.world)]
     timeline = RunTimeline.from_json(
         {
-            "strategy": config.layout(job.world).kind,
-            "total_steps": config.total_steps,
-            "num_samples": config.num_samples if job.indices is None else len(job.indices),
+            "strategy": config.layout_plan(job.world).kind,
+            "total_steps": config.job.total_steps,
+            "num_samples": config.job.num_samples if job.indices is None else len(job.indices),
             "run_start": job.run_start if job.self_launched else min(s["launched"] for s in stages),
             "run_end": None if job.self_launched else time.time(),
             "partition": run_plan.mode,
@@ -428,7 +426,7 @@ def _collect(job: _Job, run_plan) -> None:
         }
     )
     timeline.save(run_dir / "timeline.json")
-    if config.layout(job.world).replicas > 1:  # every replica wrote a shard of the manifest
+    if config.layout_plan(job.world).replicas > 1:  # every replica wrote a shard of the manifest
         from ppsvd.io.results import JOURNAL, MANIFEST, read_journal
 
         # The samples a resumed run kept (its journal), then what every worker wrote this time.
