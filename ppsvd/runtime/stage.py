@@ -180,6 +180,19 @@ class Writer(_Worker):
             self.write(result)
 
 
+@dataclass
+class _Threads:
+    """The helper threads of one stage: a receiver unless first, a sender unless last, else a writer."""
+
+    receiver: Receiver | None = None
+    sender: Sender | None = None
+    writer: Writer | None = None
+
+    @property
+    def all(self) -> list[_Worker]:
+        return [t for t in (self.receiver, self.sender, self.writer) if t is not None]
+
+
 def run_stage(
     ctx: StageContext,
     model: StageModel,
@@ -187,103 +200,127 @@ def run_stage(
     write: Callable[[SampleResult], None],
 ) -> list[SampleSpan]:
     """Process every sample of ctx.indices through this stage; returns the per-sample spans."""
-    config, cancelled = ctx.config, ctx.cancelled
-    my_steps = ctx.plan.ranges[ctx.stage]
-    depth = max(1, config.layout.max_in_flight - 1)  # one message in the transport plus `depth` queued
-    threads: list[_Worker] = []
-    receiver = sender = writer = None
-    if not ctx.is_first:
-        assert transport is not None
-        receiver = Receiver(ctx, transport, model.schema(), depth=config.layout.max_in_flight)
-        threads.append(receiver)
-    if not ctx.is_last:
-        assert transport is not None
-        sender = Sender(ctx, transport, depth=depth)
-        threads.append(sender)
-    else:
-        writer = Writer(ctx, write, depth=config.layout.max_in_flight)
-        threads.append(writer)
-    for thread in threads:
-        thread.start()
-
-    spans: list[SampleSpan] = ctx.spans
+    threads = _start_threads(ctx, model, transport, write)
     taken = _Taken(ctx)
     while True:
-        span_recv = (None, None, None)
-        prepare_s = None
-        if ctx.is_first:
-            expected = taken.next_for_first()
-            if expected is None:
-                break
-            compute_start = time.time()
-            prepare_start = time.perf_counter()
-            sample = model.prepare(expected)
-            prepare_s = time.perf_counter() - prepare_start
-        else:
-            if taken.exhausted():
-                break
-            recv_start = time.time()
-            msg, arrived = _get(receiver.inbox, cancelled, config.transport.timeout_s, f"{taken.waiting_for()} from stage {ctx.stage - 1}")
-            if msg.is_end and ctx.take is not None:
-                taken.end = msg
-                break
-            expected = taken.check_received(msg)
-            span_recv = (recv_start, time.time(), arrived)
-            compute_start = time.time()
-            sample = Sample.from_message(msg, model.device)
-        steps_start = time.perf_counter()
-        sample = _run_steps(ctx, model, sample, my_steps)
-        steps_s = time.perf_counter() - steps_start
-        span = SampleSpan(
-            index=expected,
-            compute_start=compute_start,
-            compute_end=0.0,
-            recv_start=span_recv[0],
-            recv_end=span_recv[1],
-            arrived=span_recv[2],
-            steps=len(my_steps),
-            steps_s=steps_s,
-            prepare_s=prepare_s,
-        )
-        if ctx.is_last:
-            finalize_start = time.perf_counter()
-            result = model.finalize(sample)
-            span.finalize_s = time.perf_counter() - finalize_start
-            span.compute_end = time.time()
-            result.meta.setdefault("started", sample.meta.get("started", compute_start))
-            result.meta["completed"] = span.compute_end
-            _put(writer.queue, result, cancelled, config.transport.timeout_s, f"the hand-off of sample {expected} to the writer")
-        else:
-            span.compute_end = time.time()
-            sample.meta.setdefault("started", compute_start)
-            span.send_start = time.time()
-            _put(sender.outbox, sample.to_message(), cancelled, config.transport.timeout_s, f"the hand-off of sample {expected} to the sender")
-            span.enqueued = time.time()
-        spans.append(span)
+        arrival = _next_sample(ctx, model, threads.receiver, taken)
+        if arrival is None:
+            break
+        ctx.spans.append(_process(ctx, model, threads, arrival))
         if ctx.reporter is not None:
             ctx.reporter.sample_done()
-        if cancelled():
+        if ctx.cancelled():
             raise Cancelled("the run is stopping")
+    _end_stream(ctx, threads, taken)
+    return ctx.spans
 
-    # End of stream: tell the next stage how many samples there were, then drain our threads.
-    if receiver is not None:
+
+def _start_threads(ctx: StageContext, model: StageModel, transport: Transport | None, write: Callable[[SampleResult], None]) -> _Threads:
+    depth = max(1, ctx.config.layout.max_in_flight - 1)  # one message in the transport plus `depth` queued
+    threads = _Threads()
+    if not ctx.is_first:
+        assert transport is not None
+        threads.receiver = Receiver(ctx, transport, model.schema(), depth=ctx.config.layout.max_in_flight)
+    if not ctx.is_last:
+        assert transport is not None
+        threads.sender = Sender(ctx, transport, depth=depth)
+    else:
+        threads.writer = Writer(ctx, write, depth=ctx.config.layout.max_in_flight)
+    for thread in threads.all:
+        thread.start()
+    return threads
+
+
+@dataclass
+class _Arrival:
+    """One sample as it enters this stage's compute: prepared here (stage 0) or received."""
+
+    index: int
+    sample: Sample
+    compute_start: float
+    recv: tuple[float | None, float | None, float | None] = (None, None, None)
+    """When the wait for it started and ended, and when the receiver had it (later stages)."""
+    prepare_s: float | None = None
+
+
+def _next_sample(ctx: StageContext, model: StageModel, receiver: Receiver | None, taken: _Taken) -> _Arrival | None:
+    """The next sample to compute, or None when this stage has seen them all."""
+    if ctx.is_first:
+        index = taken.next_for_first()
+        if index is None:
+            return None
+        compute_start = time.time()
+        prepare_start = time.perf_counter()
+        sample = model.prepare(index)
+        return _Arrival(index, sample, compute_start, prepare_s=time.perf_counter() - prepare_start)
+    if taken.exhausted():
+        return None
+    recv_start = time.time()
+    what = f"{taken.waiting_for()} from stage {ctx.stage - 1}"
+    msg, arrived = _get(receiver.inbox, ctx.cancelled, ctx.config.transport.timeout_s, what)
+    if msg.is_end and ctx.take is not None:
+        taken.end = msg
+        return None
+    index = taken.check_received(msg)
+    recv = (recv_start, time.time(), arrived)
+    compute_start = time.time()
+    return _Arrival(index, Sample.from_message(msg, model.device), compute_start, recv=recv)
+
+
+def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _Arrival) -> SampleSpan:
+    """Run this stage's steps on one sample, then hand it to the writer (last stage) or the sender."""
+    my_steps = ctx.plan.ranges[ctx.stage]
+    timeout_s = ctx.config.transport.timeout_s
+    steps_start = time.perf_counter()
+    sample = _run_steps(ctx, model, arrival.sample, my_steps)
+    span = SampleSpan(
+        index=arrival.index,
+        compute_start=arrival.compute_start,
+        compute_end=0.0,
+        recv_start=arrival.recv[0],
+        recv_end=arrival.recv[1],
+        arrived=arrival.recv[2],
+        steps=len(my_steps),
+        steps_s=time.perf_counter() - steps_start,
+        prepare_s=arrival.prepare_s,
+    )
+    if ctx.is_last:
+        finalize_start = time.perf_counter()
+        result = model.finalize(sample)
+        span.finalize_s = time.perf_counter() - finalize_start
+        span.compute_end = time.time()
+        result.meta.setdefault("started", sample.meta.get("started", arrival.compute_start))
+        result.meta["completed"] = span.compute_end
+        _put(threads.writer.queue, result, ctx.cancelled, timeout_s, f"the hand-off of sample {arrival.index} to the writer")
+    else:
+        span.compute_end = time.time()
+        sample.meta.setdefault("started", arrival.compute_start)
+        span.send_start = time.time()
+        _put(threads.sender.outbox, sample.to_message(), ctx.cancelled, timeout_s, f"the hand-off of sample {arrival.index} to the sender")
+        span.enqueued = time.time()
+    return span
+
+
+def _end_stream(ctx: StageContext, threads: _Threads, taken: _Taken) -> None:
+    """End of stream: check the previous stage's count, tell the next stage ours, drain the threads."""
+    cancelled, timeout_s = ctx.cancelled, ctx.config.transport.timeout_s
+    if threads.receiver is not None:
         msg = taken.end
         if msg is None:
-            msg, _ = _get(receiver.inbox, cancelled, config.transport.timeout_s, f"end of stream from stage {ctx.stage - 1}")
+            msg, _ = _get(threads.receiver.inbox, cancelled, timeout_s, f"end of stream from stage {ctx.stage - 1}")
         if not msg.is_end or msg.index != taken.count:
             raise TransportError(f"stage {ctx.stage} expected end of stream after {taken.count} samples, got {msg.kind} {msg.index}")
-    if sender is not None:
-        _put(sender.outbox, Message.end(taken.count), cancelled, config.transport.timeout_s, "the hand-off of the end of stream to the sender")
-    if writer is not None:
-        _put(writer.queue, None, cancelled, config.transport.timeout_s, "the hand-off of the end of stream to the writer")
-    for thread in threads:
-        _join(thread, cancelled, config.transport.timeout_s)
+    if threads.sender is not None:
+        _put(threads.sender.outbox, Message.end(taken.count), cancelled, timeout_s, "the hand-off of the end of stream to the sender")
+    if threads.writer is not None:
+        _put(threads.writer.queue, None, cancelled, timeout_s, "the hand-off of the end of stream to the writer")
+    for thread in threads.all:
+        _join(thread, cancelled, timeout_s)
     if cancelled():
         raise Cancelled("the run is stopping")
-    if sender is not None:
-        for span in spans:
-            span.send_end = sender.sent_at.get(span.index)
-    return spans
+    if threads.sender is not None:
+        for span in ctx.spans:
+            span.send_end = threads.sender.sent_at.get(span.index)
 
 
 class _Taken:

@@ -251,63 +251,103 @@ def _run(
 
 
 def _work(job: _Job, control: RunControl, closers: list) -> None:
-    import torch
-
-    from ppsvd import backends
-    from ppsvd.backends.base import StageWorld
+    """This rank's whole life: device, model, links, the start barrier, the plan, the samples, the timeline."""
     from ppsvd.models.base import build_stage_model, loading_phase
-    from ppsvd.environment import software_versions
-    from ppsvd.io.atomic import write_json_atomic
-    from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter
     from ppsvd.plan import rank_work
     from ppsvd.runtime.planning import agree_on_plan
     from ppsvd.runtime.progress import PHASE_RUNNING, PHASE_WAITING, ProgressReporter
-    from ppsvd.backends.protocol import schema_payload_bytes
-    from ppsvd.runtime.stage import StageContext, run_stage, stage_timeline
+    from ppsvd.runtime.stage import StageContext, run_stage
 
-    config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
-    rank, world, local_rank, local_world = job.rank, job.world, job.local_rank, job.local_world
+    config, store, run_id = job.config, job.store, job.run_id
     if not config.is_synthetic:
         _quiet_libraries(config.ui.debug)
+    device = _stage_device(job)
+
+    # Sample i depends only on seed + i, so a resumed run simply skips the finished ones.
+    todo = list(range(config.job.num_samples)) if job.indices is None else list(job.indices)
+    layout = config.layout_plan(job.world)
+    work = rank_work(config.layout.strategy, job.world, job.rank, todo, total_steps=config.job.total_steps, layout=layout)
+    # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
+    reporter = ProgressReporter(store, run_id, job.rank)
+    closers.append(reporter.close)
+    reporter.phase(loading_phase(config, work.plan, work.stage))
+    # The model first: its hand-off schema bounds what a link may ever accept.
+    model = build_stage_model(config, work.plan, work.stage, device)
+    if work.paired:  # before schema(): a guidance half hands on only its half of the conditioning
+        model.split_guidance(work.half)
+    reporter.phase(PHASE_WAITING)
+    transport = _open_links(job, work, layout, model, device, control, closers)
+    # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
+    # hand-off and steady-state numbers would measure load skew instead of the pipeline.
+    control.mark_ready()
+    control.barrier("ready", config.transport.timeout_s)
+    # The split (until now the even one: a model needs only N to know its part); --partition
+    # auto may time every stage's work here, all of them loaded, before any sample starts.
+    run_plan = agree_on_plan(config, model, store, run_id, job.rank, job.world, control.cancelled)
+    plan = model.plan = run_plan.plan
+    if job.rank == 0:
+        _write_run_config(job, plan, run_plan)
+    ready = time.time()
+    reporter.phase(PHASE_RUNNING)
+
+    writer = _result_writer(job, work, plan, model, closers)
+    ctx = StageContext(
+        config=config,
+        plan=plan,
+        stage=work.stage,
+        indices=list(work.samples),
+        cancelled=control.cancelled,
+        fail=control.fail,
+        reporter=reporter,
+        watch=control.steps,
+        run_dir=job.run_dir,
+        take=_work_queue(job, work, control) if work.takes_from_queue else None,
+    )
+    run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
+    reporter.close()
+    if writer is not None:
+        writer.close()
+    _finish(job, ctx, control, run_plan, ready=ready, device=device)
+
+
+def _stage_device(job: _Job):
+    """This rank's torch device, after the checks that need the machine (CUDA count, one GPU per stage)."""
+    import torch
+
+    config = job.config
     if config.model.device == "cpu":
         # On CPU, float results depend on the thread count (measured: 7.6e-6 apart between 1 and
         # 2 threads on the tiny SVD). A count that does not depend on N keeps outputs identical
         # for any N; 1 (or OMP_NUM_THREADS) also stops N stages from thrashing shared cores.
         torch.set_num_threads(cpu_threads())
     cuda_count = torch.cuda.device_count() if config.model.device == "cuda" else 0
-    config.check_devices(cuda_count, local_world)
+    config.check_devices(cuda_count, job.local_world)
     if config.model.device == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(job.local_rank)
+        return torch.device("cuda", job.local_rank)
+    return torch.device("cpu")
 
-    # Sample i depends only on seed + i, so a resumed run simply skips the finished ones.
-    todo = list(range(config.job.num_samples)) if job.indices is None else list(job.indices)
-    layout = config.layout_plan(world)
-    work = rank_work(config.layout.strategy, world, rank, todo, total_steps=config.job.total_steps, layout=layout)
-    plan, stage, indices = work.plan, work.stage, list(work.samples)
-    # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
-    reporter = ProgressReporter(store, run_id, rank)
-    closers.append(reporter.close)
-    reporter.phase(loading_phase(config, plan, stage))
-    # The model first: its hand-off schema bounds what a link may ever accept.
-    model = build_stage_model(config, plan, stage, device)
-    if work.paired:  # before schema(): a guidance half hands on only its half of the conditioning
-        model.split_guidance(work.half)
-    reporter.phase(PHASE_WAITING)
-    transport = None
+
+def _open_links(job: _Job, work, layout, model, device, control: RunControl, closers: list):
+    """The pipeline link to the neighbouring stages (None when there is none) and, for a guidance
+    pair, the link to the partner (on model.pair). Every link is closed however the rank leaves."""
+    from ppsvd import backends
+    from ppsvd.backends.base import StageWorld
+    from ppsvd.backends.protocol import schema_payload_bytes
+
+    config = job.config
     stage_world = StageWorld(
-        rank=rank,
-        world_size=world,
-        local_rank=local_rank,
-        local_world_size=local_world,
-        store=store,
+        rank=job.rank,
+        world_size=job.world,
+        local_rank=job.local_rank,
+        local_world_size=job.local_world,
+        store=job.store,
         device=str(device),
         transport=config.transport,
-        run_id=run_id,
+        run_id=job.run_id,
         links=layout.lane_links(),
     )
+    transport = None
     if work.linked:
         transport = backends.load(config.resolved_transport)(stage_world, max_payload_bytes=schema_payload_bytes(model.schema()))
         closers.append(transport.close)
@@ -320,56 +360,50 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
             max_payload_bytes=schema_payload_bytes(model.pair_schema()), cancelled=control.cancelled,
         )
         closers.append(model.pair.close)
-    # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
-    # hand-off and steady-state numbers would measure load skew instead of the pipeline.
-    control.mark_ready()
-    control.barrier("ready", config.transport.timeout_s)
-    # The split (until now the even one: a model needs only N to know its part); --partition
-    # auto may time every stage's work here, all of them loaded, before any sample starts.
-    run_plan = agree_on_plan(config, model, store, run_id, rank, world, control.cancelled)
-    plan = model.plan = run_plan.plan
-    if rank == 0:
-        write_json_atomic(
-            run_dir / "config.json",
-            {**config.to_json(), "world_size": world, "step_ranges": plan.to_json(), "costs": run_plan.costs_json(),
-             "run_id": public_run_id(run_id), "versions": software_versions()},
-        )
-    ready = time.time()
-    reporter.phase(PHASE_RUNNING)
+    return transport
 
-    is_writer = work.writes  # the conditional half of a last guidance pair hands its frames to its partner
-    writer = None
-    if is_writer:
-        writer = ResultWriter(
-            run_dir, config, plan, model.describe(),
-            manifest_name=f".manifest-{rank}.json" if work.writes_shard else MANIFEST,
-            journal_name=f".manifest-{rank}.jsonl" if work.writes_shard else JOURNAL,
-        )
-        # However this process leaves, the sample being written is finished first (bounded), so
-        # no half-written file and no unlisted finished file is left behind.
-        closers.insert(0, lambda: writer.stop(WRITER_GRACE_S))
-    ctx = StageContext(
-        config=config,
-        plan=plan,
-        stage=stage,
-        indices=indices,
-        cancelled=control.cancelled,
-        fail=control.fail,
-        reporter=reporter,
-        watch=control.steps,
-        run_dir=run_dir,
-        take=_work_queue(job, work, control) if work.takes_from_queue else None,
+
+def _write_run_config(job: _Job, plan, run_plan) -> None:
+    """Rank 0: config.json, with the split the stages agreed on and the costs it was planned from."""
+    from ppsvd.environment import software_versions
+    from ppsvd.io.atomic import write_json_atomic
+
+    write_json_atomic(
+        job.run_dir / "config.json",
+        {**job.config.to_json(), "world_size": job.world, "step_ranges": plan.to_json(), "costs": run_plan.costs_json(),
+         "run_id": public_run_id(job.run_id), "versions": software_versions()},
     )
-    run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
-    reporter.close()
-    if writer is not None:
-        writer.close()
+
+
+def _result_writer(job: _Job, work, plan, model, closers: list):
+    """The writer of a rank that writes results (the last stage; the conditional half of a last
+    guidance pair hands its frames to its partner), else None."""
+    from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter
+
+    if not work.writes:
+        return None
+    writer = ResultWriter(
+        job.run_dir, job.config, plan, model.describe(),
+        manifest_name=f".manifest-{job.rank}.json" if work.writes_shard else MANIFEST,
+        journal_name=f".manifest-{job.rank}.jsonl" if work.writes_shard else JOURNAL,
+    )
+    # However this process leaves, the sample being written is finished first (bounded), so
+    # no half-written file and no unlisted finished file is left behind.
+    closers.insert(0, lambda: writer.stop(WRITER_GRACE_S))
+    return writer
+
+
+def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, device) -> None:
+    """Publish this rank's timeline, wait for every rank, and (rank 0) gather the run's files."""
+    from ppsvd.runtime.stage import stage_timeline
+
     # Recorded under the rank: data-parallel workers all run "stage 0" of a 1-stage plan.
-    timeline = stage_timeline(ctx, rank, launched=job.launched, ready=ready, finished=time.time(), host=socket.gethostname(), device=str(device))
-    store.set(key(run_id, "timeline", rank), json.dumps(asdict(timeline)))
+    timeline = stage_timeline(ctx, job.rank, launched=job.launched, ready=ready, finished=time.time(),
+                              host=socket.gethostname(), device=str(device))
+    job.store.set(key(job.run_id, "timeline", job.rank), json.dumps(asdict(timeline)))
     control.mark_done()
-    control.wait_all_done(config.transport.timeout_s)
-    if rank == 0:
+    control.wait_all_done(job.config.transport.timeout_s)
+    if job.rank == 0:
         _collect(job, run_plan)
 
 
