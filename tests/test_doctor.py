@@ -17,7 +17,8 @@ import pytest
 from ppsvd.config import RunConfig
 from ppsvd.doctor import CHECK_KEYS, TOP_LEVEL_KEYS, diagnose, report_for
 from ppsvd.doctor import live as live_mod
-from ppsvd.doctor import memory, probe
+from ppsvd.doctor import probe
+from ppsvd.models import memory
 from ppsvd.doctor.checks import CHECK_NAMES, ifname_matches, p2p_order
 from ppsvd.doctor.facts import Facts, GpuInfo, LinkInfo, ModelInfo, PairInfo
 from ppsvd.models import hub

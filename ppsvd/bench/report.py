@@ -1,6 +1,7 @@
-"""Results as files and tables: benchmark CSV and JSON, throughput and timeline PNGs, Rich tables.
+"""The sweep's files: benchmark CSV and JSON, throughput and timeline PNGs (the Rich tables are in
+ppsvd.commands.tables).
 
-Every file goes through ppsvd.io.atomic' atomic writes. matplotlib (Agg backend) is imported only
+Every file goes through ppsvd.io.atomic's atomic writes. matplotlib (Agg backend) is imported only
 inside the plotting functions, so importing this module stays cheap.
 """
 

@@ -1,4 +1,4 @@
-"""Re-derive the activation constants of ppsvd.doctor.memory (a developer tool; doctor never runs it).
+"""Re-derive the activation constants of ppsvd.models.memory (a developer tool; doctor never runs it).
 
     python -m ppsvd.doctor.calibrate            # meta device: counts live tensor bytes, no compute, ~1 min on CPU
     python -m ppsvd.doctor.calibrate --cuda     # a real GPU: torch.cuda.max_memory_allocated(), random weights

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ppsvd.doctor import memory
+from ppsvd.models import memory
 from ppsvd.config import RunConfig, auto_device
 from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo
 from ppsvd.models.hub import predownload_command, stage_components
