@@ -324,6 +324,28 @@ def test_json_progress_lines():
     assert eta_seconds(0, 10, 5.0) is None
 
 
+def test_bars_take_the_agreed_split():
+    """--partition auto may move steps after the bars started from the even split: each stage
+    publishes its range once agreed, and its total follows (no '45/42 steps')."""
+    from ppsvd.runtime.control import key
+    from ppsvd.runtime.progress import ProgressBoard
+
+    class Store(dict):
+        def check(self, names):
+            return all(n in self for n in names)
+
+        def get(self, name):
+            return dict.get(self, name).encode()
+
+    store = Store({key("r", "progress", 0): "3 45", key("r", "planned-steps", 0): "0 15"})
+    board = ProgressBoard(store, "r", [("stage 0 · steps 0-13", 14, 3), ("stage 1 · steps 14-27", 14, 3)], title="t",
+                          style="json", interval_s=1)
+    board.refresh()
+    first, second = board_record(board)["stages"]
+    assert (first["label"], first["steps"], first["total_steps"]) == ("stage 0 · steps 0-14", 45, 45)
+    assert (second["label"], second["total_steps"]) == ("stage 1 · steps 14-27", 42)  # not published yet: unchanged
+
+
 def board_record(board) -> dict:
     import contextlib
     import io

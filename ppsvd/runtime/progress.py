@@ -38,6 +38,7 @@ class ProgressReporter:
         self.store = store
         self.name = key(run_id, "progress", stage)
         self.phase_name = key(run_id, "phase", stage)
+        self.plan_name = key(run_id, "planned-steps", stage)
         self.samples = 0
         self.steps = 0
         self._published: tuple[int, int] | None = None
@@ -49,6 +50,14 @@ class ProgressReporter:
         """What this stage is doing while it does no steps ('loading unet, vae', ...), published now."""
         try:
             self.store.set(self.phase_name, text)
+        except Exception:
+            pass  # best effort, as the counts
+
+    def planned(self, steps: range) -> None:
+        """The steps this stage runs per sample, once the stages agreed on the split (--partition
+        auto may move them from the even split the bars start with), published now."""
+        try:
+            self.store.set(self.plan_name, f"{steps.start} {steps.stop}")
         except Exception:
             pass  # best effort, as the counts
 
@@ -91,6 +100,13 @@ class StageProgress:
     samples: int = 0
     phase: str = PHASE_STARTING
     phase_since: float = field(default_factory=time.monotonic)
+    planned: bool = False
+    """The stage published the steps it runs (after the split was agreed): label and total are final."""
+
+    def plan(self, steps: range) -> None:
+        self.planned = True
+        self.total_steps = len(steps) * self.total_samples
+        self.label = f"{self.label.split(' · ')[0]} · steps {steps.start}-{steps.stop - 1}"
 
     def status(self, now: float) -> str:
         """'' while running (the bar says it all), else the phase and how long it has lasted."""
@@ -108,6 +124,16 @@ class StageProgress:
             "samples": self.samples,
             "total_samples": self.total_samples,
         }
+
+
+def _split_text(config, even_plan) -> str:
+    """The split as the run starts: the even one, the sizes given, or 'by cost' until the stages agree."""
+    partition = config.layout.partition
+    if partition == "even":
+        return even_plan.describe()
+    if partition == "auto":
+        return "by cost (--partition auto; each bar shows its steps once agreed)"
+    return partition.replace(",", "+")
 
 
 def eta_seconds(done: int, total: int, working_s: float) -> float | None:
@@ -188,7 +214,7 @@ class ProgressBoard:
         elif layout.kind != "pipeline":
             title = f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split {works[0].plan.describe()}"
         else:
-            title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {works[0].plan.describe()}"
+            title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {_split_text(config, works[0].plan)}"
         return cls(store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s)
 
     def __enter__(self) -> ProgressBoard:
@@ -232,6 +258,11 @@ class ProgressBoard:
                         st.phase, st.phase_since = phase, now
                 if self.store.check(names[:1]):
                     st.samples, st.steps = (int(v) for v in self.store.get(names[0]).decode().split())
+                if not st.planned and self.store.check([key(self.run_id, "planned-steps", stage)]):
+                    start, stop = (int(v) for v in self.store.get(key(self.run_id, "planned-steps", stage)).decode().split())
+                    st.plan(range(start, stop))
+                    if self.progress is not None:
+                        self.progress.update(self.tasks[stage], total=st.total_steps, description=st.label)
             except Exception:
                 return
             if st.steps and self.first_step_at is None:

@@ -287,6 +287,8 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     plan = model.plan = run_plan.plan
     if job.rank == 0:
         _write_run_config(job, plan, run_plan)
+    if work.linked:  # a pipeline stage: its bar shows the steps the agreed split gave it
+        reporter.planned(plan.ranges[work.stage])
     ready = time.time()
     reporter.phase(PHASE_RUNNING)
 
