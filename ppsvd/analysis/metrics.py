@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ppsvd.analysis.costs import handoff_times, measured_costs, span_steps, step_time_s
-from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.analysis.timeline import RunTimeline, StageTimeline
 from ppsvd.costs import CostModel, data_makespan, forecast
-from ppsvd.plan import StepPlan, partition_steps, shard_samples
+from ppsvd.plan import StepPlan, partition_steps
 
 __all__ = ["span_steps", "step_time_s"]  # re-exported: defined with the cost measurement
 
@@ -162,6 +162,11 @@ class RunMetrics:
 
 
 # -- small helpers --------------------------------------------------------------------------
+
+
+SIMPLE_STRATEGIES = ("pipeline", "data")
+"""Layouts whose per-stage costs predict the run (and a 1-process rate) directly; guidance pairs
+and hybrids are predicted by ppsvd.layouts before the run."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -341,6 +346,9 @@ def scaling_estimate(
     n = len(timeline.stages)
     if n == 1:
         return throughput, 1.0, 1.0, "N = 1: this run is the baseline"
+    if timeline.strategy not in SIMPLE_STRATEGIES:
+        # A guidance half's step is not a full step: this run's costs say nothing exact about one process.
+        return None, None, None, f"a {timeline.strategy} layout: compare it with a 1-process run (`ppsvd plan` predicts both)"
     if measured is None or throughput is None:
         return None, None, None, "no measured costs to estimate a 1-stage rate from"
     one = measured.sample_s(timeline.total_steps, 0)
@@ -358,8 +366,8 @@ def scaling_estimate(
 def prediction(timeline: RunTimeline, planned: CostModel | None) -> tuple[float | None, list[float | None]]:
     """(predicted throughput, predicted time per sample of each stage) under the run's cost model."""
     n = len(timeline.stages)
-    if planned is None or n == 0:
-        return None, [None] * n
+    if planned is None or n == 0 or timeline.strategy not in SIMPLE_STRATEGIES:
+        return None, [None] * n  # guidance pairs and hybrids: ppsvd.layouts predicts them before the run
     plan = plan_of(timeline)
     if plan is None:  # data: every worker runs whole samples
         mk = data_makespan(timeline.num_samples, timeline.total_steps, planned, n)
@@ -411,9 +419,10 @@ def describe_partition(timeline: RunTimeline) -> str:
     if plan is not None:
         # The bottleneck by step count is news only for the even split; a chosen split names its sizes.
         return plan.describe() if timeline.partition in ("", "even") else "+".join(map(str, plan.sizes))
-    n = len(timeline.stages)
-    shards = [len(shard_samples(timeline.num_samples, n, k)) for k in range(n)] if n else []
-    return f"{timeline.total_steps} steps each, samples {'+'.join(map(str, shards))}"
+    # What each rank actually ran: data workers take samples from a queue, both halves of a
+    # guidance pair run every sample of their pair.
+    counts = [len(st.samples) for st in timeline.stages]
+    return f"{timeline.total_steps} steps each, samples {'+'.join(map(str, counts))}"
 
 
 # -- across a sweep --------------------------------------------------------------------------
