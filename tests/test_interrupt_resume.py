@@ -123,7 +123,11 @@ def test_run_dir_deleted_mid_run_exits_1_naming_it(tmp_path, no_fault):
     out = tmp_path / "runs"
     proc = _start([*SIM, "--nproc", "2", "--num-samples", "300", "--step-ms", "5", "--output-dir", str(out)], tmp_path)
     run_dir = _wait_for_samples(out, 3, proc)
-    shutil.rmtree(run_dir)
+    # Gone from its path at once (rmtree in place races with the writer's renames and can fail
+    # itself), then deleted.
+    gone = tmp_path / "gone"
+    run_dir.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, output[-3000:]
     assert f"the run directory {run_dir} was removed" in output, output[-3000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ def save_latents(path: Path, tensors: dict, metadata: dict[str, str] | None = No
 def sample_stem(index: int) -> str:
     """The file stem of a sample whose model gives it no name (see config.SampleSpec.name)."""
     return f"sample_{index:05d}"
+
+
+VANISHED_DIR_WAIT_S = 1.0
+"""How long a writer that lost a file waits to see whether its whole run directory is going."""
 
 
 class ResultWriter:
@@ -78,10 +83,21 @@ class ResultWriter:
             try:
                 self._write(result)
             except FileNotFoundError:
-                problem = self.identity.problem()
+                problem = self._dir_problem_after_a_vanished_file()
                 if problem is not None:
                     raise OutputsLost(f"{problem}; sample {result.index} and later ones were not written") from None
                 raise
+
+    def _dir_problem_after_a_vanished_file(self) -> str | None:
+        """A file vanished under the writer. If the run directory is being removed, rmtree takes
+        the files first and the directory last: look again for up to a second, so the message
+        names the directory, not one of its temp files."""
+        deadline = time.monotonic() + VANISHED_DIR_WAIT_S
+        while True:
+            problem = self.identity.problem()
+            if problem is not None or time.monotonic() >= deadline:
+                return problem
+            time.sleep(0.05)
 
     def stop(self, timeout_s: float) -> bool:
         """The run is ending early: let the sample being written finish (up to timeout_s), then

@@ -345,39 +345,34 @@ class SVDStageModel(StageModel):
 
     def _step(self, latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg: bool):
         """One iteration of the reference's denoising loop (step 9 of __call__), unchanged."""
-        scheduler = self.scheduler
         latent_model_input = torch.cat([latents] * 2) if cfg else latents
-        latent_model_input = scheduler.scale_model_input(latent_model_input, timestep)
-        latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
-        noise_pred = self.unet(
-            latent_model_input,
-            timestep,
-            encoder_hidden_states=image_embeddings,
-            added_time_ids=added_time_ids,
-            return_dict=False,
-        )[0]
+        noise_pred = self._unet(latent_model_input, timestep, image_latents, image_embeddings, added_time_ids)
         if cfg:
             noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
-        return scheduler.step(noise_pred, timestep, latents).prev_sample
+        return self.scheduler.step(noise_pred, timestep, latents).prev_sample
 
     def _half_step(self, latents, timestep, step: int, image_latents, image_embeddings, added_time_ids, guidance_scale):
         """_step for one guidance half: the UNet on our half of the batch (batch B, where diffusers
         runs 2B), the partner's prediction swapped in, then the same guidance and scheduler step."""
-        scheduler = self.scheduler
-        latent_model_input = scheduler.scale_model_input(latents, timestep)
+        own = self._unet(latents, timestep, image_latents, image_embeddings, added_time_ids)
+        other = self.pair.exchange(NOISE_PRED, own, step)
+        noise_pred_uncond, noise_pred_cond = (own, other) if self.guidance_half == 0 else (other, own)
+        noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+        return self.scheduler.step(noise_pred, timestep, latents).prev_sample
+
+    def _unet(self, latent_model_input, timestep, image_latents, image_embeddings, added_time_ids):
+        """The noise prediction, as the reference computes it: scale the input for the scheduler,
+        concatenate the image latents on the channel axis, run the UNet."""
+        latent_model_input = self.scheduler.scale_model_input(latent_model_input, timestep)
         latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
-        own = self.unet(
+        return self.unet(
             latent_model_input,
             timestep,
             encoder_hidden_states=image_embeddings,
             added_time_ids=added_time_ids,
             return_dict=False,
         )[0]
-        other = self.pair.exchange(NOISE_PRED, own, step)
-        noise_pred_uncond, noise_pred_cond = (own, other) if self.guidance_half == 0 else (other, own)
-        noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
-        return scheduler.step(noise_pred, timestep, latents).prev_sample
 
     def split_guidance(self, half: int, pair=None) -> None:
         if not self.encode_with_cfg:
