@@ -36,7 +36,6 @@ def main() -> None:
     from ppsvd.config import RunConfig
     from ppsvd.costs import CostModel
     from ppsvd.layouts import LayoutCosts, apply, choose, predict
-    from ppsvd.plan import Layout
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=10.0)

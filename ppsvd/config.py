@@ -616,7 +616,7 @@ def resolve_layout(
         raise ConfigError(
             f"--nproc {nproc} cannot run {shape} = {layout.processes} processes; "
             + (f"use a layout of exactly {nproc}: {', '.join(options)} (replicas x stages" + (" x pair)" if cfg else ")") if options
-               else f"--strategy cfg needs an even --nproc")
+               else "--strategy cfg needs an even --nproc")
         )
     return layout
 

@@ -17,10 +17,8 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -381,5 +381,6 @@ def test_even_and_auto_partitions_side_by_side(tmp_path):
     data = json.loads((tmp_path / "results" / JSON_NAME).read_text())
     assert data["sweep"]["partitions"] == ["even", "auto"] and data["runs"][3]["partition"] == "auto"
     assert (tmp_path / "results" / THROUGHPUT_PNG).stat().st_size > 0
+    assert result.files["throughput_png"] == str(tmp_path / "results" / THROUGHPUT_PNG)
     with pytest.raises(ConfigError, match="--partition"):
         BenchPlan(base=base_config(), gpu_counts=(1,), partitions=("14,14",)).validate(None)

@@ -221,6 +221,9 @@ def test_resume_refuses_options_that_change_samples(tmp_path, capsys, no_launch)
     assert "--seed 4 (the run used 3)" in err and "--total-steps 8 (the run used 4)" in err and "--nproc" not in err
     code, _, err = _cli(capsys, "simulate", "--resume", str(tmp_path / "nowhere"))
     assert code == 2 and "no such directory" in err
+    # The guidance split is within a bound, every other layout bitwise: a run never mixes them.
+    code, _, err = _cli(capsys, "simulate", "--resume", str(run_dir), "--strategy", "cfg", "--nproc", "2")
+    assert code == 2 and "--strategy cfg (the run used pipeline)" in err, err
 
 
 def test_resume_keeps_only_intact_listed_samples(tmp_path, monkeypatch, capsys):

@@ -84,7 +84,13 @@ def merge(
         if name not in theirs_by_name:
             continue
         ours, theirs = ours_by_name[name], theirs_by_name[name]
-        if name in EXECUTION_FIELDS:
+        if name == "strategy" and ours == "auto":
+            continue  # the run's own layout goes on: auto could pick one that splits guidance differently
+        if name == "strategy" and (ours == "cfg") != (theirs == "cfg"):
+            # The guidance split is within a bound of the reference, every other layout bitwise:
+            # one run never mixes the two.
+            differing.append(f"{flag} {_show(ours)} (the run used {_show(theirs)})")
+        elif name in EXECUTION_FIELDS:
             changes[name] = ours
         elif _normal(ours) != _normal(theirs):
             differing.append(f"{flag} {_show(ours)} (the run used {_show(theirs)})")
