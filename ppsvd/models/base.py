@@ -131,6 +131,13 @@ class StageModel(ABC):
         return Sample(index=-1, tensors=tensors, meta={})
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work, so a timing covers the work and not only its launch
+    (CUDA kernels run asynchronously; on the CPU there is nothing to wait for)."""
+    if getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def torch_dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 

@@ -28,6 +28,7 @@ from ppsvd.backends.deadline import Deadline
 from ppsvd.config import RunConfig, partition_sizes
 from ppsvd.costs import CostModel, plan_from_sizes, plan_steps
 from ppsvd.plan import StepPlan, partition_steps
+from ppsvd.models.base import synchronize
 from ppsvd.runtime.control import key
 
 PLAN_KEY = "plan"
@@ -150,14 +151,6 @@ def _timed(model, fn, *args):
     result = fn(*args)
     synchronize(model.device)
     return result, time.perf_counter() - start
-
-
-def synchronize(device) -> None:
-    """Wait for the device's queued work, so a timing covers the work and not only its launch."""
-    if getattr(device, "type", "cpu") == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
 
 
 def _keep(best: dict[str, float | None], name: str, value: float) -> None:

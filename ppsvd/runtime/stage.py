@@ -23,7 +23,7 @@ from typing import Any, Callable
 from ppsvd.backends.base import CancelCheck, Deadline, Transport
 from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
-from ppsvd.models.base import Sample, SampleResult, StageModel
+from ppsvd.models.base import Sample, SampleResult, StageModel, synchronize
 from ppsvd.plan import StepPlan
 from ppsvd.runtime.control import StepWatch
 from ppsvd.runtime.progress import ProgressReporter
@@ -252,6 +252,7 @@ def _next_sample(ctx: StageContext, model: StageModel, receiver: Receiver | None
         compute_start = time.time()
         prepare_start = time.perf_counter()
         sample = model.prepare(index)
+        synchronize(model.device)  # on CUDA, so prepare_s (and --costs-from) covers the encode itself
         return _Arrival(index, sample, compute_start, prepare_s=time.perf_counter() - prepare_start)
     if taken.exhausted():
         return None
@@ -273,6 +274,7 @@ def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _
     timeout_s = ctx.config.transport.timeout_s
     steps_start = time.perf_counter()
     sample = _run_steps(ctx, model, arrival.sample, my_steps)
+    synchronize(model.device)  # the steps' time, not their launch: the finalize or hand-off needs them anyway
     span = SampleSpan(
         index=arrival.index,
         compute_start=arrival.compute_start,
