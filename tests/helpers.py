@@ -49,3 +49,15 @@ def read_latents(run_dir: Path) -> dict[int, torch.Tensor]:
             index = int(handle.metadata()["index"])
         found[index] = load_file(str(f))["latents"]
     return found
+
+
+def run_cli(capsys, *argv):
+    """ppsvd's main() in this process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from ppsvd.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err

@@ -24,14 +24,13 @@ import torch
 from PIL import Image
 
 import ppsvd
-from ppsvd.cli import main
 from ppsvd.config import RunConfig, SampleInput, plan_samples
 from ppsvd.errors import ConfigError, InputImageError, ModelNotFoundError
 from ppsvd.io.images import builtin_image, check_image, load_image
 from ppsvd.io.inputs import read_inputs
 from ppsvd.io.video import read_mp4
 from ppsvd.models import tiny
-from tests.helpers import read_latents
+from tests.helpers import read_latents, run_cli
 
 FRAMES, HEIGHT, WIDTH, STEPS = 3, 64, 96, 4  # a non-square size: 96x64 pixels, latent 12x8
 SIZE_ARGS = ["--num-frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--num-inference-steps", str(STEPS)]
@@ -230,13 +229,6 @@ def test_outputs_are_named_after_inputs_and_unique():
 
 
 # -- bad input: one line, exit code 2 ------------------------------------------------------------
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(

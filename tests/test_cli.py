@@ -2,14 +2,7 @@
 
 import pytest
 
-from ppsvd.cli import main
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
+from tests.helpers import run_cli
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ppsvd.cli import main
 from ppsvd.config import RunConfig
-from tests.helpers import read_latents, reference_latents
+from tests.helpers import read_latents, reference_latents, run_cli
 
 DUMPS = ("Traceback", "Fatal Python error", "terminate called")
 SIM = ["simulate", "--total-steps", "4", "--latent-shape", "1", "4", "1", "8", "8", "--seed", "3", "--no-progress"]
@@ -167,13 +166,6 @@ def test_tiny_svd_resume_equals_uninterrupted(tmp_path, no_fault):
 # -- in-process: bad input, resume refusals, files ----------------------------------------------------
 
 
-def _cli(capsys, *argv):
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
-
-
 @pytest.fixture
 def no_launch(monkeypatch):
     monkeypatch.setattr("ppsvd.runtime.launch.launch", lambda *a, **k: pytest.fail("launched workers on bad input"))
@@ -186,7 +178,7 @@ def test_bad_output_dir_is_one_line_exit_2(tmp_path, capsys, no_launch):
     loop.symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(loop)
     for bad, needle in ((a_file, "is a file"), (Path("/proc/ppsvd-x"), "cannot create it"), (loop / "x", "cannot create it")):
-        code, _, err = _cli(capsys, *SIM, "--output-dir", str(bad))
+        code, _, err = run_cli(capsys, *SIM, "--output-dir", str(bad))
         assert code == 2 and needle in err and str(bad) in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
@@ -195,12 +187,12 @@ def test_partial_torchrun_environment_is_named(capsys, monkeypatch, no_launch):
     for name in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RANK", "0")
-    code, _, err = _cli(capsys, *SIM, "--nproc", "2")
+    code, _, err = run_cli(capsys, *SIM, "--nproc", "2")
     assert code == 2 and "partial torchrun environment: RANK=0" in err and "WORLD_SIZE" in err, err
 
 
 def test_shape_too_big_for_memory_is_refused_with_one_that_fits(tmp_path, capsys, no_launch):
-    code, _, err = _cli(capsys, "simulate", "--latent-shape", "4096", "4", "64", "512", "512", "--output-dir", str(tmp_path))
+    code, _, err = run_cli(capsys, "simulate", "--latent-shape", "4096", "4", "64", "512", "512", "--output-dir", str(tmp_path))
     assert code == 2 and "--latent-shape 4096 4 64 512 512" in err, err
     best = re.search(r"use --latent-shape (\d+) 4 64 512 512, the largest that fits", err)
     assert best and 1 <= int(best.group(1)) < 4096, err
@@ -216,13 +208,13 @@ def _saved_run(tmp_path: Path, **changes) -> Path:
 
 def test_resume_refuses_options_that_change_samples(tmp_path, capsys, no_launch):
     run_dir = _saved_run(tmp_path)
-    code, _, err = _cli(capsys, "simulate", "--resume", str(run_dir), "--seed", "4", "--total-steps", "8", "--nproc", "3")
+    code, _, err = run_cli(capsys, "simulate", "--resume", str(run_dir), "--seed", "4", "--total-steps", "8", "--nproc", "3")
     assert code == 2, err
     assert "--seed 4 (the run used 3)" in err and "--total-steps 8 (the run used 4)" in err and "--nproc" not in err
-    code, _, err = _cli(capsys, "simulate", "--resume", str(tmp_path / "nowhere"))
+    code, _, err = run_cli(capsys, "simulate", "--resume", str(tmp_path / "nowhere"))
     assert code == 2 and "no such directory" in err
     # The guidance split is within a bound, every other layout bitwise: a run never mixes them.
-    code, _, err = _cli(capsys, "simulate", "--resume", str(run_dir), "--strategy", "cfg", "--nproc", "2")
+    code, _, err = run_cli(capsys, "simulate", "--resume", str(run_dir), "--strategy", "cfg", "--nproc", "2")
     assert code == 2 and "--strategy cfg (the run used pipeline)" in err, err
 
 
@@ -250,7 +242,7 @@ def test_resume_keeps_only_intact_listed_samples(tmp_path, monkeypatch, capsys):
         raise SystemExit(0)
 
     monkeypatch.setattr("ppsvd.runtime.launch.launch", fake_launch)
-    code, _, err = _cli(capsys, "simulate", "--resume", str(run_dir), "--nproc", "3")
+    code, _, err = run_cli(capsys, "simulate", "--resume", str(run_dir), "--nproc", "3")
     assert code == 0, err
     assert seen == {"indices": (1, 2, 4, 5), "run_dir": run_dir, "nproc": 3}
     assert "2 of 6 samples kept, 4 to generate" in err
