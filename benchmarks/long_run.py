@@ -45,9 +45,16 @@ def main() -> None:
 
     out = args.output_dir or Path(tempfile.mkdtemp(prefix="ppsvd-long-"))
     config = RunConfig.from_options(
-        model="synthetic", total_steps=args.total_steps, latent_shape=tuple(args.latent_shape),
-        num_samples=args.num_samples, nproc=args.nproc, transport=args.transport, step_ms=args.step_ms,
-        output_dir=out, show_progress=False, timeout_s=120.0,
+        model="synthetic",
+        total_steps=args.total_steps,
+        latent_shape=tuple(args.latent_shape),
+        num_samples=args.num_samples,
+        nproc=args.nproc,
+        transport=args.transport,
+        step_ms=args.step_ms,
+        output_dir=out,
+        show_progress=False,
+        timeout_s=120.0,
     ).validate()
     started = time.time()
     result = launch(config)
@@ -55,10 +62,14 @@ def main() -> None:
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     completed = sorted(e["completed"] for e in manifest["samples"])
     first, last = window_throughput(completed, args.window)
-    print(f"{len(completed)} samples, {args.nproc} stages, {args.total_steps} steps of {args.step_ms:g} ms, "
-          f"latent {' '.join(map(str, args.latent_shape))}, {args.transport}; wall {wall:.1f} s")
-    print(f"first {args.window}: {first:.1f} samples/s; last {args.window}: {last:.1f} samples/s; "
-          f"ratio {last / first:.3f} (target >= 0.9)")
+    print(
+        f"{len(completed)} samples, {args.nproc} stages, {args.total_steps} steps of {args.step_ms:g} ms, "
+        f"latent {' '.join(map(str, args.latent_shape))}, {args.transport}; wall {wall:.1f} s"
+    )
+    print(
+        f"first {args.window}: {first:.1f} samples/s; last {args.window}: {last:.1f} samples/s; "
+        f"ratio {last / first:.3f} (target >= 0.9)"
+    )
     print(f"outputs: {result.run_dir}")
 
 

@@ -46,10 +46,20 @@ def main() -> None:
 
     def measure(n: int, partition: str, speeds: tuple[float, ...] = ()):
         config = RunConfig.from_options(
-            model="synthetic", total_steps=args.total_steps, latent_shape=tuple(args.latent_shape),
-            num_samples=args.num_samples, nproc=n, transport=args.transport, step_ms=args.step_ms,
-            encode_ms=args.encode_ms, decode_ms=args.decode_ms, stage_speed=speeds, partition=partition,
-            output_dir=out, show_progress=False, save_latents=False,
+            model="synthetic",
+            total_steps=args.total_steps,
+            latent_shape=tuple(args.latent_shape),
+            num_samples=args.num_samples,
+            nproc=n,
+            transport=args.transport,
+            step_ms=args.step_ms,
+            encode_ms=args.encode_ms,
+            decode_ms=args.decode_ms,
+            stage_speed=speeds,
+            partition=partition,
+            output_dir=out,
+            show_progress=False,
+            save_latents=False,
         ).validate()
         tag = f"n{n}-{partition}" + ("-speeds" if speeds else "")
         result = launch(config, out / tag)
@@ -66,37 +76,53 @@ def main() -> None:
         for partition in ("even", "auto"):
             m = measure(n, partition)
             rows.append((str(n), partition, m, m.steady_throughput / (n * one)))
-            print(f"N={n} {partition}: {m.steady_throughput:.4f} samples/s, efficiency {rows[-1][3]:.3f}, "
-                  f"planned {m.predicted_throughput:.4f}, split {m.partition}", flush=True)
+            print(
+                f"N={n} {partition}: {m.steady_throughput:.4f} samples/s, efficiency {rows[-1][3]:.3f}, "
+                f"planned {m.predicted_throughput:.4f}, split {m.partition}",
+                flush=True,
+            )
     speed_rows = []
     if args.speeds:
         speeds = parse_float_list("--speeds", args.speeds)
         for partition in ("even", "auto"):
             m = measure(len(speeds), partition, speeds)
             speed_rows.append((partition, m))
-            print(f"speeds {args.speeds} {partition}: {m.steady_throughput:.4f} samples/s, planned {m.predicted_throughput:.4f}", flush=True)
+            print(
+                f"speeds {args.speeds} {partition}: {m.steady_throughput:.4f} samples/s, planned {m.predicted_throughput:.4f}",
+                flush=True,
+            )
 
     print()
-    print(f"step {args.step_ms:g} ms, encode {args.encode_ms:g} ms, decode {args.decode_ms:g} ms, T={args.total_steps}, "
-          f"{args.num_samples} samples, {args.transport}, latent {' '.join(map(str, args.latent_shape))}")
-    print("| N | partition | split | steady samples/s | planned samples/s | vs plan | efficiency | planned efficiency | stage err |")
+    print(
+        f"step {args.step_ms:g} ms, encode {args.encode_ms:g} ms, decode {args.decode_ms:g} ms, T={args.total_steps}, "
+        f"{args.num_samples} samples, {args.transport}, latent {' '.join(map(str, args.latent_shape))}"
+    )
+    print(
+        "| N | partition | split | steady samples/s | planned samples/s | vs plan | efficiency | planned efficiency | stage err |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     planned_one = base.predicted_throughput
     for n, partition, m, eff in rows:
         planned_eff = m.predicted_throughput / (int(n) * planned_one)
-        print(f"| {n} | {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
-              f"{m.vs_plan:.3f} | {eff:.3f} | {planned_eff:.3f} | {100 * stage_err(m):.1f}% |")
+        print(
+            f"| {n} | {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
+            f"{m.vs_plan:.3f} | {eff:.3f} | {planned_eff:.3f} | {100 * stage_err(m):.1f}% |"
+        )
     by = {(n, p): m for n, p, m, _ in rows}
     for n in {n for n, _, _, _ in rows if n != "1"}:
-        print(f"N={n}: auto / even throughput = {by[(n, 'auto')].steady_throughput / by[(n, 'even')].steady_throughput:.3f}")
+        print(
+            f"N={n}: auto / even throughput = {by[(n, 'auto')].steady_throughput / by[(n, 'even')].steady_throughput:.3f}"
+        )
     if speed_rows:
         print()
         print(f"--stage-speed {args.speeds}")
         print("| partition | split | steady samples/s | planned samples/s | vs plan | stage err |")
         print("|---|---|---|---|---|---|")
         for partition, m in speed_rows:
-            print(f"| {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
-                  f"{m.vs_plan:.3f} | {100 * stage_err(m):.1f}% |")
+            print(
+                f"| {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
+                f"{m.vs_plan:.3f} | {100 * stage_err(m):.1f}% |"
+            )
     print(f"\nruns in {out}")
 
 

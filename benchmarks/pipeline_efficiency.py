@@ -20,10 +20,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def main() -> None:
-    from ppsvd.config import RunConfig, parse_int_list
-    from ppsvd.runtime.launch import launch
     from ppsvd.analysis.metrics import summarize
     from ppsvd.analysis.timeline import RunTimeline
+    from ppsvd.config import RunConfig, parse_int_list
+    from ppsvd.runtime.launch import launch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step-ms", type=float, default=20.0)
@@ -59,10 +59,15 @@ def main() -> None:
                 base = metrics.steady_throughput
             eff = metrics.steady_throughput / (n * base) if base else float("nan")
             rows.append((transport, n, metrics.steady_throughput, eff, metrics.first_sample_latency_s, result.wall_s))
-            print(f"{transport:5s} N={n}: steady {metrics.steady_throughput:7.3f} samples/s  efficiency {eff:.3f}", flush=True)
+            print(
+                f"{transport:5s} N={n}: steady {metrics.steady_throughput:7.3f} samples/s  efficiency {eff:.3f}",
+                flush=True,
+            )
 
     print()
-    print(f"step {args.step_ms:g} ms, T={args.total_steps}, {args.num_samples} samples, latent {' '.join(map(str, args.latent_shape))}")
+    print(
+        f"step {args.step_ms:g} ms, T={args.total_steps}, {args.num_samples} samples, latent {' '.join(map(str, args.latent_shape))}"
+    )
     print("| transport | N | steady samples/s | efficiency vs N x (N=1) | first-sample latency s | wall s |")
     print("|---|---|---|---|---|---|")
     for transport, n, thr, eff, first, wall in rows:

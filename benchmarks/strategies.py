@@ -45,9 +45,20 @@ def main() -> None:
     ms = {k: round(v / args.scale) for k, v in H200_MS.items()}
     out = Path(tempfile.mkdtemp(prefix="ppsvd-strategies-"))
     base = RunConfig.from_options(
-        model="synthetic", total_steps=28, latent_shape=(1, 4, 14, 64, 64), dtype="fp16", step_ms=ms["step"],
-        cfg_half_ms=ms["half"], encode_ms=ms["encode"], decode_ms=ms["decode"], decode_chunk_size=1,
-        transport=args.transport, output_dir=out, show_progress=False, timeout_s=300.0, seed=3,
+        model="synthetic",
+        total_steps=28,
+        latent_shape=(1, 4, 14, 64, 64),
+        dtype="fp16",
+        step_ms=ms["step"],
+        cfg_half_ms=ms["half"],
+        encode_ms=ms["encode"],
+        decode_ms=ms["decode"],
+        decode_chunk_size=1,
+        transport=args.transport,
+        output_dir=out,
+        show_progress=False,
+        timeout_s=300.0,
+        seed=3,
     )
     costs = CostModel.from_ms(ms["step"], ms["encode"], ms["decode"], source=f"H200 / {args.scale:g}")
     report: dict = {"costs_ms": ms, "transport": args.transport, "runs": []}
@@ -56,13 +67,25 @@ def main() -> None:
     def run(config: RunConfig) -> dict:
         measured = measure(config)
         layout = config.layout_plan()
-        predicted = predict(layout, LayoutCosts.from_config(config, costs), config.job.total_steps, config.job.num_samples)
-        row = {"layout": layout.name(), "describe": layout.describe(), "nproc": config.layout.nproc, "samples": config.job.num_samples,
-               **measured, "predicted_makespan_s": predicted.makespan_s, "predicted_latency_s": predicted.latency_s}
+        predicted = predict(
+            layout, LayoutCosts.from_config(config, costs), config.job.total_steps, config.job.num_samples
+        )
+        row = {
+            "layout": layout.name(),
+            "describe": layout.describe(),
+            "nproc": config.layout.nproc,
+            "samples": config.job.num_samples,
+            **measured,
+            "predicted_makespan_s": predicted.makespan_s,
+            "predicted_latency_s": predicted.latency_s,
+        }
         report["runs"].append(row)
-        print(f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan {row['makespan_s']:7.3f} s "
-              f"(predicted {row['predicted_makespan_s']:7.3f}), latency p50 {row['latency_s']:.3f} s "
-              f"(predicted {row['predicted_latency_s']:.3f})", flush=True)
+        print(
+            f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan {row['makespan_s']:7.3f} s "
+            f"(predicted {row['predicted_makespan_s']:7.3f}), latency p50 {row['latency_s']:.3f} s "
+            f"(predicted {row['predicted_latency_s']:.3f})",
+            flush=True,
+        )
         return row
 
     # 1. latency of one video: guidance pair vs one process
@@ -72,7 +95,9 @@ def main() -> None:
     ratio = pair["latency_s"] / one["latency_s"]
     off = pair["latency_s"] / pair["predicted_latency_s"] - 1
     report["cfg_latency"] = {"ratio": ratio, "vs_prediction": off}
-    print(f"   cfg / 1 process = {ratio:.3f} (target <= 0.56); measured vs predicted {100 * off:+.1f} % (target within 5 %)")
+    print(
+        f"   cfg / 1 process = {ratio:.3f} (target <= 0.56); measured vs predicted {100 * off:+.1f} % (target within 5 %)"
+    )
 
     # 2. work queue with a half-speed worker
     print("2. work queue, 4 workers, one at half speed, 35 samples")
@@ -93,10 +118,21 @@ def main() -> None:
         measured = {f.layout.name(): run(apply(job, f.layout)) for f in forecasts}
         key = "latency_s" if goal == "latency" else "makespan_s"
         fastest = min(measured, key=lambda name: measured[name][key])
-        report["auto"].append({"samples": samples, "nproc": n, "goal": goal, "chosen": chosen.name(), "fastest": fastest,
-                               "measured": {k: v[key] for k, v in measured.items()}})
-        print(f"   -> auto chose {chosen.name()}, measured fastest {fastest} "
-              f"({'OK' if fastest == chosen.name() else 'MISMATCH'})", flush=True)
+        report["auto"].append(
+            {
+                "samples": samples,
+                "nproc": n,
+                "goal": goal,
+                "chosen": chosen.name(),
+                "fastest": fastest,
+                "measured": {k: v[key] for k, v in measured.items()},
+            }
+        )
+        print(
+            f"   -> auto chose {chosen.name()}, measured fastest {fastest} "
+            f"({'OK' if fastest == chosen.name() else 'MISMATCH'})",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

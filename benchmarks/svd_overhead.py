@@ -37,9 +37,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--latent-shape", type=int, nargs=5, default=list(tiny.DEFAULT_LATENT_SHAPE), metavar=("B", "C", "F", "H", "W"))
+    parser.add_argument(
+        "--latent-shape", type=int, nargs=5, default=list(tiny.DEFAULT_LATENT_SHAPE), metavar=("B", "C", "F", "H", "W")
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a shared CPU)"
+    )
     return parser.parse_args()
 
 
@@ -101,7 +105,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ppsvd-tiny-") as tmp:
         repo = tiny.save_tiny(Path(tmp) / "tiny-svd")
-        config = RunConfig.from_options(model=str(repo), total_steps=args.steps, latent_shape=tuple(args.latent_shape), seed=0)
+        config = RunConfig.from_options(
+            model=str(repo), total_steps=args.steps, latent_shape=tuple(args.latent_shape), seed=0
+        )
         pipe = StableVideoDiffusionPipeline.from_pretrained(repo)
         pipe.set_progress_bar_config(disable=True)
         stage = SVDStageModel(config, partition_steps(args.steps, 1), 0, torch.device("cpu"))
@@ -121,29 +127,35 @@ def main() -> None:
             launched.append(launched_per_sample(config, args, Path(tmp) / "runs" / str(round_)))
 
     exact = all(torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(base_out, ours_out))
-    print(f"tiny SVD, CPU fp32, {args.threads} thread(s): {args.samples} samples x {args.steps} steps, "
-          f"latent shape {' '.join(map(str, args.latent_shape))}, {args.repeats} rounds")
+    print(
+        f"tiny SVD, CPU fp32, {args.threads} thread(s): {args.samples} samples x {args.steps} steps, "
+        f"latent shape {' '.join(map(str, args.latent_shape))}, {args.repeats} rounds"
+    )
     for clock, column in [("wall", 0), ("cpu", 1)]:
         base = [t[column] for t in times["base"]]
         ours = [t[column] for t in times["ours"]]
         for name, values in [("diffusers pipeline loop", base), ("ppsvd SVDStageModel N=1", ours)]:
-            print(f"  {clock:4s} {name:24s} best {min(values):7.3f} s  median {statistics.median(values):7.3f} s  "
-                  f"({min(values) / args.samples:.3f} s/sample)")
+            print(
+                f"  {clock:4s} {name:24s} best {min(values):7.3f} s  median {statistics.median(values):7.3f} s  "
+                f"({min(values) / args.samples:.3f} s/sample)"
+            )
         best = (min(ours) / min(base) - 1.0) * 100.0
         median = (statistics.median(ours) / statistics.median(base) - 1.0) * 100.0
         print(f"  {clock:4s} overhead: {best:+.1f}% (best rounds), {median:+.1f}% (medians)")
     print(f"  outputs bitwise equal: {exact}")
     base = [t[0] / args.samples for t in times["base"]]
-    print(f"  wall ppsvd run --nproc 1 (launcher, writes MP4s): best {min(launched):.3f} s/sample, "
-          f"median {statistics.median(launched):.3f} s/sample; overhead {(min(launched) / min(base) - 1.0) * 100.0:+.1f}% (best), "
-          f"{(statistics.median(launched) / statistics.median(base) - 1.0) * 100.0:+.1f}% (medians)")
+    print(
+        f"  wall ppsvd run --nproc 1 (launcher, writes MP4s): best {min(launched):.3f} s/sample, "
+        f"median {statistics.median(launched):.3f} s/sample; overhead {(min(launched) / min(base) - 1.0) * 100.0:+.1f}% (best), "
+        f"{(statistics.median(launched) / statistics.median(base) - 1.0) * 100.0:+.1f}% (medians)"
+    )
 
 
 def launched_per_sample(config: RunConfig, args: argparse.Namespace, out: Path) -> float:
     """ppsvd end to end through the launcher (one worker); seconds per sample in steady state."""
-    from ppsvd.runtime.launch import launch
     from ppsvd.analysis.metrics import summarize
     from ppsvd.analysis.timeline import RunTimeline
+    from ppsvd.runtime.launch import launch
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the worker's thread count, as this process's
     run = config.replace(nproc=1, num_samples=args.samples + 1, output_dir=out, show_progress=False)

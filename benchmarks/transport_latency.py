@@ -35,11 +35,18 @@ def main() -> None:
         nbytes = torch.empty(shape, dtype=getattr(torch, args.dtype)).nbytes
         for transport, endpoint in links:
             r = check_link(
-                transport, zmq_endpoint=endpoint, payload_shape=shape, dtype=args.dtype, repeats=args.repeats, timeout_s=args.timeout
+                transport,
+                zmq_endpoint=endpoint,
+                payload_shape=shape,
+                dtype=args.dtype,
+                repeats=args.repeats,
+                timeout_s=args.timeout,
             )
             label = transport if transport != "zmq" else f"zmq-{endpoint}"
             if r.ok:
-                print(f"| {label} | {nbytes / 1024:.0f} KiB | {r.latency_ms:.3f} | {r.bandwidth_gbps:.2f} | {r.endpoint} |")
+                print(
+                    f"| {label} | {nbytes / 1024:.0f} KiB | {r.latency_ms:.3f} | {r.bandwidth_gbps:.2f} | {r.endpoint} |"
+                )
             else:
                 print(f"| {label} | {nbytes / 1024:.0f} KiB | failed: {r.error} | | |")
 

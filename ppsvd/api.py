@@ -23,10 +23,12 @@ a flag and a keyword can never drift apart. Importing this module imports no tor
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
+from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
 from ppsvd.config import (
     DEFAULT_LATENT_SHAPE,
     DEFAULT_MODEL_ID,
@@ -39,7 +41,6 @@ from ppsvd.config import (
     resolve_num_samples,
     resolve_total_steps,
 )
-from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
 from ppsvd.errors import ConfigError, StageFailedError
 
 ImageLike = str | os.PathLike
@@ -298,7 +299,6 @@ def resolve_strategy(config: RunConfig, world=None, *, announce: bool = True) ->
     return apply(config, layout)
 
 
-
 def check(config: RunConfig) -> RunConfig:
     """Everything that can fail before a worker starts: the options, the devices, the model's files
     and shapes, the images. Raises ConfigError (one line)."""
@@ -338,7 +338,9 @@ def execute(
 
         code, run_dir = torchrun_main(config, run_dir=run_dir, indices=indices)
         if code != 0:
-            raise StageFailedError(f"stage {env_world()[0]} ended with exit code {code}; the failing stage's reason is printed above")
+            raise StageFailedError(
+                f"stage {env_world()[0]} ended with exit code {code}; the failing stage's reason is printed above"
+            )
         return RunResult.load(run_dir)
     from ppsvd.runtime.launch import launch
 
@@ -433,7 +435,9 @@ def bench_plan(
         base=base,
         gpu_counts=tuple(counts),
         strategies=tuple(names),
-        partitions=tuple(p.strip() for p in (partition.split(",") if isinstance(partition, str) else partition) if p.strip()),
+        partitions=tuple(
+            p.strip() for p in (partition.split(",") if isinstance(partition, str) else partition) if p.strip()
+        ),
         cooldown_s=cooldown,
         fail_fast=fail_fast,
     ).validate(available if device == "cuda" else None)

@@ -29,6 +29,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
 def _help(doc: str | None) -> str:
     """A docstring as help text: paragraphs kept, the line breaks inside them joined."""
     text = inspect.cleandoc(doc or "")
@@ -48,7 +49,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Pipeline-parallel Stable Video Diffusion."""
 
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line unless debugging
         if debug:
             raise
-        error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)")
+        error_line(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)"
+        )
         code = 1
     sys.exit(code if isinstance(code, int) else 0)

@@ -196,7 +196,9 @@ class JobSection:
             where = f"--inputs entry {k + 1} ({item.image}): "
             if item.seed is not None and item.seed < 0:
                 raise ConfigError(f"{where}seed {item.seed} is negative; use a seed >= 0")
-            _check_conditioning(where, fps=item.fps, motion_bucket_id=item.motion_bucket_id, noise_aug_strength=item.noise_aug_strength)
+            _check_conditioning(
+                where, fps=item.fps, motion_bucket_id=item.motion_bucket_id, noise_aug_strength=item.noise_aug_strength
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,12 +255,24 @@ class SyntheticSection:
     @property
     def given(self) -> tuple[str, ...]:
         """The flags of this section that were set (each only applies to the synthetic model)."""
-        return tuple(flag for flag, set_ in (("--step-ms", bool(self.step_ms)), ("--encode-ms", bool(self.encode_ms)),
-                                             ("--decode-ms", bool(self.decode_ms)), ("--cfg-half-ms", self.cfg_half_ms is not None),
-                                             ("--stage-speed", bool(self.stage_speed))) if set_)
+        return tuple(
+            flag
+            for flag, set_ in (
+                ("--step-ms", bool(self.step_ms)),
+                ("--encode-ms", bool(self.encode_ms)),
+                ("--decode-ms", bool(self.decode_ms)),
+                ("--cfg-half-ms", self.cfg_half_ms is not None),
+                ("--stage-speed", bool(self.stage_speed)),
+            )
+            if set_
+        )
 
     def validate(self) -> None:
-        for flag, value in (("--step-ms", self.step_ms), ("--encode-ms", self.encode_ms), ("--decode-ms", self.decode_ms)):
+        for flag, value in (
+            ("--step-ms", self.step_ms),
+            ("--encode-ms", self.encode_ms),
+            ("--decode-ms", self.decode_ms),
+        ):
             if value < 0:
                 raise ConfigError(f"{flag} {value} is negative; use 0 or more milliseconds")
         if self.cfg_half_ms is not None and self.cfg_half_ms < 0:
@@ -310,7 +324,9 @@ class SvdSection:
         return self.max_guidance_scale > 1
 
     def validate(self) -> None:
-        _check_conditioning("", fps=self.fps, motion_bucket_id=self.motion_bucket_id, noise_aug_strength=self.noise_aug_strength)
+        _check_conditioning(
+            "", fps=self.fps, motion_bucket_id=self.motion_bucket_id, noise_aug_strength=self.noise_aug_strength
+        )
         if self.min_guidance_scale > self.max_guidance_scale:
             raise ConfigError(
                 f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale {self.max_guidance_scale}; "
@@ -466,7 +482,9 @@ class RunConfig:
         """From to_json's nested form, or the flat config.json of runs written before the sections
         (so --resume continues those). Keys that are no option (world_size, costs, ...) are ignored."""
         if isinstance(data.get("job"), dict):  # nested by section
-            flat = {k: v for name in SECTIONS for k, v in (data.get(name) or {}).items() if OPTION_SECTIONS.get(k) == name}
+            flat = {
+                k: v for name in SECTIONS for k, v in (data.get(name) or {}).items() if OPTION_SECTIONS.get(k) == name
+            }
             if "extra" in data:
                 flat["extra"] = data["extra"]
         else:
@@ -522,7 +540,9 @@ class RunConfig:
         sizes = partition_sizes(partition)
         if sizes is not None:
             if strategy in ("data", "auto"):
-                raise ConfigError(f"--partition {partition} splits a pipeline's steps; drop it with --strategy {strategy}")
+                raise ConfigError(
+                    f"--partition {partition} splits a pipeline's steps; drop it with --strategy {strategy}"
+                )
             stages = self.layout_plan().stages if strategy != "auto" else nproc
             total = self.job.total_steps
             if len(sizes) != stages or sum(sizes) != total:
@@ -545,8 +565,14 @@ class RunConfig:
         """How the processes are arranged (--strategy, --pipeline-stages, --replicas) on `nproc`
         (default --nproc); ConfigError in one line when it does not use exactly that many."""
         lay = self.layout
-        return resolve_layout(lay.strategy, lay.nproc if nproc is None else nproc, lay.pipeline_stages, lay.replicas,
-                              guidance=self.uses_guidance, max_guidance=self.svd.max_guidance_scale)
+        return resolve_layout(
+            lay.strategy,
+            lay.nproc if nproc is None else nproc,
+            lay.pipeline_stages,
+            lay.replicas,
+            guidance=self.uses_guidance,
+            max_guidance=self.svd.max_guidance_scale,
+        )
 
     def check_devices(self, cuda_device_count: int, local_world_size: int) -> None:
         """Checks that need to know the machine; called before launching and again in each worker."""
@@ -562,23 +588,34 @@ class RunConfig:
             raise ConfigError("--transport nccl needs one CUDA device per stage; use --transport gloo or zmq")
 
 
-def _check_conditioning(where: str, *, fps: int | None, motion_bucket_id: int | None, noise_aug_strength: float | None) -> None:
+def _check_conditioning(
+    where: str, *, fps: int | None, motion_bucket_id: int | None, noise_aug_strength: float | None
+) -> None:
     """SVD's micro-conditioning values (the run's, or one --inputs entry's: `where` says which)."""
     flag = (lambda name: f"--{name}") if not where else (lambda name: f"{where}{name.replace('-', '_')}")
     if motion_bucket_id is not None and not 0 <= motion_bucket_id <= 255:
-        raise ConfigError(f"{flag('motion-bucket-id')} {motion_bucket_id} is outside 0..255; pick a value in that range")
+        raise ConfigError(
+            f"{flag('motion-bucket-id')} {motion_bucket_id} is outside 0..255; pick a value in that range"
+        )
     if fps is not None:
         _positive(flag("fps"), fps)
     if noise_aug_strength is not None and noise_aug_strength < 0:
-        raise ConfigError(f"{flag('noise-aug-strength')} {noise_aug_strength} is negative; use a value >= 0 (default 0.02)")
+        raise ConfigError(
+            f"{flag('noise-aug-strength')} {noise_aug_strength} is negative; use a value >= 0 (default 0.02)"
+        )
 
 
 # -- layouts --------------------------------------------------------------------------------------
 
 
 def resolve_layout(
-    strategy: str, nproc: int, pipeline_stages: int | None = None, replicas: int | None = None, *,
-    guidance: bool = True, max_guidance: float = 3.0,
+    strategy: str,
+    nproc: int,
+    pipeline_stages: int | None = None,
+    replicas: int | None = None,
+    *,
+    guidance: bool = True,
+    max_guidance: float = 3.0,
 ) -> Layout:
     """--strategy pipeline|data|cfg with --pipeline-stages K / --replicas R -> a Layout of exactly
     nproc processes (R x K x 2 for cfg, R x K otherwise); ConfigError naming the mismatch."""
@@ -611,12 +648,23 @@ def resolve_layout(
             stages = max(1, nproc // (width * reps))
     layout = Layout(reps, stages, cfg)
     if layout.processes != nproc:
-        shape = f"{reps} replica{'s' if reps != 1 else ''} x {stages} stage{'s' if stages != 1 else ''}" + (" x 2 (cfg)" if cfg else "")
-        options = [f"{r} x {k}" + (" x 2" if cfg else "") for r in range(1, nproc + 1) for k in range(1, nproc + 1) if r * k * width == nproc]
+        shape = f"{reps} replica{'s' if reps != 1 else ''} x {stages} stage{'s' if stages != 1 else ''}" + (
+            " x 2 (cfg)" if cfg else ""
+        )
+        options = [
+            f"{r} x {k}" + (" x 2" if cfg else "")
+            for r in range(1, nproc + 1)
+            for k in range(1, nproc + 1)
+            if r * k * width == nproc
+        ]
         raise ConfigError(
             f"--nproc {nproc} cannot run {shape} = {layout.processes} processes; "
-            + (f"use a layout of exactly {nproc}: {', '.join(options)} (replicas x stages" + (" x pair)" if cfg else ")") if options
-               else "--strategy cfg needs an even --nproc")
+            + (
+                f"use a layout of exactly {nproc}: {', '.join(options)} (replicas x stages"
+                + (" x pair)" if cfg else ")")
+                if options
+                else "--strategy cfg needs an even --nproc"
+            )
         )
     return layout
 
@@ -828,7 +876,9 @@ def env_world() -> tuple[int, int, int, int] | None:
         return _env_world_values()
     except ValueError:
         shown = " ".join(f"{name}={os.environ[name]}" for name in present)
-        raise ConfigError(f"torchrun environment with a non-integer value ({shown}); start the command with torchrun") from None
+        raise ConfigError(
+            f"torchrun environment with a non-integer value ({shown}); start the command with torchrun"
+        ) from None
 
 
 def _env_world_values() -> tuple[int, int, int, int]:

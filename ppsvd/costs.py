@@ -21,8 +21,9 @@ stage works without a break once it has its first sample).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ppsvd.plan import StepPlan, shard_samples
 
@@ -45,7 +46,12 @@ class CostModel:
     """Where the numbers came from, in words (shown with every prediction)."""
 
     def __post_init__(self) -> None:
-        values = {"step": self.step_s, "prepare": self.prepare_s, "finalize": self.finalize_s, "hand-off": self.handoff_s}
+        values = {
+            "step": self.step_s,
+            "prepare": self.prepare_s,
+            "finalize": self.finalize_s,
+            "hand-off": self.handoff_s,
+        }
         for name, value in values.items():
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} cost {value} must be a finite number of seconds >= 0")
@@ -53,7 +59,14 @@ class CostModel:
             raise ValueError(f"stage speeds {list(self.speeds)} must all be positive")
 
     @staticmethod
-    def from_ms(step_ms: float, encode_ms: float = 0.0, decode_ms: float = 0.0, speeds: Sequence[float] = (), *, source: str = "explicit") -> CostModel:
+    def from_ms(
+        step_ms: float,
+        encode_ms: float = 0.0,
+        decode_ms: float = 0.0,
+        speeds: Sequence[float] = (),
+        *,
+        source: str = "explicit",
+    ) -> CostModel:
         """The user's numbers (ms), as `ppsvd plan/simulate --step-ms --encode-ms --decode-ms --stage-speed` take them."""
         return CostModel(step_ms / 1000, encode_ms / 1000, decode_ms / 1000, speeds=tuple(speeds), source=source)
 
@@ -65,7 +78,14 @@ class CostModel:
         devices; otherwise every device is taken to be the reference device."""
         if not self.speeds or len(self.speeds) == n:
             return self
-        return CostModel(self.step_s, self.prepare_s, self.finalize_s, self.handoff_s, (), f"{self.source}; speeds of {len(self.speeds)} stages dropped for {n}")
+        return CostModel(
+            self.step_s,
+            self.prepare_s,
+            self.finalize_s,
+            self.handoff_s,
+            (),
+            f"{self.source}; speeds of {len(self.speeds)} stages dropped for {n}",
+        )
 
     def stage_s(self, stage: int, steps: int, num_stages: int) -> float:
         """t_k: stage `stage`'s time per sample when it runs `steps` steps (see the module docstring)."""

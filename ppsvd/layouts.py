@@ -16,8 +16,8 @@ shortest per-video latency (ties: the other measure, then the simpler layout).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ppsvd.config import CFG_HALF_RATIO, GOALS, RunConfig
 from ppsvd.costs import CostModel, forecast, plan_steps
@@ -47,7 +47,11 @@ class LayoutCosts:
         b, _, f, _, _ = config.job.latent_shape
         rows = b * f
         cut = decode_split(rows, config.svd.decode_chunk_size or f)
-        half = config.resolved_cfg_half_ms / 1000 if config.is_synthetic and config.synthetic.step_ms else costs.step_s * CFG_HALF_RATIO
+        half = (
+            config.resolved_cfg_half_ms / 1000
+            if config.is_synthetic and config.synthetic.step_ms
+            else costs.step_s * CFG_HALF_RATIO
+        )
         return LayoutCosts(costs, half, costs.handoff_s, max(cut, rows - cut) / rows, config.uses_guidance)
 
 
@@ -72,8 +76,12 @@ class LayoutForecast:
 
     def row(self) -> dict[str, object]:
         return {
-            "layout": self.layout.name(), "describe": self.layout.describe(), "steps": "+".join(map(str, self.sizes)),
-            "latency_s": self.latency_s, "makespan_s": self.makespan_s, "throughput": self.throughput,
+            "layout": self.layout.name(),
+            "describe": self.layout.describe(),
+            "steps": "+".join(map(str, self.sizes)),
+            "latency_s": self.latency_s,
+            "makespan_s": self.makespan_s,
+            "throughput": self.throughput,
         }
 
 
@@ -84,14 +92,24 @@ def predict(layout: Layout, costs: LayoutCosts, total_steps: int, samples: int) 
     replicas = []
     for r in range(layout.replicas):
         # A stage's device is its slowest process (a pair waits for its slower half every step).
-        stage_speeds = tuple(
-            min(speeds[layout.rank_of(r, k, h)] for h in range(layout.width)) for k in range(layout.stages)
-        ) if speeds else ()
+        stage_speeds = (
+            tuple(min(speeds[layout.rank_of(r, k, h)] for h in range(layout.width)) for k in range(layout.stages))
+            if speeds
+            else ()
+        )
         if layout.cfg:
-            stage_costs = CostModel(costs.half_step_s + costs.exchange_s, base.prepare_s, base.finalize_s * costs.decode_share,
-                                    base.handoff_s, stage_speeds, base.source)
+            stage_costs = CostModel(
+                costs.half_step_s + costs.exchange_s,
+                base.prepare_s,
+                base.finalize_s * costs.decode_share,
+                base.handoff_s,
+                stage_speeds,
+                base.source,
+            )
         else:
-            stage_costs = CostModel(base.step_s, base.prepare_s, base.finalize_s, base.handoff_s, stage_speeds, base.source)
+            stage_costs = CostModel(
+                base.step_s, base.prepare_s, base.finalize_s, base.handoff_s, stage_speeds, base.source
+            )
         plan = plan_steps(total_steps, layout.stages, stage_costs)
         replicas.append(forecast(plan, stage_costs, 1))
     latency = [f.latency_s for f in replicas]
@@ -125,18 +143,27 @@ def rank(forecasts: Sequence[LayoutForecast], goal: str) -> list[LayoutForecast]
     return sorted(forecasts, key=key)
 
 
-def choose(config: RunConfig, costs: CostModel | None, processes: int | None = None) -> tuple[Layout, str, list[LayoutForecast]]:
+def choose(
+    config: RunConfig, costs: CostModel | None, processes: int | None = None
+) -> tuple[Layout, str, list[LayoutForecast]]:
     """--strategy auto: the best layout for --goal, a one-line reason, and every forecast (best first)."""
     n = config.layout.nproc if processes is None else processes
     layout_costs = LayoutCosts.from_config(config, costs)
-    forecasts = rank([predict(layout, layout_costs, config.job.total_steps, config.job.num_samples)
-                      for layout in candidates(n, config.job.total_steps, guidance=layout_costs.guidance)], config.layout.goal)
+    forecasts = rank(
+        [
+            predict(layout, layout_costs, config.job.total_steps, config.job.num_samples)
+            for layout in candidates(n, config.job.total_steps, guidance=layout_costs.guidance)
+        ],
+        config.layout.goal,
+    )
     best = forecasts[0]
     runner = forecasts[1] if len(forecasts) > 1 else None
     measure = "makespan" if config.layout.goal == "throughput" else "per-video latency"
     value = (lambda f: f.makespan_s) if config.layout.goal == "throughput" else (lambda f: f.latency_s)
-    reason = (f"--strategy auto --goal {config.layout.goal}: {best.layout.describe()} ({best.layout.name()}) predicts the shortest "
-              f"{measure} for {config.job.num_samples} sample(s) on {n} processes, {value(best):.3g} s")
+    reason = (
+        f"--strategy auto --goal {config.layout.goal}: {best.layout.describe()} ({best.layout.name()}) predicts the shortest "
+        f"{measure} for {config.job.num_samples} sample(s) on {n} processes, {value(best):.3g} s"
+    )
     if runner is not None:
         reason += f" vs {value(runner):.3g} s for {runner.layout.describe()} ({runner.layout.name()})"
     return best.layout, reason + f"; costs: {layout_costs.costs.describe()}", forecasts

@@ -6,8 +6,8 @@ No torch, no processes: integers in, integers (or seconds) out, ValueError with 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,9 @@ class Layout:
         halves = (0, 1) if self.cfg else (None,)
         return tuple(
             (self.rank_of(r, k, h), self.rank_of(r, k + 1, h))
-            for r in range(self.replicas) for h in halves for k in range(self.stages - 1)
+            for r in range(self.replicas)
+            for h in halves
+            for k in range(self.stages - 1)
         )
 
     def pair_links(self) -> tuple[tuple[int, int], ...]:
@@ -319,7 +321,13 @@ def strategy_layout(strategy: str, world: int) -> Layout:
 
 
 def rank_work(
-    strategy: str, world: int, rank: int, samples: Sequence[int], *, total_steps: int, plan: StepPlan | None = None,
+    strategy: str,
+    world: int,
+    rank: int,
+    samples: Sequence[int],
+    *,
+    total_steps: int,
+    plan: StepPlan | None = None,
     layout: Layout | None = None,
 ) -> RankWork:
     """Which steps and which samples rank `rank` of `world` owns.

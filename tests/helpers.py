@@ -35,7 +35,8 @@ def reference_latents(config: RunConfig) -> dict[int, torch.Tensor]:
     plan = partition_steps(config.job.total_steps, 1)
     model = build_stage_model(config, plan, 0, torch.device("cpu"))
     return {
-        i: model.finalize(model.run_steps(model.prepare(i), plan.ranges[0])).latents for i in range(config.job.num_samples)
+        i: model.finalize(model.run_steps(model.prepare(i), plan.ranges[0])).latents
+        for i in range(config.job.num_samples)
     }
 
 

@@ -33,7 +33,16 @@ from ppsvd.models import tiny
 from tests.helpers import read_latents, run_cli
 
 FRAMES, HEIGHT, WIDTH, STEPS = 3, 64, 96, 4  # a non-square size: 96x64 pixels, latent 12x8
-SIZE_ARGS = ["--num-frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH), "--num-inference-steps", str(STEPS)]
+SIZE_ARGS = [
+    "--num-frames",
+    str(FRAMES),
+    "--height",
+    str(HEIGHT),
+    "--width",
+    str(WIDTH),
+    "--num-inference-steps",
+    str(STEPS),
+]
 NAMES = ["a-s0", "b-s1", "c-s2"]
 
 
@@ -77,11 +86,29 @@ def cli_run(tiny_repo, inputs_dir, tmp_path_factory):
     """`ppsvd run` on a pipe (not a terminal), reading its stderr while it runs."""
     out = tmp_path_factory.mktemp("cli-out")
     cmd = [
-        sys.executable, "-m", "ppsvd", "run", "--model-id", str(tiny_repo), "--image", str(inputs_dir), *SIZE_ARGS,
-        "--nproc", "2", "--partition", "even", "--device", "cpu", "--output-dir", str(out), "--progress-interval", "0.5",
+        sys.executable,
+        "-m",
+        "ppsvd",
+        "run",
+        "--model-id",
+        str(tiny_repo),
+        "--image",
+        str(inputs_dir),
+        *SIZE_ARGS,
+        "--nproc",
+        "2",
+        "--partition",
+        "even",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--progress-interval",
+        "0.5",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     stdout_lines: list[str] = []
     reader = threading.Thread(target=lambda: stdout_lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -121,7 +148,9 @@ def test_diffusers_names_equal_diffusers_pipeline_and_name_outputs_after_images(
 def test_progress_lines_reach_a_pipe_while_the_run_goes(cli_run):
     _, progress_while_running, stderr, stdout = cli_run
     assert progress_while_running, stderr[-3000:]
-    assert re.search(r"stage 0: loading unet, scheduler, image_encoder, feature_extractor, vae from .* \(\d+ s\)", stderr), stderr[-3000:]
+    assert re.search(
+        r"stage 0: loading unet, scheduler, image_encoder, feature_extractor, vae from .* \(\d+ s\)", stderr
+    ), stderr[-3000:]
     assert "ETA" in stderr and "efficiency" in stdout.lower()
 
 
@@ -146,8 +175,18 @@ def http_images(inputs_dir):
 def test_api_gives_the_cli_latents_with_an_image_by_url(cli_run, http_images, inputs_dir, tiny_repo, tmp_path):
     run_dir, _, _, _ = cli_run
     images = [f"{http_images}/a.png?raw=1", inputs_dir / "b.png", str(inputs_dir / "c.png")]
-    result = ppsvd.run(images, model_id=str(tiny_repo), device="cpu", nproc=1, num_frames=FRAMES, height=HEIGHT,
-                       width=WIDTH, num_inference_steps=STEPS, output_dir=tmp_path, progress=False)
+    result = ppsvd.run(
+        images,
+        model_id=str(tiny_repo),
+        device="cpu",
+        nproc=1,
+        num_frames=FRAMES,
+        height=HEIGHT,
+        width=WIDTH,
+        num_inference_steps=STEPS,
+        output_dir=tmp_path,
+        progress=False,
+    )
     assert isinstance(result, ppsvd.RunResult) and [s.name for s in result.samples] == NAMES
     assert result.samples[0].image == images[0]
     cli = read_latents(run_dir)
@@ -182,8 +221,14 @@ def test_per_sample_conditioning_travels_with_the_sample_and_stays_exact(tiny_re
         SampleInput(image=str(inputs_dir / "b.png"), seed=11, motion_bucket_id=30, fps=9, noise_aug_strength=0.1),
         SampleInput(image=str(inputs_dir / "a.png")),
     )
-    config = RunConfig.from_options(model=str(tiny_repo), inputs=entries, num_samples=2, seed=4, total_steps=STEPS,
-                       latent_shape=(1, 4, FRAMES, HEIGHT // 8, WIDTH // 8)).validate()
+    config = RunConfig.from_options(
+        model=str(tiny_repo),
+        inputs=entries,
+        num_samples=2,
+        seed=4,
+        total_steps=STEPS,
+        latent_shape=(1, 4, FRAMES, HEIGHT // 8, WIDTH // 8),
+    ).validate()
     plan = partition_steps(STEPS, 2)
     first, last = (SVDStageModel(config, plan, k, torch.device("cpu")) for k in range(2))
     for index, (entry, kwargs) in enumerate(
@@ -201,17 +246,26 @@ def test_per_sample_conditioning_travels_with_the_sample_and_stays_exact(tiny_re
 def test_job_files_csv_and_json_lines(tmp_path):
     (tmp_path / "imgs").mkdir()
     csv_file = tmp_path / "jobs.csv"
-    csv_file.write_text("image,seed,motion_bucket_id,fps,noise_aug_strength\nimgs/cat.png,3,,8,\nhttps://x.org/dog.jpg,,200,,0.1\n")
+    csv_file.write_text(
+        "image,seed,motion_bucket_id,fps,noise_aug_strength\nimgs/cat.png,3,,8,\nhttps://x.org/dog.jpg,,200,,0.1\n"
+    )
     assert read_inputs(csv_file) == (
         SampleInput(image=str(tmp_path / "imgs" / "cat.png"), seed=3, fps=8),
         SampleInput(image="https://x.org/dog.jpg", motion_bucket_id=200, noise_aug_strength=0.1),
     )
     jsonl = tmp_path / "jobs.jsonl"
     jsonl.write_text('{"image": "/abs/cat.png", "seed": 3}\n\n"dog.png"\n')
-    assert read_inputs(jsonl) == (SampleInput(image="/abs/cat.png", seed=3), SampleInput(image=str(tmp_path / "dog.png")))
-    for text, needle in [('{"image": "a.png", "sede": 1}\n', "unknown field 'sede'"), ('{"seed": 1}\n', "no image"),
-                         ('{"image": "a.png", "seed": "x"}\n', "seed 'x' is not an integer"), ("", "no entries"),
-                         ("{oops\n", "line 1: not JSON")]:
+    assert read_inputs(jsonl) == (
+        SampleInput(image="/abs/cat.png", seed=3),
+        SampleInput(image=str(tmp_path / "dog.png")),
+    )
+    for text, needle in [
+        ('{"image": "a.png", "sede": 1}\n', "unknown field 'sede'"),
+        ('{"seed": 1}\n', "no image"),
+        ('{"image": "a.png", "seed": "x"}\n', "seed 'x' is not an integer"),
+        ("", "no entries"),
+        ("{oops\n", "line 1: not JSON"),
+    ]:
         jsonl.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(needle)):
             read_inputs(jsonl)
@@ -221,11 +275,20 @@ def test_job_files_csv_and_json_lines(tmp_path):
 
 
 def test_outputs_are_named_after_inputs_and_unique():
-    config = RunConfig.from_options(model="tiny", images=("x/cat.png", "y/cat.jpg", "https://h/p/dog.webp?s=1"), num_samples=4)
+    config = RunConfig.from_options(
+        model="tiny", images=("x/cat.png", "y/cat.jpg", "https://h/p/dog.webp?s=1"), num_samples=4
+    )
     assert [s.name for s in plan_samples(config)] == ["cat-s0", "cat-s1", "dog-s2", "cat-s3"]
-    same_seed = RunConfig.from_options(model="tiny", inputs=(SampleInput(image="x/cat.png", seed=1), SampleInput(image="y/cat.png", seed=1)), num_samples=3)
+    same_seed = RunConfig.from_options(
+        model="tiny",
+        inputs=(SampleInput(image="x/cat.png", seed=1), SampleInput(image="y/cat.png", seed=1)),
+        num_samples=3,
+    )
     assert [s.name for s in plan_samples(same_seed)] == ["cat-s1", "cat-s1-2", "cat-s1-3"]
-    assert [s.name for s in plan_samples(RunConfig.from_options(model="tiny", num_samples=2, seed=5))] == ["builtin-s5", "builtin-s6"]
+    assert [s.name for s in plan_samples(RunConfig.from_options(model="tiny", num_samples=2, seed=5))] == [
+        "builtin-s5",
+        "builtin-s6",
+    ]
 
 
 # -- bad input: one line, exit code 2 ------------------------------------------------------------
@@ -235,7 +298,10 @@ def test_outputs_are_named_after_inputs_and_unique():
     "argv,needles",
     [
         (["--num-inference-steps", "25", "--total-steps", "28"], ["--num-inference-steps 25", "--total-steps 28"]),
-        (["--latent-shape", "1", "4", "4", "8", "8", "--width", "96"], ["--width 96", "--latent-shape 1 4 4 8 8", "--width 64"]),
+        (
+            ["--latent-shape", "1", "4", "4", "8", "8", "--width", "96"],
+            ["--width 96", "--latent-shape 1 4 4 8 8", "--width 64"],
+        ),
         (["--num-frames", "5", "--latent-shape", "1", "4", "4", "8", "8"], ["--num-frames 5", "F=4"]),
         (["--height", "100"], ["--height 100", "divisible by 8", "--height 96 or 104"]),
         (["--image", "a.png", "--inputs", "jobs.csv"], ["--image", "--inputs"]),
@@ -259,9 +325,23 @@ def test_fewer_samples_than_images_says_which_are_skipped(capsys, monkeypatch, i
         raise ConfigError("stopped before launching")
 
     monkeypatch.setattr("ppsvd.api.execute", stop)
-    code, _, err = run_cli(capsys, "run", "--model-id", "tiny", "--device", "cpu", "--image", str(inputs_dir),
-                           "--num-samples", "2", "--output-dir", str(tmp_path))
-    assert code == 2 and "uses the first 2 of 3 input images; skipped: " + str(inputs_dir / "c.png") in " ".join(err.split())
+    code, _, err = run_cli(
+        capsys,
+        "run",
+        "--model-id",
+        "tiny",
+        "--device",
+        "cpu",
+        "--image",
+        str(inputs_dir),
+        "--num-samples",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert code == 2 and "uses the first 2 of 3 input images; skipped: " + str(inputs_dir / "c.png") in " ".join(
+        err.split()
+    )
 
 
 def test_a_bad_url_is_one_line(http_images):
@@ -278,8 +358,14 @@ def test_help_lists_choices_flags_and_true_defaults(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli(capsys, "run", "--help")
     assert code == 0
-    for text in ("<nccl|gloo|zmq>", "<auto|rich|plain|json>", "--save-frames", "--no-save-frames", "--num-inference-steps",
-                 "num_frames=14, height=512, width=512, num_inference_steps=28"):
+    for text in (
+        "<nccl|gloo|zmq>",
+        "<auto|rich|plain|json>",
+        "--save-frames",
+        "--no-save-frames",
+        "--num-inference-steps",
+        "num_frames=14, height=512, width=512, num_inference_steps=28",
+    ):
         assert text in " ".join(out.split()), text
     _, out, _ = run_cli(capsys, "simulate", "--help")
     assert "Default 4" in out and "cuda when" not in out
@@ -304,7 +390,9 @@ def test_json_progress_lines():
         def get(self, name):
             return dict.get(self, name).encode()
 
-    store = Store({key("r", "progress", 0): "1 4", key("r", "phase", 0): "running", key("r", "phase", 1): "loading unet"})
+    store = Store(
+        {key("r", "progress", 0): "1 4", key("r", "phase", 0): "running", key("r", "phase", 1): "loading unet"}
+    )
     board = ProgressBoard(store, "r", [("stage 0", 4, 2), ("stage 1", 4, 2)], title="t", style="json", interval_s=1)
     board.refresh()
     board.first_step_at -= 2.0  # 4 steps in 2 s: 12 left at 2 steps/s
@@ -328,8 +416,14 @@ def test_bars_take_the_agreed_split():
             return dict.get(self, name).encode()
 
     store = Store({key("r", "progress", 0): "3 45", key("r", "planned-steps", 0): "0 15"})
-    board = ProgressBoard(store, "r", [("stage 0 · steps 0-13", 14, 3), ("stage 1 · steps 14-27", 14, 3)], title="t",
-                          style="json", interval_s=1)
+    board = ProgressBoard(
+        store,
+        "r",
+        [("stage 0 · steps 0-13", 14, 3), ("stage 1 · steps 14-27", 14, 3)],
+        title="t",
+        style="json",
+        interval_s=1,
+    )
     board.refresh()
     first, second = board_record(board)["stages"]
     assert (first["label"], first["steps"], first["total_steps"]) == ("stage 0 · steps 0-14", 45, 45)
@@ -359,9 +453,15 @@ def test_variant_fp16_for_fp16_runs_and_an_explicit_variant_must_exist(tiny_repo
     shutil.copytree(tiny_repo, repo)
     unet = repo / "unet" / "diffusion_pytorch_model.safetensors"
     shutil.copy(unet, unet.with_name("diffusion_pytorch_model.fp16.safetensors"))
-    assert _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "unet") == "fp16"  # fp16 run
-    assert _weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None  # fp32 run: the full files
-    assert _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "vae") is None  # no fp16 there
+    assert (
+        _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "unet") == "fp16"
+    )  # fp16 run
+    assert (
+        _weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None
+    )  # fp32 run: the full files
+    assert (
+        _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "vae") is None
+    )  # no fp16 there
     with pytest.raises(ModelNotFoundError, match=r"--variant fp16: .* no fp16 weights for vae, image_encoder"):
         preflight(RunConfig.from_options(model=str(repo), variant="fp16", latent_shape=(1, 4, 2, 8, 8)))
 

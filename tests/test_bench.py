@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 from ppsvd.bench.sweep import (
     CSV_NAME,
     JSON_NAME,
@@ -27,7 +28,6 @@ from ppsvd.bench.sweep import (
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.plan import partition_steps, shard_samples
-from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 
 STEP_S = 0.5
 LOAD_S = 2.0
@@ -45,22 +45,42 @@ def ideal_timeline(config: RunConfig, start: float) -> RunTimeline:
             spans = []
             for i in range(s):
                 begin = ready + (i + k) * d
-                span = SampleSpan(index=i, compute_start=begin, compute_end=begin + len(steps) * STEP_S, steps=len(steps))
+                span = SampleSpan(
+                    index=i, compute_start=begin, compute_end=begin + len(steps) * STEP_S, steps=len(steps)
+                )
                 if k > 0:
                     span.recv_start = span.recv_end = span.arrived = begin
                 if k < n - 1:
                     span.send_start = span.enqueued = span.compute_end
                 spans.append(span)
-            stages.append(StageTimeline(stage=k, steps=(steps.start, steps.stop), launched=start, ready=ready,
-                                        finished=spans[-1].compute_end, samples=spans))
+            stages.append(
+                StageTimeline(
+                    stage=k,
+                    steps=(steps.start, steps.stop),
+                    launched=start,
+                    ready=ready,
+                    finished=spans[-1].compute_end,
+                    samples=spans,
+                )
+            )
     else:
         for k in range(n):
             spans = [
-                SampleSpan(index=i, compute_start=ready + j * t * STEP_S, compute_end=ready + (j + 1) * t * STEP_S, steps=t)
+                SampleSpan(
+                    index=i, compute_start=ready + j * t * STEP_S, compute_end=ready + (j + 1) * t * STEP_S, steps=t
+                )
                 for j, i in enumerate(shard_samples(s, n, k))
             ]
-            stages.append(StageTimeline(stage=k, steps=(0, t), launched=start, ready=ready,
-                                        finished=spans[-1].compute_end if spans else ready, samples=spans))
+            stages.append(
+                StageTimeline(
+                    stage=k,
+                    steps=(0, t),
+                    launched=start,
+                    ready=ready,
+                    finished=spans[-1].compute_end if spans else ready,
+                    samples=spans,
+                )
+            )
     return RunTimeline(strategy=config.layout.strategy, total_steps=t, num_samples=s, run_start=start, stages=stages)
 
 
@@ -96,7 +116,9 @@ class FakeMachine:
             raise RuntimeError("launcher exploded")
         if key in self.fail:
             self.now += 3.0
-            return FakeResult(ok=False, run_dir=run_dir, wall_s=3.0, error="stage 1 failed: out of memory", failed_stage=1)
+            return FakeResult(
+                ok=False, run_dir=run_dir, wall_s=3.0, error="stage 1 failed: out of memory", failed_stage=1
+            )
         timeline = ideal_timeline(config, self.now)
         end = max(sp.compute_end for st in timeline.stages for sp in st.samples) + 1.0
         timeline.run_end = end
@@ -114,10 +136,23 @@ def base_config(**changes) -> RunConfig:
 
 
 def sweep(tmp_path, machine, *, gpus=(1, 2, 4), strategies=("pipeline",), fail_fast=False, cooldown=5.0, **config):
-    plan = BenchPlan(base=base_config(**config), gpu_counts=tuple(gpus), strategies=tuple(strategies),
-                     cooldown_s=cooldown, fail_fast=fail_fast).validate(None)
-    return run_bench(plan, tmp_path / "results", launcher=machine.launch, sleep=machine.sleep, clock=machine.clock,
-                     environment={"test": True}, argv=["ppsvd", "bench"], plots=False)
+    plan = BenchPlan(
+        base=base_config(**config),
+        gpu_counts=tuple(gpus),
+        strategies=tuple(strategies),
+        cooldown_s=cooldown,
+        fail_fast=fail_fast,
+    ).validate(None)
+    return run_bench(
+        plan,
+        tmp_path / "results",
+        launcher=machine.launch,
+        sleep=machine.sleep,
+        clock=machine.clock,
+        environment={"test": True},
+        argv=["ppsvd", "bench"],
+        plots=False,
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -131,7 +166,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_sweep_runs_each_count_with_cooldowns_and_writes_csv(tmp_path):
     machine = FakeMachine()
     result = sweep(tmp_path, machine)
-    assert [(c.layout.nproc, c.layout.strategy) for c in machine.launched] == [(1, "pipeline"), (2, "pipeline"), (4, "pipeline")]
+    assert [(c.layout.nproc, c.layout.strategy) for c in machine.launched] == [
+        (1, "pipeline"),
+        (2, "pipeline"),
+        (4, "pipeline"),
+    ]
     assert all(c.ui.show_progress is False for c in machine.launched)  # the sweep's bar is the only live display
     assert machine.slept == [5.0, 5.0]  # between runs, not after the last
     header = (tmp_path / "results" / CSV_NAME).read_text().splitlines()[0].split(",")
@@ -238,8 +277,16 @@ def test_observer_sees_every_run(tmp_path):
 
     machine = FakeMachine()
     plan = BenchPlan(base=base_config(), gpu_counts=(1, 2), cooldown_s=1.5).validate(None)
-    run_bench(plan, tmp_path, launcher=machine.launch, sleep=machine.sleep, clock=machine.clock,
-              observer=Recorder(), environment={}, plots=False)
+    run_bench(
+        plan,
+        tmp_path,
+        launcher=machine.launch,
+        sleep=machine.sleep,
+        clock=machine.clock,
+        observer=Recorder(),
+        environment={},
+        plots=False,
+    )
     assert seen == [("start", 0, 2, 1), ("done", 0, "ok"), ("cool", 1.5), ("start", 1, 2, 2), ("done", 1, "ok")]
 
 
@@ -324,8 +371,10 @@ def test_cli_refuses_more_gpus_than_the_machine_has(monkeypatch, capsys, tmp_pat
 def test_bad_strategy_and_gpus_are_one_line_errors(capsys):
     from ppsvd.cli import main
 
-    for args, expected in ((["--strategy", "pipeline,tensor"], "'tensor' is not one of pipeline, data"),
-                           (["--gpus", "1,x"], "--gpus '1,x' must be comma-separated integers")):
+    for args, expected in (
+        (["--strategy", "pipeline,tensor"], "'tensor' is not one of pipeline, data"),
+        (["--gpus", "1,x"], "--gpus '1,x' must be comma-separated integers"),
+    ):
         with pytest.raises(SystemExit) as info:
             main(["bench", "--device", "cpu", *args])
         assert info.value.code == 2
@@ -342,9 +391,35 @@ def test_end_to_end_bench_on_cpu(tmp_path):
     Two launches only: each costs seconds of process start-up on a small CPU machine (the data
     strategy's sweep logic is covered above with the fake launcher)."""
     args = [
-        sys.executable, "-m", "ppsvd", "bench", "--device", "cpu", "--gpus", "1,2", "--strategy", "pipeline",
-        "--total-steps", "4", "--num-samples", "3", "--latent-shape", "1", "4", "2", "8", "8",
-        "--step-ms", "20", "--cooldown", "0", "--timeout", "60", "--no-progress", "--output-dir", str(tmp_path),
+        sys.executable,
+        "-m",
+        "ppsvd",
+        "bench",
+        "--device",
+        "cpu",
+        "--gpus",
+        "1,2",
+        "--strategy",
+        "pipeline",
+        "--total-steps",
+        "4",
+        "--num-samples",
+        "3",
+        "--latent-shape",
+        "1",
+        "4",
+        "2",
+        "8",
+        "8",
+        "--step-ms",
+        "20",
+        "--cooldown",
+        "0",
+        "--timeout",
+        "60",
+        "--no-progress",
+        "--output-dir",
+        str(tmp_path),
     ]
     started = time.monotonic()
     proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=120)
@@ -352,7 +427,10 @@ def test_end_to_end_bench_on_cpu(tmp_path):
     assert time.monotonic() - started < 60
     (results,) = tmp_path.glob("bench-*")
     rows = read_csv(results / CSV_NAME)
-    assert [(r["gpu_count"], r["strategy"], r["status"]) for r in rows] == [("1", "pipeline", "ok"), ("2", "pipeline", "ok")]
+    assert [(r["gpu_count"], r["strategy"], r["status"]) for r in rows] == [
+        ("1", "pipeline", "ok"),
+        ("2", "pipeline", "ok"),
+    ]
     assert list(rows[0])[:3] == ["gpu_count", "total_time_sec", "per_sample_sec"]
     for row in rows:
         assert float(row["total_time_sec"]) > 0 and math.isfinite(float(row["samples_per_sec"]))
@@ -366,16 +444,39 @@ def test_end_to_end_bench_on_cpu(tmp_path):
 
 
 def test_even_and_auto_partitions_side_by_side(tmp_path):
-    plan = BenchPlan(base=base_config(), gpu_counts=(1, 2, 4), strategies=("pipeline", "data"),
-                     partitions=("even", "auto"), cooldown_s=0).validate(None)
-    assert plan.runs() == [(1, "pipeline", "even"), (1, "data", "even"), (2, "pipeline", "even"), (2, "pipeline", "auto"),
-                           (2, "data", "even"), (4, "pipeline", "even"), (4, "pipeline", "auto"), (4, "data", "even")]
+    plan = BenchPlan(
+        base=base_config(),
+        gpu_counts=(1, 2, 4),
+        strategies=("pipeline", "data"),
+        partitions=("even", "auto"),
+        cooldown_s=0,
+    ).validate(None)
+    assert plan.runs() == [
+        (1, "pipeline", "even"),
+        (1, "data", "even"),
+        (2, "pipeline", "even"),
+        (2, "pipeline", "auto"),
+        (2, "data", "even"),
+        (4, "pipeline", "even"),
+        (4, "pipeline", "auto"),
+        (4, "data", "even"),
+    ]
     machine = FakeMachine()
-    result = run_bench(plan, tmp_path / "results", launcher=machine.launch, sleep=machine.sleep, clock=machine.clock,
-                       environment={"test": True}, argv=["ppsvd", "bench"], plots=True)
+    result = run_bench(
+        plan,
+        tmp_path / "results",
+        launcher=machine.launch,
+        sleep=machine.sleep,
+        clock=machine.clock,
+        environment={"test": True},
+        argv=["ppsvd", "bench"],
+        plots=True,
+    )
     assert [c.layout.partition for c in machine.launched] == [p for _, _, p in plan.runs()]
     rows = read_csv(tmp_path / "results" / CSV_NAME)
-    assert [(r["gpu_count"], r["strategy"], r["partition"]) for r in rows] == [(str(n), s, p) for n, s, p in plan.runs()]
+    assert [(r["gpu_count"], r["strategy"], r["partition"]) for r in rows] == [
+        (str(n), s, p) for n, s, p in plan.runs()
+    ]
     assert rows[3]["efficiency_basis"] == "measured 1-GPU run"
     assert Path(rows[3]["run_dir"]).name == "2gpu-pipeline-auto"
     data = json.loads((tmp_path / "results" / JSON_NAME).read_text())

@@ -45,8 +45,17 @@ def image(tmp_path_factory) -> str:
 
 def config_for(tiny_repo, image, out: Path, **changes) -> RunConfig:
     values = dict(
-        model=str(tiny_repo), total_steps=STEPS, latent_shape=SHAPE, num_samples=SAMPLES, seed=11, images=(image,),
-        output_dir=out, show_progress=False, timeout_s=120.0, save_frames=True, decode_chunk_size=CHUNK,
+        model=str(tiny_repo),
+        total_steps=STEPS,
+        latent_shape=SHAPE,
+        num_samples=SAMPLES,
+        seed=11,
+        images=(image,),
+        output_dir=out,
+        show_progress=False,
+        timeout_s=120.0,
+        save_frames=True,
+        decode_chunk_size=CHUNK,
         strategy="cfg",
     )
     values.update(changes)
@@ -73,10 +82,19 @@ def reference(pipe, tiny_repo, image):
     found = {}
     for index in range(SAMPLES):
         found[index] = pipe(
-            load_image(image, w * 8, h * 8), height=h * 8, width=w * 8, num_frames=f, num_inference_steps=STEPS,
-            fps=config.svd.fps, motion_bucket_id=config.svd.motion_bucket_id, noise_aug_strength=config.svd.noise_aug_strength,
-            min_guidance_scale=config.svd.min_guidance_scale, max_guidance_scale=config.svd.max_guidance_scale,
-            decode_chunk_size=CHUNK, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="latent",
+            load_image(image, w * 8, h * 8),
+            height=h * 8,
+            width=w * 8,
+            num_frames=f,
+            num_inference_steps=STEPS,
+            fps=config.svd.fps,
+            motion_bucket_id=config.svd.motion_bucket_id,
+            noise_aug_strength=config.svd.noise_aug_strength,
+            min_guidance_scale=config.svd.min_guidance_scale,
+            max_guidance_scale=config.svd.max_guidance_scale,
+            decode_chunk_size=CHUNK,
+            generator=torch.Generator("cpu").manual_seed(config.job.seed + index),
+            output_type="latent",
         ).frames
     return found
 
@@ -88,7 +106,12 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     "nproc,transport",
-    [(2, "gloo"), (2, "zmq"), pytest.param(4, "gloo", marks=pytest.mark.slow), pytest.param(4, "zmq", marks=pytest.mark.slow)],
+    [
+        (2, "gloo"),
+        (2, "zmq"),
+        pytest.param(4, "gloo", marks=pytest.mark.slow),
+        pytest.param(4, "zmq", marks=pytest.mark.slow),
+    ],
 )
 def test_guidance_pairs_match_diffusers_within_the_bound(pipe, tiny_repo, image, reference, tmp_path, nproc, transport):
     config = config_for(tiny_repo, image, tmp_path, nproc=nproc, transport=transport)  # 4: 2 stages x 2

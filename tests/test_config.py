@@ -78,12 +78,25 @@ def test_config_json_is_nested_and_old_flat_files_still_load():
 
     from ppsvd.config import SampleInput
 
-    cfg = RunConfig.from_options(model="tiny", nproc=2, inputs=(SampleInput(image="a.png", seed=3),), stage_speed=(),
-                                 latent_shape=(1, 4, 2, 8, 8), output_dir=Path("runs"), extra={"sweep": "x"})
+    cfg = RunConfig.from_options(
+        model="tiny",
+        nproc=2,
+        inputs=(SampleInput(image="a.png", seed=3),),
+        stage_speed=(),
+        latent_shape=(1, 4, 2, 8, 8),
+        output_dir=Path("runs"),
+        extra={"sweep": "x"},
+    )
     data = cfg.to_json()
     assert data["layout"]["nproc"] == 2 and data["job"]["latent_shape"] == [1, 4, 2, 8, 8] and "nproc" not in data
     assert RunConfig.from_json({**data, "world_size": 2, "costs": None}) == cfg
     # A config.json written before the sections: one flat record (what --resume of an older run reads).
-    flat = {**cfg.options(), "output_dir": "runs", "latent_shape": [1, 4, 2, 8, 8],
-            "inputs": [{"image": "a.png", "seed": 3}], "resolved_dtype": "fp32", "world_size": 2}
+    flat = {
+        **cfg.options(),
+        "output_dir": "runs",
+        "latent_shape": [1, 4, 2, 8, 8],
+        "inputs": [{"image": "a.png", "seed": 3}],
+        "resolved_dtype": "fp32",
+        "world_size": 2,
+    }
     assert RunConfig.from_json(flat) == cfg

@@ -19,14 +19,31 @@ import pytest
 from ppsvd.runtime.control import StepWatch
 
 BASE = [
-    sys.executable, "-m", "ppsvd", "simulate", "--nproc", "3", "--total-steps", "12",
-    "--latent-shape", "1", "4", "2", "8", "8", "--step-ms", "25", "--no-progress",
+    sys.executable,
+    "-m",
+    "ppsvd",
+    "simulate",
+    "--nproc",
+    "3",
+    "--total-steps",
+    "12",
+    "--latent-shape",
+    "1",
+    "4",
+    "2",
+    "8",
+    "8",
+    "--step-ms",
+    "25",
+    "--no-progress",
 ]
 
 
 def _run(tmp_path, *args: str, fault: str) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "PPSVD_FAULT": fault, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*BASE, "--output-dir", str(tmp_path), *args], capture_output=True, text=True, timeout=100, env=env)
+    proc = subprocess.run(
+        [*BASE, "--output-dir", str(tmp_path), *args], capture_output=True, text=True, timeout=100, env=env
+    )
     return proc, time.time()
 
 
@@ -81,8 +98,14 @@ def test_a_link_that_times_out_names_the_neighbour_not_this_stage(direction):
 
     blamed = []
     config = small_config("/tmp", timeout_s=3.0)
-    ctx = StageContext(config=config, plan=partition_steps(28, 3), stage=1, indices=[0], cancelled=lambda: False,
-                       fail=lambda message, stage=None: blamed.append((stage, message)))
+    ctx = StageContext(
+        config=config,
+        plan=partition_steps(28, 3),
+        stage=1,
+        indices=[0],
+        cancelled=lambda: False,
+        fail=lambda message, stage=None: blamed.append((stage, message)),
+    )
     if direction == "recv":
         thread = Receiver(ctx, Silent(), schema=None, depth=1)
     else:

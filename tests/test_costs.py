@@ -32,7 +32,9 @@ def test_split_is_optimal_against_brute_force():
             step_s=rng.choice([0.01, 0.033, 0.165, rng.uniform(0.001, 1)]),
             prepare_s=rng.choice([0.0, rng.uniform(0, 0.5)]),
             finalize_s=rng.choice([0.0, rng.uniform(0, 0.5), rng.uniform(0.5, 5)]),  # up to 30 steps' worth
-            speeds=tuple(rng.choice([1.0, 1.0, 0.5, rng.uniform(0.2, 3)]) for _ in range(n)) if rng.random() < 0.6 else (),
+            speeds=tuple(rng.choice([1.0, 1.0, 0.5, rng.uniform(0.2, 3)]) for _ in range(n))
+            if rng.random() < 0.6
+            else (),
         )
         plan = plan_steps(total, n, costs)
         assert [s for r in plan.ranges for s in r] == list(range(total)), "every step once, in order"
@@ -46,7 +48,9 @@ def test_split_is_optimal_against_brute_force():
 @pytest.mark.parametrize("total,n", [(28, 1), (28, 2), (28, 3), (28, 7), (25, 7), (5, 5), (100, 6)])
 def test_equal_costs_give_the_even_split(total, n):
     assert plan_steps(total, n, CostModel(step_s=0.02)).sizes == partition_steps(total, n).sizes
-    assert plan_steps(total, n, CostModel(step_s=0.0)).sizes == partition_steps(total, n).sizes  # nothing costs anything
+    assert (
+        plan_steps(total, n, CostModel(step_s=0.0)).sizes == partition_steps(total, n).sizes
+    )  # nothing costs anything
 
 
 def test_issue_profile_scaled_to_a_fifth_by_hand():

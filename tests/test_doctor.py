@@ -15,13 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from ppsvd.config import RunConfig
-from ppsvd.doctor import CHECK_KEYS, TOP_LEVEL_KEYS, diagnose, report_for
+from ppsvd.doctor import CHECK_KEYS, TOP_LEVEL_KEYS, diagnose, probe, report_for
 from ppsvd.doctor import live as live_mod
-from ppsvd.doctor import probe
-from ppsvd.models import memory
 from ppsvd.doctor.checks import CHECK_NAMES, ifname_matches, p2p_order
 from ppsvd.doctor.facts import Facts, GpuInfo, LinkInfo, ModelInfo, PairInfo
-from ppsvd.models import hub
+from ppsvd.models import hub, memory
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -40,8 +38,9 @@ class FakeNVML:
 
     NVML_NVLINK_MAX_LINKS = 18
 
-    def __init__(self, count=7, no_p2p=(), nvlink=(), name="NVIDIA RTX A5000", total=24 * GIB, free=23 * GIB,
-                 fail_init=False):
+    def __init__(
+        self, count=7, no_p2p=(), nvlink=(), name="NVIDIA RTX A5000", total=24 * GIB, free=23 * GIB, fail_init=False
+    ):
         self.count, self.name, self.total, self.free = count, name, total, free
         self.no_p2p = {frozenset(p) for p in no_p2p}
         self.nvlink = {frozenset(p) for p in nvlink}
@@ -171,7 +170,9 @@ def test_a_pair_off_the_planned_hops_is_named_but_affects_none(tmp_path):
     p2p = by_name(report_for(facts, planned))["p2p"]
     assert "GPU 4 <-> GPU 6" in p2p.summary and "none of the planned hops" in p2p.summary
     assert "NVLink between 1" in p2p.summary
-    assert p2p.details["planned_hops"] == [{"from_stage": 0, "to_stage": 1, "gpus": [0, 1], "p2p": True, "nvlink": True}]
+    assert p2p.details["planned_hops"] == [
+        {"from_stage": 0, "to_stage": 1, "gpus": [0, 1], "p2p": True, "nvlink": True}
+    ]
     assert facts.gpus[0].nvlinks_active == 4 and facts.gpus[2].nvlinks_active == 0
 
 
@@ -206,8 +207,13 @@ def test_cuda_visible_devices_selects_and_orders_gpus(tmp_path):
     assert probe.visible_indices("-1", 7, uuids) == []
     assert probe.visible_indices("GPU-5", 7, uuids) == [5]
     planned = plan_run(model="synthetic", nproc=2, output_dir=tmp_path, total_steps=28)
-    facts = gather(planned, tmp_path, nvml=FakeNVML(7, no_p2p=[(3, 5)]), torch_module=fake_torch(2),
-                   env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    facts = gather(
+        planned,
+        tmp_path,
+        nvml=FakeNVML(7, no_p2p=[(3, 5)]),
+        torch_module=fake_torch(2),
+        env={"CUDA_VISIBLE_DEVICES": "3,5"},
+    )
     assert [(g.index, g.nvml_index) for g in facts.gpus] == [(0, 3), (1, 5)]
     assert facts.pairs[0].p2p is False  # physical 3-5 is cuda 0-1
     p2p = by_name(report_for(facts, planned))["p2p"]
@@ -250,7 +256,10 @@ def test_gpus_present_but_torch_is_a_cpu_build_fails(tmp_path):
     report = report_for(facts, planned)
     checks = by_name(report)
     assert "fall back to the CPU" in checks["gpus"].summary and checks["gpus"].status == "fail"
-    assert next(r for r in checks["versions"].details["components"] if r["component"] == "cuda runtime")["status"] == "fail"
+    assert (
+        next(r for r in checks["versions"].details["components"] if r["component"] == "cuda runtime")["status"]
+        == "fail"
+    )
     assert report.exit_code == 1
 
 
@@ -258,20 +267,41 @@ def test_gpus_present_but_torch_is_a_cpu_build_fails(tmp_path):
 
 
 def _facts(**kw):
-    base = dict(python="3.11.7", packages={"torch": "2.5.1", "diffusers": "0.31.0", "transformers": "4.46.0",
-                                           "pyzmq": "26.0", "nvidia-ml-py": "12.560"},
-                net_interfaces=("lo", "eth0"), cpu_count=16, host_total_bytes=64 * GIB, host_available_bytes=60 * GIB,
-                model=ModelInfo(model="synthetic", kind="embedded", present=True))
+    base = dict(
+        python="3.11.7",
+        packages={
+            "torch": "2.5.1",
+            "diffusers": "0.31.0",
+            "transformers": "4.46.0",
+            "pyzmq": "26.0",
+            "nvidia-ml-py": "12.560",
+        },
+        net_interfaces=("lo", "eth0"),
+        cpu_count=16,
+        host_total_bytes=64 * GIB,
+        host_available_bytes=60 * GIB,
+        model=ModelInfo(model="synthetic", kind="embedded", present=True),
+    )
     base.update(kw)
     return Facts(**base)
 
 
 def _seven_gpus(**kw):
-    gpus = [GpuInfo(index=i, name="NVIDIA RTX A5000", total_bytes=24 * GIB, free_bytes=23 * GIB, capability=(8, 6))
-            for i in range(7)]
+    gpus = [
+        GpuInfo(index=i, name="NVIDIA RTX A5000", total_bytes=24 * GIB, free_bytes=23 * GIB, capability=(8, 6))
+        for i in range(7)
+    ]
     pairs = [PairInfo(a=a, b=b, p2p=True) for a in range(7) for b in range(a + 1, 7)]
-    return _facts(gpus=gpus, pairs=pairs, cuda_usable=True, torch_cuda="12.4", nccl="2.21.5", gpu_source="nvml",
-                  physical_gpus=7, **kw)
+    return _facts(
+        gpus=gpus,
+        pairs=pairs,
+        cuda_usable=True,
+        torch_cuda="12.4",
+        nccl="2.21.5",
+        gpu_source="nvml",
+        physical_gpus=7,
+        **kw,
+    )
 
 
 def test_environment_variables_are_explained_and_judged():
@@ -306,11 +336,17 @@ def _fake_cache(root: Path, model: str, skip=()):
     snap = repo / "snapshots" / "abc123"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
-    files = {"unet/config.json": 10, "unet/diffusion_pytorch_model.fp16.safetensors": 3000,
-             "vae/config.json": 10, "vae/diffusion_pytorch_model.safetensors": 200,
-             "image_encoder/config.json": 10, "image_encoder/model.fp16.safetensors": 1200,
-             "feature_extractor/preprocessor_config.json": 10, "scheduler/scheduler_config.json": 10,
-             "model_index.json": 10}
+    files = {
+        "unet/config.json": 10,
+        "unet/diffusion_pytorch_model.fp16.safetensors": 3000,
+        "vae/config.json": 10,
+        "vae/diffusion_pytorch_model.safetensors": 200,
+        "image_encoder/config.json": 10,
+        "image_encoder/model.fp16.safetensors": 1200,
+        "feature_extractor/preprocessor_config.json": 10,
+        "scheduler/scheduler_config.json": 10,
+        "model_index.json": 10,
+    }
     (repo / "blobs").mkdir()
     for i, (rel, size) in enumerate(files.items()):
         if rel.split("/")[0] in skip and not rel.endswith(".json"):
@@ -359,9 +395,13 @@ def test_embedded_models_and_hf_home():
 
 def _svd_files(root: Path, skip=()):
     """A diffusers-format SVD folder (fp16-only UNet weights, as some people fetch it), minus `skip` files."""
-    files = {**{rel: "{}" for rel in hub.CONFIG_FILES.values()}, "model_index.json": "{}",
-             "unet/diffusion_pytorch_model.fp16.safetensors": "w", "vae/diffusion_pytorch_model.safetensors": "w",
-             "image_encoder/model.safetensors": "w"}
+    files = {
+        **{rel: "{}" for rel in hub.CONFIG_FILES.values()},
+        "model_index.json": "{}",
+        "unet/diffusion_pytorch_model.fp16.safetensors": "w",
+        "vae/diffusion_pytorch_model.safetensors": "w",
+        "image_encoder/model.safetensors": "w",
+    }
     for rel, text in files.items():
         if rel not in skip:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -384,8 +424,14 @@ def test_doctor_and_the_svd_loader_agree_on_where_a_model_is_and_what_it_lacks(t
         _svd_files(snap, skip)
         (snap.parents[1] / "refs").mkdir()
         (snap.parents[1] / "refs" / "main").write_text("abc")
-    cases = {"./complete": ("local", ()), "./no-vae-weights": ("local", ("vae",)), "./missing": ("local", hub.COMPONENTS),
-             "org/svd": ("hub", ()), "org/svd-partial": ("hub", ("scheduler",)), "org/never-fetched": ("hub", hub.COMPONENTS)}
+    cases = {
+        "./complete": ("local", ()),
+        "./no-vae-weights": ("local", ("vae",)),
+        "./missing": ("local", hub.COMPONENTS),
+        "org/svd": ("hub", ()),
+        "org/svd-partial": ("hub", ("scheduler",)),
+        "org/never-fetched": ("hub", hub.COMPONENTS),
+    }
     import os
 
     for model, (kind, missing) in cases.items():
@@ -423,9 +469,18 @@ def test_memory_estimate_follows_the_documented_formula():
 
 
 def test_out_of_memory_suggests_the_largest_shape_that_fits():
-    gpus = [GpuInfo(index=i, name="small", total_bytes=10 * GIB, free_bytes=10 * GIB, capability=(8, 6)) for i in range(2)]
-    facts = _facts(gpus=gpus, pairs=[PairInfo(a=0, b=1, p2p=True)], cuda_usable=True, torch_cuda="12.4",
-                   nccl="2.21.5", gpu_source="nvml", physical_gpus=2)
+    gpus = [
+        GpuInfo(index=i, name="small", total_bytes=10 * GIB, free_bytes=10 * GIB, capability=(8, 6)) for i in range(2)
+    ]
+    facts = _facts(
+        gpus=gpus,
+        pairs=[PairInfo(a=0, b=1, p2p=True)],
+        cuda_usable=True,
+        torch_cuda="12.4",
+        nccl="2.21.5",
+        gpu_source="nvml",
+        physical_gpus=2,
+    )
     planned = plan_run(model=SVD, nproc=2, total_steps=28)
     mem = by_name(report_for(facts, planned))["memory"]
     assert mem.status == "fail" and "will not fit" in mem.summary
@@ -452,10 +507,27 @@ def test_largest_fitting_shape_reduces_batch_then_size_then_frames():
 def _sample_reports(tmp_path):
     planned = plan_run(model=SVD, nproc=7, total_steps=28, output_dir=tmp_path)
     seven = gather(planned, tmp_path, nvml=FakeNVML(7, no_p2p=[(2, 3)]), torch_module=fake_torch(7))
-    seven.live = [LinkInfo(transport="gloo", endpoint="gloo over loopback", label="gloo", ok=True, latency_ms=0.15,
-                           bandwidth_gbps=20.0, elapsed_s=1.2, timeout_s=10.0),
-                  LinkInfo(transport="nccl", endpoint=None, label="nccl", ok=False, error="timed out after 10s",
-                           elapsed_s=10.0, timeout_s=10.0)]
+    seven.live = [
+        LinkInfo(
+            transport="gloo",
+            endpoint="gloo over loopback",
+            label="gloo",
+            ok=True,
+            latency_ms=0.15,
+            bandwidth_gbps=20.0,
+            elapsed_s=1.2,
+            timeout_s=10.0,
+        ),
+        LinkInfo(
+            transport="nccl",
+            endpoint=None,
+            label="nccl",
+            ok=False,
+            error="timed out after 10s",
+            elapsed_s=10.0,
+            timeout_s=10.0,
+        ),
+    ]
     none = gather(planned, tmp_path, nvml=FakeNVML(fail_init=True), torch_module=fake_torch(0, cuda=False))
     return [report_for(seven, planned), report_for(none, planned)]
 
@@ -500,8 +572,15 @@ def test_transport_check_judges_the_planned_link(tmp_path):
 def _fake_link(transport, *, zmq_endpoint, payload_shape, dtype, repeats, timeout_s, _hang):
     if _hang:
         threading.Event().wait()  # never returns: doctor must stop waiting on its own
-    return SimpleNamespace(transport=transport, endpoint=f"{transport}:{zmq_endpoint}", ok=True, latency_ms=0.2,
-                           bandwidth_gbps=10.0, error=None, elapsed_s=0.01)
+    return SimpleNamespace(
+        transport=transport,
+        endpoint=f"{transport}:{zmq_endpoint}",
+        ok=True,
+        latency_ms=0.2,
+        bandwidth_gbps=10.0,
+        error=None,
+        elapsed_s=0.01,
+    )
 
 
 def test_live_check_abandons_a_transport_that_never_returns(monkeypatch):
@@ -572,10 +651,29 @@ def test_cli_json_no_live(tmp_path, monkeypatch):
 
     # A CPU-only machine whatever this one has (with a GPU the planned run is a CUDA one).
     real_gather = probe.gather
-    monkeypatch.setattr(probe, "gather", lambda planned, **kw: real_gather(
-        planned, **{**kw, "nvml": FakeNVML(fail_init=True), "torch_module": fake_torch(0, cuda=False)}))
-    result = CliRunner().invoke(app, ["doctor", "--json", "--no-live", "--model-id", "synthetic", "--nproc", "2",
-                                      "--total-steps", "28", "--output-dir", str(tmp_path)])
+    monkeypatch.setattr(
+        probe,
+        "gather",
+        lambda planned, **kw: real_gather(
+            planned, **{**kw, "nvml": FakeNVML(fail_init=True), "torch_module": fake_torch(0, cuda=False)}
+        ),
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "doctor",
+            "--json",
+            "--no-live",
+            "--model-id",
+            "synthetic",
+            "--nproc",
+            "2",
+            "--total-steps",
+            "28",
+            "--output-dir",
+            str(tmp_path),
+        ],
+    )
     data = json.loads(result.stdout)
     assert tuple(data) == TOP_LEVEL_KEYS
     assert result.exit_code == data["exit_code"]
@@ -598,8 +696,10 @@ def test_cli_table_and_bad_input(tmp_path, capsys):
 
 
 def test_importing_the_command_does_not_import_torch():
-    code = ("import sys, ppsvd.commands.doctor, ppsvd.doctor, ppsvd.doctor.checks, ppsvd.doctor.probe, "
-            "ppsvd.doctor.live, ppsvd.doctor.render; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, ppsvd.commands.doctor, ppsvd.doctor, ppsvd.doctor.checks, ppsvd.doctor.probe, "
+        "ppsvd.doctor.live, ppsvd.doctor.render; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -607,14 +707,21 @@ def test_p2p_order_finds_a_path_or_none():
     gpus = [GpuInfo(index=i, name="g") for i in range(3)]
     pairs = [PairInfo(a=0, b=1, p2p=False), PairInfo(a=0, b=2, p2p=True), PairInfo(a=1, b=2, p2p=True)]
     assert [g.index for g in p2p_order(gpus, pairs, 3)] == [0, 2, 1]
-    assert p2p_order(gpus, [PairInfo(a=0, b=1, p2p=False), PairInfo(a=0, b=2, p2p=False),
-                            PairInfo(a=1, b=2, p2p=True)], 3) is None
+    assert (
+        p2p_order(gpus, [PairInfo(a=0, b=1, p2p=False), PairInfo(a=0, b=2, p2p=False), PairInfo(a=1, b=2, p2p=True)], 3)
+        is None
+    )
 
 
 def test_nvml_and_torch_disagreeing_falls_back_to_torch(tmp_path):
     planned = plan_run(model="synthetic", nproc=2, total_steps=28, output_dir=tmp_path)
-    facts = gather(planned, tmp_path, nvml=FakeNVML(7), torch_module=fake_torch(2),
-                   env={"CUDA_VISIBLE_DEVICES": "MIG-1234,MIG-5678"})
+    facts = gather(
+        planned,
+        tmp_path,
+        nvml=FakeNVML(7),
+        torch_module=fake_torch(2),
+        env={"CUDA_VISIBLE_DEVICES": "MIG-1234,MIG-5678"},
+    )
     assert facts.gpu_source == "torch" and len(facts.gpus) == 2 and len(facts.pairs) == 1
     assert facts.driver == "550.54.15"
     assert any("torch sees 2" in e for e in facts.probe_errors)
@@ -622,13 +729,17 @@ def test_nvml_and_torch_disagreeing_falls_back_to_torch(tmp_path):
 
 def test_mixed_gpu_models_warn_about_cuda_device_order():
     facts = _seven_gpus()
-    facts.gpus[6] = GpuInfo(index=6, name="NVIDIA RTX A4000", total_bytes=16 * GIB, free_bytes=15 * GIB, capability=(8, 6))
+    facts.gpus[6] = GpuInfo(
+        index=6, name="NVIDIA RTX A4000", total_bytes=16 * GIB, free_bytes=15 * GIB, capability=(8, 6)
+    )
     report = report_for(facts, plan_run(model="synthetic", nproc=7, total_steps=28))
     env = by_name(report)["environment"]
     assert env.details["variables"]["CUDA_DEVICE_ORDER"]["status"] == "warn" and "PCI_BUS_ID" in env.fix
     assert "slowest sets the pipeline's pace" in by_name(report)["gpus"].fix
     facts.env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    assert by_name(report_for(facts, plan_run(model="synthetic", nproc=7, total_steps=28)))["environment"].status == "pass"
+    assert (
+        by_name(report_for(facts, plan_run(model="synthetic", nproc=7, total_steps=28)))["environment"].status == "pass"
+    )
 
 
 def test_a_first_check_that_timed_out_is_run_once_more():
@@ -637,9 +748,15 @@ def test_a_first_check_that_timed_out_is_run_once_more():
     def slow_start(transport, **kwargs):
         calls.append(transport)
         ok = len(calls) > 1
-        return SimpleNamespace(transport=transport, endpoint="", ok=ok, latency_ms=0.3 if ok else None,
-                               bandwidth_gbps=1.0 if ok else None, error=None if ok else "timed out after 1s",
-                               elapsed_s=0.01)
+        return SimpleNamespace(
+            transport=transport,
+            endpoint="",
+            ok=ok,
+            latency_ms=0.3 if ok else None,
+            bandwidth_gbps=1.0 if ok else None,
+            error=None if ok else "timed out after 1s",
+            elapsed_s=0.01,
+        )
 
     facts = _facts()
     live_mod.run_live(facts, plan_run(model="synthetic", nproc=2), "fp32", timeout_s=1, check_link=slow_start)

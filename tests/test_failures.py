@@ -11,8 +11,25 @@ import psutil
 import pytest
 
 BASE = [
-    sys.executable, "-m", "ppsvd", "simulate", "--nproc", "3", "--total-steps", "12",
-    "--latent-shape", "1", "4", "2", "8", "8", "--num-samples", "40", "--step-ms", "25", "--no-progress",
+    sys.executable,
+    "-m",
+    "ppsvd",
+    "simulate",
+    "--nproc",
+    "3",
+    "--total-steps",
+    "12",
+    "--latent-shape",
+    "1",
+    "4",
+    "2",
+    "8",
+    "8",
+    "--num-samples",
+    "40",
+    "--step-ms",
+    "25",
+    "--no-progress",
 ]
 
 

@@ -29,8 +29,14 @@ def _start(argv: list[str], tmp_path: Path, *, torchrun: bool = False) -> subpro
     sockets = tmp_path / "tmp"
     sockets.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(sockets), "OMP_NUM_THREADS": "1"}
-    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ppsvd"] if torchrun else [sys.executable, "-m", "ppsvd"]
-    return subprocess.Popen(head + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    head = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ppsvd"]
+        if torchrun
+        else [sys.executable, "-m", "ppsvd"]
+    )
+    return subprocess.Popen(
+        head + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
 
 
 def _wait_for_samples(out: Path, count: int, proc: subprocess.Popen, limit_s: float = 60) -> Path:
@@ -62,11 +68,27 @@ def _left_behind(tmp_path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("sig,code,transport", [(signal.SIGINT, 130, "zmq"), (signal.SIGTERM, 143, "gloo"), (signal.SIGHUP, 129, "zmq")])
+@pytest.mark.parametrize(
+    "sig,code,transport", [(signal.SIGINT, 130, "zmq"), (signal.SIGTERM, 143, "gloo"), (signal.SIGHUP, 129, "zmq")]
+)
 def test_signal_stops_quietly_then_resume_equals_uninterrupted(tmp_path, no_fault, sig, code, transport):
     out = tmp_path / "runs"
-    proc = _start([*SIM, "--nproc", "2", "--num-samples", "400", "--step-ms", "5", "--transport", transport,
-                   "--output-dir", str(out)], tmp_path)
+    proc = _start(
+        [
+            *SIM,
+            "--nproc",
+            "2",
+            "--num-samples",
+            "400",
+            "--step-ms",
+            "5",
+            "--transport",
+            transport,
+            "--output-dir",
+            str(out),
+        ],
+        tmp_path,
+    )
     run_dir = _wait_for_samples(out, 5, proc)
     rc, output, took = _interrupt(proc, sig)
     assert rc == code, output[-3000:]
@@ -81,8 +103,26 @@ def test_signal_stops_quietly_then_resume_equals_uninterrupted(tmp_path, no_faul
     if sig != signal.SIGINT:
         return
     # Resume with another N and transport: the same samples, bit for bit, each listed once.
-    done = subprocess.run([sys.executable, "-m", "ppsvd", "simulate", "--resume", str(run_dir), "--nproc", "3",
-                           "--transport", "gloo", "--step-ms", "0", "--no-progress"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ppsvd",
+            "simulate",
+            "--resume",
+            str(run_dir),
+            "--nproc",
+            "3",
+            "--transport",
+            "gloo",
+            "--step-ms",
+            "0",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{kept} of 400 samples kept" in done.stderr
     saved = {k: v for k, v in json.loads((run_dir / "config.json").read_text()).items() if k != "partition"}
@@ -93,7 +133,12 @@ def test_signal_stops_quietly_then_resume_equals_uninterrupted(tmp_path, no_faul
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [e["index"] for e in manifest["samples"]] == list(range(400))
     assert not (run_dir / "manifest.jsonl").exists()
-    again = subprocess.run([sys.executable, "-m", "ppsvd", "simulate", "--resume", str(run_dir)], capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "ppsvd", "simulate", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
@@ -101,7 +146,11 @@ def test_signal_stops_quietly_then_resume_equals_uninterrupted(tmp_path, no_faul
 @pytest.mark.timeout(120)
 def test_sigterm_under_torchrun_workers_leave_quietly(tmp_path, no_fault):
     out = tmp_path / "runs"
-    proc = _start([*SIM, "--num-samples", "400", "--step-ms", "5", "--transport", "zmq", "--output-dir", str(out)], tmp_path, torchrun=True)
+    proc = _start(
+        [*SIM, "--num-samples", "400", "--step-ms", "5", "--transport", "zmq", "--output-dir", str(out)],
+        tmp_path,
+        torchrun=True,
+    )
     run_dir = _wait_for_samples(out, 5, proc)
     rc, output, took = _interrupt(proc, signal.SIGTERM)
     assert took < 5.0, took
@@ -138,8 +187,25 @@ def test_run_dir_deleted_mid_run_exits_1_naming_it(tmp_path, no_fault):
 def test_tiny_svd_resume_equals_uninterrupted(tmp_path, no_fault):
     """A tiny-SVD run that lost its last sample (killed before writing it) is completed by
     --resume with videos and latents bitwise equal to the uninterrupted run's."""
-    argv = [sys.executable, "-m", "ppsvd", "run", "--model-id", "tiny", "--device", "cpu", "--nproc", "2", "--num-samples", "2",
-            "--total-steps", "4", "--no-progress", "--output-dir", str(tmp_path / "runs")]
+    argv = [
+        sys.executable,
+        "-m",
+        "ppsvd",
+        "run",
+        "--model-id",
+        "tiny",
+        "--device",
+        "cpu",
+        "--nproc",
+        "2",
+        "--num-samples",
+        "2",
+        "--total-steps",
+        "4",
+        "--no-progress",
+        "--output-dir",
+        str(tmp_path / "runs"),
+    ]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=150)
     assert first.returncode == 0, first.stderr[-3000:]
     full = next((tmp_path / "runs").iterdir())
@@ -151,14 +217,20 @@ def test_tiny_svd_resume_equals_uninterrupted(tmp_path, no_fault):
         (cut / name).unlink()
     (cut / "manifest.json").unlink()  # as a stopped run leaves it: a journal, no final manifest
     (cut / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in manifest["samples"][:-1]))
-    done = subprocess.run([sys.executable, "-m", "ppsvd", "run", "--resume", str(cut), "--nproc", "1", "--no-progress"],
-                          capture_output=True, text=True, timeout=150)
+    done = subprocess.run(
+        [sys.executable, "-m", "ppsvd", "run", "--resume", str(cut), "--nproc", "1", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     from safetensors.torch import load_file
 
     for entry in manifest["samples"]:
         # Tensors, not file bytes: safetensors writes its metadata keys in no fixed order.
-        assert torch.equal(load_file(str(cut / entry["latents"]))["latents"], load_file(str(full / entry["latents"]))["latents"])
+        assert torch.equal(
+            load_file(str(cut / entry["latents"]))["latents"], load_file(str(full / entry["latents"]))["latents"]
+        )
         for name in entry["videos"]:
             assert (cut / name).read_bytes() == (full / name).read_bytes(), name
 
@@ -177,7 +249,11 @@ def test_bad_output_dir_is_one_line_exit_2(tmp_path, capsys, no_launch):
     loop = tmp_path / "loop"
     loop.symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(loop)
-    for bad, needle in ((a_file, "is a file"), (Path("/proc/ppsvd-x"), "cannot create it"), (loop / "x", "cannot create it")):
+    for bad, needle in (
+        (a_file, "is a file"),
+        (Path("/proc/ppsvd-x"), "cannot create it"),
+        (loop / "x", "cannot create it"),
+    ):
         code, _, err = run_cli(capsys, *SIM, "--output-dir", str(bad))
         assert code == 2 and needle in err and str(bad) in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -192,7 +268,9 @@ def test_partial_torchrun_environment_is_named(capsys, monkeypatch, no_launch):
 
 
 def test_shape_too_big_for_memory_is_refused_with_one_that_fits(tmp_path, capsys, no_launch):
-    code, _, err = run_cli(capsys, "simulate", "--latent-shape", "4096", "4", "64", "512", "512", "--output-dir", str(tmp_path))
+    code, _, err = run_cli(
+        capsys, "simulate", "--latent-shape", "4096", "4", "64", "512", "512", "--output-dir", str(tmp_path)
+    )
     assert code == 2 and "--latent-shape 4096 4 64 512 512" in err, err
     best = re.search(r"use --latent-shape (\d+) 4 64 512 512, the largest that fits", err)
     assert best and 1 <= int(best.group(1)) < 4096, err
@@ -201,14 +279,18 @@ def test_shape_too_big_for_memory_is_refused_with_one_that_fits(tmp_path, capsys
 def _saved_run(tmp_path: Path, **changes) -> Path:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = RunConfig.from_options(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=6, seed=3, nproc=2, **changes)
+    config = RunConfig.from_options(
+        model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=6, seed=3, nproc=2, **changes
+    )
     (run_dir / "config.json").write_text(json.dumps(config.to_json()))
     return run_dir
 
 
 def test_resume_refuses_options_that_change_samples(tmp_path, capsys, no_launch):
     run_dir = _saved_run(tmp_path)
-    code, _, err = run_cli(capsys, "simulate", "--resume", str(run_dir), "--seed", "4", "--total-steps", "8", "--nproc", "3")
+    code, _, err = run_cli(
+        capsys, "simulate", "--resume", str(run_dir), "--seed", "4", "--total-steps", "8", "--nproc", "3"
+    )
     assert code == 2, err
     assert "--seed 4 (the run used 3)" in err and "--total-steps 8 (the run used 4)" in err and "--nproc" not in err
     code, _, err = run_cli(capsys, "simulate", "--resume", str(tmp_path / "nowhere"))
@@ -278,7 +360,9 @@ def test_journal_appends_one_line_per_sample_and_close_checks_files(tmp_path):
     config = RunConfig.from_options(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=3)
     writer = ResultWriter(tmp_path, config, partition_steps(4, 1))
     for i in range(3):
-        writer.write(SimpleNamespace(index=i, latents=torch.full((1, 1, 4, 8, 8), float(i)), frames=None, meta={"name": f"x{i}"}))
+        writer.write(
+            SimpleNamespace(index=i, latents=torch.full((1, 1, 4, 8, 8), float(i)), frames=None, meta={"name": f"x{i}"})
+        )
         assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == i + 1
         assert not (tmp_path / "manifest.json").exists()
     assert [e["index"] for e in listed_entries(tmp_path)] == [0, 1, 2]

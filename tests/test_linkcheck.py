@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from ppsvd.errors import ConfigError
 from ppsvd.backends.linkcheck import LinkResult, check_link
+from ppsvd.errors import ConfigError
 
 
 @pytest.mark.timeout(120)

@@ -39,22 +39,42 @@ def exact(value: float) -> object:
 
 def pipeline_timeline() -> RunTimeline:
     st0 = StageTimeline(
-        stage=0, steps=(0, 2), launched=1.0, ready=3.0, finished=13.0,
+        stage=0,
+        steps=(0, 2),
+        launched=1.0,
+        ready=3.0,
+        finished=13.0,
         samples=[
-            SampleSpan(index=0, compute_start=5.0, compute_end=7.0, send_start=7.0, enqueued=7.0, send_end=7.5, steps=2),
-            SampleSpan(index=1, compute_start=7.0, compute_end=9.0, send_start=9.0, enqueued=10.0, send_end=10.5, steps=2),
-            SampleSpan(index=2, compute_start=10.0, compute_end=12.0, send_start=12.0, enqueued=12.0, send_end=12.5, steps=2),
+            SampleSpan(
+                index=0, compute_start=5.0, compute_end=7.0, send_start=7.0, enqueued=7.0, send_end=7.5, steps=2
+            ),
+            SampleSpan(
+                index=1, compute_start=7.0, compute_end=9.0, send_start=9.0, enqueued=10.0, send_end=10.5, steps=2
+            ),
+            SampleSpan(
+                index=2, compute_start=10.0, compute_end=12.0, send_start=12.0, enqueued=12.0, send_end=12.5, steps=2
+            ),
         ],
     )
     st1 = StageTimeline(
-        stage=1, steps=(2, 4), launched=1.0, ready=3.5, finished=15.5,
+        stage=1,
+        steps=(2, 4),
+        launched=1.0,
+        ready=3.5,
+        finished=15.5,
         samples=[
             SampleSpan(index=0, recv_start=3.5, recv_end=7.5, arrived=7.5, compute_start=7.5, compute_end=9.5, steps=2),
-            SampleSpan(index=1, recv_start=9.5, recv_end=10.0, arrived=10.0, compute_start=10.0, compute_end=12.0, steps=2),
-            SampleSpan(index=2, recv_start=12.0, recv_end=12.5, arrived=12.5, compute_start=12.5, compute_end=14.5, steps=2),
+            SampleSpan(
+                index=1, recv_start=9.5, recv_end=10.0, arrived=10.0, compute_start=10.0, compute_end=12.0, steps=2
+            ),
+            SampleSpan(
+                index=2, recv_start=12.0, recv_end=12.5, arrived=12.5, compute_start=12.5, compute_end=14.5, steps=2
+            ),
         ],
     )
-    return RunTimeline(strategy="pipeline", total_steps=4, num_samples=3, run_start=0.0, run_end=20.0, stages=[st0, st1])
+    return RunTimeline(
+        strategy="pipeline", total_steps=4, num_samples=3, run_start=0.0, run_end=20.0, stages=[st0, st1]
+    )
 
 
 def test_pipeline_completions_latency_fill_drain():
@@ -152,8 +172,14 @@ def ideal_pipeline(n: int, total_steps: int, samples: int, step_s: float) -> Run
                 span.send_start = span.enqueued = span.send_end = start + d
             spans.append(span)
         stages.append(
-            StageTimeline(stage=k, steps=(k * per, (k + 1) * per), launched=0.0, ready=0.0,
-                          finished=(samples + k) * d, samples=spans)
+            StageTimeline(
+                stage=k,
+                steps=(k * per, (k + 1) * per),
+                launched=0.0,
+                ready=0.0,
+                finished=(samples + k) * d,
+                samples=spans,
+            )
         )
     return RunTimeline(strategy="pipeline", total_steps=total_steps, num_samples=samples, run_start=0.0, stages=stages)
 
@@ -193,14 +219,22 @@ def test_ideal_pipeline_speedup_and_efficiency():
 
 def data_timeline() -> RunTimeline:
     w0 = StageTimeline(
-        stage=0, steps=(0, 4), launched=1.0, ready=3.0, finished=13.5,
+        stage=0,
+        steps=(0, 4),
+        launched=1.0,
+        ready=3.0,
+        finished=13.5,
         samples=[
             SampleSpan(index=0, compute_start=5.0, compute_end=9.0, steps=4),
             SampleSpan(index=1, compute_start=9.0, compute_end=13.0, steps=4),
         ],
     )
     w1 = StageTimeline(
-        stage=1, steps=(0, 4), launched=1.5, ready=3.0, finished=10.0,
+        stage=1,
+        steps=(0, 4),
+        launched=1.5,
+        ready=3.0,
+        finished=10.0,
         samples=[SampleSpan(index=2, compute_start=5.5, compute_end=9.5, steps=4)],
     )
     return RunTimeline(strategy="data", total_steps=4, num_samples=3, run_start=0.0, run_end=16.0, stages=[w0, w1])

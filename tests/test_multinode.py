@@ -38,8 +38,21 @@ def agent_command(port: int, *simulate_args: str) -> list[str]:
     """One agent's command line: the same as on two real hosts, with 127.0.0.1 as the endpoint
     (the c10d rendezvous assigns ranks itself: no --node-rank)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "ppsvd", "simulate", *simulate_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "-m",
+        "ppsvd",
+        "simulate",
+        *simulate_args,
     ]
 
 
@@ -55,8 +68,14 @@ def _start_agents(tmp_path: Path, *args: str, fault: str | None = None) -> list[
     if fault:
         env["PPSVD_FAULT"] = fault
     return [
-        subprocess.Popen(agent_command(port, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=env, start_new_session=True)
+        subprocess.Popen(
+            agent_command(port, *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         for r in (0, 1)
     ]
 
@@ -98,8 +117,23 @@ class _quiet:
 
 def _simulate_args(out: Path, transport: str, *extra: str) -> list[str]:
     return [
-        "--total-steps", str(STEPS), "--latent-shape", "1", "4", "2", "8", "8", "--seed", "7",
-        "--transport", transport, "--output-dir", str(out), "--timeout", "60", *extra,
+        "--total-steps",
+        str(STEPS),
+        "--latent-shape",
+        "1",
+        "4",
+        "2",
+        "8",
+        "8",
+        "--seed",
+        "7",
+        "--transport",
+        transport,
+        "--output-dir",
+        str(out),
+        "--timeout",
+        "60",
+        *extra,
     ]
 
 
@@ -143,7 +177,9 @@ def test_a_stage_killed_on_one_agent_stops_both_naming_it_and_its_host(tmp_path)
 @pytest.mark.timeout(120)
 def test_ctrl_c_of_one_agent_ends_both(tmp_path):
     out = tmp_path / "out"
-    agents = _start_agents(tmp_path, *_simulate_args(out, "zmq", "--num-samples", "400", "--step-ms", "25", "--no-progress"))
+    agents = _start_agents(
+        tmp_path, *_simulate_args(out, "zmq", "--num-samples", "400", "--step-ms", "25", "--no-progress")
+    )
     deadline = time.monotonic() + 80
     while not list(out.glob("*/latents/sample_*.safetensors")):  # both agents are past the rendezvous
         assert time.monotonic() < deadline and all(a.poll() is None for a in agents), "the run did not start"

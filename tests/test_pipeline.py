@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from ppsvd.runtime.launch import launch
 from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.runtime.launch import launch
 from tests.helpers import read_latents, reference_latents, small_config
 
 CASES = [(1, "gloo"), (2, "gloo"), (3, "gloo"), (4, "gloo"), (2, "zmq"), (3, "zmq"), (4, "zmq")]
@@ -30,7 +30,9 @@ def test_every_sample_is_bitwise_equal_to_one_stage(tmp_path, no_fault, nproc, t
 
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert [s["index"] for s in manifest["samples"]] == list(range(config.job.num_samples))
-    assert manifest["partition"] == [[r.start, r.stop] for r in __import__("ppsvd.plan").plan.partition_steps(28, nproc).ranges]
+    assert manifest["partition"] == [
+        [r.start, r.stop] for r in __import__("ppsvd.plan").plan.partition_steps(28, nproc).ranges
+    ]
 
     timeline = RunTimeline.load(result.run_dir / "timeline.json")
     assert timeline.num_stages == nproc
@@ -80,9 +82,31 @@ def test_data_parallel_baseline_gives_the_same_samples(tmp_path, no_fault):
 def test_runs_as_a_worker_under_torchrun(tmp_path, no_fault):
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "ppsvd", "simulate", "--total-steps", "28", "--latent-shape", "1", "4", "2", "8", "8",
-        "--num-samples", "5", "--seed", "7", "--step-ms", "0", "--output-dir", str(out), "--no-progress",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ppsvd",
+        "simulate",
+        "--total-steps",
+        "28",
+        "--latent-shape",
+        "1",
+        "4",
+        "2",
+        "8",
+        "8",
+        "--num-samples",
+        "5",
+        "--seed",
+        "7",
+        "--step-ms",
+        "0",
+        "--output-dir",
+        str(out),
+        "--no-progress",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=140, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

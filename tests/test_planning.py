@@ -68,7 +68,10 @@ def test_calibration_times_a_stage_without_touching_its_samples(tmp_path):
 
 def test_calibrated_costs_are_relative_to_the_fastest_stage():
     costs = planning.costs_from_calibration(
-        [{"step_s": 0.02, "prepare_s": 0.01, "finalize_s": None}, {"step_s": 0.04, "prepare_s": None, "finalize_s": 0.2}]
+        [
+            {"step_s": 0.02, "prepare_s": 0.01, "finalize_s": None},
+            {"step_s": 0.04, "prepare_s": None, "finalize_s": 0.2},
+        ]
     )
     assert costs.step_s == 0.02 and costs.speeds == (1.0, 0.5)
     assert costs.finalize_s == pytest.approx(0.1)  # measured at half speed: 0.1 s on the fastest
@@ -134,7 +137,21 @@ def test_costs_from_a_finished_run(tmp_path):
 
 def test_plan_command_json_and_costs_from(tmp_path):
     pipeline_timeline().save(tmp_path / "timeline.json")
-    cmd = [sys.executable, "-m", "ppsvd", "plan", "--nproc", "7", "--step-ms", "165", "--encode-ms", "65", "--decode-ms", "490", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ppsvd",
+        "plan",
+        "--nproc",
+        "7",
+        "--step-ms",
+        "165",
+        "--encode-ms",
+        "65",
+        "--decode-ms",
+        "490",
+        "--json",
+    ]
     data = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout)
     assert sum(data["plan"]["sizes"]) == 28 and data["plan"]["efficiency"] > 0.85 > data["even"]["efficiency"]
     assert data["plan"]["pipeline_makespan_s"] > data["plan"]["data_makespan_s"]  # 10 samples on 7: data wins

@@ -8,7 +8,6 @@ import struct
 import pytest
 import torch
 
-from ppsvd.errors import ProtocolError
 from ppsvd.backends.protocol import (
     HEADER_BYTES,
     MAGIC,
@@ -21,6 +20,7 @@ from ppsvd.backends.protocol import (
     tensor_from_bytes,
     tensor_to_bytes,
 )
+from ppsvd.errors import ProtocolError
 
 LATENT = TensorSpec("latents", "float16", (1, 14, 4, 64, 64))
 SCHEMA = {"latents": LATENT, "step": TensorSpec("step", "int64", ())}
@@ -132,7 +132,10 @@ def test_tensor_from_bytes_with_wrong_length_is_refused():
         (raw_header(good_body(index="3")), "bad sample index"),
         (raw_header(good_body(meta=[1])), "meta is not a JSON object"),
         (raw_header(good_body(tensors=["latents"])), "bad tensor entry"),
-        (raw_header(good_body(tensors=[{"name": "x", "dtype": "complex64", "shape": [1]}])), "bad tensor name or dtype"),
+        (
+            raw_header(good_body(tensors=[{"name": "x", "dtype": "complex64", "shape": [1]}])),
+            "bad tensor name or dtype",
+        ),
         (raw_header(good_body(tensors=[{"name": "x", "dtype": "object", "shape": [1]}])), "bad tensor name or dtype"),
         (raw_header(good_body(tensors=[{"name": 5, "dtype": "float32", "shape": [1]}])), "bad tensor name or dtype"),
         (raw_header(good_body(tensors=[{"name": "x", "dtype": "float32", "shape": "1x4"}])), "bad shape"),
@@ -180,10 +183,16 @@ def test_header_matching_the_schema_passes():
 @pytest.mark.parametrize(
     ("tensors", "match"),
     [
-        ({"latents": TensorSpec("latents", "float16", (1, 14, 4, 64, 32)), "step": SCHEMA["step"]}, r"float16\[1, 14, 4, 64, 32\]"),
+        (
+            {"latents": TensorSpec("latents", "float16", (1, 14, 4, 64, 32)), "step": SCHEMA["step"]},
+            r"float16\[1, 14, 4, 64, 32\]",
+        ),
         ({"latents": TensorSpec("latents", "float32", LATENT.shape), "step": SCHEMA["step"]}, "is float32"),
         ({"latents": LATENT}, "differ from the expected"),
-        ({"latents": LATENT, "step": SCHEMA["step"], "extra": TensorSpec("extra", "uint8", (1,))}, "differ from the expected"),
+        (
+            {"latents": LATENT, "step": SCHEMA["step"], "extra": TensorSpec("extra", "uint8", (1,))},
+            "differ from the expected",
+        ),
         ({"latent": TensorSpec("latent", "float16", LATENT.shape), "step": SCHEMA["step"]}, "differ from the expected"),
     ],
 )

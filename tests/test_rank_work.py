@@ -20,8 +20,12 @@ def test_pipeline_ranks_own_their_stage_of_every_sample():
 def test_data_ranks_own_all_steps_and_take_from_the_queue_and_a_single_rank_has_no_links():
     todo = [3, 4, 8, 9, 11]  # a resumed run: only these are left
     works = [rank_work("data", 2, k, todo, total_steps=28) for k in range(2)]
-    assert [w.samples for w in works] == [tuple(todo)] * 2  # a free worker takes the next of these (runtime/workqueue.py)
-    assert all(w.steps == range(28) and w.stage == 0 and not w.linked and w.writes_shard and w.takes_from_queue for w in works)
+    assert [w.samples for w in works] == [
+        tuple(todo)
+    ] * 2  # a free worker takes the next of these (runtime/workqueue.py)
+    assert all(
+        w.steps == range(28) and w.stage == 0 and not w.linked and w.writes_shard and w.takes_from_queue for w in works
+    )
     assert works[1].label == "worker 1"
     assert not rank_work("pipeline", 1, 0, todo, total_steps=28).linked
     with pytest.raises(ValueError, match="neither"):

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ppsvd.bench import report
-from ppsvd.commands import tables
-from ppsvd.bench.sweep import BenchPlan, BenchResult, BenchRun, derive_scaling
-from ppsvd.config import RunConfig
 from ppsvd.analysis.metrics import summarize
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
+from ppsvd.bench import report
+from ppsvd.bench.sweep import BenchPlan, BenchResult, BenchRun, derive_scaling
+from ppsvd.commands import tables
+from ppsvd.config import RunConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -34,21 +34,42 @@ def pipeline(n: int, total: int = 8, samples: int = 4, step_s: float = 0.5, hop_
             if k < n - 1:
                 span.send_start = span.enqueued = start + d
             spans.append(span)
-        stages.append(StageTimeline(stage=k, steps=(k * per, (k + 1) * per), launched=-3.0, ready=-1.0,
-                                    finished=spans[-1].compute_end, samples=spans))
-    return RunTimeline(strategy="pipeline", total_steps=total, num_samples=samples, run_start=-4.0,
-                       run_end=(samples + n) * 4.0, stages=stages)
+        stages.append(
+            StageTimeline(
+                stage=k,
+                steps=(k * per, (k + 1) * per),
+                launched=-3.0,
+                ready=-1.0,
+                finished=spans[-1].compute_end,
+                samples=spans,
+            )
+        )
+    return RunTimeline(
+        strategy="pipeline",
+        total_steps=total,
+        num_samples=samples,
+        run_start=-4.0,
+        run_end=(samples + n) * 4.0,
+        stages=stages,
+    )
 
 
 def data(n: int, total: int = 8, samples: int = 4, step_s: float = 0.5) -> RunTimeline:
     stages = []
     for k in range(n):
         mine = [i for i in range(samples) if i % n == k]
-        spans = [SampleSpan(index=i, compute_start=j * total * step_s, compute_end=(j + 1) * total * step_s, steps=total)
-                 for j, i in enumerate(mine)]
-        stages.append(StageTimeline(stage=k, steps=(0, total), launched=-3.0, ready=-1.0,
-                                    finished=spans[-1].compute_end, samples=spans))
-    return RunTimeline(strategy="data", total_steps=total, num_samples=samples, run_start=-4.0, run_end=20.0, stages=stages)
+        spans = [
+            SampleSpan(index=i, compute_start=j * total * step_s, compute_end=(j + 1) * total * step_s, steps=total)
+            for j, i in enumerate(mine)
+        ]
+        stages.append(
+            StageTimeline(
+                stage=k, steps=(0, total), launched=-3.0, ready=-1.0, finished=spans[-1].compute_end, samples=spans
+            )
+        )
+    return RunTimeline(
+        strategy="data", total_steps=total, num_samples=samples, run_start=-4.0, run_end=20.0, stages=stages
+    )
 
 
 def bench_runs(tmp_path: Path) -> list[BenchRun]:
@@ -59,10 +80,26 @@ def bench_runs(tmp_path: Path) -> list[BenchRun]:
             run_dir = tmp_path / f"{n}-{strategy}"
             timeline.save(run_dir / "timeline.json")
             metrics = summarize(timeline)
-            runs.append(BenchRun(gpu_count=n, strategy=strategy, status="ok", run_dir=str(run_dir),
-                                 wall_s=metrics.wall_s, metrics=metrics))
-    runs.append(BenchRun(gpu_count=7, strategy="pipeline", status="failed", wall_s=2.0,
-                         error="stage 3 failed: CUDA out of memory", failed_stage=3))
+            runs.append(
+                BenchRun(
+                    gpu_count=n,
+                    strategy=strategy,
+                    status="ok",
+                    run_dir=str(run_dir),
+                    wall_s=metrics.wall_s,
+                    metrics=metrics,
+                )
+            )
+    runs.append(
+        BenchRun(
+            gpu_count=7,
+            strategy="pipeline",
+            status="failed",
+            wall_s=2.0,
+            error="stage 3 failed: CUDA out of memory",
+            failed_stage=3,
+        )
+    )
     derive_scaling(runs)
     return runs
 

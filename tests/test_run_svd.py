@@ -20,10 +20,10 @@ from PIL import Image
 
 from ppsvd.config import RunConfig
 from ppsvd.io.images import builtin_image, load_image
-from ppsvd.runtime.launch import launch
+from ppsvd.io.video import read_mp4
 from ppsvd.models import tiny
 from ppsvd.models.svd import frames_to_uint8
-from ppsvd.io.video import read_mp4
+from ppsvd.runtime.launch import launch
 from tests.helpers import read_latents
 
 SHAPE = (1, 4, 3, 8, 8)  # B C F H W -> 64x64 pixels, 3 frames
@@ -64,21 +64,39 @@ def reference(tiny_repo, images):
     for index in range(SAMPLES):
         image = load_image(images[index % len(images)], w * 8, h * 8)
         kwargs = dict(
-            height=h * 8, width=w * 8, num_frames=f, num_inference_steps=STEPS, fps=config.svd.fps,
-            motion_bucket_id=config.svd.motion_bucket_id, noise_aug_strength=config.svd.noise_aug_strength,
-            min_guidance_scale=config.svd.min_guidance_scale, max_guidance_scale=config.svd.max_guidance_scale,
+            height=h * 8,
+            width=w * 8,
+            num_frames=f,
+            num_inference_steps=STEPS,
+            fps=config.svd.fps,
+            motion_bucket_id=config.svd.motion_bucket_id,
+            noise_aug_strength=config.svd.noise_aug_strength,
+            min_guidance_scale=config.svd.min_guidance_scale,
+            max_guidance_scale=config.svd.max_guidance_scale,
             num_videos_per_prompt=b,
         )
-        latents = pipe(image, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="latent", **kwargs).frames
-        frames = pipe(image, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="np", **kwargs).frames
+        latents = pipe(
+            image, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="latent", **kwargs
+        ).frames
+        frames = pipe(
+            image, generator=torch.Generator("cpu").manual_seed(config.job.seed + index), output_type="np", **kwargs
+        ).frames
         results[index] = (latents, frames_to_uint8(frames))
     return results
 
 
 def base_config(tiny_repo, images, out: Path, **changes) -> RunConfig:
     values = dict(
-        model=str(tiny_repo), total_steps=STEPS, latent_shape=SHAPE, num_samples=SAMPLES, seed=5,
-        images=tuple(images), output_dir=out, show_progress=False, timeout_s=120.0, save_frames=True,
+        model=str(tiny_repo),
+        total_steps=STEPS,
+        latent_shape=SHAPE,
+        num_samples=SAMPLES,
+        seed=5,
+        images=tuple(images),
+        output_dir=out,
+        show_progress=False,
+        timeout_s=120.0,
+        save_frames=True,
     )
     values.update(changes)
     return RunConfig.from_options(**values).validate()
@@ -124,9 +142,27 @@ def test_uneven_partition_equals_diffusers_pipeline(tiny_repo, images, reference
 def test_cli_run_writes_mp4s_and_manifest(tiny_repo, images, tmp_path):
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "ppsvd", "run", "--model-id", str(tiny_repo), "--nproc", "2", "--num-samples", "3",
-        "--image", images[0], "--total-steps", str(STEPS), "--latent-shape", *map(str, SHAPE),
-        "--device", "cpu", "--output-dir", str(out), "--no-progress",
+        sys.executable,
+        "-m",
+        "ppsvd",
+        "run",
+        "--model-id",
+        str(tiny_repo),
+        "--nproc",
+        "2",
+        "--num-samples",
+        "3",
+        "--image",
+        images[0],
+        "--total-steps",
+        str(STEPS),
+        "--latent-shape",
+        *map(str, SHAPE),
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--no-progress",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=230, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,10 +183,33 @@ def test_cli_run_writes_mp4s_and_manifest(tiny_repo, images, tmp_path):
 def test_runs_under_torchrun(tiny_repo, images, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "ppsvd", "run", "--model-id", str(tiny_repo), "--num-samples", "3", "--seed", "5",
-        "--image", images[0], "--image", images[1], "--total-steps", str(STEPS), "--latent-shape", *map(str, SHAPE),
-        "--device", "cpu", "--output-dir", str(out), "--no-progress",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ppsvd",
+        "run",
+        "--model-id",
+        str(tiny_repo),
+        "--num-samples",
+        "3",
+        "--seed",
+        "5",
+        "--image",
+        images[0],
+        "--image",
+        images[1],
+        "--total-steps",
+        str(STEPS),
+        "--latent-shape",
+        *map(str, SHAPE),
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--no-progress",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=230, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -164,8 +223,23 @@ def test_bad_image_is_one_line_exit_2_and_writes_nothing(tmp_path):
     bad.write_text("hello")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "ppsvd", "run", "--model-id", "tiny", "--image", str(bad), "--device", "cpu", "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "ppsvd",
+            "run",
+            "--model-id",
+            "tiny",
+            "--image",
+            str(bad),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert str(bad) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -175,8 +249,22 @@ def test_bad_image_is_one_line_exit_2_and_writes_nothing(tmp_path):
 def test_missing_model_is_one_line_exit_2(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "ppsvd", "run", "--model-id", "someone/not-cached", "--device", "cpu", "--output-dir", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "ppsvd",
+            "run",
+            "--model-id",
+            "someone/not-cached",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()

@@ -19,8 +19,16 @@ from ppsvd.runtime.launch import launch
 from tests.helpers import read_latents, reference_latents, small_config
 
 # The H200 costs of SVD-XT at 25 frames 576x1024 scaled by 1/10 (benchmarks/strategies.py).
-H200_TENTH = dict(model="synthetic", step_ms=63.0, cfg_half_ms=34.0, encode_ms=13.0, decode_ms=210.0,
-                  latent_shape=(1, 4, 25, 8, 8), decode_chunk_size=1, total_steps=28)
+H200_TENTH = dict(
+    model="synthetic",
+    step_ms=63.0,
+    cfg_half_ms=34.0,
+    encode_ms=13.0,
+    decode_ms=210.0,
+    latent_shape=(1, 4, 25, 8, 8),
+    decode_chunk_size=1,
+    total_steps=28,
+)
 
 
 # -- pure ------------------------------------------------------------------------------------------
@@ -46,8 +54,14 @@ def test_decode_split_keeps_chunk_boundaries_and_balances_the_pair():
 @pytest.mark.parametrize(
     "changes,message",
     [
-        (dict(nproc=8, strategy="cfg", pipeline_stages=3), "--nproc 8 cannot run 1 replica x 3 stages x 2 (cfg) = 6 processes"),
-        (dict(nproc=8, strategy="pipeline", pipeline_stages=3), "--nproc 8 cannot run 1 replica x 3 stages = 3 processes"),
+        (
+            dict(nproc=8, strategy="cfg", pipeline_stages=3),
+            "--nproc 8 cannot run 1 replica x 3 stages x 2 (cfg) = 6 processes",
+        ),
+        (
+            dict(nproc=8, strategy="pipeline", pipeline_stages=3),
+            "--nproc 8 cannot run 1 replica x 3 stages = 3 processes",
+        ),
         (dict(nproc=3, strategy="cfg"), "needs an even --nproc"),
         (dict(nproc=2, strategy="cfg", max_guidance_scale=1.0), "nothing to split"),
         (dict(nproc=4, strategy="data", pipeline_stages=2), "use --strategy pipeline --pipeline-stages 2 --replicas 2"),
@@ -66,7 +80,9 @@ def test_auto_picks_guidance_pairs_for_latency_and_a_throughput_layout_for_many_
     assert layout == Layout(1, 1, cfg=True) and "1 guidance pair (cfg)" in reason and "\n" not in reason
     cfg, single = forecasts[0], predict(Layout(1, 1), LayoutCosts.from_config(latency, costs), 28, 1)
     # 13 + 28 x 34 + 210 x 13/25 ms against 13 + 28 x 63 + 210 ms: the 0.53 with an even split
-    assert cfg.latency_s == pytest.approx(0.013 + 28 * 0.034 + 0.210 * 13 / 25) and cfg.latency_s / single.latency_s < 0.56
+    assert (
+        cfg.latency_s == pytest.approx(0.013 + 28 * 0.034 + 0.210 * 13 / 25) and cfg.latency_s / single.latency_s < 0.56
+    )
     many = RunConfig.from_options(**H200_TENTH, nproc=4, num_samples=40, goal="throughput", strategy="auto").validate()
     layout, _, forecasts = choose(many, costs)
     assert not layout.cfg and forecasts[0].makespan_s < min(f.makespan_s for f in forecasts if f.layout.cfg)
@@ -84,8 +100,9 @@ def test_work_queue_prediction_gives_a_slow_replica_fewer_samples():
 
 @pytest.mark.timeout(120)
 def test_work_queue_covers_every_index_once_under_a_3x_slower_worker(tmp_path, no_fault):
-    config = small_config(tmp_path, strategy="data", nproc=3, num_samples=9, total_steps=4, step_ms=25.0,
-                          stage_speed=(1.0, 1.0, 1 / 3))
+    config = small_config(
+        tmp_path, strategy="data", nproc=3, num_samples=9, total_steps=4, step_ms=25.0, stage_speed=(1.0, 1.0, 1 / 3)
+    )
     result = launch(config)
     assert result.ok, result.error
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
@@ -112,9 +129,23 @@ def test_replicas_of_pipelines_equal_one_process(tmp_path, no_fault, changes):
 
 def test_cli_bad_layout_exits_2_with_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ppsvd", "simulate", "--nproc", "8", "--strategy", "cfg", "--pipeline-stages", "3",
-         "--output-dir", str(tmp_path / "o")],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "ppsvd",
+            "simulate",
+            "--nproc",
+            "8",
+            "--strategy",
+            "cfg",
+            "--pipeline-stages",
+            "3",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "8 as" not in proc.stderr and "6 processes" in proc.stderr
@@ -124,10 +155,37 @@ def test_cli_bad_layout_exits_2_with_one_line(tmp_path):
 @pytest.mark.timeout(120)
 def test_cli_auto_runs_guidance_pairs_for_one_video_on_two_processes(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ppsvd", "simulate", "--nproc", "2", "--strategy", "auto", "--goal", "latency",
-         "--num-samples", "1", "--total-steps", "4", "--step-ms", "5", "--latent-shape", "1", "4", "2", "8", "8",
-         "--output-dir", str(tmp_path), "--no-progress"],
-        capture_output=True, text=True, timeout=110, env={**os.environ, "COLUMNS": "200"},
+        [
+            sys.executable,
+            "-m",
+            "ppsvd",
+            "simulate",
+            "--nproc",
+            "2",
+            "--strategy",
+            "auto",
+            "--goal",
+            "latency",
+            "--num-samples",
+            "1",
+            "--total-steps",
+            "4",
+            "--step-ms",
+            "5",
+            "--latent-shape",
+            "1",
+            "4",
+            "2",
+            "8",
+            "8",
+            "--output-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--strategy auto --goal latency: 1 guidance pair (cfg)" in proc.stdout

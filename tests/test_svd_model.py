@@ -84,8 +84,17 @@ def run_reference(pipe, config: RunConfig, image, index: int, output_type: str):
 
 # Two videos per sample, classifier-free guidance, a chunked decode, an uneven split for N=2 and
 # N=4 (5 steps), a sample index > 0, and an input image file that needs resizing.
-CFG_CASE = dict(total_steps=5, latent_shape=(2, 4, 3, 8, 8), seed=3, fps=7, motion_bucket_id=100,
-                noise_aug_strength=0.05, min_guidance_scale=1.0, max_guidance_scale=2.5, decode_chunk_size=2)
+CFG_CASE = dict(
+    total_steps=5,
+    latent_shape=(2, 4, 3, 8, 8),
+    seed=3,
+    fps=7,
+    motion_bucket_id=100,
+    noise_aug_strength=0.05,
+    min_guidance_scale=1.0,
+    max_guidance_scale=2.5,
+    decode_chunk_size=2,
+)
 CFG_INDEX = 1
 
 
@@ -108,14 +117,26 @@ def test_pipelined_svd_is_bitwise_diffusers(cfg_case, num_stages):
     assert torch.equal(result.latents, ref_latents), (result.latents - ref_latents).abs().max()
     assert result.frames.dtype == torch.uint8 and tuple(result.frames.shape) == (2, 3, 64, 64, 3)
     assert np.array_equal(result.frames.numpy(), ref_frames)
-    assert result.meta == {"seed": config.job.seed + CFG_INDEX, "image": config.job.images[0], "name": f"input-s{config.job.seed + CFG_INDEX}",
-                           "fps": 7, "motion_bucket_id": 100, "noise_aug_strength": 0.05}
+    assert result.meta == {
+        "seed": config.job.seed + CFG_INDEX,
+        "image": config.job.images[0],
+        "name": f"input-s{config.job.seed + CFG_INDEX}",
+        "fps": 7,
+        "motion_bucket_id": 100,
+        "noise_aug_strength": 0.05,
+    }
 
 
 def test_without_guidance_and_builtin_image(tiny_repo, reference):
     """max_guidance_scale <= 1 turns CFG off: half-size hand-offs, still bitwise."""
-    config = RunConfig.from_options(model=str(tiny_repo), total_steps=4, latent_shape=(1, 4, 2, 8, 8), seed=11,
-                       min_guidance_scale=1.0, max_guidance_scale=1.0)
+    config = RunConfig.from_options(
+        model=str(tiny_repo),
+        total_steps=4,
+        latent_shape=(1, 4, 2, 8, 8),
+        seed=11,
+        min_guidance_scale=1.0,
+        max_guidance_scale=1.0,
+    )
     image = builtin_image(64, 64)
     ref_latents = run_reference(reference, config, image, 0, "latent")
     stages, result = run_chain(config, 2, 0)

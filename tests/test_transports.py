@@ -25,6 +25,7 @@ import zmq
 from ppsvd.backends import load
 from ppsvd.backends.base import StageWorld
 from ppsvd.backends.hosts import HostFacts, publish_host
+from ppsvd.backends.protocol import HEADER_BYTES, Header, Message, TensorSpec, tensor_to_bytes
 from ppsvd.backends.zmq import ZmqTransport, ipc_path, plan_link
 from ppsvd.config import TransportSection
 from ppsvd.errors import (
@@ -34,7 +35,6 @@ from ppsvd.errors import (
     TransportError,
     TransportTimeout,
 )
-from ppsvd.backends.protocol import HEADER_BYTES, Header, Message, TensorSpec, tensor_to_bytes
 
 N_MESSAGES = 5
 SHAPE = (2, 3, 4, 5)
@@ -66,7 +66,9 @@ def client_world(rank: int, n: int, port: int, run_id: str, **kw) -> StageWorld:
     store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=30))
     defaults = {"device": "cpu", "run_id": run_id}
     defaults.update(kw)
-    return StageWorld(rank=rank, world_size=n, local_rank=rank, local_world_size=n, store=store, **_with_transport(defaults))
+    return StageWorld(
+        rank=rank, world_size=n, local_rank=rank, local_world_size=n, store=store, **_with_transport(defaults)
+    )
 
 
 def _with_transport(kw: dict) -> dict:
@@ -429,9 +431,13 @@ BAD_MESSAGES = {
     "missing frame": lambda f: f[:2],
     "extra frame": lambda f: f + [b"\x00" * 4],
     "short tensor frame": lambda f: [f[0], f[1][:-4], f[2]],
-    "wrong shape": lambda f: [bad_header(tensors=(TensorSpec("latents", "float32", (2, 3, 4, 6)), SCHEMA["cond"]))] + f[1:],
+    "wrong shape": lambda f: (
+        [bad_header(tensors=(TensorSpec("latents", "float32", (2, 3, 4, 6)), SCHEMA["cond"]))] + f[1:]
+    ),
     "missing tensor": lambda f: [bad_header(tensors=(SCHEMA["latents"],))] + f[1:2],
-    "over the payload limit": lambda f: [bad_header(tensors=(TensorSpec("latents", "float32", (2**20,)), SCHEMA["cond"]))] + f[1:],
+    "over the payload limit": lambda f: (
+        [bad_header(tensors=(TensorSpec("latents", "float32", (2**20,)), SCHEMA["cond"]))] + f[1:]
+    ),
 }
 
 

@@ -34,8 +34,20 @@ def measured_costs(timeline: RunTimeline, *, source: str = "measured") -> CostMo
         first = last = stages
     else:
         first, last = stages[:1], stages[-1:]
-    prepare = _median([_prepare_s(span, st, alone=len(stages) == 1 and timeline.strategy == "pipeline") for st in first for span in st.samples])
-    finalize = _median([_finalize_s(span, st, alone=len(stages) == 1 and timeline.strategy == "pipeline") for st in last for span in st.samples])
+    prepare = _median(
+        [
+            _prepare_s(span, st, alone=len(stages) == 1 and timeline.strategy == "pipeline")
+            for st in first
+            for span in st.samples
+        ]
+    )
+    finalize = _median(
+        [
+            _finalize_s(span, st, alone=len(stages) == 1 and timeline.strategy == "pipeline")
+            for st in last
+            for span in st.samples
+        ]
+    )
     fastest = min(steps)
     speeds = tuple(fastest / v for v in steps)
     # Base (speed 1) costs: a stage of speed v measured cost/v.
@@ -56,14 +68,20 @@ def costs_from_run(run_dir: str | Path) -> CostModel:
     """`--costs-from RUN_DIR`: the costs an earlier run recorded; ConfigError (one line) if it cannot."""
     path = Path(run_dir).expanduser() / TIMELINE_NAME
     if not path.is_file():
-        raise ConfigError(f"--costs-from {run_dir}: no {TIMELINE_NAME} there; point it at a finished run's directory (ppsvd-runs/...)")
+        raise ConfigError(
+            f"--costs-from {run_dir}: no {TIMELINE_NAME} there; point it at a finished run's directory (ppsvd-runs/...)"
+        )
     try:
         timeline = RunTimeline.load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--costs-from {run_dir}: {path} is not a ppsvd timeline ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"--costs-from {run_dir}: {path} is not a ppsvd timeline ({type(exc).__name__}: {exc})"
+        ) from None
     costs = measured_costs(timeline, source=f"measured by the run in {run_dir}")
     if costs is None:
-        raise ConfigError(f"--costs-from {run_dir}: the run recorded no finished sample to take costs from; use a run that completed")
+        raise ConfigError(
+            f"--costs-from {run_dir}: the run recorded no finished sample to take costs from; use a run that completed"
+        )
     return costs
 
 

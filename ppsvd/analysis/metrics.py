@@ -348,7 +348,12 @@ def scaling_estimate(
         return throughput, 1.0, 1.0, "N = 1: this run is the baseline"
     if timeline.strategy not in SIMPLE_STRATEGIES:
         # A guidance half's step is not a full step: this run's costs say nothing exact about one process.
-        return None, None, None, f"a {timeline.strategy} layout: compare it with a 1-process run (`ppsvd plan` predicts both)"
+        return (
+            None,
+            None,
+            None,
+            f"a {timeline.strategy} layout: compare it with a 1-process run (`ppsvd plan` predicts both)",
+        )
     if measured is None or throughput is None:
         return None, None, None, "no measured costs to estimate a 1-stage rate from"
     one = measured.sample_s(timeline.total_steps, 0)

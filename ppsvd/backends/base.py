@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message, Schema

@@ -9,7 +9,7 @@ same wording everywhere (Cancelled when the run stops, TransportTimeout when tim
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ppsvd.errors import Cancelled, TransportTimeout
 

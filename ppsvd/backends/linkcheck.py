@@ -94,7 +94,10 @@ def check_link(
     }
     ctx = _context()
     results = ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(rank, job, results), name=f"ppsvd-linkcheck-{rank}", daemon=True) for rank in (0, 1)]
+    workers = [
+        ctx.Process(target=_worker, args=(rank, job, results), name=f"ppsvd-linkcheck-{rank}", daemon=True)
+        for rank in (0, 1)
+    ]
     try:
         for proc in workers:
             proc.start()
@@ -178,7 +181,9 @@ def _context():
     ctx = mp.get_context("forkserver")
     # Only takes effect if the forkserver is not running yet; replaces the default ['__main__'],
     # which would re-run the caller's main module in the server.
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "ppsvd.backends.linkcheck", "ppsvd.backends.torch_p2p", "ppsvd.backends.zmq"])
+    ctx.set_forkserver_preload(
+        ["torch", "torch.distributed", "ppsvd.backends.linkcheck", "ppsvd.backends.torch_p2p", "ppsvd.backends.zmq"]
+    )
     return ctx
 
 

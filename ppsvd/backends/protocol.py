@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -44,7 +45,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     try:
         return _NAMES_BY_DTYPE[dtype]
     except KeyError:
-        raise ProtocolError(f"dtype {dtype} cannot travel between stages; use one of {', '.join(DTYPE_NAMES)}") from None
+        raise ProtocolError(
+            f"dtype {dtype} cannot travel between stages; use one of {', '.join(DTYPE_NAMES)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,9 @@ def parse_header(raw: bytes | memoryview, *, max_bytes: int = HEADER_BYTES) -> H
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: the peer is not a ppsvd stage of this version")
     if length > max_bytes - _PREFIX.size or _PREFIX.size + length > len(raw):
-        raise ProtocolError(f"header declares {length} bytes of JSON, more than it carries or the {max_bytes}-byte limit")
+        raise ProtocolError(
+            f"header declares {length} bytes of JSON, more than it carries or the {max_bytes}-byte limit"
+        )
     try:
         data = json.loads(raw[_PREFIX.size : _PREFIX.size + length])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -146,7 +151,9 @@ def parse_header(raw: bytes | memoryview, *, max_bytes: int = HEADER_BYTES) -> H
     if not isinstance(data, dict):
         raise ProtocolError("header is not a JSON object")
     if data.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {data.get('v')!r}, expected {PROTOCOL_VERSION}: all stages must run the same ppsvd")
+        raise ProtocolError(
+            f"protocol version {data.get('v')!r}, expected {PROTOCOL_VERSION}: all stages must run the same ppsvd"
+        )
     kind, index = data.get("kind"), data.get("index")
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind!r}")
@@ -162,7 +169,9 @@ def parse_header(raw: bytes | memoryview, *, max_bytes: int = HEADER_BYTES) -> H
         name, dtype, shape = entry.get("name"), entry.get("dtype"), entry.get("shape")
         if not isinstance(name, str) or dtype not in DTYPE_NAMES:
             raise ProtocolError(f"bad tensor name or dtype: {name!r} {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise ProtocolError(f"bad shape {shape!r} for tensor {name!r}")
         specs.append(TensorSpec(name, dtype, tuple(shape)))
     return Header(kind=kind, index=index, tensors=tuple(specs), meta=meta)

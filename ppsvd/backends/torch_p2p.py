@@ -28,13 +28,6 @@ import torch
 import torch.distributed as dist
 
 from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
-from ppsvd.errors import (
-    Cancelled,
-    ConfigError,
-    ProtocolError,
-    TransportError,
-    TransportTimeout,
-)
 from ppsvd.backends.protocol import (
     HEADER_BYTES,
     Header,
@@ -43,6 +36,13 @@ from ppsvd.backends.protocol import (
     check_against_schema,
     empty_like_spec,
     parse_header,
+)
+from ppsvd.errors import (
+    Cancelled,
+    ConfigError,
+    ProtocolError,
+    TransportError,
+    TransportTimeout,
 )
 
 # Separate tags for header and payload: gloo matches sends to receives by (peer, tag), so a
@@ -147,7 +147,13 @@ class _TorchP2PTransport(Transport):
         works = [dist.isend(block, dst=peer, group=self._send_group, tag=HEADER_TAG)]
         works += [dist.isend(t, dst=peer, group=self._send_group, tag=PAYLOAD_TAG) for t in payload if t.numel()]
         try:
-            self._wait_all(works, "send", timeout_s=timeout_s, cancelled=cancelled, what=f"send of {msg.kind} {msg.index} to stage {peer}")
+            self._wait_all(
+                works,
+                "send",
+                timeout_s=timeout_s,
+                cancelled=cancelled,
+                what=f"send of {msg.kind} {msg.index} to stage {peer}",
+            )
         except BaseException as exc:
             # Part of the message may be on the wire: the link cannot carry another message.
             self._send_broken = f"an earlier send failed ({exc})"
@@ -160,7 +166,9 @@ class _TorchP2PTransport(Transport):
 
     def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
         if self._recv_group is None:
-            raise TransportError(f"stage {self.world.rank} is the first stage: it has no previous stage to receive from")
+            raise TransportError(
+                f"stage {self.world.rank} is the first stage: it has no previous stage to receive from"
+            )
         if self._recv_broken:
             raise TransportError(f"link from stage {self.world.prev_rank} is unusable: {self._recv_broken}")
         header = self._recv_header(timeout_s=timeout_s, cancelled=cancelled)
@@ -209,7 +217,13 @@ class _TorchP2PTransport(Transport):
         works = [
             dist.irecv(t, src=peer, group=self._recv_group, tag=PAYLOAD_TAG) for t in tensors.values() if t.numel()
         ]
-        self._wait_all(works, "recv", timeout_s=timeout_s, cancelled=cancelled, what=f"receive of {header.kind} {header.index} from stage {peer}")
+        self._wait_all(
+            works,
+            "recv",
+            timeout_s=timeout_s,
+            cancelled=cancelled,
+            what=f"receive of {header.kind} {header.index} from stage {peer}",
+        )
         return tensors
 
     # -- waiting --------------------------------------------------------------------------
@@ -337,7 +351,11 @@ class GlooTransport(_TorchP2PTransport):
     def _init_default_group(self) -> None:
         w = self.world
         dist.init_process_group(
-            "gloo", store=w.store, rank=w.rank, world_size=w.world_size, timeout=timedelta(seconds=w.transport.timeout_s)
+            "gloo",
+            store=w.store,
+            rank=w.rank,
+            world_size=w.world_size,
+            timeout=timedelta(seconds=w.transport.timeout_s),
         )
 
     def _start_wait(self, works: list, direction: str) -> _WaitHandle:
@@ -365,7 +383,9 @@ class NcclTransport(_TorchP2PTransport):
     def open(self) -> None:
         device = torch.device(self.world.device)
         if device.type != "cuda" or device.index is None:
-            raise ConfigError(f"--transport nccl needs a CUDA device per stage like 'cuda:0', got {self.world.device!r}")
+            raise ConfigError(
+                f"--transport nccl needs a CUDA device per stage like 'cuda:0', got {self.world.device!r}"
+            )
         # The device must be set before NCCL creates a communicator, or every rank lands on GPU 0.
         torch.cuda.set_device(device)
         super().open()

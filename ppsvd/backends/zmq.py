@@ -52,11 +52,6 @@ import zmq
 
 from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
 from ppsvd.backends.hosts import HostFacts, publish_host, read_host, route_address
-from ppsvd.errors import (
-    ConfigError,
-    ProtocolError,
-    TransportError,
-)
 from ppsvd.backends.protocol import (
     HEADER_BYTES,
     Message,
@@ -65,6 +60,11 @@ from ppsvd.backends.protocol import (
     parse_header,
     tensor_from_bytes,
     tensor_to_bytes,
+)
+from ppsvd.errors import (
+    ConfigError,
+    ProtocolError,
+    TransportError,
 )
 
 HWM = 4
@@ -133,7 +133,11 @@ class ZmqTransport(Transport):
         # Poll with check() rather than a blocking store.wait(): a TCPStore client serves one
         # request at a time, so a long wait would stall every other user of the same store.
         try:
-            wait_for(lambda: self.world.store.check([key]), Deadline(self.world.transport.timeout_s, what=what), max_poll_s=0.05)
+            wait_for(
+                lambda: self.world.store.check([key]),
+                Deadline(self.world.transport.timeout_s, what=what),
+                max_poll_s=0.05,
+            )
             return self.world.store.get(key)
         except RuntimeError as exc:  # DistStoreError: the store is gone
             raise TransportError(f"cannot read {what} from the store: {exc}") from None
@@ -158,7 +162,9 @@ class ZmqTransport(Transport):
             sock.bind(f"ipc://{path}")
             self._ipc_path = path
         else:
-            self._admit_only(sock, _client_key(self.world, self.world.rank), f"stage {self.world.prev_rank}'s CURVE key")
+            self._admit_only(
+                sock, _client_key(self.world, self.world.rank), f"stage {self.world.prev_rank}'s CURVE key"
+            )
             host = link.bind_host
             if _is_ipv6(host):
                 sock.setsockopt(zmq.IPV6, 1)
@@ -166,7 +172,9 @@ class ZmqTransport(Transport):
             try:
                 sock.bind(f"tcp://{host}:*")
             except zmq.ZMQError as exc:
-                raise ConfigError(f"cannot bind zmq to {link.bind_host!r} (--bind-host): {exc}; pass an address of this host") from None
+                raise ConfigError(
+                    f"cannot bind zmq to {link.bind_host!r} (--bind-host): {exc}; pass an address of this host"
+                ) from None
         self.bound_endpoint = _advertised(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.world.store.set(_store_key(self.world, self.world.rank), self.bound_endpoint)
 
@@ -265,7 +273,9 @@ class ZmqTransport(Transport):
 
     def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
         if self._pull is None:
-            raise TransportError(f"stage {self.world.rank} has no previous stage to receive from (or the transport is closed)")
+            raise TransportError(
+                f"stage {self.world.rank} has no previous stage to receive from (or the transport is closed)"
+            )
         peer = self.world.prev_rank
         deadline = Deadline(timeout_s, what=f"receive from stage {peer}", cancelled=cancelled)
         while True:
@@ -290,7 +300,9 @@ class ZmqTransport(Transport):
         header = parse_header(head)
         check_against_schema(header, schema, max_payload_bytes=self.max_payload_bytes)
         if len(frames) != len(header.tensors) + 1:
-            raise ProtocolError(f"message has {len(frames) - 1} tensor frames, its header declares {len(header.tensors)}")
+            raise ProtocolError(
+                f"message has {len(frames) - 1} tensor frames, its header declares {len(header.tensors)}"
+            )
         tensors = {spec.name: _tensor(spec, frame) for spec, frame in zip(header.tensors, frames[1:])}
         return Message(kind=header.kind, index=header.index, tensors=tensors, meta=dict(header.meta))
 
@@ -449,5 +461,5 @@ def _advertised(endpoint: str) -> str:
     """The endpoint a peer should connect to: a wildcard bind is published as this host's name."""
     for wildcard in ("tcp://0.0.0.0:", "tcp://[::]:"):
         if endpoint.startswith(wildcard):
-            return f"tcp://{pysocket.gethostname()}:{endpoint[len(wildcard):]}"
+            return f"tcp://{pysocket.gethostname()}:{endpoint[len(wildcard) :]}"
     return endpoint

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppsvd.analysis.metrics import RunMetrics, steps_per_gpu, summarize
-from ppsvd.io.atomic import write_json_atomic, write_text_atomic, write_with
 from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.io.atomic import write_json_atomic, write_text_atomic, write_with
 
 if TYPE_CHECKING:
     from ppsvd.bench.sweep import BenchResult, BenchRun
@@ -177,7 +177,9 @@ def write_plots(result: BenchResult) -> None:
     if not ok:
         return
     base = result.plan.base
-    what = f"T={base.job.total_steps} steps, {base.job.num_samples} samples, model {base.model.model}, {base.model.device}"
+    what = (
+        f"T={base.job.total_steps} steps, {base.job.num_samples} samples, model {base.model.model}, {base.model.device}"
+    )
     path = result.results_dir / THROUGHPUT_PNG
     plot_scaling(ok, path, title=f"Throughput vs GPU count ({what})")
     result.files["throughput_png"] = str(path)
@@ -234,7 +236,13 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         left.plot(xs, [n * baseline for n in xs], ls="--", color="0.45", lw=1.2, label="ideal: N × 1-GPU rate")
     for strategy, partition in _curves(runs, strategies):
         mine = sorted(
-            (r for r in runs if r.strategy == strategy and r.throughput and (partition is None or r.partition == partition or r.gpu_count == 1)),
+            (
+                r
+                for r in runs
+                if r.strategy == strategy
+                and r.throughput
+                and (partition is None or r.partition == partition or r.gpu_count == 1)
+            ),
             key=lambda r: r.gpu_count,
         )
         if not mine:
@@ -248,16 +256,32 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         for r in mine:
             if r.speedup is not None:
                 left.annotate(
-                    f"{r.speedup:.2f}×", (r.gpu_count, r.throughput), textcoords="offset points",
-                    xytext=(8, -12 if strategy == "data" else -4), fontsize=8, color=color,
+                    f"{r.speedup:.2f}×",
+                    (r.gpu_count, r.throughput),
+                    textcoords="offset points",
+                    xytext=(8, -12 if strategy == "data" else -4),
+                    fontsize=8,
+                    color=color,
                 )
         work = [(r.gpu_count, r.metrics.overall_throughput) for r in mine if r.metrics.overall_throughput]
         if work:
-            right.plot(*zip(*work), marker="o", lw=2.2, color=color, label=f"{strategy}{' ' + partition if partition else ''}: samples / work time")
+            right.plot(
+                *zip(*work),
+                marker="o",
+                lw=2.2,
+                color=color,
+                label=f"{strategy}{' ' + partition if partition else ''}: samples / work time",
+            )
         end_to_end = [(r.gpu_count, r.metrics.num_samples / r.total_time_sec) for r in mine if r.total_time_sec]
         if end_to_end:
-            right.plot(*zip(*end_to_end), marker=".", ls=":", lw=1.4, color=color,
-                       label=f"{strategy}{' ' + partition if partition else ''}: samples / total_time_sec")
+            right.plot(
+                *zip(*end_to_end),
+                marker=".",
+                ls=":",
+                lw=1.4,
+                color=color,
+                label=f"{strategy}{' ' + partition if partition else ''}: samples / total_time_sec",
+            )
     for ax, name in ((left, "scaling (speedup vs 1 GPU)"), (right, "the whole job of S samples")):
         ax.set_xticks(counts)
         ax.set_xlim(0.5, max(counts) + 0.5)
@@ -288,7 +312,9 @@ def _curves(runs: list[BenchRun], strategies: list[str]) -> list[tuple[str, str 
 
 def _baseline_rate(runs: list[BenchRun]) -> float | None:
     """The 1-GPU rate the ideal line scales: the pipeline's (steady), else the data run's."""
-    ones = sorted((r for r in runs if r.gpu_count == 1 and r.metrics is not None), key=lambda r: r.strategy != "pipeline")
+    ones = sorted(
+        (r for r in runs if r.gpu_count == 1 and r.metrics is not None), key=lambda r: r.strategy != "pipeline"
+    )
     return ones[0].metrics.throughput if ones else None
 
 
@@ -315,9 +341,25 @@ def plot_timeline(timeline: RunTimeline, path: Path, *, title: str, metrics: Run
             if sp.send_start is not None and sp.enqueued is not None and sp.enqueued > sp.send_start:
                 ax.barh(row, sp.enqueued - sp.send_start, left=sp.send_start - t0, height=0.3, color=BLOCKED_COLOR)
             width = sp.compute_end - sp.compute_start
-            ax.barh(row, width, left=sp.compute_start - t0, height=0.62, color=cmap(sp.index % 10), edgecolor="white", lw=0.5)
+            ax.barh(
+                row,
+                width,
+                left=sp.compute_start - t0,
+                height=0.62,
+                color=cmap(sp.index % 10),
+                edgecolor="white",
+                lw=0.5,
+            )
             if width > 0.025 * span:
-                ax.text(sp.compute_start - t0 + width / 2, row, str(sp.index), ha="center", va="center", fontsize=7, color="white")
+                ax.text(
+                    sp.compute_start - t0 + width / 2,
+                    row,
+                    str(sp.index),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white",
+                )
     legend = [Patch(color=cmap(0), label="computing (colour and number = sample)")]
     if timeline.strategy == "pipeline" and len(stages) > 1:
         legend.append(Patch(color=WAITING_COLOR, label="waiting for input"))
@@ -326,7 +368,11 @@ def plot_timeline(timeline: RunTimeline, path: Path, *, title: str, metrics: Run
         # Stages that become ready late can make fill and drain overlap (no steady state):
         # shade without overlap, the drain starting no earlier than the pipeline is full.
         drain_start = max(fill_end, (end - t0) - (metrics.drain_s or 0.0))
-        phases = [(0.0, fill_end, "#f4a259", "fill"), (fill_end, drain_start, "#8cc084", "steady state"), (drain_start, end - t0, "#7fb3d5", "drain")]
+        phases = [
+            (0.0, fill_end, "#f4a259", "fill"),
+            (fill_end, drain_start, "#8cc084", "steady state"),
+            (drain_start, end - t0, "#7fb3d5", "drain"),
+        ]
         for lo, hi, color, name in phases:
             if hi > lo:
                 ax.axvspan(lo, hi, color=color, alpha=0.15, lw=0)
@@ -342,6 +388,8 @@ def plot_timeline(timeline: RunTimeline, path: Path, *, title: str, metrics: Run
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     # Below the x label in figure coordinates: the same gap whatever the number of stages.
-    fig.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(legend), fontsize=8, frameon=False)
+    fig.legend(
+        handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(legend), fontsize=8, frameon=False
+    )
     _save(fig, path)
     plt.close(fig)

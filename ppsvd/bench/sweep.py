@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ppsvd import __version__
-from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
-from ppsvd.errors import ConfigError
 from ppsvd.analysis.metrics import RunMetrics, efficiency, speedup, summarize
-from ppsvd.plan import rank_work
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG  # noqa: F401 (re-exported)
+from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
+from ppsvd.errors import ConfigError
+from ppsvd.plan import rank_work
 
 # The guide's benchmark.sh: its GPU counts, the defaults it adds to a run's, its cooldown. (Its
 # 28 steps and latent 1 4 14 64 64 are every run's defaults: config.DEFAULT_TOTAL_STEPS/_LATENT_SHAPE.)
@@ -73,6 +73,7 @@ class BenchPlan:
     @property
     def partition_modes(self) -> tuple[str, ...]:
         return self.partitions or (self.base.layout.partition,)
+
     cooldown_s: float = GUIDE_COOLDOWN_S
     """Pause between runs (the guide's `sleep 5`), not after the last one."""
     fail_fast: bool = False
@@ -90,7 +91,9 @@ class BenchPlan:
 
     def config_for(self, n: int, strategy: str, partition: str | None = None) -> RunConfig:
         # Workers draw no progress bars of their own: the sweep's display is the only live one.
-        return self.base.replace(nproc=n, strategy=strategy, partition=partition or self.partition_modes[0], show_progress=False)
+        return self.base.replace(
+            nproc=n, strategy=strategy, partition=partition or self.partition_modes[0], show_progress=False
+        )
 
     def validate(self, gpus_available: int | None) -> BenchPlan:
         """Every check before the first launch, so a bad count costs no time.
@@ -102,14 +105,20 @@ class BenchPlan:
             raise ConfigError("--gpus is empty; give counts such as --gpus 1,2,4,7")
         if len(set(self.gpu_counts)) != len(self.gpu_counts):
             raise ConfigError(f"--gpus {_join(self.gpu_counts)} repeats a count; list each count once")
-        if not self.strategies or len(set(self.strategies)) != len(self.strategies) or not set(self.strategies) <= set(SWEPT_STRATEGIES):
+        if (
+            not self.strategies
+            or len(set(self.strategies)) != len(self.strategies)
+            or not set(self.strategies) <= set(SWEPT_STRATEGIES)
+        ):
             raise ConfigError(
                 f"--strategy {_join(self.strategies)} must list pipeline and/or data once each "
                 "(cfg, hybrids and auto: compare them with `ppsvd plan` or `ppsvd simulate --strategy ...`)"
             )
         modes = self.partition_modes
         if len(set(modes)) != len(modes) or not set(modes) <= set(PARTITIONS):
-            raise ConfigError(f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU count)")
+            raise ConfigError(
+                f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU count)"
+            )
         if self.cooldown_s < 0:
             raise ConfigError(f"--cooldown {self.cooldown_s:g} is negative; use 0 or more seconds")
         if gpus_available is not None:
@@ -232,8 +241,10 @@ def run_note(config: RunConfig) -> str | None:
     # Workers take samples from a queue: with equal speeds the first s mod n take one more.
     base, extra = divmod(s, n)
     counts = [base + (1 if k < extra else 0) for k in range(n)]
-    text = (f"{s} samples over {n} workers: about {'+'.join(map(str, counts))} each from the work queue; "
-            f"the busiest worker ({max(counts)} samples) sets the time")
+    text = (
+        f"{s} samples over {n} workers: about {'+'.join(map(str, counts))} each from the work queue; "
+        f"the busiest worker ({max(counts)} samples) sets the time"
+    )
     if base == 0:
         text += f", {counts.count(0)} worker(s) have nothing to do"
     return text
@@ -307,7 +318,10 @@ def run_bench(
     result = BenchResult(
         plan=plan,
         results_dir=results_dir,
-        runs=[BenchRun(gpu_count=n, strategy=s, partition=p, show_partition=len(plan.partition_modes) > 1) for n, s, p in plan.runs()],
+        runs=[
+            BenchRun(gpu_count=n, strategy=s, partition=p, show_partition=len(plan.partition_modes) > 1)
+            for n, s, p in plan.runs()
+        ],
         environment=environment if environment is not None else collect_environment(plan.base.model.device),
         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         argv=list(sys.argv if argv is None else argv),
@@ -324,7 +338,9 @@ def run_bench(
             extra={**plan.base.extra, "bench": {"results_dir": str(results_dir), "position": position}}
         )
         run.note = run_note(config)
-        run.run_dir = str(run_dir_for(results_dir, run.gpu_count, run.strategy, run.partition if run.show_partition else ""))
+        run.run_dir = str(
+            run_dir_for(results_dir, run.gpu_count, run.strategy, run.partition if run.show_partition else "")
+        )
         observer.starting(position, total, run)
         _launch_one(run, config, launcher, clock)
         derive_scaling(result.runs)

@@ -6,30 +6,30 @@ Importing this module imports neither torch nor matplotlib; the command imports 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
-from ppsvd.config import DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
 from ppsvd.commands.options import (
     FLAG,
     Debug,
+    DecodeMs,
     Device,
     Dtype,
+    EncodeMs,
     LatentShape,
-    Weights,
     NoProgress,
     NumSamples,
     OutputDir,
     Seed,
     StepMs,
-    EncodeMs,
-    DecodeMs,
     Timeout,
     TotalSteps,
     Transport,
+    Weights,
 )
+from ppsvd.config import DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
 
 NAME = "bench"
 
@@ -46,13 +46,23 @@ Strategies = Annotated[
 ]
 Partitions = Annotated[
     str,
-    typer.Option("--partition", help="auto, even, or even,auto to compare the even split with the cost-aware one at every count."),
+    typer.Option(
+        "--partition", help="auto, even, or even,auto to compare the even split with the cost-aware one at every count."
+    ),
 ]
-Cooldown = Annotated[float, typer.Option("--cooldown", help="Seconds to wait between runs (the guide's GPU cool-down).")]
-FailFast = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)]
+Cooldown = Annotated[
+    float, typer.Option("--cooldown", help="Seconds to wait between runs (the guide's GPU cool-down).")
+]
+FailFast = Annotated[
+    bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)
+]
 Model = Annotated[
-    Optional[str],
-    typer.Option("--model-id", "--model", help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, stabilityai/stable-video-diffusion-img2vid-xt on CUDA."),
+    str | None,
+    typer.Option(
+        "--model-id",
+        "--model",
+        help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
+    ),
 ]
 
 
@@ -132,7 +142,8 @@ def _header(plan) -> str:
         f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
         f"partition {','.join(plan.partition_modes)} · "
         f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples · seed {base.job.seed} · "
-        f"latent {' '.join(map(str, base.job.latent_shape))}" + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
+        f"latent {' '.join(map(str, base.job.latent_shape))}"
+        + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
     )
 
 

@@ -13,7 +13,9 @@ from ppsvd.errors import Interrupted
 from ppsvd.io.atomic import check_output_dir
 
 
-def execute(config: RunConfig, *, command: str = "run", resume: Path | None = None, explicit: dict[str, str] | None = None) -> int:
+def execute(
+    config: RunConfig, *, command: str = "run", resume: Path | None = None, explicit: dict[str, str] | None = None
+) -> int:
     """Validate, then run: as one torchrun worker, or by launching config.nproc local workers.
 
     resume: a stopped run's directory: its config (with the execution options `explicit` names:
@@ -54,7 +56,9 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
         if code > 128 and run_dir is not None and rank == _writer_rank(config, world[1]):
             # torchrun speaks for the run (its own exit code and message); the stage that wrote
             # the samples adds the one line only it can give.
-            error_line(interrupted_line(code - 128, run_dir, config.job.num_samples, _resume_command(command, run_dir, world)))
+            error_line(
+                interrupted_line(code - 128, run_dir, config.job.num_samples, _resume_command(command, run_dir, world))
+            )
         # Leave the way a multiprocessing worker does: flush, then os._exit. A normal interpreter
         # shutdown runs the C++ destructors of gloo's groups and threads, and under torchrun that
         # aborted a finished run now and then ("terminate called without an active exception",
@@ -77,7 +81,9 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
     except Interrupted as exc:
         if exc.run_dir is None:
             raise
-        line = interrupted_line(exc.signum, exc.run_dir, config.job.num_samples, _resume_command(command, exc.run_dir, None))
+        line = interrupted_line(
+            exc.signum, exc.run_dir, config.job.num_samples, _resume_command(command, exc.run_dir, None)
+        )
         raise Interrupted(line, exc.signum, exc.run_dir) from None
     _summary(config, result.run_dir)
     return 0
@@ -85,9 +91,15 @@ def execute(config: RunConfig, *, command: str = "run", resume: Path | None = No
 
 # CLI parameter -> the RunConfig field it sets, where the names differ.
 _PARAM_FIELDS = {
-    "image": "images", "timeout": "timeout_s", "no_progress": "show_progress", "num_frames": "latent_shape",
-    "height": "latent_shape", "width": "latent_shape", "num_inference_steps": "total_steps",
-    "stall_timeout": "stall_timeout_s", "progress_interval": "progress_interval_s",
+    "image": "images",
+    "timeout": "timeout_s",
+    "no_progress": "show_progress",
+    "num_frames": "latent_shape",
+    "height": "latent_shape",
+    "width": "latent_shape",
+    "num_inference_steps": "total_steps",
+    "stall_timeout": "stall_timeout_s",
+    "progress_interval": "progress_interval_s",
 }
 
 
@@ -118,8 +130,10 @@ def _restart(plan) -> None:
 
     remove_temp_files(plan.run_dir)
     restart_journal(plan.run_dir, plan.kept)
-    notice(f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.job.num_samples} samples kept, "
-           f"{len(plan.remaining)} to generate")
+    notice(
+        f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.job.num_samples} samples kept, "
+        f"{len(plan.remaining)} to generate"
+    )
 
 
 def _writer_rank(config: RunConfig, world: int) -> int:
@@ -136,8 +150,10 @@ def interrupted_line(signum: int, run_dir: Path, num_samples: int, resume_comman
     if not (Path(run_dir) / "config.json").is_file():  # stopped while starting: nothing to continue
         return f"interrupted by {name} before the run started; nothing was kept in {run_dir}"
     kept = len(listed_entries(run_dir))
-    return (f"interrupted by {name}: {kept} of {num_samples} samples finished and kept in "
-            f"{run_dir}; resume with: {resume_command}")
+    return (
+        f"interrupted by {name}: {kept} of {num_samples} samples finished and kept in "
+        f"{run_dir}; resume with: {resume_command}"
+    )
 
 
 def _resume_command(command: str, run_dir: Path, world) -> str:
@@ -171,7 +187,12 @@ def _summary(config: RunConfig, run_dir) -> None:
 
         from ppsvd.api import RunResult
 
-        print(json.dumps({"event": "summary", "run_dir": str(run_dir), "metrics": RunResult.load(run_dir).metrics.to_json()}), flush=True)
+        print(
+            json.dumps(
+                {"event": "summary", "run_dir": str(run_dir), "metrics": RunResult.load(run_dir).metrics.to_json()}
+            ),
+            flush=True,
+        )
         return
     from ppsvd.commands.tables import print_summary
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,10 +16,14 @@ NAME = "doctor"
 def command(
     nproc: o.NProc = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
-    weights: Annotated[str, typer.Option("--weights", help="pretrained, or random (as `run`: nothing to download).")] = "pretrained",
+    weights: Annotated[
+        str, typer.Option("--weights", help="pretrained, or random (as `run`: nothing to download).")
+    ] = "pretrained",
     latent_shape: Annotated[
-        Optional[tuple[int, int, int, int, int]],
-        typer.Option("--latent-shape", help="B C F H W of the planned run. Default 1 4 14 64 64 (tiny: its own small shape)."),
+        tuple[int, int, int, int, int] | None,
+        typer.Option(
+            "--latent-shape", help="B C F H W of the planned run. Default 1 4 14 64 64 (tiny: its own small shape)."
+        ),
     ] = None,
     dtype: o.Dtype = None,
     device: o.Device = None,
@@ -27,11 +31,23 @@ def command(
     total_steps: o.TotalSteps = DEFAULT_TOTAL_STEPS,
     num_samples: o.NumSamples = 1,
     output_dir: o.OutputDir = Path("ppsvd-runs"),
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document (for machines) instead of the table.", **o.FLAG)] = False,
-    no_live: Annotated[bool, typer.Option("--no-live", help="Skip the live transport check (2 local workers per transport).", **o.FLAG)] = False,
-    live_timeout: Annotated[float, typer.Option("--live-timeout", help="Seconds after which a transport that has not finished counts as failed.")] = 10.0,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (for machines) instead of the table.", **o.FLAG)
+    ] = False,
+    no_live: Annotated[
+        bool, typer.Option("--no-live", help="Skip the live transport check (2 local workers per transport).", **o.FLAG)
+    ] = False,
+    live_timeout: Annotated[
+        float,
+        typer.Option("--live-timeout", help="Seconds after which a transport that has not finished counts as failed."),
+    ] = 10.0,
     hang: Annotated[
-        Optional[list[str]], typer.Option("--simulate-hang", hidden=True, help="Testing: force this live check (gloo, zmq-ipc, zmq-tcp, nccl) to hang.")
+        list[str] | None,
+        typer.Option(
+            "--simulate-hang",
+            hidden=True,
+            help="Testing: force this live check (gloo, zmq-ipc, zmq-tcp, nccl) to hang.",
+        ),
     ] = None,
     debug: o.Debug = False,
 ) -> int:
@@ -58,8 +74,18 @@ def command(
         if label not in labels:
             raise ConfigError(f"--simulate-hang {label!r} is not one of {', '.join(labels)}")
     n = 1 if nproc is None else nproc
-    config = RunConfig.from_options(model=model, weights=weights, nproc=n, latent_shape=shape, dtype=dtype, device=device,
-                       transport=transport, total_steps=total_steps, num_samples=num_samples, output_dir=output_dir)
+    config = RunConfig.from_options(
+        model=model,
+        weights=weights,
+        nproc=n,
+        latent_shape=shape,
+        dtype=dtype,
+        device=device,
+        transport=transport,
+        total_steps=total_steps,
+        num_samples=num_samples,
+        output_dir=output_dir,
+    )
     # The run's own checks of the same options (bad input -> ConfigError -> one line, exit 2). The
     # device is not known yet (it needs torch; doctor resolves it): check as a CUDA run unless --device says otherwise.
     config.replace(device=device or "cuda").validate()
@@ -68,8 +94,7 @@ def command(
     from ppsvd.doctor.render import render, to_json_text
 
     progress = None if json_out else (lambda text: err.print(f"[dim]doctor: {text}...[/]", markup=True))
-    report = diagnose(config, live=not no_live, live_timeout=live_timeout, hang=tuple(hang or ()),
-                      on_progress=progress)
+    report = diagnose(config, live=not no_live, live_timeout=live_timeout, hang=tuple(hang or ()), on_progress=progress)
     if json_out:
         out.print(to_json_text(report), markup=False, highlight=False, soft_wrap=True, emoji=False)
     else:

@@ -8,7 +8,7 @@ A help text states the default only where Typer's own [default: ...] cannot (Non
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
@@ -27,73 +27,162 @@ FLAG = {"metavar": ""}
 """Option settings of a boolean flag: no '<bool>' placeholder in --help (a flag takes no value)."""
 
 TotalSteps = Annotated[
-    int, typer.Option("--total-steps", help="Denoising steps T, split over the stages (the guide uses 28: divisible by 1, 2, 4, 7).")
+    int,
+    typer.Option(
+        "--total-steps", help="Denoising steps T, split over the stages (the guide uses 28: divisible by 1, 2, 4, 7)."
+    ),
 ]
 LatentShape = Annotated[
     tuple[int, int, int, int, int],
-    typer.Option("--latent-shape", help="B C F H W: videos per sample, latent channels, frames, latent height, latent width."),
+    typer.Option(
+        "--latent-shape", help="B C F H W: videos per sample, latent channels, frames, latent height, latent width."
+    ),
 ]
 NumSamples = Annotated[int, typer.Option("--num-samples", help="Samples to generate; sample i uses seed + i.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed of sample 0.")]
 NProc = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--nproc", help="Stages (one process, one GPU each). Under torchrun: the world size. Default 1."),
 ]
 Transport = Annotated[
-    Optional[Literal[TRANSPORTS]],
+    Literal[TRANSPORTS] | None,
     typer.Option("--transport", help="Default: nccl when every stage has a GPU, else gloo."),
 ]
-Device = Annotated[Optional[Literal[DEVICES]], typer.Option("--device", help="Default: cuda when torch sees a GPU, else cpu.")]
-Dtype = Annotated[Optional[Literal[DTYPES]], typer.Option("--dtype", help="Default: fp16 on CUDA, fp32 on CPU.")]
+Device = Annotated[
+    Literal[DEVICES] | None, typer.Option("--device", help="Default: cuda when torch sees a GPU, else cpu.")
+]
+Dtype = Annotated[Literal[DTYPES] | None, typer.Option("--dtype", help="Default: fp16 on CUDA, fp32 on CPU.")]
 Weights = Annotated[
     Literal[WEIGHTS],
-    typer.Option("--weights", help="pretrained, or random: the model's architecture with random weights (timing without a download)."),
+    typer.Option(
+        "--weights",
+        help="pretrained, or random: the model's architecture with random weights (timing without a download).",
+    ),
 ]
 OutputDir = Annotated[Path, typer.Option("--output-dir", help="Each run writes a new directory under this one.")]
 ModelId = Annotated[
     str,
-    typer.Option("--model-id", "--model", help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; 'synthetic' for the CPU stand-in."),
+    typer.Option(
+        "--model-id",
+        "--model",
+        help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; 'synthetic' for the CPU stand-in.",
+    ),
 ]
-Timeout = Annotated[float, typer.Option("--timeout", help="Longest single wait in seconds (receive, send, rendezvous).")]
-StepMs = Annotated[float, typer.Option("--step-ms", help="Synthetic model: wall time per step in ms, spent without using the CPU.")]
-BindHost = Annotated[Optional[str], typer.Option("--bind-host", help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's address toward the rendezvous.")]
-StallTimeout = Annotated[float, typer.Option("--stall-timeout", help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is named as hung.")]
-ZmqEndpoint = Annotated[Literal[ZMQ_ENDPOINTS], typer.Option("--zmq-endpoint", help="zmq: ipc (one host), tcp (across hosts) or auto.")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Longest single wait in seconds (receive, send, rendezvous).")
+]
+StepMs = Annotated[
+    float, typer.Option("--step-ms", help="Synthetic model: wall time per step in ms, spent without using the CPU.")
+]
+BindHost = Annotated[
+    str | None,
+    typer.Option(
+        "--bind-host",
+        help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's address toward the rendezvous.",
+    ),
+]
+StallTimeout = Annotated[
+    float,
+    typer.Option(
+        "--stall-timeout",
+        help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is named as hung.",
+    ),
+]
+ZmqEndpoint = Annotated[
+    Literal[ZMQ_ENDPOINTS], typer.Option("--zmq-endpoint", help="zmq: ipc (one host), tcp (across hosts) or auto.")
+]
 Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", **FLAG)]
 NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live progress (summary only).", **FLAG)]
 LogFormat = Annotated[
     Literal[LOG_FORMATS],
-    typer.Option("--log-format", help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON line); auto: rich on a terminal, plain otherwise (a job's log file)."),
+    typer.Option(
+        "--log-format",
+        help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON line); auto: rich on a terminal, plain otherwise (a job's log file).",
+    ),
 ]
-ProgressInterval = Annotated[float, typer.Option("--progress-interval", help="Seconds between progress lines (plain and json formats).")]
+ProgressInterval = Annotated[
+    float, typer.Option("--progress-interval", help="Seconds between progress lines (plain and json formats).")
+]
 
 Strategy = Annotated[
     Literal[STRATEGIES],
-    typer.Option("--strategy", help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model predicts best for --goal)."),
+    typer.Option(
+        "--strategy",
+        help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model predicts best for --goal).",
+    ),
 ]
-PipelineStages = Annotated[Optional[int], typer.Option("--pipeline-stages", help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.")]
-Replicas = Annotated[Optional[int], typer.Option("--replicas", help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline --replicas 2 (2 x 4 stages).")]
-Goal = Annotated[Literal[GOALS], typer.Option("--goal", help="--strategy auto: shortest makespan of all samples (throughput) or of one video (latency).")]
-CfgHalfMs = Annotated[Optional[float], typer.Option("--cfg-half-ms", help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 frames 512x512).")]
-MaxInFlight = Annotated[int, typer.Option("--max-in-flight", help="Messages a stage may have queued for sending before it waits (back-pressure).")]
+PipelineStages = Annotated[
+    int | None,
+    typer.Option(
+        "--pipeline-stages",
+        help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.",
+    ),
+]
+Replicas = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline --replicas 2 (2 x 4 stages).",
+    ),
+]
+Goal = Annotated[
+    Literal[GOALS],
+    typer.Option(
+        "--goal", help="--strategy auto: shortest makespan of all samples (throughput) or of one video (latency)."
+    ),
+]
+CfgHalfMs = Annotated[
+    float | None,
+    typer.Option(
+        "--cfg-half-ms",
+        help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 frames 512x512).",
+    ),
+]
+MaxInFlight = Annotated[
+    int,
+    typer.Option(
+        "--max-in-flight", help="Messages a stage may have queued for sending before it waits (back-pressure)."
+    ),
+]
 
 # -- how the steps are split, and what the work costs (ppsvd.costs) ---------------------------------
 Partition = Annotated[
     str,
-    typer.Option("--partition", help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), even, or sizes such as 4,5,5,5,5,3,1."),
+    typer.Option(
+        "--partition",
+        help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), even, or sizes such as 4,5,5,5,5,3,1.",
+    ),
 ]
 CostsFrom = Annotated[
-    Optional[str],
-    typer.Option("--costs-from", help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the start)."),
+    str | None,
+    typer.Option(
+        "--costs-from",
+        help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the start).",
+    ),
 ]
-EncodeMs = Annotated[float, typer.Option("--encode-ms", help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like --step-ms.")]
-DecodeMs = Annotated[float, typer.Option("--decode-ms", help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like --step-ms.")]
+EncodeMs = Annotated[
+    float,
+    typer.Option(
+        "--encode-ms",
+        help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like --step-ms.",
+    ),
+]
+DecodeMs = Annotated[
+    float,
+    typer.Option(
+        "--decode-ms",
+        help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like --step-ms.",
+    ),
+]
 StageSpeed = Annotated[
-    Optional[str],
-    typer.Option("--stage-speed", help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a stage is divided by it."),
+    str | None,
+    typer.Option(
+        "--stage-speed",
+        help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a stage is divided by it.",
+    ),
 ]
 Resume = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--resume",
         help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it lacks; "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,8 +13,16 @@ from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_
 NAME = "plan"
 
 NProc = Annotated[int, typer.Option("--nproc", help="Stages (one process, one GPU each) to plan for.")]
-HandoffMs = Annotated[float, typer.Option("--handoff-ms", help="One hand-off between neighbouring stages, in ms (adds to latency; sets the pace only if above every stage's time).")]
-Json = Annotated[bool, typer.Option("--json", help="Print the plan and its predictions as one JSON object (for scripts).")]
+HandoffMs = Annotated[
+    float,
+    typer.Option(
+        "--handoff-ms",
+        help="One hand-off between neighbouring stages, in ms (adds to latency; sets the pace only if above every stage's time).",
+    ),
+]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print the plan and its predictions as one JSON object (for scripts).")
+]
 
 
 def command(
@@ -29,7 +37,13 @@ def command(
     stage_speed: o.StageSpeed = None,
     handoff_ms: HandoffMs = 0.0,
     cfg_half_ms: o.CfgHalfMs = None,
-    decode_chunk_size: Annotated[Optional[int], typer.Option("--decode-chunk-size", help="Frames decoded at a time (where a guidance pair can split the decode). Default: all.")] = None,
+    decode_chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-chunk-size",
+            help="Frames decoded at a time (where a guidance pair can split the decode). Default: all.",
+        ),
+    ] = None,
     latent_shape: o.LatentShape = DEFAULT_LATENT_SHAPE,
     goal: o.Goal = "throughput",
     as_json: Json = False,
@@ -55,29 +69,52 @@ def command(
     if costs_from and (step_ms or encode_ms or decode_ms or speeds):
         raise ConfigError(f"--costs-from {costs_from} and explicit costs (--step-ms ...) both given; give one of them")
     if not costs_from and step_ms <= 0:
-        raise ConfigError("ppsvd plan needs costs: --costs-from RUN_DIR (a finished run), or --step-ms MS (with --encode-ms, --decode-ms, --stage-speed)")
+        raise ConfigError(
+            "ppsvd plan needs costs: --costs-from RUN_DIR (a finished run), or --step-ms MS (with --encode-ms, --decode-ms, --stage-speed)"
+        )
     if handoff_ms < 0:
         raise ConfigError(f"--handoff-ms {handoff_ms} is negative; use 0 or more milliseconds")
     # The run's own checks (one line each): sizes that fit, one speed per stage, a usable run directory.
     config = RunConfig.from_options(
-        total_steps=total_steps, nproc=nproc, num_samples=num_samples, partition=partition, costs_from=costs_from,
-        step_ms=step_ms, encode_ms=encode_ms, decode_ms=decode_ms, stage_speed=speeds, cfg_half_ms=cfg_half_ms,
-        decode_chunk_size=decode_chunk_size, latent_shape=tuple(latent_shape), goal=goal,
+        total_steps=total_steps,
+        nproc=nproc,
+        num_samples=num_samples,
+        partition=partition,
+        costs_from=costs_from,
+        step_ms=step_ms,
+        encode_ms=encode_ms,
+        decode_ms=decode_ms,
+        stage_speed=speeds,
+        cfg_half_ms=cfg_half_ms,
+        decode_chunk_size=decode_chunk_size,
+        latent_shape=tuple(latent_shape),
+        goal=goal,
     ).validate()
     if costs_from:
         costs = known_costs(config)
     else:
         costs = CostModel.from_ms(step_ms, encode_ms, decode_ms, speeds, source="as given")
     if handoff_ms:
-        costs = CostModel(costs.step_s, costs.prepare_s, costs.finalize_s, handoff_ms / 1000, costs.speeds, costs.source)
+        costs = CostModel(
+            costs.step_s, costs.prepare_s, costs.finalize_s, handoff_ms / 1000, costs.speeds, costs.source
+        )
     chosen = forecast(choose_plan(partition, total_steps, nproc, costs), costs, num_samples)
     even = forecast(partition_steps(total_steps, nproc), costs, num_samples)
     from ppsvd.layouts import choose
 
     _, reason, layouts = choose(config.replace(strategy="auto"), costs)
     if as_json:
-        print(json.dumps({"partition": partition, "plan": chosen.to_json(), "even": even.to_json(),
-                          "layouts": [f.row() for f in layouts], "auto": reason}))
+        print(
+            json.dumps(
+                {
+                    "partition": partition,
+                    "plan": chosen.to_json(),
+                    "even": even.to_json(),
+                    "layouts": [f.row() for f in layouts],
+                    "auto": reason,
+                }
+            )
+        )
         return 0
     _show(partition, chosen, even)
     _show_layouts(layouts, reason, goal)
@@ -89,13 +126,24 @@ def _show_layouts(layouts, reason: str, goal: str) -> None:
 
     from ppsvd.console import out
 
-    table = Table(title=f"layouts of the same processes · best for --goal {goal} first", header_style="bold",
-                  title_style="bold", box=None, pad_edge=False)
+    table = Table(
+        title=f"layouts of the same processes · best for --goal {goal} first",
+        header_style="bold",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+    )
     for name in ("layout", "", "steps per stage", "makespan s", "samples/s", "latency s"):
         table.add_column(name, justify="left" if name in ("layout", "") else "right")
     for f in layouts:
-        table.add_row(f.layout.name(), f.layout.describe(), "+".join(map(str, f.sizes)), f"{f.makespan_s:.2f}",
-                      f"{f.throughput:.4f}", f"{f.latency_s:.3f}")
+        table.add_row(
+            f.layout.name(),
+            f.layout.describe(),
+            "+".join(map(str, f.sizes)),
+            f"{f.makespan_s:.2f}",
+            f"{f.throughput:.4f}",
+            f"{f.latency_s:.3f}",
+        )
     out.print(table)
     out.print(reason, style="dim", soft_wrap=True)
 
@@ -106,15 +154,25 @@ def _show(partition: str, chosen, even) -> None:
     from ppsvd.console import out
 
     n = chosen.num_stages
-    table = Table(title=f"ppsvd plan · {n} stage{'s' if n != 1 else ''} · T={sum(chosen.sizes)} · {partition}",
-                  header_style="bold", title_style="bold", box=None, pad_edge=False)
+    table = Table(
+        title=f"ppsvd plan · {n} stage{'s' if n != 1 else ''} · T={sum(chosen.sizes)} · {partition}",
+        header_style="bold",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+    )
     for name in ("stage", "steps", "s/sample", "even split", "s/sample (even)"):
         table.add_column(name, justify="right")
     start = even_start = 0
     for k, (size, t, even_size, even_t) in enumerate(zip(chosen.sizes, chosen.stage_s, even.sizes, even.stage_s)):
         mark = " ◀" if k == chosen.bottleneck else ""
-        table.add_row(str(k), f"{start}–{start + size - 1} ({size})", f"{t:.3f}{mark}",
-                      f"{even_start}–{even_start + even_size - 1} ({even_size})", f"{even_t:.3f}")
+        table.add_row(
+            str(k),
+            f"{start}–{start + size - 1} ({size})",
+            f"{t:.3f}{mark}",
+            f"{even_start}–{even_start + even_size - 1} ({even_size})",
+            f"{even_t:.3f}",
+        )
         start, even_start = start + size, even_start + even_size
     out.print(table)
 
@@ -134,7 +192,13 @@ def _show(partition: str, chosen, even) -> None:
     lines.add_row("one GPU", f"{1 / chosen.single_s:.4f} samples/s ({chosen.single_s:.3f} s per sample)")
     lines.add_row("latency", f"{chosen.latency_s:.3f} s per sample through every stage")
     pipe, data = chosen.pipeline_makespan_s, chosen.data_makespan_s
-    faster = "the same" if abs(pipe - data) <= 1e-9 * max(pipe, data) else ("pipeline" if pipe < data else "data parallelism")
-    lines.add_row(f"{s} samples", f"pipeline {pipe:.2f} s, data-parallel {data:.2f} s on the same {n} GPUs: {faster} finishes first")
+    faster = (
+        "the same"
+        if abs(pipe - data) <= 1e-9 * max(pipe, data)
+        else ("pipeline" if pipe < data else "data parallelism")
+    )
+    lines.add_row(
+        f"{s} samples",
+        f"pipeline {pipe:.2f} s, data-parallel {data:.2f} s on the same {n} GPUs: {faster} finishes first",
+    )
     out.print(lines)
-

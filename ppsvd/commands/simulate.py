@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS, DEVICES, DTYPES, SYNTHETIC_MODEL, parse_float_list
+from ppsvd.config import (
+    DEFAULT_LATENT_SHAPE,
+    DEFAULT_PARTITION,
+    DEFAULT_TOTAL_STEPS,
+    DEVICES,
+    DTYPES,
+    SYNTHETIC_MODEL,
+    parse_float_list,
+)
 
 NAME = "simulate"
 
-NProc = Annotated[Optional[int], typer.Option("--nproc", help="Stages (one process each). Default 4; under torchrun: the world size.")]
+NProc = Annotated[
+    int | None, typer.Option("--nproc", help="Stages (one process each). Default 4; under torchrun: the world size.")
+]
 Device = Annotated[Literal[DEVICES], typer.Option("--device", help="Where the stand-in's tensors live.")]
 
 
@@ -25,7 +35,7 @@ def command(
     nproc: NProc = None,
     transport: o.Transport = None,
     device: Device = "cpu",
-    dtype: Annotated[Optional[Literal[DTYPES]], typer.Option("--dtype")] = "fp32",
+    dtype: Annotated[Literal[DTYPES] | None, typer.Option("--dtype")] = "fp32",
     step_ms: o.StepMs = 20.0,
     model: o.ModelId = SYNTHETIC_MODEL,
     strategy: o.Strategy = "pipeline",
@@ -37,7 +47,13 @@ def command(
     encode_ms: o.EncodeMs = 0.0,
     decode_ms: o.DecodeMs = 0.0,
     cfg_half_ms: o.CfgHalfMs = None,
-    decode_chunk_size: Annotated[Optional[int], typer.Option("--decode-chunk-size", help="Frames decoded at a time (a guidance pair splits the decode at these chunks). Default: all.")] = None,
+    decode_chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-chunk-size",
+            help="Frames decoded at a time (a guidance pair splits the decode at these chunks). Default: all.",
+        ),
+    ] = None,
     stage_speed: o.StageSpeed = None,
     output_dir: o.OutputDir = Path("ppsvd-runs"),
     timeout: o.Timeout = 600.0,

@@ -54,7 +54,12 @@ def summary_table(metrics: RunMetrics) -> Table:
         stages.add_column("hand-off →", justify="right")
     hops = {h.src: h for h in m.hops}
     for st in m.stages:
-        row = [str(st.stage), f"{st.steps[0]}–{st.steps[1] - 1} ({st.num_steps})", str(st.samples), _fmt(st.median_sample_s, ".3f")]
+        row = [
+            str(st.stage),
+            f"{st.steps[0]}–{st.steps[1] - 1} ({st.num_steps})",
+            str(st.samples),
+            _fmt(st.median_sample_s, ".3f"),
+        ]
         if predicted:
             row.append(_fmt(st.predicted_sample_s, ".3f"))
         row += [_pct(st.busy_frac), _pct(st.waiting_frac), f"{st.load_s:.2f}"]
@@ -77,8 +82,14 @@ def summary_table(metrics: RunMetrics) -> Table:
     rate_name = "steady samples/s" if pipeline else "samples/s (whole run)"
     overall.add_row(rate_name, _fmt(m.throughput, ".4f"))
     if m.predicted_throughput is not None:
-        overall.add_row("planned samples/s", f"{_fmt(m.predicted_throughput, '.4f')}  (measured {_pct(m.vs_plan)} of plan)")
-    speedup = f"{_fmt(m.speedup, '.2f', '×')} on {m.num_stages}, efficiency {_pct(m.efficiency)}" if m.speedup is not None else "—"
+        overall.add_row(
+            "planned samples/s", f"{_fmt(m.predicted_throughput, '.4f')}  (measured {_pct(m.vs_plan)} of plan)"
+        )
+    speedup = (
+        f"{_fmt(m.speedup, '.2f', '×')} on {m.num_stages}, efficiency {_pct(m.efficiency)}"
+        if m.speedup is not None
+        else "—"
+    )
     overall.add_row("speedup", speedup)
     overall.add_row("", Text(m.efficiency_basis, style="dim"))
     mode = f"{m.partition_mode}: " if m.partition_mode else ""
@@ -105,8 +116,15 @@ def _compact(title: str) -> Table:
     """No vertical rules and one space between columns, so a sweep table fits 80 columns."""
     from rich import box
 
-    return Table(title=title, header_style="bold", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
-                 pad_edge=False, show_edge=False)
+    return Table(
+        title=title,
+        header_style="bold",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+    )
 
 
 def _range_pct(values: list[float | None]) -> str:
@@ -122,7 +140,17 @@ def bench_table(runs: list[BenchRun]) -> Table:
     """The sweep's scaling: the guide's numbers first, then speedup and efficiency vs 1 GPU."""
     table = _compact("ppsvd bench: scaling")
     # Two-line headers keep the table inside 80 columns (what Rich assumes when piped).
-    for name in ("GPUs", "strategy", "steps\nper GPU", "total s", "s per\nsample", "samples\nper s", "speedup", "effi-\nciency", "status"):
+    for name in (
+        "GPUs",
+        "strategy",
+        "steps\nper GPU",
+        "total s",
+        "s per\nsample",
+        "samples\nper s",
+        "speedup",
+        "effi-\nciency",
+        "status",
+    ):
         table.add_column(name, justify="left" if name in ("strategy", "status") else "right")
     for run in runs:
         m = run.metrics
@@ -148,7 +176,18 @@ def detail_table(runs: list[BenchRun]) -> Table:
     """Where the time went in each successful run: load, first sample, fill, latency, utilisation
     (the spread over stages) and the slowest hop's median hand-off. Drain and more: in the CSV."""
     table = _compact("ppsvd bench: where the time went")
-    for name in ("GPUs", "strategy", "load\ns", "first\nsample s", "fill\ns", "latency\np50 s", "latency\np95 s", "busy", "waiting", "hop\nms"):
+    for name in (
+        "GPUs",
+        "strategy",
+        "load\ns",
+        "first\nsample s",
+        "fill\ns",
+        "latency\np50 s",
+        "latency\np95 s",
+        "busy",
+        "waiting",
+        "hop\nms",
+    ):
         table.add_column(name, justify="left" if name == "strategy" else "right")
     for run in runs:
         m = run.metrics
@@ -183,7 +222,15 @@ def comparison_table(runs: list[BenchRun]) -> Table | None:
     if not counts:
         return None
     table = _compact("pipeline vs data parallelism (same GPUs, same samples)")
-    headers = ("GPUs", "total s\npipeline", "total s\ndata", "work s\npipeline", "work s\ndata", "ideal work s\npipeline / data", "faster\n(work)")
+    headers = (
+        "GPUs",
+        "total s\npipeline",
+        "total s\ndata",
+        "work s\npipeline",
+        "work s\ndata",
+        "ideal work s\npipeline / data",
+        "faster\n(work)",
+    )
     for name in headers:
         table.add_column(name, justify="left" if name.startswith("faster") else "right")
     for n in counts:

@@ -12,17 +12,28 @@ Importing this package imports neither torch nor NVML.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ppsvd import __version__
-from ppsvd.doctor.checks import context, exit_code, run_checks
 from ppsvd.config import RunConfig
+from ppsvd.doctor.checks import context, exit_code, run_checks
 from ppsvd.doctor.facts import CheckResult, Facts
 
 SCHEMA_VERSION = 1
-TOP_LEVEL_KEYS = ("schema_version", "ppsvd_version", "ok", "exit_code", "planned", "machine", "counts", "checks",
-                  "probe_errors", "elapsed_s")
+TOP_LEVEL_KEYS = (
+    "schema_version",
+    "ppsvd_version",
+    "ok",
+    "exit_code",
+    "planned",
+    "machine",
+    "counts",
+    "checks",
+    "probe_errors",
+    "elapsed_s",
+)
 CHECK_KEYS = ("name", "status", "summary", "fix", "details")
 
 
@@ -52,14 +63,24 @@ class Report:
             "ok": self.exit_code == 0,
             "exit_code": self.exit_code,
             "planned": {
-                "model": p.model.model, "nproc": p.layout.nproc, "latent_shape": list(p.job.latent_shape), "dtype": self.dtype,
-                "device": self.device, "transport": self.transport, "total_steps": p.job.total_steps,
-                "num_samples": p.job.num_samples, "output_dir": str(p.output.output_dir),
+                "model": p.model.model,
+                "nproc": p.layout.nproc,
+                "latent_shape": list(p.job.latent_shape),
+                "dtype": self.dtype,
+                "device": self.device,
+                "transport": self.transport,
+                "total_steps": p.job.total_steps,
+                "num_samples": p.job.num_samples,
+                "output_dir": str(p.output.output_dir),
             },
             "machine": {
-                "python": f.python, "platform": f.platform, "cpu_count": f.cpu_count,
-                "host_total_bytes": f.host_total_bytes, "host_available_bytes": f.host_available_bytes,
-                "gpu_count": len(f.gpus), "gpu_source": f.gpu_source,
+                "python": f.python,
+                "platform": f.platform,
+                "cpu_count": f.cpu_count,
+                "host_total_bytes": f.host_total_bytes,
+                "host_available_bytes": f.host_available_bytes,
+                "gpu_count": len(f.gpus),
+                "gpu_source": f.gpu_source,
             },
             "counts": self.counts(),
             "checks": [c.to_json() for c in self.checks],
@@ -94,16 +115,30 @@ def diagnose(
     facts = probe.gather(config, env=env, nvml=nvml, torch_module=torch_module)
     ctx = context(facts, config)
     if live:
-        run_live(facts, config, ctx.dtype, timeout_s=live_timeout, check_link=check_link, hang=hang,
-                 on_start=(lambda label: on_progress(f"live transport check: {label}")) if on_progress else None)
+        run_live(
+            facts,
+            config,
+            ctx.dtype,
+            timeout_s=live_timeout,
+            check_link=check_link,
+            hang=hang,
+            on_start=(lambda label: on_progress(f"live transport check: {label}")) if on_progress else None,
+        )
     return report_for(facts, config, elapsed_s=time.monotonic() - start)
 
 
 def report_for(facts: Facts, config: RunConfig, *, elapsed_s: float = 0.0) -> Report:
     """The report for already-gathered facts (pure: what tests call with fake facts)."""
     ctx = context(facts, config)
-    return Report(config=config, facts=facts, checks=run_checks(facts, config), device=ctx.device, dtype=ctx.dtype,
-                  transport=ctx.transport, elapsed_s=elapsed_s)
+    return Report(
+        config=config,
+        facts=facts,
+        checks=run_checks(facts, config),
+        device=ctx.device,
+        dtype=ctx.dtype,
+        transport=ctx.transport,
+        elapsed_s=elapsed_s,
+    )
 
 
 __all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Facts", "Report", "diagnose", "report_for"]

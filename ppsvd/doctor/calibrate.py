@@ -85,8 +85,10 @@ def measure(device: str, sizes: list[tuple[int, int]]) -> None:
             z = torch.randn(frames, 4, hw, hw, dtype=dt)
             d = peak(lambda z=z, frames=frames: vae.decode(z, num_frames=frames).sample)
         pos = frames * hw * hw
-        print(f"F={frames} H=W={hw}: unet {u / 2**20:8.1f} MiB  {u / (2 * pos) / 2:8.0f} elems/pos/cfg-copy   "
-              f"decode {d / 2**20:8.1f} MiB  {d / pos / 2:8.0f} elems/pos")
+        print(
+            f"F={frames} H=W={hw}: unet {u / 2**20:8.1f} MiB  {u / (2 * pos) / 2:8.0f} elems/pos/cfg-copy   "
+            f"decode {d / 2**20:8.1f} MiB  {d / pos / 2:8.0f} elems/pos"
+        )
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ppsvd.config import RunConfig
 from ppsvd.doctor.facts import Facts, LinkInfo
@@ -66,8 +67,9 @@ def run_live(
     for label, transport, endpoint in run:
         if on_start:
             on_start(label)
-        facts.live.append(_one(check_link, label, transport, endpoint, payload, TORCH_DTYPES[dtype], timeout_s,
-                               label in hang))
+        facts.live.append(
+            _one(check_link, label, transport, endpoint, payload, TORCH_DTYPES[dtype], timeout_s, label in hang)
+        )
     # The first check also pays for starting check_link's worker server (a torch import: seconds on a
     # busy machine), inside its timeout. If it timed out while a later one worked, run it once more.
     first = facts.live[0] if facts.live else None
@@ -79,15 +81,30 @@ def run_live(
         facts.live[0] = dataclasses.replace(again, attempts=2)
 
 
-def _one(check_link: Callable[..., Any], label: str, transport: str, endpoint: str, payload: tuple[int, ...],
-         dtype: str, timeout_s: float, hang: bool) -> LinkInfo:
+def _one(
+    check_link: Callable[..., Any],
+    label: str,
+    transport: str,
+    endpoint: str,
+    payload: tuple[int, ...],
+    dtype: str,
+    timeout_s: float,
+    hang: bool,
+) -> LinkInfo:
     box: dict[str, Any] = {}
     start = time.monotonic()
 
     def target() -> None:
         try:
-            box["result"] = check_link(transport, zmq_endpoint=endpoint, payload_shape=payload, dtype=dtype,
-                                       repeats=REPEATS, timeout_s=timeout_s, _hang=hang)
+            box["result"] = check_link(
+                transport,
+                zmq_endpoint=endpoint,
+                payload_shape=payload,
+                dtype=dtype,
+                repeats=REPEATS,
+                timeout_s=timeout_s,
+                _hang=hang,
+            )
         except BaseException as exc:  # noqa: BLE001 - reported, never raised
             box["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
@@ -96,14 +113,34 @@ def _one(check_link: Callable[..., Any], label: str, transport: str, endpoint: s
     thread.join(timeout_s + GRACE_S)
     elapsed = time.monotonic() - start
     if thread.is_alive():
-        return LinkInfo(transport=transport, endpoint=None, label=label, ok=False, elapsed_s=elapsed, timeout_s=timeout_s,
-                        error=f"no answer within {timeout_s + GRACE_S:g}s (abandoned)")
+        return LinkInfo(
+            transport=transport,
+            endpoint=None,
+            label=label,
+            ok=False,
+            elapsed_s=elapsed,
+            timeout_s=timeout_s,
+            error=f"no answer within {timeout_s + GRACE_S:g}s (abandoned)",
+        )
     if "error" in box:
-        return LinkInfo(transport=transport, endpoint=None, label=label, ok=False, error=box["error"],
-                        elapsed_s=elapsed, timeout_s=timeout_s)
+        return LinkInfo(
+            transport=transport,
+            endpoint=None,
+            label=label,
+            ok=False,
+            error=box["error"],
+            elapsed_s=elapsed,
+            timeout_s=timeout_s,
+        )
     r = box["result"]
     return LinkInfo(
-        transport=transport, endpoint=getattr(r, "endpoint", None) or None, label=label, ok=bool(r.ok),
-        latency_ms=r.latency_ms, bandwidth_gbps=r.bandwidth_gbps, error=r.error,
-        elapsed_s=getattr(r, "elapsed_s", elapsed), timeout_s=timeout_s,
+        transport=transport,
+        endpoint=getattr(r, "endpoint", None) or None,
+        label=label,
+        ok=bool(r.ok),
+        latency_ms=r.latency_ms,
+        bandwidth_gbps=r.bandwidth_gbps,
+        error=r.error,
+        elapsed_s=getattr(r, "elapsed_s", elapsed),
+        timeout_s=timeout_s,
     )

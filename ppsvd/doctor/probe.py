@@ -12,12 +12,13 @@ import os
 import platform
 import shutil
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.doctor.checks import version_tuple
 from ppsvd.doctor.facts import DiskInfo, Facts, GpuInfo, ModelInfo, PairInfo
-from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.models import hub
 
 PACKAGES = ("torch", "diffusers", "transformers", "pyzmq", "nvidia-ml-py", "huggingface_hub")
@@ -225,16 +226,28 @@ def _nvml_gpu(nvml: Any, handle: Any, ordinal: int, phys: int, uuid: str, facts:
         links = active
     except Exception:
         links = None
-    return GpuInfo(index=ordinal, name=name, total_bytes=total, free_bytes=free, capability=capability,  # type: ignore[arg-type]
-                   uuid=uuid or None, pci_bus_id=bus, nvml_index=phys, nvlinks_active=links)
+    return GpuInfo(
+        index=ordinal,
+        name=name,
+        total_bytes=total,
+        free_bytes=free,
+        capability=capability,  # type: ignore[arg-type]
+        uuid=uuid or None,
+        pci_bus_id=bus,
+        nvml_index=phys,
+        nvlinks_active=links,
+    )
 
 
 def _nvml_pair(nvml: Any, ha: Any, hb: Any, a: int, b: int) -> PairInfo:
     p2p: bool | None
     reason = None
     try:
-        statuses = [int(nvml.nvmlDeviceGetP2PStatus(x, y, cap)) for x, y in ((ha, hb), (hb, ha))
-                    for cap in (P2P_CAPS_READ, P2P_CAPS_WRITE)]
+        statuses = [
+            int(nvml.nvmlDeviceGetP2PStatus(x, y, cap))
+            for x, y in ((ha, hb), (hb, ha))
+            for cap in (P2P_CAPS_READ, P2P_CAPS_WRITE)
+        ]
         bad = [s for s in statuses if s != P2P_STATUS_OK]
         p2p = not bad
         if bad:
@@ -264,13 +277,22 @@ def _probe_torch_gpus(facts: Facts, torch: Any) -> None:
             except Exception as exc:
                 facts.probe_errors.append(f"GPU {i} free memory: {exc}")
                 total = int(getattr(props, "total_memory", 0)) or None
-            facts.gpus.append(GpuInfo(index=i, name=str(props.name), total_bytes=total, free_bytes=free,
-                                      capability=(int(props.major), int(props.minor))))
+            facts.gpus.append(
+                GpuInfo(
+                    index=i,
+                    name=str(props.name),
+                    total_bytes=total,
+                    free_bytes=free,
+                    capability=(int(props.major), int(props.minor)),
+                )
+            )
         for a in range(count):
             for b in range(a + 1, count):
                 try:
                     ok = bool(torch.cuda.can_device_access_peer(a, b)) and bool(torch.cuda.can_device_access_peer(b, a))
-                    facts.pairs.append(PairInfo(a=a, b=b, p2p=ok, p2p_reason=None if ok else "CUDA reports no peer access"))
+                    facts.pairs.append(
+                        PairInfo(a=a, b=b, p2p=ok, p2p_reason=None if ok else "CUDA reports no peer access")
+                    )
                 except Exception as exc:
                     facts.pairs.append(PairInfo(a=a, b=b, p2p=None, p2p_reason=f"torch could not tell: {exc}"))
         facts.gpu_source = "torch"
@@ -357,8 +379,17 @@ def probe_model(model: str, env: Mapping[str, str]) -> ModelInfo:
     if where == "hub":
         blobs = hub.repo_cache_dir(model, env) / "blobs"
         incomplete = len(list(blobs.glob("*.incomplete"))) if blobs.is_dir() else 0
-    return ModelInfo(model=model, kind=where, present=not missing, path=path, files=files, size_bytes=size,
-                     missing=missing, incomplete_downloads=incomplete, cache_dir=cache)
+    return ModelInfo(
+        model=model,
+        kind=where,
+        present=not missing,
+        path=path,
+        files=files,
+        size_bytes=size,
+        missing=missing,
+        incomplete_downloads=incomplete,
+        cache_dir=cache,
+    )
 
 
 def _count_files(root: Path) -> tuple[int, int]:
@@ -387,5 +418,10 @@ def probe_disk(path: Path) -> DiskInfo:
         free, total = int(usage.free), int(usage.total)
     except OSError:
         free = total = None
-    return DiskInfo(path=str(path), existing=str(existing), free_bytes=free, total_bytes=total,
-                    writable=os.access(existing, os.W_OK))
+    return DiskInfo(
+        path=str(path),
+        existing=str(existing),
+        free_bytes=free,
+        total_bytes=total,
+        writable=os.access(existing, os.W_OK),
+    )

@@ -23,11 +23,14 @@ def to_json_text(report: Report) -> str:
 
 def render(report: Report, console: Console) -> None:
     p = report.config
-    console.print(Text.assemble(
-        ("ppsvd doctor", "bold"),
-        f"  planned: --model-id {p.model.model} --nproc {p.layout.nproc} --latent-shape {' '.join(map(str, p.job.latent_shape))} "
-        f"--dtype {report.dtype} --device {report.device} --transport {report.transport} --total-steps {p.job.total_steps}",
-    ), soft_wrap=True)
+    console.print(
+        Text.assemble(
+            ("ppsvd doctor", "bold"),
+            f"  planned: --model-id {p.model.model} --nproc {p.layout.nproc} --latent-shape {' '.join(map(str, p.job.latent_shape))} "
+            f"--dtype {report.dtype} --device {report.device} --transport {report.transport} --total-steps {p.job.total_steps}",
+        ),
+        soft_wrap=True,
+    )
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
     table.add_column("", no_wrap=True)
@@ -45,14 +48,18 @@ def render(report: Report, console: Console) -> None:
     _live_table(report, console)
 
     counts = report.counts()
-    verdict = ("the planned run has what it needs" if report.exit_code == 0
-               else "fix the ✗ above before the planned run")
-    console.print(Text.assemble(
-        (f"{counts['pass']} passed", "green"), ", ",
-        (f"{counts['warn']} warning{'s' if counts['warn'] != 1 else ''}", "yellow" if counts["warn"] else ""), ", ",
-        (f"{counts['fail']} failed", "bold red" if counts["fail"] else ""),
-        f", {counts['skip']} skipped in {report.elapsed_s:.1f}s: {verdict} (exit {report.exit_code})",
-    ), soft_wrap=True)
+    verdict = "the planned run has what it needs" if report.exit_code == 0 else "fix the ✗ above before the planned run"
+    console.print(
+        Text.assemble(
+            (f"{counts['pass']} passed", "green"),
+            ", ",
+            (f"{counts['warn']} warning{'s' if counts['warn'] != 1 else ''}", "yellow" if counts["warn"] else ""),
+            ", ",
+            (f"{counts['fail']} failed", "bold red" if counts["fail"] else ""),
+            f", {counts['skip']} skipped in {report.elapsed_s:.1f}s: {verdict} (exit {report.exit_code})",
+        ),
+        soft_wrap=True,
+    )
 
 
 def _gpu_table(report: Report, console: Console) -> None:
@@ -66,8 +73,14 @@ def _gpu_table(report: Report, console: Console) -> None:
     for g in gpus:
         mem = "?" if g.total_bytes is None else f"{(g.free_bytes or 0) / GIB:.1f} / {g.total_bytes / GIB:.1f} GiB"
         cap = "?" if g.capability is None else f"{g.capability[0]}.{g.capability[1]}"
-        t.add_row(str(g.index), g.name, mem, cap, "?" if g.nvlinks_active is None else str(g.nvlinks_active),
-                  g.pci_bus_id or "")
+        t.add_row(
+            str(g.index),
+            g.name,
+            mem,
+            cap,
+            "?" if g.nvlinks_active is None else str(g.nvlinks_active),
+            g.pci_bus_id or "",
+        )
     console.print(t)
 
 
@@ -87,7 +100,9 @@ def _p2p_matrix(report: Report, console: Console) -> None:
         else:
             v = Text("P2P", style="green")
         cell[(q.a, q.b)] = cell[(q.b, q.a)] = v
-    console.print(Text.assemble(("GPU pairs", "bold"), " (NV: NVLink, P2P: peer access over PCIe, ✗: through host memory)"))
+    console.print(
+        Text.assemble(("GPU pairs", "bold"), " (NV: NVLink, P2P: peer access over PCIe, ✗: through host memory)")
+    )
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     t.add_column("")
     for j in range(n):
@@ -104,11 +119,14 @@ def _live_table(report: Report, console: Console) -> None:
     d = check.details
     shape = " x ".join(map(str, d["payload_shape"]))
     step = d["estimated_step_s"]
-    console.print(Text.assemble(
-        ("Live transport check", "bold"),
-        f": 2 local workers, {shape} {d['dtype']} ({d['payload_bytes'] / 1024:.0f} KiB) per message"
-        + (f", vs a reference SVD step of ~{step:.2f} s" if step else ""),
-    ), soft_wrap=True)
+    console.print(
+        Text.assemble(
+            ("Live transport check", "bold"),
+            f": 2 local workers, {shape} {d['dtype']} ({d['payload_bytes'] / 1024:.0f} KiB) per message"
+            + (f", vs a reference SVD step of ~{step:.2f} s" if step else ""),
+        ),
+        soft_wrap=True,
+    )
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("transport", "latency", "bandwidth", "share of a step", "took", "result"):
         t.add_column(col, no_wrap=col != "result")
@@ -120,7 +138,8 @@ def _live_table(report: Report, console: Console) -> None:
             "-" if row["bandwidth_gbps"] is None else f"{row['bandwidth_gbps']:.2f} Gbit/s",
             "-" if row["share_of_step"] is None else f"{row['share_of_step']:.3%}",
             "-" if row["elapsed_s"] is None else f"{row['elapsed_s']:.1f}s",
-            Text("ok" + (" (2nd try)" if row.get("attempts", 1) > 1 else ""), style="green") if ok
+            Text("ok" + (" (2nd try)" if row.get("attempts", 1) > 1 else ""), style="green")
+            if ok
             else Text(f"failed: {row['error']}", style="bold red"),
         )
     console.print(t)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import glob
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
@@ -150,7 +150,9 @@ def _fetch_url(url: str) -> Image.Image:
         raise InputImageError(f"--image {url}: the server did not send an image PIL can read; check the URL") from None
     except Exception as exc:  # requests' errors (refused, timeout, DNS) and truncated downloads alike
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputImageError(f"--image {url}: could not fetch the image ({reason}); check the URL, or download it and pass the file") from None
+        raise InputImageError(
+            f"--image {url}: could not fetch the image ({reason}); check the URL, or download it and pass the file"
+        ) from None
 
 
 def _fit(image: Image.Image, width: int, height: int) -> Image.Image:

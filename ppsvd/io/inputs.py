@@ -32,7 +32,9 @@ def read_inputs(path: str | Path) -> tuple[SampleInput, ...]:
     except FileNotFoundError:
         raise ConfigError(f"--inputs {path}: no such file; pass a CSV or JSON-lines job file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--inputs {path}: unreadable ({type(exc).__name__}: {exc}); pass a UTF-8 CSV or JSON-lines file") from None
+        raise ConfigError(
+            f"--inputs {path}: unreadable ({type(exc).__name__}: {exc}); pass a UTF-8 CSV or JSON-lines file"
+        ) from None
     rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _json_rows(path, text)
     entries = tuple(_entry(path, line, row) for line, row in rows)
     if not entries:
@@ -51,7 +53,9 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for line, row in enumerate(reader, start=2):
         if None in row:
-            raise ConfigError(f"--inputs {path} line {line}: more cells than the header has columns; quote values that contain commas")
+            raise ConfigError(
+                f"--inputs {path} line {line}: more cells than the header has columns; quote values that contain commas"
+            )
         values = {k.strip(): (v or "").strip() for k, v in row.items()}
         if any(values.values()):
             rows.append((line, {k: v for k, v in values.items() if v != ""}))
@@ -66,7 +70,9 @@ def _json_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--inputs {path} line {line}: not JSON ({exc.msg}); write one object per line, e.g. {_EXAMPLE}") from None
+            raise ConfigError(
+                f"--inputs {path} line {line}: not JSON ({exc.msg}); write one object per line, e.g. {_EXAMPLE}"
+            ) from None
         if isinstance(value, str):
             value = {"image": value}
         if not isinstance(value, dict):
@@ -79,7 +85,9 @@ def _entry(path: Path, line: int, row: dict[str, Any]) -> SampleInput:
     where = f"--inputs {path} line {line}"
     unknown = sorted(set(row) - set(SAMPLE_INPUT_FIELDS))
     if unknown:
-        raise ConfigError(f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields are {', '.join(SAMPLE_INPUT_FIELDS)}")
+        raise ConfigError(
+            f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields are {', '.join(SAMPLE_INPUT_FIELDS)}"
+        )
     image = row.get("image")
     if not isinstance(image, str) or not image.strip():
         raise ConfigError(f"{where}: no image; every entry needs one, e.g. {_EXAMPLE}")

@@ -53,7 +53,13 @@ class ResultWriter:
     """
 
     def __init__(
-        self, run_dir: Path, config, plan, model_facts: dict | None = None, *, manifest_name: str = MANIFEST,
+        self,
+        run_dir: Path,
+        config,
+        plan,
+        model_facts: dict | None = None,
+        *,
+        manifest_name: str = MANIFEST,
         journal_name: str = JOURNAL,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -115,7 +121,9 @@ class ResultWriter:
         entry: dict[str, Any] = {"index": result.index, **{k: v for k, v in result.meta.items()}}
         if cfg.output.save_latents:
             path = self.run_dir / "latents" / f"{stem}.safetensors"
-            save_latents(path, {"latents": result.latents}, metadata={"index": str(result.index), "layout": HANDOFF_LAYOUT})
+            save_latents(
+                path, {"latents": result.latents}, metadata={"index": str(result.index), "layout": HANDOFF_LAYOUT}
+            )
             entry["latents"] = str(path.relative_to(self.run_dir))
         if result.frames is not None and (cfg.output.save_video or cfg.output.save_frames):
             videos, frame_dirs = [], []
@@ -151,7 +159,9 @@ class ResultWriter:
         missing = missing_files(self.run_dir, self.entries)
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise OutputsLost(f"files listed in the manifest are gone from {self.run_dir}: {', '.join(missing[:3])}{more}")
+            raise OutputsLost(
+                f"files listed in the manifest are gone from {self.run_dir}: {', '.join(missing[:3])}{more}"
+            )
         self.write_manifest()
         os.unlink(self.journal)
 

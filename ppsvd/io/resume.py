@@ -23,10 +23,30 @@ CONFIG = "config.json"
 
 EXECUTION_FIELDS = frozenset(
     {
-        "nproc", "transport", "strategy", "partition", "costs_from", "stage_speed", "output_dir", "timeout_s",
-        "stall_timeout_s", "max_in_flight", "bind_host", "zmq_endpoint", "step_ms", "encode_ms", "decode_ms",
-        "debug", "show_progress", "extra", "log_format", "progress_interval_s", "pipeline_stages", "replicas",
-        "goal", "cfg_half_ms",
+        "nproc",
+        "transport",
+        "strategy",
+        "partition",
+        "costs_from",
+        "stage_speed",
+        "output_dir",
+        "timeout_s",
+        "stall_timeout_s",
+        "max_in_flight",
+        "bind_host",
+        "zmq_endpoint",
+        "step_ms",
+        "encode_ms",
+        "decode_ms",
+        "debug",
+        "show_progress",
+        "extra",
+        "log_format",
+        "progress_interval_s",
+        "pipeline_stages",
+        "replicas",
+        "goal",
+        "cfg_half_ms",
     }
 )
 """RunConfig options (flat names, as RunConfig.options() gives them) that change how a run executes, never a sample's values (the exactness
@@ -59,13 +79,17 @@ def load_run_config(run_dir: Path) -> RunConfig:
     try:
         data = json.loads((run_dir / CONFIG).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--resume {run_dir}: no {CONFIG} there; pass a directory a ppsvd run or simulate wrote") from None
+        raise ConfigError(
+            f"--resume {run_dir}: no {CONFIG} there; pass a directory a ppsvd run or simulate wrote"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {run_dir}: {CONFIG} is unreadable ({exc}); start a new run instead") from None
     try:
         return RunConfig.from_json(data)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"--resume {run_dir}: {CONFIG} does not describe a run this ppsvd can continue ({exc})") from None
+        raise ConfigError(
+            f"--resume {run_dir}: {CONFIG} does not describe a run this ppsvd can continue ({exc})"
+        ) from None
 
 
 def merge(
@@ -122,7 +146,11 @@ def _show(value: Any) -> str:
 def plan_resume(run_dir: Path, config: RunConfig) -> ResumePlan:
     """Which samples of run_dir are finished (listed, every file present and loadable) and which remain."""
     run_dir = Path(run_dir)
-    kept = [e for e in listed_entries(run_dir) if 0 <= e["index"] < config.job.num_samples and sample_is_intact(run_dir, e, config)]
+    kept = [
+        e
+        for e in listed_entries(run_dir)
+        if 0 <= e["index"] < config.job.num_samples and sample_is_intact(run_dir, e, config)
+    ]
     done = {e["index"] for e in kept}
     remaining = tuple(i for i in range(config.job.num_samples) if i not in done)
     return ResumePlan(run_dir=run_dir, config=config, kept=kept, remaining=remaining)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.costs import CostModel
 from ppsvd.plan import StepPlan
-from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
 
 StepCallback = Callable[[int], None]
 """Called after each denoising step with the global step index (for progress bars)."""
@@ -97,7 +98,9 @@ class StageModel(ABC):
         swap noise predictions with the partner through `pair` (which may be set later)."""
         from ppsvd.errors import ConfigError
 
-        raise ConfigError(f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline or data")
+        raise ConfigError(
+            f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline or data"
+        )
 
     def pair_schema(self) -> Schema:
         """The largest messages between guidance partners (a noise prediction; frames of the decode)."""
@@ -192,8 +195,16 @@ def check_memory(config: RunConfig) -> None:
     capacity, labels = _free_memory(config)
     if not capacity:
         return
-    problem = memory.fit_refusal(config.model.model, config.resolved_dtype, config.job.latent_shape, config.layout.nproc, config.model.device,
-                                 capacity, labels, config.svd.decode_chunk_size)
+    problem = memory.fit_refusal(
+        config.model.model,
+        config.resolved_dtype,
+        config.job.latent_shape,
+        config.layout.nproc,
+        config.model.device,
+        capacity,
+        labels,
+        config.svd.decode_chunk_size,
+    )
     if problem:
         raise ConfigError(problem)
 

@@ -13,8 +13,9 @@ only inside the functions that read the cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 Location = Literal["local", "hub"]
 
@@ -25,7 +26,11 @@ CONFIG_FILES = {
     "feature_extractor": "feature_extractor/preprocessor_config.json",
     "scheduler": "scheduler/scheduler_config.json",
 }
-_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin")
+_DIFFUSERS_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin",
+)
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 WEIGHT_FILES = {"unet": _DIFFUSERS_WEIGHTS, "vae": _DIFFUSERS_WEIGHTS, "image_encoder": _TRANSFORMERS_WEIGHTS}
 """Any one of these is the component's weights, or its fp16 variant (model.fp16.safetensors)."""
@@ -108,7 +113,9 @@ def repo_cache_dir(model: str, env: Mapping[str, str] | None = None) -> Path:
 # -- files on disk ---------------------------------------------------------------------------------
 
 
-def find(model: str, where: Location, relpath: str, *, revision: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+def find(
+    model: str, where: Location, relpath: str, *, revision: str | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
     """Path of one file of the model if it is on disk (local directory or the cache's snapshot of
     `revision`, main by default), else None."""
     if where == "local":
@@ -120,7 +127,9 @@ def find(model: str, where: Location, relpath: str, *, revision: str | None = No
     return found if isinstance(found, str) else None
 
 
-def missing_files(model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+def missing_files(
+    model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None
+) -> list[str]:
     """Files of a complete SVD repository that are not on disk: configs, and for each component
     with weights its first weights name when neither any weights file nor its fp16 variant is there."""
 
@@ -140,7 +149,9 @@ def missing_components(missing: list[str]) -> tuple[str, ...]:
     return tuple(name for name in COMPONENTS if name in incomplete)
 
 
-def model_root(model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+def model_root(
+    model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None
+) -> Path | None:
     """The folder the model's files are read from: the directory itself, or the cache snapshot
     (found through any one of its config files); None when there is none."""
     if where == "local":
@@ -153,7 +164,9 @@ def model_root(model: str, where: Location, *, revision: str | None = None, env:
     return None
 
 
-def weight_params(model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None) -> dict[str, int]:
+def weight_params(
+    model: str, where: Location, *, revision: str | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, int]:
     """Parameter count of each component whose safetensors weights are on disk, read from the
     files' headers (exact, no tensors loaded); components without such files are left out."""
     counts: dict[str, int] = {}

@@ -119,7 +119,11 @@ def positions(shape: tuple[int, int, int, int, int]) -> int:
 
 
 def estimate_stages(
-    model: str, dtype: str, shape: tuple[int, int, int, int, int], nproc: int, device: str,
+    model: str,
+    dtype: str,
+    shape: tuple[int, int, int, int, int],
+    nproc: int,
+    device: str,
     decode_chunk: int | None = None,
 ) -> list[StageMemory]:
     """Peak bytes of each stage 0..nproc-1 (see the module docstring for the formula).
@@ -139,11 +143,18 @@ def estimate_stages(
         if family == "synthetic":
             # The stand-in keeps a few latent-sized tensors: state, noise, queued hand-offs.
             stages.append(
-                StageMemory(stage=k, weights_bytes=0, activation_bytes=6 * latent_bytes, activation_kind="unet",
-                            overhead_bytes=overhead)
+                StageMemory(
+                    stage=k,
+                    weights_bytes=0,
+                    activation_bytes=6 * latent_bytes,
+                    activation_kind="unet",
+                    overhead_bytes=overhead,
+                )
             )
             continue
-        count = sum(params.get(name, 0) for name in stage_components(first, last))  # no weights: scheduler, feature extractor
+        count = sum(
+            params.get(name, 0) for name in stage_components(first, last)
+        )  # no weights: scheduler, feature extractor
         acts = {"unet": round(UNET_ACT * width * CFG * b * f * h * w * nbytes)}
         if last:
             chunk = f if decode_chunk is None else min(decode_chunk, f)
@@ -154,8 +165,13 @@ def estimate_stages(
         # Latents in flight: received, being worked on, queued to send (max_in_flight 2), with CFG copies.
         buffers = 6 * latent_bytes
         stages.append(
-            StageMemory(stage=k, weights_bytes=count * nbytes, activation_bytes=acts[kind] + buffers,
-                        activation_kind=kind, overhead_bytes=overhead)
+            StageMemory(
+                stage=k,
+                weights_bytes=count * nbytes,
+                activation_bytes=acts[kind] + buffers,
+                activation_kind=kind,
+                overhead_bytes=overhead,
+            )
         )
     return stages
 
@@ -169,7 +185,12 @@ def per_device_need(stages: list[StageMemory], num_devices: int) -> list[int]:
 
 
 def fits(
-    model: str, dtype: str, shape: tuple[int, int, int, int, int], nproc: int, device: str, capacity: list[int],
+    model: str,
+    dtype: str,
+    shape: tuple[int, int, int, int, int],
+    nproc: int,
+    device: str,
+    capacity: list[int],
     decode_chunk: int | None = None,
 ) -> bool:
     """Every device's need is within its capacity (capacity[i]: usable bytes on device i)."""
@@ -230,8 +251,14 @@ def estimated_step_s(shape: tuple[int, int, int, int, int]) -> float:
 
 
 def fit_refusal(
-    model: str, dtype: str, shape: tuple[int, int, int, int, int], nproc: int, device: str, capacity: list[int],
-    labels: list[str], decode_chunk: int | None = None,
+    model: str,
+    dtype: str,
+    shape: tuple[int, int, int, int, int],
+    nproc: int,
+    device: str,
+    capacity: list[int],
+    labels: list[str],
+    decode_chunk: int | None = None,
 ) -> str | None:
     """None when every device has room for its stages; else one line: the need, what is free, and
     the largest latent shape that fits (the run's preflight refuses with it, exit code 2)."""
@@ -241,7 +268,12 @@ def fit_refusal(
         return None
     label, n, cap = max(over, key=lambda item: item[1] / max(item[2], 1))
     best = largest_fitting_shape(model, dtype, shape, nproc, device, [int(c * 0.9) for c in capacity])
-    fix = (f"use --latent-shape {' '.join(map(str, best))}, the largest that fits" if best
-           else "free memory first: not even the smallest latent fits")
-    return (f"--latent-shape {' '.join(map(str, shape))} at {dtype} needs ~{n / GIB:.1f} GiB on {label} but only "
-            f"{cap / GIB:.1f} GiB is free; {fix} (`ppsvd doctor` shows the estimate)")
+    fix = (
+        f"use --latent-shape {' '.join(map(str, best))}, the largest that fits"
+        if best
+        else "free memory first: not even the smallest latent fits"
+    )
+    return (
+        f"--latent-shape {' '.join(map(str, shape))} at {dtype} needs ~{n / GIB:.1f} GiB on {label} but only "
+        f"{cap / GIB:.1f} GiB is free; {fix} (`ppsvd doctor` shows the estimate)"
+    )

@@ -31,15 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec, SvdSection
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
-from ppsvd.models import tiny
+from ppsvd.models import hub, tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
-from ppsvd.models import hub
-from ppsvd.shapes import LatentShape
 from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
-from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
+from ppsvd.shapes import LatentShape
 
 # Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
 LATENTS = "latents"  # [B, F, C, H, W], the state being denoised
@@ -103,7 +102,9 @@ def _describe_missing(missing: list[str]) -> str:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def load_components(config: RunConfig, names: tuple[str, ...], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def load_components(
+    config: RunConfig, names: tuple[str, ...], device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
     """The named components on `device`, modules in `dtype` and eval mode.
 
     Parameters keep requires_grad=True, as diffusers' pipeline leaves them: all calls run under
@@ -147,7 +148,11 @@ def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dty
     except (OSError, ValueError):
         # Our own guess (fp16 for an fp16 run, nothing on disk yet) and the repository has no
         # fp16 files: take the full-precision ones, as a run without that guess would.
-        guessed = config.model.variant is None and variant == FP16_VARIANT and not _on_disk(config, source, name, FP16_VARIANT)
+        guessed = (
+            config.model.variant is None
+            and variant == FP16_VARIANT
+            and not _on_disk(config, source, name, FP16_VARIANT)
+        )
         if not guessed or name not in WEIGHT_FILES:
             raise
         return _load_component(config, source, name, dtype, None)
@@ -156,23 +161,35 @@ def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dty
 def _load_component(config: RunConfig, source: str, name: str, dtype: torch.dtype, variant: str | None) -> Any:
     model = config.model.model
     location = os.path.expanduser(model) if source == "local" else model
-    cache = {} if source == "local" else {
-        "cache_dir": hub.hub_cache_dir(), "local_files_only": hub.hub_offline(), "revision": config.model.revision,
-    }
+    cache = (
+        {}
+        if source == "local"
+        else {
+            "cache_dir": hub.hub_cache_dir(),
+            "local_files_only": hub.hub_offline(),
+            "revision": config.model.revision,
+        }
+    )
     if name not in WEIGHT_FILES:
         variant = None  # configs and processors have no variants
     if name == "unet":
         from diffusers import UNetSpatioTemporalConditionModel
 
-        return UNetSpatioTemporalConditionModel.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **cache)
+        return UNetSpatioTemporalConditionModel.from_pretrained(
+            location, subfolder=name, torch_dtype=dtype, variant=variant, **cache
+        )
     if name == "vae":
         from diffusers import AutoencoderKLTemporalDecoder
 
-        return AutoencoderKLTemporalDecoder.from_pretrained(location, subfolder=name, torch_dtype=dtype, variant=variant, **cache)
+        return AutoencoderKLTemporalDecoder.from_pretrained(
+            location, subfolder=name, torch_dtype=dtype, variant=variant, **cache
+        )
     if name == "image_encoder":
         from transformers import CLIPVisionModelWithProjection
 
-        return CLIPVisionModelWithProjection.from_pretrained(location, subfolder=name, dtype=dtype, variant=variant, **cache)
+        return CLIPVisionModelWithProjection.from_pretrained(
+            location, subfolder=name, dtype=dtype, variant=variant, **cache
+        )
     if name == "feature_extractor":
         from transformers import CLIPImageProcessor
 
@@ -226,7 +243,9 @@ class SVDStageModel(StageModel):
 
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
-        source = {"tiny": "the embedded tiny SVD", "random": "random weights"}.get(model_source(config), config.model.model)
+        source = {"tiny": "the embedded tiny SVD", "random": "random weights"}.get(
+            model_source(config), config.model.model
+        )
         return f"loading {', '.join(stage_components(is_first, is_last))} from {source}"
 
     # -- shapes --------------------------------------------------------------------------------
@@ -314,7 +333,9 @@ class SVDStageModel(StageModel):
         if needs_upcasting:
             _cast(vae, torch.float32)
         try:
-            return self.pipe._encode_vae_image(pixels, device=self.device, num_videos_per_prompt=b, do_classifier_free_guidance=cfg)
+            return self.pipe._encode_vae_image(
+                pixels, device=self.device, num_videos_per_prompt=b, do_classifier_free_guidance=cfg
+            )
         finally:
             if needs_upcasting:
                 _cast(vae, torch.float16)
@@ -336,9 +357,13 @@ class SVDStageModel(StageModel):
             for i in steps:
                 timestep = scheduler.timesteps[i]
                 if cfg and self.guidance_half is not None:
-                    latents = self._half_step(latents, timestep, i, image_latents, image_embeddings, added_time_ids, guidance_scale)
+                    latents = self._half_step(
+                        latents, timestep, i, image_latents, image_embeddings, added_time_ids, guidance_scale
+                    )
                 else:
-                    latents = self._step(latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg)
+                    latents = self._step(
+                        latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg
+                    )
                 if on_step is not None:
                     on_step(i)
         return Sample(index=sample.index, tensors={**t, LATENTS: latents}, meta=sample.meta)
@@ -376,7 +401,9 @@ class SVDStageModel(StageModel):
 
     def split_guidance(self, half: int, pair=None) -> None:
         if not self.encode_with_cfg:
-            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
+            raise ConfigError(
+                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split"
+            )
         self.guidance_half = half
         self.pair = pair
 
@@ -528,7 +555,9 @@ def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _fetch_configs_or_fail(model, missing, revision)
     else:
         _check_variant(config, source)
-    return _read_json(model, source, CONFIG_FILES["unet"], revision), _read_json(model, source, CONFIG_FILES["vae"], revision)
+    return _read_json(model, source, CONFIG_FILES["unet"], revision), _read_json(
+        model, source, CONFIG_FILES["vae"], revision
+    )
 
 
 def _check_variant(config: RunConfig, source: str) -> None:
@@ -590,7 +619,11 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
     b, c, f, h, w = config.job.latent_shape
     shape = " ".join(map(str, config.job.latent_shape))
     channels = unet_config.get("out_channels", 4)
-    if c != channels or unet_config.get("in_channels", 2 * channels) != 2 * c or vae_config.get("latent_channels", c) != c:
+    if (
+        c != channels
+        or unet_config.get("in_channels", 2 * channels) != 2 * c
+        or vae_config.get("latent_channels", c) != c
+    ):
         raise ConfigError(
             f"--latent-shape {shape}: C={c} but {config.model.model}'s latents have {channels} channels; "
             f"use --latent-shape {b} {channels} {f} {h} {w}"

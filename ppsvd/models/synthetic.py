@@ -33,9 +33,9 @@ from importlib import resources
 
 import torch
 
+from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.costs import CostModel
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
-from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.shapes import LatentShape
 
 
@@ -65,15 +65,20 @@ class SyntheticStageModel(StageModel):
         # diffusers' per-frame guidance scale, in the hand-off layout B F C H W; None without guidance.
         _, _, f, _, _ = config.job.latent_shape
         self.guidance = (
-            torch.linspace(config.svd.min_guidance_scale, config.svd.max_guidance_scale, f).reshape(1, f, 1, 1, 1).to(device, self.dtype)
-            if config.svd.max_guidance_scale > 1 else None
+            torch.linspace(config.svd.min_guidance_scale, config.svd.max_guidance_scale, f)
+            .reshape(1, f, 1, 1, 1)
+            .to(device, self.dtype)
+            if config.svd.max_guidance_scale > 1
+            else None
         )
 
     def split_guidance(self, half: int, pair=None) -> None:
         if self.guidance is None:
             from ppsvd.errors import ConfigError
 
-            raise ConfigError(f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split")
+            raise ConfigError(
+                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split"
+            )
         self.guidance_half = half
         self.pair = pair
         self.step_s = self.config.resolved_cfg_half_ms / 1000.0 / self.speed
@@ -91,7 +96,10 @@ class SyntheticStageModel(StageModel):
     def declared_costs(config) -> CostModel:
         """What this stand-in spends (see the module docstring): exact, so no need to measure."""
         return CostModel.from_ms(
-            config.synthetic.step_ms, config.synthetic.encode_ms, config.synthetic.decode_ms, config.synthetic.stage_speed,
+            config.synthetic.step_ms,
+            config.synthetic.encode_ms,
+            config.synthetic.decode_ms,
+            config.synthetic.stage_speed,
             source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
         )
 
@@ -111,7 +119,14 @@ class SyntheticStageModel(StageModel):
             _sleep_until(started + self.encode_s)
             started += self.encode_s
         self._budget_start = started
-        return Sample(index=index, tensors=tensors, meta={"seed": self.config.job.seed + index, "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name})
+        return Sample(
+            index=index,
+            tensors=tensors,
+            meta={
+                "seed": self.config.job.seed + index,
+                "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
+            },
+        )
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
         if not steps:
@@ -179,9 +194,18 @@ class SyntheticStageModel(StageModel):
 
     def describe(self) -> dict:
         c = self.config
-        facts = {"model": "synthetic", "weights": "none (a stand-in function)", "step_ms": c.synthetic.step_ms, "scheduler": "EulerDiscreteScheduler (SVD-XT config)"}
+        facts = {
+            "model": "synthetic",
+            "weights": "none (a stand-in function)",
+            "step_ms": c.synthetic.step_ms,
+            "scheduler": "EulerDiscreteScheduler (SVD-XT config)",
+        }
         if c.synthetic.encode_ms or c.synthetic.decode_ms or c.synthetic.stage_speed:
-            facts.update(encode_ms=c.synthetic.encode_ms, decode_ms=c.synthetic.decode_ms, stage_speed=list(c.synthetic.stage_speed))
+            facts.update(
+                encode_ms=c.synthetic.encode_ms,
+                decode_ms=c.synthetic.decode_ms,
+                stage_speed=list(c.synthetic.stage_speed),
+            )
         return facts
 
 
@@ -209,7 +233,11 @@ def _parse_fault(spec: str, stage: int) -> tuple[int, str] | None:
 def _inject(kind: str, stage: int, index: int) -> None:
     import sys
 
-    print(f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}", file=sys.stderr, flush=True)
+    print(
+        f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}",
+        file=sys.stderr,
+        flush=True,
+    )
     if kind == "raise":
         raise RuntimeError(f"injected fault at sample {index}")
     if kind == "kill":

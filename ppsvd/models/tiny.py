@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
+
 from ppsvd.config import TINY_LATENT_SHAPE
 
 TINY = "tiny"

@@ -49,12 +49,16 @@ class PairLink:
     def send(self, name: str, tensor: torch.Tensor, index: int) -> None:
         self._send(name, tensor, index)
 
-    def recv(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, index: int, *, device: Any = "cpu") -> torch.Tensor:
+    def recv(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, index: int, *, device: Any = "cpu"
+    ) -> torch.Tensor:
         schema = {name: TensorSpec(name, dtype_name(dtype), tuple(shape))}
         msg = self.transport.recv(schema, timeout_s=self.timeout_s, cancelled=self.cancelled)
         if msg.is_end or msg.index != index:
             got = "end of stream" if msg.is_end else f"{name} {msg.index}"
-            raise ProtocolError(f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, expected {name} {index}")
+            raise ProtocolError(
+                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, expected {name} {index}"
+            )
         return msg.tensors[name].to(device, non_blocking=True)
 
     def _send(self, name: str, tensor: torch.Tensor, index: int) -> None:
@@ -82,8 +86,14 @@ def pair_world(world: StageWorld, pair_links: tuple[tuple[int, int], ...]) -> St
     return replace(world, links=pair_links, run_id=f"{world.run_id}-pair")
 
 
-def open_pair_link(transport_class: type[Transport], world: StageWorld, pair_links, *, max_payload_bytes: int | None,
-                   cancelled: CancelCheck) -> PairLink:
+def open_pair_link(
+    transport_class: type[Transport],
+    world: StageWorld,
+    pair_links,
+    *,
+    max_payload_bytes: int | None,
+    cancelled: CancelCheck,
+) -> PairLink:
     """Connect this rank to its partner (collective: every rank of the run calls it, after the
     pipeline links are open, so torch.distributed creates its groups in the same order everywhere)."""
     transport = transport_class(pair_world(world, pair_links), max_payload_bytes=max_payload_bytes)

@@ -268,7 +268,9 @@ class RunControl:
                         self.fail(f"{what} for {limit:g} s", stage=peer)
                         return
             except Exception as exc:  # the store is gone: the launcher or the agent died
-                self._set_local(StopReason(None, f"lost the run's control store ({type(exc).__name__}); the launcher is gone"))
+                self._set_local(
+                    StopReason(None, f"lost the run's control store ({type(exc).__name__}); the launcher is gone")
+                )
                 return
             if os.getppid() != self._parent:
                 self._set_local(StopReason(None, "the launcher process died"))
@@ -290,7 +292,6 @@ class RunControl:
         deadline = Deadline(timeout_s, what="the other stages' work", cancelled=self.cancelled)
         while not self.store.check(keys):
             time.sleep(deadline.slice(0.02))
-
 
     def _hung(self, limit: float) -> None:
         """This stage's compute loop is stuck in a step: name it, then leave (the stuck thread

@@ -27,8 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from ppsvd.config import RunConfig
-from ppsvd.runtime.control import kill_if_alive, new_run_id, public_run_id, read_abort
 from ppsvd.errors import Interrupted, StageFailedError
+from ppsvd.runtime.control import kill_if_alive, new_run_id, public_run_id, read_abort
 
 
 @dataclass
@@ -41,7 +41,10 @@ class LaunchResult:
 
 
 def launch(
-    config: RunConfig, run_dir: Path | None = None, *, raise_on_failure: bool = True,
+    config: RunConfig,
+    run_dir: Path | None = None,
+    *,
+    raise_on_failure: bool = True,
     indices: tuple[int, ...] | None = None,
 ) -> LaunchResult:
     """Run config on config.nproc local workers; wait; return the result (or raise StageFailedError).
@@ -59,7 +62,13 @@ def launch(
 
     run_start = time.time()
     _start_resource_tracker_immune_to_sighup()
-    run_dir = Path(run_dir) if run_dir is not None else make_run_dir(config.output.output_dir, run_label(config.model.model, config.layout.strategy, config.layout.nproc))
+    run_dir = (
+        Path(run_dir)
+        if run_dir is not None
+        else make_run_dir(
+            config.output.output_dir, run_label(config.model.model, config.layout.strategy, config.layout.nproc)
+        )
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     identity = DirIdentity.of(run_dir)
     run_id = new_run_id()

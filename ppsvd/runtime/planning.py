@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ppsvd.backends.deadline import Deadline
 from ppsvd.config import RunConfig, partition_sizes
 from ppsvd.costs import CostModel, plan_from_sizes, plan_steps
-from ppsvd.plan import StepPlan, partition_steps
 from ppsvd.models.base import synchronize
+from ppsvd.plan import StepPlan, partition_steps
 from ppsvd.runtime.control import key
 
 PLAN_KEY = "plan"
@@ -73,7 +74,9 @@ def needs_calibration(config: RunConfig, world: int) -> bool:
     return model_class(config).declared_costs(config) is None
 
 
-def agree_on_plan(config: RunConfig, model, store, run_id: str, rank: int, world: int, cancelled: Callable[[], bool]) -> RunPlan:
+def agree_on_plan(
+    config: RunConfig, model, store, run_id: str, rank: int, world: int, cancelled: Callable[[], bool]
+) -> RunPlan:
     """Every stage's call returns the same RunPlan (a collective: call it on every rank)."""
     total = config.job.total_steps
     stages = config.layout_plan(world).stages

@@ -154,7 +154,14 @@ class ProgressBoard:
     """Every stage's progress, polled from the store; shown as Rich bars, plain lines or JSON lines."""
 
     def __init__(
-        self, store: Any, run_id: str, rows: list[tuple[str, int, int]], *, title: str, style: str = "rich", interval_s: float = 10.0
+        self,
+        store: Any,
+        run_id: str,
+        rows: list[tuple[str, int, int]],
+        *,
+        title: str,
+        style: str = "rich",
+        interval_s: float = 10.0,
     ) -> None:
         """rows: one per process: (label, steps per sample, samples it will handle); style: rich, plain or json."""
         self.store = store
@@ -195,7 +202,9 @@ class ProgressBoard:
             transient=False,
         )
         self.tasks = [
-            progress.add_task(st.label, total=st.total_steps, samples=f"0/{st.total_samples} samples", status=st.status(self.started))
+            progress.add_task(
+                st.label, total=st.total_steps, samples=f"0/{st.total_samples} samples", status=st.status(self.started)
+            )
             for st in self.stages
         ]
         return progress
@@ -207,15 +216,24 @@ class ProgressBoard:
         n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
         layout = config.layout_plan(n)
         works = [rank_work(config.layout.strategy, n, k, range(s), total_steps=t, layout=layout) for k in range(n)]
-        rows = [(f"{w.label} · " + (f"all {t} steps" if len(w.steps) == t else f"steps {w.steps.start}-{w.steps.stop - 1}"),
-                 len(w.steps), len(w.samples)) for w in works]
+        rows = [
+            (
+                f"{w.label} · "
+                + (f"all {t} steps" if len(w.steps) == t else f"steps {w.steps.start}-{w.steps.stop - 1}"),
+                len(w.steps),
+                len(w.samples),
+            )
+            for w in works
+        ]
         if layout.kind == "data":
             title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s) from one work queue"
         elif layout.kind != "pipeline":
             title = f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split {works[0].plan.describe()}"
         else:
             title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {_split_text(config, works[0].plan)}"
-        return cls(store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s)
+        return cls(
+            store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s
+        )
 
     def __enter__(self) -> ProgressBoard:
         from ppsvd.console import err
@@ -259,7 +277,9 @@ class ProgressBoard:
                 if self.store.check(names[:1]):
                     st.samples, st.steps = (int(v) for v in self.store.get(names[0]).decode().split())
                 if not st.planned and self.store.check([key(self.run_id, "planned-steps", stage)]):
-                    start, stop = (int(v) for v in self.store.get(key(self.run_id, "planned-steps", stage)).decode().split())
+                    start, stop = (
+                        int(v) for v in self.store.get(key(self.run_id, "planned-steps", stage)).decode().split()
+                    )
                     st.plan(range(start, stop))
                     if self.progress is not None:
                         self.progress.update(self.tasks[stage], total=st.total_steps, description=st.label)
@@ -269,7 +289,10 @@ class ProgressBoard:
                 self.first_step_at = now
             if self.progress is not None:
                 self.progress.update(
-                    self.tasks[stage], completed=st.steps, samples=f"{st.samples}/{st.total_samples} samples", status=st.status(now)
+                    self.tasks[stage],
+                    completed=st.steps,
+                    samples=f"{st.samples}/{st.total_samples} samples",
+                    status=st.status(now),
                 )
 
     def eta_s(self, now: float | None = None) -> float | None:
@@ -287,8 +310,14 @@ class ProgressBoard:
         for st in self.stages:
             status = st.status(now)
             counts = f"{st.steps}/{st.total_steps} steps, {st.samples}/{st.total_samples} samples"
-            parts.append(f"{st.label.split(' · ')[0]}: " + (f"{status}, {counts}" if status and status != "done" else counts))
-        return f"ppsvd: progress {now - self.started:.1f} s · " + " · ".join(parts) + f" · ETA {_duration(self.eta_s(now))}"
+            parts.append(
+                f"{st.label.split(' · ')[0]}: " + (f"{status}, {counts}" if status and status != "done" else counts)
+            )
+        return (
+            f"ppsvd: progress {now - self.started:.1f} s · "
+            + " · ".join(parts)
+            + f" · ETA {_duration(self.eta_s(now))}"
+        )
 
     def report(self) -> None:
         """Write one progress line now (plain or json style)."""

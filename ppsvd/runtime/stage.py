@@ -16,19 +16,20 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ppsvd.analysis.timeline import SampleSpan, StageTimeline
 from ppsvd.backends.base import CancelCheck, Deadline, Transport
+from ppsvd.backends.protocol import Message
 from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
 from ppsvd.models.base import Sample, SampleResult, StageModel, synchronize
 from ppsvd.plan import StepPlan
 from ppsvd.runtime.control import StepWatch
 from ppsvd.runtime.progress import ProgressReporter
-from ppsvd.backends.protocol import Message
-from ppsvd.analysis.timeline import SampleSpan, StageTimeline
 
 POLL_S = 0.05
 
@@ -215,7 +216,9 @@ def run_stage(
     return ctx.spans
 
 
-def _start_threads(ctx: StageContext, model: StageModel, transport: Transport | None, write: Callable[[SampleResult], None]) -> _Threads:
+def _start_threads(
+    ctx: StageContext, model: StageModel, transport: Transport | None, write: Callable[[SampleResult], None]
+) -> _Threads:
     depth = max(1, ctx.config.layout.max_in_flight - 1)  # one message in the transport plus `depth` queued
     threads = _Threads()
     if not ctx.is_first:
@@ -293,12 +296,24 @@ def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _
         span.compute_end = time.time()
         result.meta.setdefault("started", sample.meta.get("started", arrival.compute_start))
         result.meta["completed"] = span.compute_end
-        _put(threads.writer.queue, result, ctx.cancelled, timeout_s, f"the hand-off of sample {arrival.index} to the writer")
+        _put(
+            threads.writer.queue,
+            result,
+            ctx.cancelled,
+            timeout_s,
+            f"the hand-off of sample {arrival.index} to the writer",
+        )
     else:
         span.compute_end = time.time()
         sample.meta.setdefault("started", arrival.compute_start)
         span.send_start = time.time()
-        _put(threads.sender.outbox, sample.to_message(), ctx.cancelled, timeout_s, f"the hand-off of sample {arrival.index} to the sender")
+        _put(
+            threads.sender.outbox,
+            sample.to_message(),
+            ctx.cancelled,
+            timeout_s,
+            f"the hand-off of sample {arrival.index} to the sender",
+        )
         span.enqueued = time.time()
     return span
 
@@ -311,9 +326,17 @@ def _end_stream(ctx: StageContext, threads: _Threads, taken: _Taken) -> None:
         if msg is None:
             msg, _ = _get(threads.receiver.inbox, cancelled, timeout_s, f"end of stream from stage {ctx.stage - 1}")
         if not msg.is_end or msg.index != taken.count:
-            raise TransportError(f"stage {ctx.stage} expected end of stream after {taken.count} samples, got {msg.kind} {msg.index}")
+            raise TransportError(
+                f"stage {ctx.stage} expected end of stream after {taken.count} samples, got {msg.kind} {msg.index}"
+            )
     if threads.sender is not None:
-        _put(threads.sender.outbox, Message.end(taken.count), cancelled, timeout_s, "the hand-off of the end of stream to the sender")
+        _put(
+            threads.sender.outbox,
+            Message.end(taken.count),
+            cancelled,
+            timeout_s,
+            "the hand-off of the end of stream to the sender",
+        )
     if threads.writer is not None:
         _put(threads.writer.queue, None, cancelled, timeout_s, "the hand-off of the end of stream to the writer")
     for thread in threads.all:
@@ -361,7 +384,9 @@ class _Taken:
                 raise TransportError(f"stage {stage} received {got} from stage {stage - 1}, expected sample {expected}")
         elif msg.index not in self.allowed or (self.last is not None and msg.index <= self.last):
             after = f" after sample {self.last}" if self.last is not None else ""
-            raise TransportError(f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it could take next")
+            raise TransportError(
+                f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it could take next"
+            )
         self.count += 1
         self.last = msg.index
         return msg.index
@@ -391,7 +416,9 @@ def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) ->
         thread.join(deadline.slice(POLL_S))
 
 
-def stage_timeline(ctx: StageContext, stage_id: int, *, launched: float, ready: float, finished: float, host: str, device: str) -> StageTimeline:
+def stage_timeline(
+    ctx: StageContext, stage_id: int, *, launched: float, ready: float, finished: float, host: str, device: str
+) -> StageTimeline:
     steps = ctx.plan.ranges[ctx.stage]
     return StageTimeline(
         stage=stage_id,

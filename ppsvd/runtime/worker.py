@@ -14,14 +14,14 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from ppsvd.config import RunConfig
 from ppsvd.console import error_line, notice
-from ppsvd.runtime.control import RunControl, describe, key, public_run_id, store_get
 from ppsvd.errors import Cancelled, PpsvdError
+from ppsvd.runtime.control import RunControl, describe, key, public_run_id, store_get
 
 RUN_DIR_KEY = "run_dir"
 WRITER_GRACE_S = 3.0
@@ -101,12 +101,23 @@ def _start_worker(spec: WorkerSpec, received: list[int]) -> int:
         timeout=timedelta(seconds=spec.config.transport.timeout_s),
         use_libuv=True,
     )
-    return _run(spec.config, store, spec.run_id, Path(spec.run_dir), spec.run_start, self_launched=True,
-                indices=spec.indices, received=received)
+    return _run(
+        spec.config,
+        store,
+        spec.run_id,
+        Path(spec.run_dir),
+        spec.run_start,
+        self_launched=True,
+        indices=spec.indices,
+        received=received,
+    )
 
 
 def torchrun_main(
-    config: RunConfig, *, run_dir: Path | None = None, indices: tuple[int, ...] | None = None,
+    config: RunConfig,
+    *,
+    run_dir: Path | None = None,
+    indices: tuple[int, ...] | None = None,
     received: list[int] | None = None,
 ) -> tuple[int, Path]:
     """Entry point when the command itself runs under torchrun: this process is one stage.
@@ -117,14 +128,18 @@ def torchrun_main(
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=config.transport.timeout_s)))
+    store, _, _ = next(
+        dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=config.transport.timeout_s))
+    )
     run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     run_key = key(run_id, RUN_DIR_KEY)
     if rank == 0:
         from ppsvd.io.atomic import make_run_dir, run_label
 
         if run_dir is None:
-            run_dir = make_run_dir(config.output.output_dir, run_label(config.model.model, config.layout.strategy, world))
+            run_dir = make_run_dir(
+                config.output.output_dir, run_label(config.model.model, config.layout.strategy, world)
+            )
         store.set(run_key, str(run_dir))
     else:
         run_dir = Path(store_get(store, run_key, config.transport.timeout_s).decode())
@@ -183,8 +198,15 @@ class _Job:
 
 
 def _run(
-    config: RunConfig, store, run_id: str, run_dir: Path, run_start: float, *, self_launched: bool,
-    indices: tuple[int, ...] | None = None, received: list[int] | None = None,
+    config: RunConfig,
+    store,
+    run_id: str,
+    run_dir: Path,
+    run_start: float,
+    *,
+    self_launched: bool,
+    indices: tuple[int, ...] | None = None,
+    received: list[int] | None = None,
 ) -> int:
     """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by
     another, 128 + signum interrupted)."""
@@ -192,7 +214,12 @@ def _run(
     rank = job.rank
     received = catch_stop_signals() if received is None else received
     control = RunControl(
-        store, run_id, rank, job.world, startup_grace_s=config.transport.timeout_s, stall_after_s=config.transport.stall_timeout_s,
+        store,
+        run_id,
+        rank,
+        job.world,
+        startup_grace_s=config.transport.timeout_s,
+        stall_after_s=config.transport.stall_timeout_s,
         kill_blamed=not self_launched,  # a self-launched run's launcher kills a blamed stage itself
     )
     control.start_watching()
@@ -266,7 +293,9 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     # Sample i depends only on seed + i, so a resumed run simply skips the finished ones.
     todo = list(range(config.job.num_samples)) if job.indices is None else list(job.indices)
     layout = config.layout_plan(job.world)
-    work = rank_work(config.layout.strategy, job.world, job.rank, todo, total_steps=config.job.total_steps, layout=layout)
+    work = rank_work(
+        config.layout.strategy, job.world, job.rank, todo, total_steps=config.job.total_steps, layout=layout
+    )
     # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
     reporter = ProgressReporter(store, run_id, job.rank)
     closers.append(reporter.close)
@@ -351,15 +380,20 @@ def _open_links(job: _Job, work, layout, model, device, control: RunControl, clo
     )
     transport = None
     if work.linked:
-        transport = backends.load(config.resolved_transport)(stage_world, max_payload_bytes=schema_payload_bytes(model.schema()))
+        transport = backends.load(config.resolved_transport)(
+            stage_world, max_payload_bytes=schema_payload_bytes(model.schema())
+        )
         closers.append(transport.close)
         transport.open()
     if work.paired:  # every rank of a cfg layout is paired, so all open their pair links together
         from ppsvd.runtime.cfg import open_pair_link
 
         model.pair = open_pair_link(
-            backends.load(config.resolved_transport), stage_world, layout.pair_links(),
-            max_payload_bytes=schema_payload_bytes(model.pair_schema()), cancelled=control.cancelled,
+            backends.load(config.resolved_transport),
+            stage_world,
+            layout.pair_links(),
+            max_payload_bytes=schema_payload_bytes(model.pair_schema()),
+            cancelled=control.cancelled,
         )
         closers.append(model.pair.close)
     return transport
@@ -372,8 +406,14 @@ def _write_run_config(job: _Job, plan, run_plan) -> None:
 
     write_json_atomic(
         job.run_dir / "config.json",
-        {**job.config.to_json(), "world_size": job.world, "step_ranges": plan.to_json(), "costs": run_plan.costs_json(),
-         "run_id": public_run_id(job.run_id), "versions": software_versions()},
+        {
+            **job.config.to_json(),
+            "world_size": job.world,
+            "step_ranges": plan.to_json(),
+            "costs": run_plan.costs_json(),
+            "run_id": public_run_id(job.run_id),
+            "versions": software_versions(),
+        },
     )
 
 
@@ -385,7 +425,10 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
     if not work.writes:
         return None
     writer = ResultWriter(
-        job.run_dir, job.config, plan, model.describe(),
+        job.run_dir,
+        job.config,
+        plan,
+        model.describe(),
         manifest_name=f".manifest-{job.rank}.json" if work.writes_shard else MANIFEST,
         journal_name=f".manifest-{job.rank}.jsonl" if work.writes_shard else JOURNAL,
     )
@@ -400,8 +443,15 @@ def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, devi
     from ppsvd.runtime.stage import stage_timeline
 
     # Recorded under the rank: data-parallel workers all run "stage 0" of a 1-stage plan.
-    timeline = stage_timeline(ctx, job.rank, launched=job.launched, ready=ready, finished=time.time(),
-                              host=socket.gethostname(), device=str(device))
+    timeline = stage_timeline(
+        ctx,
+        job.rank,
+        launched=job.launched,
+        ready=ready,
+        finished=time.time(),
+        host=socket.gethostname(),
+        device=str(device),
+    )
     job.store.set(key(job.run_id, "timeline", job.rank), json.dumps(asdict(timeline)))
     control.mark_done()
     control.wait_all_done(job.config.transport.timeout_s)
@@ -413,8 +463,15 @@ def _work_queue(job: _Job, work, control: RunControl):
     """The take() of this rank's replica on the run's shared work queue (runtime/workqueue.py)."""
     from ppsvd.runtime.workqueue import WorkQueue
 
-    queue = WorkQueue(job.store, job.run_id, work.samples, replica=work.replica, half=work.half,
-                      timeout_s=job.config.transport.timeout_s, cancelled=control.cancelled)
+    queue = WorkQueue(
+        job.store,
+        job.run_id,
+        work.samples,
+        replica=work.replica,
+        half=work.half,
+        timeout_s=job.config.transport.timeout_s,
+        cancelled=control.cancelled,
+    )
     return queue.take
 
 
@@ -443,12 +500,14 @@ def _quiet_libraries(debug: bool) -> None:
 
 def _collect(job: _Job, run_plan) -> None:
     """Rank 0: gather every stage's timeline into timeline.json (and merge data-parallel manifests)."""
-    from ppsvd.io.atomic import write_json_atomic
     from ppsvd.analysis.timeline import RunTimeline
+    from ppsvd.io.atomic import write_json_atomic
 
     config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
 
-    stages = [json.loads(store_get(store, key(run_id, "timeline", r), config.transport.timeout_s)) for r in range(job.world)]
+    stages = [
+        json.loads(store_get(store, key(run_id, "timeline", r), config.transport.timeout_s)) for r in range(job.world)
+    ]
     timeline = RunTimeline.from_json(
         {
             "strategy": config.layout_plan(job.world).kind,

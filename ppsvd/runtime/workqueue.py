@@ -13,7 +13,8 @@ conditional half reads it.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ppsvd.backends.deadline import Deadline
 from ppsvd.runtime.control import key
@@ -26,8 +27,15 @@ class WorkQueue:
     """take() -> the next sample index of `todo` nobody took yet, or None when none is left."""
 
     def __init__(
-        self, store: Any, run_id: str, todo: Sequence[int], *, replica: int, half: int | None,
-        timeout_s: float, cancelled: Callable[[], bool],
+        self,
+        store: Any,
+        run_id: str,
+        todo: Sequence[int],
+        *,
+        replica: int,
+        half: int | None,
+        timeout_s: float,
+        cancelled: Callable[[], bool],
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -59,7 +67,11 @@ class WorkQueue:
 
     def _read_ticket(self) -> int | None:
         name = self._ticket_key()
-        deadline = Deadline(self.timeout_s, what=f"the partner's sample {self.taken} of replica {self.replica}", cancelled=self.cancelled)
+        deadline = Deadline(
+            self.timeout_s,
+            what=f"the partner's sample {self.taken} of replica {self.replica}",
+            cancelled=self.cancelled,
+        )
         while not self.store.check([name]):
             time.sleep(deadline.slice(0.002))
         value = int(self.store.get(name))
