@@ -34,8 +34,8 @@ H200_MS = {"step": 627.0, "half": 335.0, "encode": 130.0, "decode": 2100.0}
 
 def main() -> None:
     from ppsvd.config import RunConfig
-    from ppsvd.costs import CostModel
-    from ppsvd.layouts import LayoutCosts, apply, choose, predict
+    from ppsvd.planning.costs import CostModel
+    from ppsvd.planning.layouts import LayoutCosts, apply, choose, predict
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=10.0)

@@ -30,7 +30,7 @@ from ppsvd.config import RunConfig
 from ppsvd.io.images import builtin_image
 from ppsvd.models import tiny
 from ppsvd.models.svd import SVDStageModel, frames_to_uint8
-from ppsvd.plan import partition_steps
+from ppsvd.planning.steps import partition_steps
 
 
 def parse_args() -> argparse.Namespace:

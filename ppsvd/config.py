@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ppsvd.errors import ConfigError
-from ppsvd.plan import Layout
+from ppsvd.planning.steps import Layout
 
 Transport = Literal["nccl", "gloo", "zmq"]
 Dtype = Literal["fp32", "fp16", "bf16"]

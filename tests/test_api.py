@@ -215,7 +215,7 @@ def test_the_docs_example_runs(monkeypatch, tmp_path):
 def test_per_sample_conditioning_travels_with_the_sample_and_stays_exact(tiny_repo, inputs_dir, pipe):
     """Each --inputs entry's seed, motion bucket, fps and noise augmentation, through 2 stages."""
     from ppsvd.models.svd import SVDStageModel
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     entries = (
         SampleInput(image=str(inputs_dir / "b.png"), seed=11, motion_bucket_id=30, fps=9, noise_aug_strength=0.1),

@@ -27,7 +27,7 @@ from ppsvd.bench.sweep import (
 )
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
-from ppsvd.plan import partition_steps, shard_samples
+from ppsvd.planning.steps import partition_steps, shard_samples
 
 STEP_S = 0.5
 LOAD_S = 2.0

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from ppsvd.costs import CostModel, data_makespan, forecast, plan_from_sizes, plan_steps
-from ppsvd.plan import partition_steps
+from ppsvd.planning.costs import CostModel, data_makespan, forecast, plan_from_sizes, plan_steps
+from ppsvd.planning.steps import partition_steps
 
 
 def compositions(total: int, parts: int):

@@ -31,7 +31,7 @@ def test_every_sample_is_bitwise_equal_to_one_stage(tmp_path, no_fault, nproc, t
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert [s["index"] for s in manifest["samples"]] == list(range(config.job.num_samples))
     assert manifest["partition"] == [
-        [r.start, r.stop] for r in __import__("ppsvd.plan").plan.partition_steps(28, nproc).ranges
+        [r.start, r.stop] for r in __import__("ppsvd.planning.steps").planning.steps.partition_steps(28, nproc).ranges
     ]
 
     timeline = RunTimeline.load(result.run_dir / "timeline.json")

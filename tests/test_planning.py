@@ -11,14 +11,14 @@ import threading
 import pytest
 import torch
 
-from ppsvd.analysis.costs import costs_from_run, measured_costs
+from ppsvd.analysis.measured_costs import costs_from_run, measured_costs
 from ppsvd.config import RunConfig
-from ppsvd.costs import CostModel, plan_from_sizes
+from ppsvd.planning.costs import CostModel, plan_from_sizes
 from ppsvd.errors import ConfigError
 from ppsvd.models.base import build_stage_model
 from ppsvd.models.synthetic import SyntheticStageModel
-from ppsvd.plan import partition_steps
-from ppsvd.runtime import planning
+from ppsvd.planning.steps import partition_steps
+from ppsvd.runtime import calibration as planning
 from tests.helpers import reference_latents, small_config
 from tests.test_metrics import pipeline_timeline
 

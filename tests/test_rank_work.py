@@ -2,7 +2,7 @@
 
 import pytest
 
-from ppsvd.plan import partition_steps, rank_work
+from ppsvd.planning.steps import partition_steps, rank_work
 from ppsvd.shapes import HANDOFF_LAYOUT, LatentShape
 
 

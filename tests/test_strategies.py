@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ppsvd.config import RunConfig
-from ppsvd.costs import CostModel
+from ppsvd.planning.costs import CostModel
 from ppsvd.errors import ConfigError
-from ppsvd.layouts import LayoutCosts, choose, predict
-from ppsvd.plan import Layout, decode_split, rank_work
+from ppsvd.planning.layouts import LayoutCosts, choose, predict
+from ppsvd.planning.steps import Layout, decode_split, rank_work
 from ppsvd.runtime.launch import launch
 from tests.helpers import read_latents, reference_latents, small_config
 

@@ -20,7 +20,7 @@ from ppsvd.io.images import BUILTIN, builtin_image, load_image, resolve_images
 from ppsvd.models import tiny
 from ppsvd.models.base import build_stage_model, model_class, preflight
 from ppsvd.models.svd import HANDOFF, SVDStageModel, frames_to_uint8, stage_components
-from ppsvd.plan import partition_steps
+from ppsvd.planning.steps import partition_steps
 
 CPU = torch.device("cpu")
 

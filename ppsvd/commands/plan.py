@@ -60,10 +60,10 @@ def command(
     --goal first: what --strategy auto would pick.
     """
     from ppsvd.config import RunConfig, parse_float_list
-    from ppsvd.costs import CostModel, forecast
+    from ppsvd.planning.costs import CostModel, forecast
     from ppsvd.errors import ConfigError
-    from ppsvd.plan import partition_steps
-    from ppsvd.runtime.planning import choose_plan, known_costs
+    from ppsvd.planning.steps import partition_steps
+    from ppsvd.runtime.calibration import choose_plan, known_costs
 
     speeds = parse_float_list("--stage-speed", stage_speed) if stage_speed else ()
     if costs_from and (step_ms or encode_ms or decode_ms or speeds):
@@ -100,7 +100,7 @@ def command(
         )
     chosen = forecast(choose_plan(partition, total_steps, nproc, costs), costs, num_samples)
     even = forecast(partition_steps(total_steps, nproc), costs, num_samples)
-    from ppsvd.layouts import choose
+    from ppsvd.planning.layouts import choose
 
     _, reason, layouts = choose(config.replace(strategy="auto"), costs)
     if as_json:

@@ -171,7 +171,7 @@ def command(
     on CPU in seconds.
     """
     from ppsvd.api import run_config
-    from ppsvd.commands.common import execute, explicit_options
+    from ppsvd.api.execution import execute, explicit_options
 
     config = run_config(
         image,

@@ -74,7 +74,7 @@ def command(
     as a worker under torchrun (torchrun --nproc_per_node=4 -m ppsvd simulate ...).
     """
     from ppsvd.api import simulate_config
-    from ppsvd.commands.common import execute, explicit_options
+    from ppsvd.api.execution import execute, explicit_options
 
     config = simulate_config(
         model_id=model,

@@ -95,7 +95,7 @@ def summary_table(metrics: RunMetrics) -> Table:
     mode = f"{m.partition_mode}: " if m.partition_mode else ""
     overall.add_row("partition", mode + m.partition)
     if m.planned_costs is not None:
-        from ppsvd.costs import CostModel
+        from ppsvd.planning.costs import CostModel
 
         overall.add_row("planned with", CostModel.from_json(m.planned_costs).describe())
 

@@ -428,7 +428,7 @@ def check_gpus(ctx: Context) -> CheckResult:
 
 
 def check_placement(ctx: Context) -> CheckResult:
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     f, p = ctx.facts, ctx.config
     plan = partition_steps(p.job.total_steps, p.layout.nproc)

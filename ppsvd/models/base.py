@@ -18,8 +18,8 @@ import torch
 
 from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
-from ppsvd.costs import CostModel
-from ppsvd.plan import StepPlan
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.steps import StepPlan
 
 StepCallback = Callable[[int], None]
 """Called after each denoising step with the global step index (for progress bars)."""
@@ -118,11 +118,11 @@ class StageModel(ABC):
     @staticmethod
     def declared_costs(config: RunConfig) -> CostModel | None:
         """The model's costs when they are known without measuring (the synthetic stand-in's);
-        None: `--partition auto` measures them at the start of the run (ppsvd.runtime.planning)."""
+        None: `--partition auto` measures them at the start of the run (ppsvd.runtime.calibration)."""
         return None
 
     def throwaway_sample(self) -> Sample:
-        """A sample-shaped input for timing this stage's work before the run (ppsvd.runtime.planning).
+        """A sample-shaped input for timing this stage's work before the run (ppsvd.runtime.calibration).
 
         Drawn from its own generator, so no sample's random numbers are touched; models whose cost
         depends on the values (SVD: guidance > 1 doubles the UNet batch) override it."""

@@ -27,7 +27,7 @@ from ppsvd.backends.protocol import Message
 from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
 from ppsvd.models.base import Sample, SampleResult, StageModel, synchronize
-from ppsvd.plan import StepPlan
+from ppsvd.planning.steps import StepPlan
 from ppsvd.runtime.control import StepWatch
 from ppsvd.runtime.progress import ProgressReporter
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from ppsvd.backends.deadline import Deadline
 from ppsvd.config import RunConfig, partition_sizes
-from ppsvd.costs import CostModel, plan_from_sizes, plan_steps
+from ppsvd.planning.costs import CostModel, plan_from_sizes, plan_steps
 from ppsvd.models.base import synchronize
-from ppsvd.plan import StepPlan, partition_steps
+from ppsvd.planning.steps import StepPlan, partition_steps
 from ppsvd.runtime.control import key
 
 PLAN_KEY = "plan"
@@ -52,7 +52,7 @@ class RunPlan:
 def known_costs(config: RunConfig) -> CostModel | None:
     """Costs known without running anything: --costs-from, else the model's declared ones."""
     if config.layout.costs_from:
-        from ppsvd.analysis.costs import costs_from_run
+        from ppsvd.analysis.measured_costs import costs_from_run
 
         return costs_from_run(config.layout.costs_from)
     from ppsvd.models.base import model_class

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ppsvd.config import CFG_HALF_RATIO, GOALS, RunConfig
-from ppsvd.costs import CostModel, forecast, plan_steps
+from ppsvd.planning.costs import CostModel, forecast, plan_steps
 from ppsvd.errors import ConfigError
-from ppsvd.plan import Layout, decode_split, layouts_for
+from ppsvd.planning.steps import Layout, decode_split, layouts_for
 
 
 @dataclass(frozen=True)

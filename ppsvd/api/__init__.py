@@ -285,8 +285,8 @@ def resolve_strategy(config: RunConfig, world=None, *, announce: bool = True) ->
     every rank: it depends only on the config), with one line saying why."""
     if config.layout.strategy != "auto":
         return config
-    from ppsvd.layouts import apply, choose
-    from ppsvd.runtime.planning import known_costs
+    from ppsvd.planning.layouts import apply, choose
+    from ppsvd.runtime.calibration import known_costs
 
     n = config.layout.nproc if world is None else world[1]
     config = config.replace(nproc=n)
@@ -311,7 +311,7 @@ def check(config: RunConfig) -> RunConfig:
         config.check_devices(torch.cuda.device_count() if config.model.device == "cuda" else 0, config.layout.nproc)
     preflight(config)
     if config.layout.costs_from:
-        from ppsvd.analysis.costs import costs_from_run
+        from ppsvd.analysis.measured_costs import costs_from_run
 
         costs_from_run(config.layout.costs_from)  # a run directory without usable costs: one line, now
     return config

@@ -200,7 +200,7 @@ def _summary(config: RunConfig, run_dir) -> None:
 
 
 def _announce(config: RunConfig, world: int) -> None:
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     skipped = config.skipped_images()
     if skipped:

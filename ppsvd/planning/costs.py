@@ -2,7 +2,7 @@
 slowest stage as fast as possible, and what a plan predicts.
 
 No torch, no processes: seconds in, a StepPlan and predictions out. The run measures the costs
-(ppsvd.runtime.planning), reads them from an earlier run (ppsvd.analysis.costs) or takes them
+(ppsvd.runtime.calibration), reads them from an earlier run (ppsvd.analysis.measured_costs) or takes them
 from the user; this module only computes.
 
 The model. Stage k of N runs n_k contiguous steps of every sample, on a device of relative
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ppsvd.plan import StepPlan, shard_samples
+from ppsvd.planning.steps import StepPlan, shard_samples
 
 
 @dataclass(frozen=True)

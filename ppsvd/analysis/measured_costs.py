@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
-from ppsvd.costs import CostModel
+from ppsvd.planning.costs import CostModel
 from ppsvd.errors import ConfigError
 
 TIMELINE_NAME = "timeline.json"
