@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ppsvd.errors import ConfigError
-from ppsvd.planning.steps import Layout
+from ppsvd.planning.costs import CFG_HALF_RATIO
+from ppsvd.planning.layouts import GOALS, Goal, Layout
 
 Transport = Literal["nccl", "gloo", "zmq"]
 Dtype = Literal["fp32", "fp16", "bf16"]
 Device = Literal["cpu", "cuda"]
 Strategy = Literal["pipeline", "data", "cfg", "auto"]
-Goal = Literal["throughput", "latency"]
 ZmqEndpoint = Literal["auto", "ipc", "tcp"]
 Weights = Literal["pretrained", "random"]
 LogFormat = Literal["auto", "rich", "plain", "json"]
@@ -32,11 +32,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 """pipeline: steps split over stages; data: whole samples from a shared work queue; cfg: the two
 halves of classifier-free guidance on two processes per stage; auto: the layout the cost model
-predicts best for --goal (ppsvd.layouts). --pipeline-stages / --replicas make hybrids."""
-GOALS: tuple[str, ...] = get_args(Goal)
-CFG_HALF_RATIO = 114 / 162
-"""A half-batch (one guidance half) UNet step over a full CFG step: measured on one H200, fp16,
-SVD-XT at 14 frames 512x512 (114 ms vs 162 ms); the synthetic model's default --cfg-half-ms."""
+predicts best for --goal (ppsvd.planner.choose_layout). --pipeline-stages / --replicas make hybrids."""
 ZMQ_ENDPOINTS: tuple[str, ...] = get_args(ZmqEndpoint)
 WEIGHTS: tuple[str, ...] = get_args(Weights)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
@@ -217,7 +213,7 @@ class LayoutSection:
     goal: Goal = "throughput"
     """--strategy auto: pick the layout with the shortest makespan ('throughput') or per-video latency ('latency')."""
     partition: str = DEFAULT_PARTITION
-    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.costs),
+    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.planning.costs.auto_split),
     'even' (sizes differ by at most one), or explicit sizes 'a,b,c' (one per stage, summing to T)."""
     costs_from: str | None = None
     """A previous run's directory: plan (and predict) with the costs its timeline.json recorded."""
@@ -620,7 +616,9 @@ def resolve_layout(
     """--strategy pipeline|data|cfg with --pipeline-stages K / --replicas R -> a Layout of exactly
     nproc processes (R x K x 2 for cfg, R x K otherwise); ConfigError naming the mismatch."""
     if strategy == "auto":
-        raise ConfigError("--strategy auto is resolved before a run starts (ppsvd.layouts.choose); pick a layout first")
+        raise ConfigError(
+            "--strategy auto is resolved before a run starts (ppsvd.planner.choose_layout); pick a layout first"
+        )
     for flag, value in (("--pipeline-stages", pipeline_stages), ("--replicas", replicas)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} must be at least 1")
@@ -802,17 +800,6 @@ def partition_sizes(text: str) -> tuple[int, ...] | None:
     if not sizes or any(n < 1 for n in sizes):
         raise ConfigError(f"--partition {text!r} is not auto, even or step counts >= 1 per stage such as 4,5,5,5,5,3,1")
     return sizes
-
-
-def parse_float_list(flag: str, text: str) -> tuple[float, ...]:
-    """'1,1,0.5' -> (1.0, 1.0, 0.5) with a one-line error for anything else."""
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} must be comma-separated numbers, e.g. {flag} 1,1,1,0.5") from None
-    if not values:
-        raise ConfigError(f"{flag} {text!r} is empty; give one number per stage, e.g. {flag} 1,1,1,0.5")
-    return values
 
 
 def _positive(flag: str, value: int | float) -> None:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ppsvd.planning.steps import partition_steps, rank_work
+from ppsvd.planning.ranks import rank_work
+from ppsvd.planning.steps import partition_steps
 from ppsvd.shapes import HANDOFF_LAYOUT, LatentShape
 
 

@@ -15,8 +15,8 @@ import statistics
 from pathlib import Path
 
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
-from ppsvd.planning.costs import CostModel
 from ppsvd.errors import ConfigError
+from ppsvd.planning.costs import CostModel
 
 TIMELINE_NAME = "timeline.json"
 

@@ -281,22 +281,16 @@ def _as_list(value: ImageLike | Iterable[ImageLike]) -> list[str]:
 
 
 def resolve_strategy(config: RunConfig, world=None, *, announce: bool = True) -> RunConfig:
-    """--strategy auto -> the layout the cost model predicts best for --goal (the same answer on
-    every rank: it depends only on the config), with one line saying why."""
-    if config.layout.strategy != "auto":
-        return config
-    from ppsvd.planning.layouts import apply, choose
-    from ppsvd.runtime.calibration import known_costs
+    """--strategy auto -> the layout the cost model predicts best for --goal (ppsvd.planner), with
+    one line saying why."""
+    from ppsvd import planner
 
-    n = config.layout.nproc if world is None else world[1]
-    config = config.replace(nproc=n)
-    config.validate()
-    layout, reason, _ = choose(config, known_costs(config))
-    if announce:
+    config, reason = planner.resolve_strategy(config, None if world is None else world[1])
+    if announce and reason is not None:
         from ppsvd.console import out
 
         out.print(reason, style="dim", soft_wrap=True)
-    return apply(config, layout)
+    return config
 
 
 def check(config: RunConfig) -> RunConfig:

@@ -29,7 +29,7 @@ from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG  # noqa: F401 (re-exported)
 from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
 from ppsvd.errors import ConfigError
-from ppsvd.planning.steps import rank_work
+from ppsvd.planning.ranks import rank_work
 
 # The guide's benchmark.sh: its GPU counts, the defaults it adds to a run's, its cooldown. (Its
 # 28 steps and latent 1 4 14 64 64 are every run's defaults: config.DEFAULT_TOTAL_STEPS/_LATENT_SHAPE.)

@@ -15,13 +15,14 @@ import typer
 from ppsvd.config import (
     DEVICES,
     DTYPES,
-    GOALS,
     LOG_FORMATS,
     STRATEGIES,
     TRANSPORTS,
     WEIGHTS,
     ZMQ_ENDPOINTS,
 )
+from ppsvd.errors import ConfigError
+from ppsvd.planning.layouts import GOALS
 
 FLAG = {"metavar": ""}
 """Option settings of a boolean flag: no '<bool>' placeholder in --help (a flag takes no value)."""
@@ -189,3 +190,14 @@ Resume = Annotated[
         "the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
     ),
 ]
+
+
+def parse_float_list(flag: str, text: str) -> tuple[float, ...]:
+    """'1,1,0.5' -> (1.0, 1.0, 0.5) with a one-line error for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated numbers, e.g. {flag} 1,1,1,0.5") from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r} is empty; give one number per stage, e.g. {flag} 1,1,1,0.5")
+    return values

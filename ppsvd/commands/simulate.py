@@ -15,7 +15,6 @@ from ppsvd.config import (
     DEVICES,
     DTYPES,
     SYNTHETIC_MODEL,
-    parse_float_list,
 )
 
 NAME = "simulate"
@@ -96,7 +95,7 @@ def command(
         decode_ms=decode_ms,
         cfg_half_ms=cfg_half_ms,
         decode_chunk_size=decode_chunk_size,
-        stage_speed=parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
+        stage_speed=o.parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
         step_ms=step_ms,
         output_dir=output_dir,
         timeout=timeout,

@@ -443,7 +443,7 @@ class SVDStageModel(StageModel):
         (plan.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
         as the whole would be (chunks are decoded independently); the conditional half sends its
         uint8 frames to the unconditional half, which returns the whole video."""
-        from ppsvd.planning.steps import decode_split
+        from ppsvd.planning.ranks import decode_split
 
         latents = sample.tensors[LATENTS]
         b, _, f, _, _ = self.config.job.latent_shape

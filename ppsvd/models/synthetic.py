@@ -34,8 +34,8 @@ from importlib import resources
 import torch
 
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
-from ppsvd.planning.costs import CostModel
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.planning.costs import CostModel
 from ppsvd.shapes import LatentShape
 
 
@@ -176,7 +176,7 @@ class SyntheticStageModel(StageModel):
         # A guidance pair's split decode (as SVD's, plan.decode_split): each half spends its rows'
         # share of --decode-ms; the conditional half's "frames" (its rows of the latent) go to the
         # unconditional half, which waits for them like for real frames.
-        from ppsvd.planning.steps import decode_split
+        from ppsvd.planning.ranks import decode_split
 
         b, _, f, _, _ = self.config.job.latent_shape
         rows = b * f

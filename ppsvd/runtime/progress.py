@@ -211,7 +211,7 @@ class ProgressBoard:
 
     @classmethod
     def for_run(cls, store: Any, run_id: str, config) -> ProgressBoard:
-        from ppsvd.planning.steps import rank_work
+        from ppsvd.planning.ranks import rank_work
 
         n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
         layout = config.layout_plan(n)

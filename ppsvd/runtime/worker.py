@@ -280,7 +280,7 @@ def _run(
 def _work(job: _Job, control: RunControl, closers: list) -> None:
     """This rank's whole life: device, model, links, the start barrier, the plan, the samples, the timeline."""
     from ppsvd.models.base import build_stage_model, loading_phase
-    from ppsvd.planning.steps import rank_work
+    from ppsvd.planning.ranks import rank_work
     from ppsvd.runtime.calibration import agree_on_plan
     from ppsvd.runtime.progress import PHASE_RUNNING, PHASE_WAITING, ProgressReporter
     from ppsvd.runtime.stage import StageContext, run_stage
