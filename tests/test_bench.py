@@ -14,17 +14,10 @@ from pathlib import Path
 import pytest
 
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
-from ppsvd.bench.sweep import (
-    CSV_NAME,
-    JSON_NAME,
-    THROUGHPUT_PNG,
-    TIMELINE_PNG,
-    BenchPlan,
-    SweepObserver,
-    default_gpu_counts,
-    run_bench,
-    run_note,
-)
+from ppsvd.bench.options import default_gpu_counts
+from ppsvd.bench.records import BenchPlan
+from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG
+from ppsvd.bench.sweep import SweepObserver, run_bench, run_note
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.planning.steps import partition_steps, shard_samples
@@ -344,7 +337,7 @@ def test_importing_the_command_imports_neither_torch_nor_matplotlib():
 
 
 def test_no_gpu_points_to_device_cpu(monkeypatch, capsys):
-    from ppsvd.bench import sweep as bench
+    from ppsvd.bench import options as bench
     from ppsvd.cli import main
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: 0)
@@ -356,7 +349,7 @@ def test_no_gpu_points_to_device_cpu(monkeypatch, capsys):
 
 
 def test_cli_refuses_more_gpus_than_the_machine_has(monkeypatch, capsys, tmp_path):
-    from ppsvd.bench import sweep as bench
+    from ppsvd.bench import options as bench
     from ppsvd.cli import main
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: 4)

@@ -11,23 +11,21 @@ import csv
 import io
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ppsvd.analysis.metrics import RunMetrics, steps_per_gpu, summarize
 from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.bench.defaults import BENCH_COLUMNS
+from ppsvd.bench.records import STATUS_SKIPPED, BenchResult, BenchRun
 from ppsvd.io.atomic import write_json_atomic, write_text_atomic, write_with
-
-if TYPE_CHECKING:
-    from ppsvd.bench.sweep import BenchResult, BenchRun
 
 CSV_NAME = "benchmark_results.csv"
 JSON_NAME = "benchmark_results.json"
 THROUGHPUT_PNG = "throughput.png"
 TIMELINE_PNG = "timeline.png"
 
-# The guide's three columns first, in its order; then ours.
-GUIDE_COLUMNS = ["gpu_count", "total_time_sec", "per_sample_sec"]
-CSV_COLUMNS = GUIDE_COLUMNS + [
+# The benchmark's three columns first, in their order; then ppsvd's own.
+CSV_COLUMNS = BENCH_COLUMNS + [
     "strategy",
     "partition",
     "status",
@@ -136,7 +134,7 @@ def csv_text(runs: Iterable[BenchRun]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for run in runs:
-        if run.status != "skipped":  # runs never attempted (fail-fast) are only in the JSON
+        if run.status != STATUS_SKIPPED:  # runs never attempted (fail-fast) are only in the JSON
             writer.writerow(csv_row(run))
     return buffer.getvalue()
 
