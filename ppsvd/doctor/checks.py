@@ -14,13 +14,15 @@ from typing import Any
 
 from ppsvd.config import RunConfig, auto_device
 from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo
-from ppsvd.models import memory
+from ppsvd.environment import version_floors
+from ppsvd.models import memory, pixels
 from ppsvd.models.hub import predownload_command, stage_components
 from ppsvd.shapes import LatentShape
 
 CHECK_NAMES = ("versions", "gpus", "placement", "p2p", "environment", "model", "memory", "disk", "transport")
 
-MIN_VERSIONS = {"python": (3, 11), "torch": (2, 4), "diffusers": (0, 30), "transformers": (4, 40), "pyzmq": (25,)}
+MIN_VERSIONS = version_floors()
+"""The lowest versions this ppsvd accepts (its own requirements, from the installed package's metadata)."""
 
 SVD_DOWNLOAD_BYTES = 14 * 10**9
 """What the pre-download command fetches for SVD-XT: the diffusers folders in fp32 and fp16 (~13.5 GB)."""
@@ -84,7 +86,7 @@ def context(facts: Facts, config: RunConfig) -> Context:
         facts=facts,
         config=config,
         device=resolved.model.device,
-        dtype=resolved.resolved_dtype,
+        dtype=resolved.model.resolved_dtype,
         transport=resolved.resolved_transport,
     )
 
@@ -126,6 +128,14 @@ def version_tuple(text: str | None) -> tuple[int, ...]:
             break
         parts.append(int(digits.group()))
     return tuple(parts)
+
+
+def _floor(name: str) -> tuple[int, ...]:
+    return MIN_VERSIONS.get(name, ())
+
+
+def _floor_text(name: str) -> str:
+    return ".".join(map(str, _floor(name))) or "any version"
 
 
 def truthy(value: str | None) -> bool:
@@ -202,9 +212,9 @@ def _python_and_torch_rows(ctx: Context, table: _Rows) -> None:
     table.add(
         "python",
         f.python,
-        "pass" if py >= MIN_VERSIONS["python"] else "fail",
-        ">= 3.11 required",
-        "Use Python 3.11 or newer.",
+        "pass" if py >= _floor("python") else "fail",
+        f">= {_floor_text('python')} required",
+        f"Use Python {_floor_text('python')} or newer.",
     )
     torch_v = f.packages.get("torch")
     if torch_v is None or f.torch_error:
@@ -215,8 +225,9 @@ def _python_and_torch_rows(ctx: Context, table: _Rows) -> None:
             f.torch_error or "not installed",
             "Install torch (pip install torch; a CUDA build for GPUs: https://pytorch.org/get-started/locally/).",
         )
-    elif version_tuple(torch_v) < MIN_VERSIONS["torch"]:
-        table.add("torch", torch_v, "fail", ">= 2.4 required", "Upgrade torch to 2.4 or newer.")
+    elif version_tuple(torch_v) < _floor("torch"):
+        minimum = _floor_text("torch")
+        table.add("torch", torch_v, "fail", f">= {minimum} required", f"Upgrade torch to {minimum} or newer.")
     else:
         table.add("torch", torch_v, "pass")
 
@@ -285,12 +296,12 @@ def _library_rows(ctx: Context, table: _Rows) -> None:
     f = ctx.facts
     for name in ("diffusers", "transformers"):
         v = f.packages.get(name)
-        minimum = ".".join(map(str, MIN_VERSIONS[name]))
+        minimum = _floor_text(name)
         if not ctx.needs_diffusers:
             table.add(name, v, "pass", "not needed for --model synthetic")
         elif v is None:
             table.add(name, None, "fail", "not installed", f"pip install '{name}>={minimum}'")
-        elif version_tuple(v) < MIN_VERSIONS[name]:
+        elif version_tuple(v) < _floor(name):
             table.add(name, v, "fail", f">= {minimum} required", f"pip install -U '{name}>={minimum}'")
         else:
             table.add(name, v, "pass")
@@ -301,11 +312,16 @@ def _library_rows(ctx: Context, table: _Rows) -> None:
             None,
             "fail" if ctx.transport == "zmq" else "warn",
             "not installed: no zmq transport",
-            "pip install 'pyzmq>=25'",
+            f"pip install 'pyzmq>={_floor_text('pyzmq')}'",
         )
-    elif version_tuple(zmq_v) < MIN_VERSIONS["pyzmq"]:
+    elif version_tuple(zmq_v) < _floor("pyzmq"):
+        minimum = _floor_text("pyzmq")
         table.add(
-            "pyzmq", zmq_v, "fail" if ctx.transport == "zmq" else "warn", ">= 25 required", "pip install -U 'pyzmq>=25'"
+            "pyzmq",
+            zmq_v,
+            "fail" if ctx.transport == "zmq" else "warn",
+            f">= {minimum} required",
+            f"pip install -U 'pyzmq>={minimum}'",
         )
     else:
         table.add("pyzmq", zmq_v, "pass")
@@ -894,17 +910,19 @@ def check_memory(ctx: Context) -> CheckResult:
 # -- disk -------------------------------------------------------------------------------------
 
 
-def output_bytes_estimate(config: RunConfig) -> int:
-    """Per run: fp32 latents + an mp4 (at most ~5% of the raw frames) per sample, plus the manifest."""
+def output_bytes_estimate(config: RunConfig, vae_scale_factor: int | None = None) -> int:
+    """Per run: fp32 latents + an mp4 (at most ~5% of the raw frames) per sample, plus the manifest.
+    Pixels are latent cells times the model's VAE scale factor (SVD's 8 when it is not known yet)."""
     b, c, f, h, w = config.job.latent_shape
-    per_sample = b * c * f * h * w * 4 + b * f * (8 * h) * (8 * w) * 3 // 20
+    scale = vae_scale_factor or pixels.SVD_FACTOR
+    per_sample = b * c * f * h * w * 4 + b * f * (scale * h) * (scale * w) * 3 // 20
     return config.job.num_samples * per_sample + 1024 * 1024
 
 
 def check_disk(ctx: Context) -> CheckResult:
     f, p = ctx.facts, ctx.config
     out = f.output_disk
-    need = output_bytes_estimate(p)
+    need = output_bytes_estimate(p, f.model.vae_scale_factor if f.model is not None else None)
     details: dict[str, Any] = {"output": None, "cache": None}
     statuses, fixes, parts = ["pass"], [], []
     if out is not None:
