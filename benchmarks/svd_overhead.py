@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppsvd.config import RunConfig
+from ppsvd.config import TINY_LATENT_SHAPE, RunConfig
 from ppsvd.io.images import builtin_image
 from ppsvd.models import tiny
 from ppsvd.models.svd import SVDStageModel, frames_to_uint8
@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument(
-        "--latent-shape", type=int, nargs=5, default=list(tiny.DEFAULT_LATENT_SHAPE), metavar=("B", "C", "F", "H", "W")
+        "--latent-shape", type=int, nargs=5, default=list(TINY_LATENT_SHAPE), metavar=("B", "C", "F", "H", "W")
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

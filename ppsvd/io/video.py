@@ -97,7 +97,7 @@ def _as_frames(frames: Any) -> np.ndarray:
 def _pad_even(video: np.ndarray) -> np.ndarray:
     """Repeat the last row / column when height / width is odd: yuv420p cannot encode odd sizes.
 
-    SVD's pixel sizes are 8x the latent size, so this only happens for unusual inputs.
+    SVD's pixel sizes are the latent size times its VAE scale factor (8), so this only happens for unusual inputs.
     """
     _, height, width, _ = video.shape
     pad_h, pad_w = height % 2, width % 2

@@ -16,7 +16,8 @@ Shared by `ppsvd doctor` (its memory check) and the run's preflight (refuse_if_t
     overhead        = CUDA context, allocator slack, NCCL buffers and the latents in flight
 
 Activations are transient (one UNet call, or the decode), so a stage's peak holds the largest of
-them, not their sum. B, F, H, W are latent sizes (pixels = 8 x H, 8 x W).
+them, not their sum. B, F, H, W are latent sizes (pixels: H and W times the VAE scale factor,
+ppsvd.models.pixels).
 
 The constants (elements per latent position) are the peak bytes of live tensors, divided by the
 latent positions and the element size, counted by `python -m ppsvd.doctor.calibrate`: it runs the

@@ -17,42 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ppsvd.config import TINY_LATENT_SHAPE
+from ppsvd.models.shipped import TINY, config_dir
 
-TINY = "tiny"
-SVD_XT = "svd-xt"
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
-
-DEFAULT_LATENT_SHAPE = TINY_LATENT_SHAPE
-"""B C F H W for --model tiny: one video of 4 frames at 64x64 pixels (a few seconds on a CPU)."""
-
-# The scheduler is SVD-XT's for every family: it holds no weights, and the tiny model should
-# step through exactly the sigmas the real one does.
-_SCHEDULER_FAMILY = SVD_XT
-
-
-@contextlib.contextmanager
-def config_dir(family: str, component: str) -> Iterator[Path]:
-    """The shipped config folder of one component, as a real path."""
-    family_dir = _SCHEDULER_FAMILY if component == "scheduler" else family
-    ref = resources.files("ppsvd.models").joinpath(f"configs/{family_dir}/{component}")
-    with resources.as_file(ref) as path:
-        yield Path(path)
-
-
-def load_config(family: str, component: str) -> dict[str, Any]:
-    """A shipped config as a dict (cheap: no torch model is built). Used by preflight."""
-    name = "preprocessor_config.json" if component == "feature_extractor" else "config.json"
-    if component == "scheduler":
-        name = "scheduler_config.json"
-    with config_dir(family, component) as path:
-        return json.loads((path / name).read_text())
 
 
 def build_components(
