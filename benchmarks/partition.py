@@ -26,8 +26,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main() -> None:
     from ppsvd.analysis.metrics import summarize
     from ppsvd.analysis.timeline import RunTimeline
+    from ppsvd.bench.options import parse_int_list
     from ppsvd.commands.options import parse_float_list
-    from ppsvd.config import RunConfig, parse_int_list
+    from ppsvd.config import RunConfig
     from ppsvd.runtime.launch import launch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 
 import ppsvd
-from ppsvd.config import RunConfig, SampleInput, plan_samples
+from ppsvd.config import RunConfig, SampleInput
 from ppsvd.errors import ConfigError, InputImageError, ModelNotFoundError
 from ppsvd.io.images import builtin_image, check_image, load_image
 from ppsvd.io.inputs import read_inputs
+from ppsvd.io.samples import plan_samples
 from ppsvd.io.video import read_mp4
 from ppsvd.models import tiny
 from tests.helpers import read_latents, run_cli
@@ -209,6 +210,67 @@ def test_the_docs_example_runs(monkeypatch, tmp_path):
     assert result.manifest["weights"] == "seeded random"  # the tiny model's weights, honestly
 
 
+RESUME_SCRIPT = """
+import json, shutil, sys
+from pathlib import Path
+
+import torch
+import ppsvd
+
+out = Path(sys.argv[1])
+options = dict(model_id="tiny", device="cpu", num_samples=3, total_steps=2, progress=False)
+full = ppsvd.run(nproc=1, output_dir=out / "runs", **options)
+
+# A stopped run: a journal instead of the final manifest, and the last sample's latents damaged
+# (truncated) after it was listed.
+cut = out / "cut"
+shutil.copytree(full.run_dir, cut)
+(cut / "manifest.json").unlink()
+entries = full.manifest["samples"]
+(cut / "manifest.jsonl").write_text("".join(json.dumps(e) + "\\n" for e in entries))
+latents = cut / entries[-1]["latents"]
+latents.write_bytes(latents.read_bytes()[:100])
+
+try:
+    ppsvd.run(resume=cut, seed=9)
+except ppsvd.ConfigError as exc:
+    print("refused:", exc)
+resumed = ppsvd.run(resume=cut, nproc=2, progress=False)
+again = ppsvd.run(resume=cut)
+same = all(torch.equal(a.latents(), b.latents()) for a, b in zip(full.samples, resumed.samples, strict=True))
+print(json.dumps({
+    "run_dir": str(resumed.run_dir),
+    "names": [s.name for s in resumed.samples],
+    "same_latents": same,
+    "same_video": resumed.samples[-1].video.read_bytes() == full.samples[-1].video.read_bytes(),
+    "again": len(again.samples),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_api_resume_continues_a_stopped_run_as_a_script(tmp_path):
+    """ppsvd.run(resume=RUN_DIR) in a script of its own: it refuses an option that changes the
+    samples, regenerates only the damaged sample (on another number of stages) bitwise as the
+    uninterrupted run made it, and a finished run is left as it is."""
+    script = tmp_path / "resume_run.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=220, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused, report = done.stdout.strip().splitlines()[-2:]
+    assert refused.startswith("refused: --resume ") and "seed 9 (the run used 0)" in refused, refused
+    result = json.loads(report)
+    assert result["run_dir"] == str(tmp_path / "cut")
+    assert result["names"] == ["builtin-s0", "builtin-s1", "builtin-s2"]
+    assert result["same_latents"] and result["same_video"] and result["again"] == 3, result
+    assert "resuming" in done.stderr and "2 of 3 samples kept, 1 to generate" in done.stderr, done.stderr[-3000:]
+    assert "nothing to do: all 3 samples" in done.stdout
+
+
 # -- per-sample conditioning ------------------------------------------------------------------------
 
 
@@ -324,7 +386,7 @@ def test_fewer_samples_than_images_says_which_are_skipped(capsys, monkeypatch, i
     def stop(*args, **kwargs):
         raise ConfigError("stopped before launching")
 
-    monkeypatch.setattr("ppsvd.api.execute", stop)
+    monkeypatch.setattr("ppsvd.runtime.launch.launch", stop)
     code, _, err = run_cli(
         capsys,
         "run",

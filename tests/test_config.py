@@ -1,15 +1,16 @@
 import pytest
 
-from ppsvd.config import RunConfig, check_latent_shape, parse_int_list
+from ppsvd.bench.options import parse_int_list
+from ppsvd.config import RunConfig, check_latent_shape
 from ppsvd.errors import ConfigError
 
 
-def test_defaults_are_the_guides():
+def test_defaults_are_the_benchmarks():
     cfg = RunConfig.from_options().validate()
     assert cfg.job.total_steps == 28 and cfg.job.latent_shape == (1, 4, 14, 64, 64)
     assert cfg.job.num_samples == 1 and cfg.job.seed == 0 and cfg.svd.fps == 6 and cfg.svd.motion_bucket_id == 127
-    assert cfg.resolved_dtype == "fp32" and cfg.resolved_transport == "gloo"
-    assert RunConfig.from_options(device="cuda").resolved_dtype == "fp16"
+    assert cfg.model.resolved_dtype == "fp32" and cfg.resolved_transport == "gloo"
+    assert RunConfig.from_options(device="cuda").model.resolved_dtype == "fp16"
     assert RunConfig.from_options(device="cuda").resolved_transport == "nccl"
 
 

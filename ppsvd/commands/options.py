@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from ppsvd.api.options import KEYWORD_FIELDS
 from ppsvd.config import (
     DEVICES,
     DTYPES,
@@ -201,3 +202,25 @@ def parse_float_list(flag: str, text: str) -> tuple[float, ...]:
     if not values:
         raise ConfigError(f"{flag} {text!r} is empty; give one number per stage, e.g. {flag} 1,1,1,0.5")
     return values
+
+
+PARAM_FIELDS = {
+    **KEYWORD_FIELDS,
+    "image": "images",
+    "no_progress": "show_progress",
+    "stall_timeout": "stall_timeout_s",
+    "progress_interval": "progress_interval_s",
+}
+"""A command's parameter -> the RunConfig field it sets, where the names differ."""
+
+
+def explicit_options(ctx: typer.Context) -> dict[str, str]:
+    """The options this command line (or the environment) set: RunConfig field -> flag (what
+    --resume may take from the command line, or refuse)."""
+    found = {}
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        # By name: Typer may vendor its own click, whose ParameterSource is another enum.
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            found[PARAM_FIELDS.get(param.name, param.name)] = param.opts[0] if param.opts else param.name
+    return found

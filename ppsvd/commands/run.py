@@ -13,7 +13,10 @@ from typing import Annotated
 
 import typer
 
+from ppsvd.api.execution import execute
+from ppsvd.api.options import run_config
 from ppsvd.commands import options as o
+from ppsvd.commands.tables import show_summary
 from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
 
 NAME = "run"
@@ -170,9 +173,6 @@ def command(
     (torchrun --nproc_per_node=7 -m ppsvd run ...). --model-id tiny runs an embedded small SVD
     on CPU in seconds.
     """
-    from ppsvd.api import run_config
-    from ppsvd.api.execution import execute, explicit_options
-
     config = run_config(
         image,
         inputs=inputs,
@@ -219,4 +219,12 @@ def command(
         progress=not no_progress,
         debug=debug,
     )
-    return execute(config, command=NAME, resume=resume, explicit=explicit_options(ctx))
+    execute(
+        config,
+        resume=resume,
+        explicit=o.explicit_options(ctx),
+        command=NAME,
+        summary=show_summary,
+        exit_when_done=True,
+    )
+    return 0

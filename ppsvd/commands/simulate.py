@@ -7,7 +7,10 @@ from typing import Annotated, Literal
 
 import typer
 
+from ppsvd.api.execution import execute
+from ppsvd.api.options import simulate_config
 from ppsvd.commands import options as o
+from ppsvd.commands.tables import show_summary
 from ppsvd.config import (
     DEFAULT_LATENT_SHAPE,
     DEFAULT_PARTITION,
@@ -72,9 +75,6 @@ def command(
     scaling over stages shows even on a 2-core machine. Works self-launched (--nproc N) and
     as a worker under torchrun (torchrun --nproc_per_node=4 -m ppsvd simulate ...).
     """
-    from ppsvd.api import simulate_config
-    from ppsvd.api.execution import execute, explicit_options
-
     config = simulate_config(
         model_id=model,
         total_steps=total_steps,
@@ -108,4 +108,12 @@ def command(
         progress=not no_progress,
         debug=debug,
     )
-    return execute(config, command=NAME, resume=resume, explicit=explicit_options(ctx))
+    execute(
+        config,
+        resume=resume,
+        explicit=o.explicit_options(ctx),
+        command=NAME,
+        summary=show_summary,
+        exit_when_done=True,
+    )
+    return 0

@@ -186,7 +186,7 @@ def check_memory(config: RunConfig) -> None:
     does), before workers spend time loading. Only where the free memory is known without
     touching the GPUs: host memory on CPU, NVML on CUDA; under torchrun each host may differ, so
     the stages find out themselves."""
-    from ppsvd.config import env_world
+    from ppsvd.environment import env_world
     from ppsvd.errors import ConfigError
     from ppsvd.models import memory
 
@@ -197,7 +197,7 @@ def check_memory(config: RunConfig) -> None:
         return
     problem = memory.fit_refusal(
         config.model.model,
-        config.resolved_dtype,
+        config.model.resolved_dtype,
         config.job.latent_shape,
         config.layout.nproc,
         config.model.device,

@@ -23,7 +23,6 @@ Where from (config.model / config.weights):
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,11 @@ import numpy as np
 import torch
 
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
-from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec, SvdSection
+from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SvdSection
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
-from ppsvd.models import hub, tiny
+from ppsvd.io.samples import SampleSpec, plan_samples, sample_spec
+from ppsvd.models import hub, pixels, shipped, tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
 from ppsvd.shapes import LatentShape
@@ -76,7 +76,7 @@ def _weights_variant(config: RunConfig, source: str, name: str) -> str | None:
     """
     if config.model.variant is not None:
         return config.model.variant
-    fp16_run = config.resolved_dtype == FP16_VARIANT
+    fp16_run = config.model.resolved_dtype == FP16_VARIANT
     full, half = (_on_disk(config, source, name, variant) for variant in (None, FP16_VARIANT))
     if half and (fp16_run or not full):
         return FP16_VARIANT
@@ -114,9 +114,9 @@ def load_components(
     """
     source = model_source(config)
     if source == "tiny":
-        parts = tiny.build_components(tiny.TINY, names)
+        parts = tiny.build_components(shipped.TINY, names)
     elif source == "random":
-        parts = tiny.build_components(tiny.SVD_XT, names, device=device)
+        parts = tiny.build_components(shipped.SVD_XT, names, device=device)
     else:
         parts = {name: _from_pretrained(config, source, name, dtype) for name in names}
     for part in parts.values():
@@ -218,7 +218,7 @@ class SVDStageModel(StageModel):
         super().__init__(config, plan, stage, torch.device(device))
         from diffusers import StableVideoDiffusionPipeline
 
-        self.dtype = torch_dtype(config.resolved_dtype)
+        self.dtype = torch_dtype(config.model.resolved_dtype)
         self.source = model_source(config)
         self.components = stage_components(self.is_first, self.is_last)
         parts = load_components(config, self.components, self.device, self.dtype)
@@ -239,7 +239,7 @@ class SVDStageModel(StageModel):
         )
         # Each sample's image, seed and conditioning (stage 0 starts samples; the rest travels with them).
         self.config = with_images_resolved(config) if self.is_first else config
-        self.specs = self.config.sample_specs() if self.is_first else ()
+        self.specs = plan_samples(self.config) if self.is_first else ()
 
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
@@ -251,7 +251,8 @@ class SVDStageModel(StageModel):
     # -- shapes --------------------------------------------------------------------------------
     @property
     def pixel_size(self) -> tuple[int, int]:
-        """(height, width) in pixels: the latent size times the VAE's scale factor (8 for SVD)."""
+        """(height, width) in pixels: the latent size times the VAE's scale factor (diffusers'
+        pipe.vae_scale_factor: 2 ** (VAE levels - 1), as ppsvd.models.pixels computes it)."""
         _, _, _, h, w = self.config.job.latent_shape
         scale = self.pipe.vae_scale_factor
         return h * scale, w * scale
@@ -273,7 +274,7 @@ class SVDStageModel(StageModel):
 
     # -- stage 0 -------------------------------------------------------------------------------
     def prepare(self, index: int) -> Sample:
-        spec = self.specs[index] if index < len(self.specs) else self.config.sample_spec(index)
+        spec = self.specs[index] if index < len(self.specs) else sample_spec(self.config, index)
         height, width = self.pixel_size
         image = load_sample_image(spec.image, width, height)
         generator = torch.Generator("cpu").manual_seed(spec.seed)
@@ -409,9 +410,9 @@ class SVDStageModel(StageModel):
 
     def pair_schema(self) -> Schema:
         shape = LatentShape(*self.config.job.latent_shape)
-        height, width = self.pixel_size if self.vae is not None else (shape.h * 8, shape.w * 8)
         specs = [TensorSpec(NOISE_PRED, dtype_name(self.dtype), shape.handoff())]
-        if self.is_last:
+        if self.is_last:  # the last stage has the VAE: its decoded frames have the model's pixel size
+            height, width = self.pixel_size
             specs.append(TensorSpec(FRAMES, "uint8", (shape.b * shape.f, height, width, 3)))
         return {spec.name: spec for spec in specs}
 
@@ -494,7 +495,7 @@ class SVDStageModel(StageModel):
             "model": self.config.model.model,
             "source": self.source,
             "weights": "seeded random" if self.source in ("tiny", "random") else "pretrained",
-            "dtype": self.config.resolved_dtype,
+            "dtype": self.config.model.resolved_dtype,
             "components": list(self.components),
             "parameters": {name: _count(m) for name, m in modules.items() if m is not None},
             "classifier_free_guidance": self.encode_with_cfg,
@@ -524,9 +525,9 @@ class SVDStageModel(StageModel):
 
 def check_images(config: RunConfig) -> None:
     """Every image a sample will use exists and decodes (InputImageError otherwise)."""
-    if not config.input_images:
+    if not config.job.input_images:
         return
-    for path in dict.fromkeys(spec.image for spec in with_images_resolved(config).sample_specs()):
+    for path in dict.fromkeys(spec.image for spec in plan_samples(with_images_resolved(config))):
         check_image(path)
 
 
@@ -534,9 +535,9 @@ def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """(unet config, vae config) of the model a run will load; ModelNotFoundError if absent."""
     source = model_source(config)
     if source == "tiny":
-        return tiny.load_config(tiny.TINY, "unet"), tiny.load_config(tiny.TINY, "vae")
+        return shipped.load_config(shipped.TINY, "unet"), shipped.load_config(shipped.TINY, "vae")
     if source == "random":
-        return tiny.load_config(tiny.SVD_XT, "unet"), tiny.load_config(tiny.SVD_XT, "vae")
+        return shipped.load_config(shipped.SVD_XT, "unet"), shipped.load_config(shipped.SVD_XT, "vae")
     model = config.model.model
     if source == "local" and hub.model_root(model, source) is None:
         raise ModelNotFoundError(
@@ -628,14 +629,11 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
             f"--latent-shape {shape}: C={c} but {config.model.model}'s latents have {channels} channels; "
             f"use --latent-shape {b} {channels} {f} {h} {w}"
         )
-    scale = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
-    height, width = h * scale, w * scale
-    if height % 8 or width % 8:
-        step = 8 // math.gcd(8, scale)
-        raise ConfigError(
-            f"--latent-shape {shape}: H={h} W={w} give {height}x{width} pixels, but SVD needs multiples of 8; "
-            f"use H and W that are multiples of {step}"
-        )
+    refusal = pixels.latent_shape_refusal(
+        config.job.latent_shape, pixels.vae_scale_factor(vae_config), config.model.model
+    )
+    if refusal is not None:
+        raise ConfigError(refusal)
     if f == 1 and config.svd.min_guidance_scale <= 1 < config.svd.max_guidance_scale:
         # diffusers encodes with CFG (max > 1) but its one-frame scale is min: the shapes disagree.
         raise ConfigError(

@@ -29,12 +29,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from importlib import resources
 
 import torch
 
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
+from ppsvd.io.samples import plan_samples, sample_spec
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.models.shipped import SVD_XT, config_dir
 from ppsvd.planning.costs import CostModel
 from ppsvd.shapes import LatentShape
 
@@ -43,15 +44,14 @@ def svd_scheduler():
     """diffusers' EulerDiscreteScheduler with SVD-XT's scheduler config (shipped in the package)."""
     from diffusers import EulerDiscreteScheduler
 
-    config_dir = resources.files("ppsvd.models").joinpath("configs/svd-xt/scheduler")
-    with resources.as_file(config_dir) as path:
+    with config_dir(SVD_XT, "scheduler") as path:
         return EulerDiscreteScheduler.from_pretrained(str(path))
 
 
 class SyntheticStageModel(StageModel):
     def __init__(self, config, plan, stage, device) -> None:
         super().__init__(config, plan, stage, device)
-        self.dtype = torch_dtype(config.resolved_dtype)
+        self.dtype = torch_dtype(config.model.resolved_dtype)
         self.scheduler = svd_scheduler()
         self.state_shape = LatentShape(*config.job.latent_shape).handoff()
         speed = device_speed(config, stage)
@@ -60,7 +60,7 @@ class SyntheticStageModel(StageModel):
         self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
         self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
         self._budget_start: float | None = None
-        self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
+        self.names = [spec.name for spec in plan_samples(config)] if self.is_first else []
         self.speed = speed
         # diffusers' per-frame guidance scale, in the hand-off layout B F C H W; None without guidance.
         _, _, f, _, _ = config.job.latent_shape
@@ -81,7 +81,7 @@ class SyntheticStageModel(StageModel):
             )
         self.guidance_half = half
         self.pair = pair
-        self.step_s = self.config.resolved_cfg_half_ms / 1000.0 / self.speed
+        self.step_s = self.config.synthetic.resolved_cfg_half_ms / 1000.0 / self.speed
 
     def pair_schema(self) -> Schema:
         spec = TensorSpec("noise_pred", dtype_name(self.dtype), self.state_shape)
@@ -124,7 +124,7 @@ class SyntheticStageModel(StageModel):
             tensors=tensors,
             meta={
                 "seed": self.config.job.seed + index,
-                "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
+                "name": self.names[index] if index < len(self.names) else sample_spec(self.config, index).name,
             },
         )
 

@@ -286,7 +286,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     from ppsvd.runtime.stage import StageContext, run_stage
 
     config, store, run_id = job.config, job.store, job.run_id
-    if not config.is_synthetic:
+    if not config.model.is_synthetic:
         _quiet_libraries(config.ui.debug)
     device = _stage_device(job)
 
