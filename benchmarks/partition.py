@@ -90,7 +90,8 @@ def main() -> None:
             m = measure(len(speeds), partition, speeds)
             speed_rows.append((partition, m))
             print(
-                f"speeds {args.speeds} {partition}: {m.steady_throughput:.4f} samples/s, planned {m.predicted_throughput:.4f}",
+                f"speeds {args.speeds} {partition}: {m.steady_throughput:.4f} samples/s, planned "
+                f"{m.predicted_throughput:.4f}",
                 flush=True,
             )
 
@@ -100,20 +101,23 @@ def main() -> None:
         f"{args.num_samples} samples, {args.transport}, latent {' '.join(map(str, args.latent_shape))}"
     )
     print(
-        "| N | partition | split | steady samples/s | planned samples/s | vs plan | efficiency | planned efficiency | stage err |"
+        "| N | partition | split | steady samples/s | planned samples/s | vs plan | efficiency | planned efficiency | "
+        "stage err |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     planned_one = base.predicted_throughput
     for n, partition, m, eff in rows:
         planned_eff = m.predicted_throughput / (int(n) * planned_one)
         print(
-            f"| {n} | {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
+            f"| {n} | {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | "
+            f"{m.predicted_throughput:.3f} | "
             f"{m.vs_plan:.3f} | {eff:.3f} | {planned_eff:.3f} | {100 * stage_err(m):.1f}% |"
         )
     by = {(n, p): m for n, p, m, _ in rows}
     for n in {n for n, _, _, _ in rows if n != "1"}:
         print(
-            f"N={n}: auto / even throughput = {by[(n, 'auto')].steady_throughput / by[(n, 'even')].steady_throughput:.3f}"
+            f"N={n}: auto / even throughput = "
+            f"{by[(n, 'auto')].steady_throughput / by[(n, 'even')].steady_throughput:.3f}"
         )
     if speed_rows:
         print()
@@ -122,7 +126,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for partition, m in speed_rows:
             print(
-                f"| {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
+                f"| {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | "
+                f"{m.predicted_throughput:.3f} | "
                 f"{m.vs_plan:.3f} | {100 * stage_err(m):.1f}% |"
             )
     print(f"\nruns in {out}")

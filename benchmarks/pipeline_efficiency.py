@@ -67,7 +67,8 @@ def main() -> None:
 
     print()
     print(
-        f"step {args.step_ms:g} ms, T={args.total_steps}, {args.num_samples} samples, latent {' '.join(map(str, args.latent_shape))}"
+        f"step {args.step_ms:g} ms, T={args.total_steps}, {args.num_samples} samples, latent "
+        f"{' '.join(map(str, args.latent_shape))}"
     )
     print("| transport | N | steady samples/s | efficiency vs N x (N=1) | first-sample latency s | wall s |")
     print("|---|---|---|---|---|---|")

@@ -80,7 +80,8 @@ def main() -> None:
         }
         report["runs"].append(row)
         print(
-            f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan {row['makespan_s']:7.3f} s "
+            f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan "
+            f"{row['makespan_s']:7.3f} s "
             f"(predicted {row['predicted_makespan_s']:7.3f}), latency p50 {row['latency_s']:.3f} s "
             f"(predicted {row['predicted_latency_s']:.3f})",
             flush=True,
@@ -95,7 +96,8 @@ def main() -> None:
     off = pair["latency_s"] / pair["predicted_latency_s"] - 1
     report["cfg_latency"] = {"ratio": ratio, "vs_prediction": off}
     print(
-        f"   cfg / 1 process = {ratio:.3f} (target <= 0.56); measured vs predicted {100 * off:+.1f} % (target within 5 %)"
+        f"   cfg / 1 process = {ratio:.3f} (target <= 0.56); measured vs predicted {100 * off:+.1f} % (target within 5 "
+        "%)"
     )
 
     # 2. work queue with a half-speed worker

@@ -126,7 +126,7 @@ def main() -> None:
             times["ours"].append(tuple(t_ours))
             launched.append(launched_per_sample(config, args, Path(tmp) / "runs" / str(round_)))
 
-    exact = all(torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(base_out, ours_out))
+    exact = all(torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(base_out, ours_out, strict=True))
     print(
         f"tiny SVD, CPU fp32, {args.threads} thread(s): {args.samples} samples x {args.steps} steps, "
         f"latent shape {' '.join(map(str, args.latent_shape))}, {args.repeats} rounds"
@@ -146,7 +146,8 @@ def main() -> None:
     base = [t[0] / args.samples for t in times["base"]]
     print(
         f"  wall ppsvd run --nproc 1 (launcher, writes MP4s): best {min(launched):.3f} s/sample, "
-        f"median {statistics.median(launched):.3f} s/sample; overhead {(min(launched) / min(base) - 1.0) * 100.0:+.1f}% (best), "
+        f"median {statistics.median(launched):.3f} s/sample; overhead "
+        f"{(min(launched) / min(base) - 1.0) * 100.0:+.1f}% (best), "
         f"{(statistics.median(launched) / statistics.median(base) - 1.0) * 100.0:+.1f}% (medians)"
     )
 

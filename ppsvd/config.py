@@ -294,7 +294,8 @@ class SvdSection:
         )
         if self.min_guidance_scale > self.max_guidance_scale:
             raise ConfigError(
-                f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale {self.max_guidance_scale}; "
+                f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale "
+                f"{self.max_guidance_scale}; "
                 "swap them"
             )
         if self.decode_chunk_size is not None:
@@ -457,7 +458,8 @@ class RunConfig:
         self.model.validate()
         if self.transport.transport == "nccl" and self.model.device != "cuda":
             raise ConfigError(
-                f"--transport nccl needs --device cuda (got --device {self.model.device}); use --transport gloo or zmq on CPU"
+                f"--transport nccl needs --device cuda (got --device {self.model.device}); use --transport gloo or zmq "
+                "on CPU"
             )
         self.synthetic.validate()
         self._check_costs()
@@ -475,7 +477,8 @@ class RunConfig:
         if speeds and len(speeds) != nproc:
             text = ",".join(f"{v:g}" for v in speeds)
             raise ConfigError(
-                f"--stage-speed {text} gives {len(speeds)} speeds for {nproc} stages; give one per stage (--nproc {nproc})"
+                f"--stage-speed {text} gives {len(speeds)} speeds for {nproc} stages; give one per stage (--nproc "
+                f"{nproc})"
             )
         partition, strategy = self.layout.partition, self.layout.strategy
         sizes = partition_sizes(partition)
@@ -560,15 +563,18 @@ def resolve_layout(
     cfg = strategy == "cfg"
     if cfg and not guidance:
         raise ConfigError(
-            f"--strategy cfg splits classifier-free guidance, but --max-guidance-scale {max_guidance:g} <= 1 turns it off: "
+            f"--strategy cfg splits classifier-free guidance, but --max-guidance-scale {max_guidance:g} <= 1 turns it "
+            "off: "
             "nothing to split; use --strategy pipeline or data, or a guidance scale above 1"
         )
     width = 2 if cfg else 1
     if strategy == "data":
         if pipeline_stages not in (None, 1):
             raise ConfigError(
-                f"--strategy data runs whole samples per process, but --pipeline-stages {pipeline_stages} asks for a pipeline; "
-                f"use --strategy pipeline --pipeline-stages {pipeline_stages} --replicas {max(1, nproc // pipeline_stages)}"
+                f"--strategy data runs whole samples per process, but --pipeline-stages {pipeline_stages} asks for a "
+                "pipeline; "
+                f"use --strategy pipeline --pipeline-stages {pipeline_stages} --replicas "
+                f"{max(1, nproc // pipeline_stages)}"
             )
         stages, reps = 1, replicas if replicas is not None else nproc
     else:
@@ -632,7 +638,8 @@ def check_latent_shape(shape: Any) -> tuple[int, int, int, int, int]:
     values = tuple(shape)
     if len(values) != 5 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ConfigError(
-            f"--latent-shape {' '.join(map(str, values))} must be five integers B C F H W, e.g. --latent-shape 1 4 14 64 64"
+            f"--latent-shape {' '.join(map(str, values))} must be five integers B C F H W, e.g. --latent-shape 1 4 14 "
+            "64 64"
         )
     if any(v <= 0 for v in values):
         raise ConfigError(

@@ -41,7 +41,8 @@ def env_world() -> tuple[int, int, int, int] | None:
     if missing:
         shown = " ".join(f"{name}={os.environ[name]}" for name in present)
         raise ConfigError(
-            f"partial torchrun environment: {shown} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not; "
+            f"partial torchrun environment: {shown} is set but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not; "
             f"unset {' '.join(present)} to run on this host, or start the command with torchrun"
         )
     try:

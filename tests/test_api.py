@@ -211,40 +211,49 @@ def test_the_docs_example_runs(monkeypatch, tmp_path):
 
 
 RESUME_SCRIPT = """
-import json, shutil, sys
+import json
+import shutil
+import sys
 from pathlib import Path
 
 import torch
+
 import ppsvd
 
-out = Path(sys.argv[1])
-options = dict(model_id="tiny", device="cpu", num_samples=3, total_steps=2, progress=False)
-full = ppsvd.run(nproc=1, output_dir=out / "runs", **options)
 
-# A stopped run: a journal instead of the final manifest, and the last sample's latents damaged
-# (truncated) after it was listed.
-cut = out / "cut"
-shutil.copytree(full.run_dir, cut)
-(cut / "manifest.json").unlink()
-entries = full.manifest["samples"]
-(cut / "manifest.jsonl").write_text("".join(json.dumps(e) + "\\n" for e in entries))
-latents = cut / entries[-1]["latents"]
-latents.write_bytes(latents.read_bytes()[:100])
+def main(out: Path) -> None:
+    options = dict(model_id="tiny", device="cpu", num_samples=3, total_steps=2, progress=False)
+    full = ppsvd.run(nproc=1, output_dir=out / "runs", **options)
 
-try:
-    ppsvd.run(resume=cut, seed=9)
-except ppsvd.ConfigError as exc:
-    print("refused:", exc)
-resumed = ppsvd.run(resume=cut, nproc=2, progress=False)
-again = ppsvd.run(resume=cut)
-same = all(torch.equal(a.latents(), b.latents()) for a, b in zip(full.samples, resumed.samples, strict=True))
-print(json.dumps({
-    "run_dir": str(resumed.run_dir),
-    "names": [s.name for s in resumed.samples],
-    "same_latents": same,
-    "same_video": resumed.samples[-1].video.read_bytes() == full.samples[-1].video.read_bytes(),
-    "again": len(again.samples),
-}))
+    # A stopped run: a journal instead of the final manifest, and the last sample's latents
+    # damaged (truncated) after it was listed.
+    cut = out / "cut"
+    shutil.copytree(full.run_dir, cut)
+    (cut / "manifest.json").unlink()
+    entries = full.manifest["samples"]
+    (cut / "manifest.jsonl").write_text("".join(json.dumps(e) + "\\n" for e in entries))
+    latents = cut / entries[-1]["latents"]
+    latents.write_bytes(latents.read_bytes()[:100])
+
+    try:
+        ppsvd.run(resume=cut, seed=9)
+    except ppsvd.ConfigError as exc:
+        print("refused:", exc)
+    resumed = ppsvd.run(resume=cut, nproc=2, progress=False)
+    again = ppsvd.run(resume=cut)
+    pairs = zip(full.samples, resumed.samples, strict=True)
+    report = {
+        "run_dir": str(resumed.run_dir),
+        "names": [s.name for s in resumed.samples],
+        "same_latents": all(torch.equal(a.latents(), b.latents()) for a, b in pairs),
+        "same_video": resumed.samples[-1].video.read_bytes() == full.samples[-1].video.read_bytes(),
+        "again": len(again.samples),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":  # the workers are spawned: they import this file again
+    main(Path(sys.argv[1]))
 """
 
 
@@ -261,14 +270,15 @@ def test_api_resume_continues_a_stopped_run_as_a_script(tmp_path):
         [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=220, env=env, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    refused, report = done.stdout.strip().splitlines()[-2:]
+    lines = done.stdout.strip().splitlines()
+    refused = next(line for line in lines if line.startswith("refused:"))
     assert refused.startswith("refused: --resume ") and "seed 9 (the run used 0)" in refused, refused
-    result = json.loads(report)
+    result = json.loads(lines[-1])
     assert result["run_dir"] == str(tmp_path / "cut")
     assert result["names"] == ["builtin-s0", "builtin-s1", "builtin-s2"]
     assert result["same_latents"] and result["same_video"] and result["again"] == 3, result
     assert "resuming" in done.stderr and "2 of 3 samples kept, 1 to generate" in done.stderr, done.stderr[-3000:]
-    assert "nothing to do: all 3 samples" in done.stdout
+    assert "nothing to do: all 3 samples" in " ".join(done.stdout.split())
 
 
 # -- per-sample conditioning ------------------------------------------------------------------------
@@ -436,7 +446,10 @@ def test_help_lists_choices_flags_and_true_defaults(capsys, monkeypatch):
 
 
 def test_importing_ppsvd_and_its_api_does_not_import_torch():
-    code = "import sys, ppsvd, ppsvd.api; ppsvd.run; ppsvd.RunResult; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    code = (
+        "import sys, ppsvd, ppsvd.api; ppsvd.run; ppsvd.RunResult; print('torch' in sys.modules, 'diffusers' in "
+        "sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False False", proc.stderr
 

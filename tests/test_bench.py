@@ -171,7 +171,7 @@ def test_sweep_runs_each_count_with_cooldowns_and_writes_csv(tmp_path):
     rows = read_csv(tmp_path / "results" / CSV_NAME)
     assert [r["gpu_count"] for r in rows] == ["1", "2", "4"]
     # wall = load 2 s + work + 1 s; work = (S + N - 1) * (T/N) * t
-    for row, n in zip(rows, (1, 2, 4)):
+    for row, n in zip(rows, (1, 2, 4), strict=True):
         work = (10 + n - 1) * (28 / n) * STEP_S
         assert float(row["total_time_sec"]) == pytest.approx(LOAD_S + work + 1.0, abs=1e-6)
         assert float(row["per_sample_sec"]) == pytest.approx((LOAD_S + work + 1.0) / 10, abs=1e-6)

@@ -15,7 +15,7 @@ def compositions(total: int, parts: int):
     """Every way to write total as an ordered sum of `parts` integers >= 1."""
     for cuts in itertools.combinations(range(1, total), parts - 1):
         bounds = (0, *cuts, total)
-        yield tuple(b - a for a, b in zip(bounds, bounds[1:]))
+        yield tuple(b - a for a, b in itertools.pairwise(bounds))
 
 
 def slowest(costs: CostModel, sizes) -> float:

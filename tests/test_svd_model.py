@@ -54,7 +54,7 @@ def run_chain(config: RunConfig, num_stages: int, index: int):
     plan = partition_steps(config.job.total_steps, num_stages)
     stages = [SVDStageModel(config, plan, k, CPU) for k in range(num_stages)]
     sample = stages[0].prepare(index)
-    for stage, steps in zip(stages, plan.ranges):
+    for stage, steps in zip(stages, plan.ranges, strict=True):
         for name, spec in stage.schema().items():
             tensor = sample.tensors[name]
             assert (tuple(tensor.shape), str(tensor.dtype)) == (spec.shape, f"torch.{spec.dtype}"), name

@@ -11,6 +11,7 @@ device's.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def handoff_times(timeline: RunTimeline) -> dict[tuple[int, int], list[float]]:
     if timeline.strategy != "pipeline":
         return {}
     hops: dict[tuple[int, int], list[float]] = {}
-    for src, dst in zip(timeline.stages, timeline.stages[1:]):
+    for src, dst in itertools.pairwise(timeline.stages):
         sent = {s.index: s.send_start for s in src.samples if s.send_start is not None}
         times = []
         for span in dst.samples:

@@ -292,7 +292,7 @@ def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
     predicted, stage_predictions = prediction(timeline, planned)
     pipeline_mk, data_mk = ideal_makespans(timeline, measured)
     stage_list = [stage_metrics(st) for st in stages]
-    for st, predicted_s in zip(stage_list, stage_predictions):
+    for st, predicted_s in zip(stage_list, stage_predictions, strict=True):
         st.predicted_sample_s = predicted_s
     lat = list(latencies.values())
     return RunMetrics(

@@ -239,7 +239,8 @@ def _announce(config: RunConfig, world: int) -> None:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         notice(
             f"--num-samples {config.job.num_samples} uses the first {config.job.num_samples} of "
-            f"{len(config.job.input_images)} input images; skipped: {shown} (drop --num-samples for one video per image)"
+            f"{len(config.job.input_images)} input images; skipped: {shown} (drop --num-samples for one video per "
+            "image)"
         )
     if config.layout.strategy == "pipeline" and config.layout.partition == "even":  # auto and sizes are chosen splits
         text = partition_steps(config.job.total_steps, world).notice()

@@ -91,6 +91,7 @@ class Transport(ABC):
     def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
         """Receive the next message from the previous stage, validated against schema."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release sockets / groups. Must not block for long, and may be called twice."""
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ppsvd.backends.deadline import Deadline
+from ppsvd.backends.deadline import Deadline, never
 from ppsvd.config import DEFAULT_LATENT_SHAPE, TransportSection
 from ppsvd.errors import ConfigError, TransportTimeout
 from ppsvd.shapes import LatentShape
@@ -302,7 +302,6 @@ def _run_sender(transport, job: dict[str, Any]) -> None:
     store = transport.world.store
     wait = timedelta(seconds=job["timeout_s"])
     payload = _payload(job, transport.world.device)
-    never = lambda: False
     count = WARMUP_MESSAGES + job["repeats"]
     # One at a time: wait until the receiver is in recv(), so no time is spent queued.
     for i in range(count):
@@ -323,7 +322,6 @@ def _run_receiver(transport, job: dict[str, Any]) -> dict[str, Any]:
     store = transport.world.store
     expected = _payload(job, "cpu")
     schema = {"x": TensorSpec.of("x", expected)}
-    never = lambda: False
     count = WARMUP_MESSAGES + job["repeats"]
 
     def receive():

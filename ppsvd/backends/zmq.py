@@ -111,7 +111,10 @@ class ZmqTransport(Transport):
                 world.store.set(_client_key(world, world.next_rank), self._client_keys[0])
             if not world.is_first:
                 peer = self._wait_for_host(world.prev_rank)
-                route = lambda: route_address(getattr(world.store, "host", "127.0.0.1"))
+
+                def route() -> str:  # asked only when a tcp link needs this host's address
+                    return route_address(getattr(world.store, "host", "127.0.0.1"))
+
                 link = plan_link(world, me, peer, route=route)
                 if link.warning:
                     print(f"ppsvd: warning: {link.warning}", file=sys.stderr, flush=True)
@@ -303,7 +306,7 @@ class ZmqTransport(Transport):
             raise ProtocolError(
                 f"message has {len(frames) - 1} tensor frames, its header declares {len(header.tensors)}"
             )
-        tensors = {spec.name: _tensor(spec, frame) for spec, frame in zip(header.tensors, frames[1:])}
+        tensors = {spec.name: _tensor(spec, frame) for spec, frame in zip(header.tensors, frames[1:], strict=True)}
         return Message(kind=header.kind, index=header.index, tensors=tensors, meta=dict(header.meta))
 
 
@@ -341,8 +344,10 @@ def plan_link(world: StageWorld, me: HostFacts, peer: HostFacts, *, route=lambda
         warning = None
         if _is_loopback(world.transport.bind_host) and not me.shares_loopback(peer):
             warning = (
-                f"stage {rank} binds zmq on loopback ({world.transport.bind_host}, --bind-host) but stage {sender}, which "
-                f"sends to it, runs on {peer.hostname}: it cannot connect; pass an address of {me.hostname} it can reach"
+                f"stage {rank} binds zmq on loopback ({world.transport.bind_host}, --bind-host) but stage {sender}, "
+                "which "
+                f"sends to it, runs on {peer.hostname}: it cannot connect; pass an address of {me.hostname} it can "
+                "reach"
             )
         return LinkPlan("tcp", world.transport.bind_host, warning)
     if me.shares_loopback(peer):

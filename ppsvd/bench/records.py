@@ -81,7 +81,8 @@ class BenchPlan:
         modes = self.partition_modes
         if len(set(modes)) != len(modes) or not set(modes) <= set(PARTITIONS):
             raise ConfigError(
-                f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU count)"
+                f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU "
+                "count)"
             )
         if self.cooldown_s < 0:
             raise ConfigError(f"--cooldown {self.cooldown_s:g} is negative; use 0 or more seconds")

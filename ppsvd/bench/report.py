@@ -264,7 +264,7 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         work = [(r.gpu_count, r.metrics.overall_throughput) for r in mine if r.metrics.overall_throughput]
         if work:
             right.plot(
-                *zip(*work),
+                *zip(*work, strict=True),
                 marker="o",
                 lw=2.2,
                 color=color,
@@ -273,7 +273,7 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         end_to_end = [(r.gpu_count, r.metrics.num_samples / r.total_time_sec) for r in mine if r.total_time_sec]
         if end_to_end:
             right.plot(
-                *zip(*end_to_end),
+                *zip(*end_to_end, strict=True),
                 marker=".",
                 ls=":",
                 lw=1.4,

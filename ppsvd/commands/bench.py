@@ -41,7 +41,8 @@ Gpus = Annotated[
     str | None,
     typer.Option(
         "--gpus",
-        help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the guide's 1,2,4,7 that fit the machine.",
+        help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the guide's 1,2,4,7 that fit the "
+        "machine.",
     ),
 ]
 Strategies = Annotated[
@@ -65,7 +66,8 @@ Model = Annotated[
     typer.Option(
         "--model-id",
         "--model",
-        help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
+        help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, "
+        "stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
     ),
 ]
 
@@ -135,7 +137,8 @@ def _header(plan) -> str:
     return (
         f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
         f"partition {','.join(plan.partition_modes)} · "
-        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples · seed {base.job.seed} · "
+        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples "
+        f"· seed {base.job.seed} · "
         f"latent {' '.join(map(str, base.job.latent_shape))}"
         + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
     )

@@ -67,7 +67,8 @@ ModelId = Annotated[
     typer.Option(
         "--model-id",
         "--model",
-        help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; 'synthetic' for the CPU stand-in.",
+        help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; "
+        "'synthetic' for the CPU stand-in.",
     ),
 ]
 Timeout = Annotated[
@@ -80,14 +81,16 @@ BindHost = Annotated[
     str | None,
     typer.Option(
         "--bind-host",
-        help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's address toward the rendezvous.",
+        help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's "
+        "address toward the rendezvous.",
     ),
 ]
 StallTimeout = Annotated[
     float,
     typer.Option(
         "--stall-timeout",
-        help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is named as hung.",
+        help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is "
+        "named as hung.",
     ),
 ]
 ZmqEndpoint = Annotated[
@@ -99,7 +102,8 @@ LogFormat = Annotated[
     Literal[LOG_FORMATS],
     typer.Option(
         "--log-format",
-        help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON line); auto: rich on a terminal, plain otherwise (a job's log file).",
+        help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON "
+        "line); auto: rich on a terminal, plain otherwise (a job's log file).",
     ),
 ]
 ProgressInterval = Annotated[
@@ -110,21 +114,25 @@ Strategy = Annotated[
     Literal[STRATEGIES],
     typer.Option(
         "--strategy",
-        help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model predicts best for --goal).",
+        help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two "
+        "guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model "
+        "predicts best for --goal).",
     ),
 ]
 PipelineStages = Annotated[
     int | None,
     typer.Option(
         "--pipeline-stages",
-        help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.",
+        help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes "
+        "hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.",
     ),
 ]
 Replicas = Annotated[
     int | None,
     typer.Option(
         "--replicas",
-        help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline --replicas 2 (2 x 4 stages).",
+        help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline "
+        "--replicas 2 (2 x 4 stages).",
     ),
 ]
 Goal = Annotated[
@@ -137,7 +145,8 @@ CfgHalfMs = Annotated[
     float | None,
     typer.Option(
         "--cfg-half-ms",
-        help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 frames 512x512).",
+        help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 "
+        "frames 512x512).",
     ),
 ]
 MaxInFlight = Annotated[
@@ -152,42 +161,48 @@ Partition = Annotated[
     str,
     typer.Option(
         "--partition",
-        help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), even, or sizes such as 4,5,5,5,5,3,1.",
+        help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), "
+        "even, or sizes such as 4,5,5,5,5,3,1.",
     ),
 ]
 CostsFrom = Annotated[
     str | None,
     typer.Option(
         "--costs-from",
-        help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the start).",
+        help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the "
+        "start).",
     ),
 ]
 EncodeMs = Annotated[
     float,
     typer.Option(
         "--encode-ms",
-        help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like --step-ms.",
+        help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like "
+        "--step-ms.",
     ),
 ]
 DecodeMs = Annotated[
     float,
     typer.Option(
         "--decode-ms",
-        help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like --step-ms.",
+        help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like "
+        "--step-ms.",
     ),
 ]
 StageSpeed = Annotated[
     str | None,
     typer.Option(
         "--stage-speed",
-        help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a stage is divided by it.",
+        help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a "
+        "stage is divided by it.",
     ),
 ]
 Resume = Annotated[
     Path | None,
     typer.Option(
         "--resume",
-        help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it lacks; "
+        help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it "
+        "lacks; "
         "the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
     ),
 ]

@@ -23,7 +23,8 @@ HandoffMs = Annotated[
     float,
     typer.Option(
         "--handoff-ms",
-        help="One hand-off between neighbouring stages, in ms (adds to latency; sets the pace only if above every stage's time).",
+        help="One hand-off between neighbouring stages, in ms (adds to latency; sets the pace only if above every "
+        "stage's time).",
     ),
 ]
 Json = Annotated[
@@ -70,7 +71,8 @@ def command(
         raise ConfigError(f"--costs-from {costs_from} and explicit costs (--step-ms ...) both given; give one of them")
     if not costs_from and step_ms <= 0:
         raise ConfigError(
-            "ppsvd plan needs costs: --costs-from RUN_DIR (a finished run), or --step-ms MS (with --encode-ms, --decode-ms, --stage-speed)"
+            "ppsvd plan needs costs: --costs-from RUN_DIR (a finished run), or --step-ms MS (with --encode-ms, "
+            "--decode-ms, --stage-speed)"
         )
     if handoff_ms < 0:
         raise ConfigError(f"--handoff-ms {handoff_ms} is negative; use 0 or more milliseconds")

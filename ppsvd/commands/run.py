@@ -30,14 +30,18 @@ def command(
         list[str] | None,
         typer.Option(
             "--image",
-            help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless --num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
+            help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless "
+            "--num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
         ),
     ] = None,
     inputs: Annotated[
         Path | None,
         typer.Option(
             "--inputs",
-            help='Job file, one sample per entry: CSV with a header (image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines ({"image": "cat.png", "seed": 3}). Relative image paths are relative to the file. Instead of --image.',
+            help="Job file, one sample per entry: CSV with a header "
+            "(image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines "
+            '({"image": "cat.png", "seed": 3}). Relative image paths are relative to the file. Instead of '
+            "--image.",
         ),
     ] = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
@@ -52,7 +56,8 @@ def command(
         str | None,
         typer.Option(
             "--variant",
-            help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when the model has them, else the full-precision ones.",
+            help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run "
+            "when the model has them, else the full-precision ones.",
         ),
     ] = None,
     weights: o.Weights = "pretrained",
@@ -77,28 +82,32 @@ def command(
         int | None,
         typer.Option(
             "--num-inference-steps",
-            help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28.",
+            help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. "
+            "Default 28.",
         ),
     ] = None,
     total_steps: Annotated[
         int | None,
         typer.Option(
             "--total-steps",
-            help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 (divisible by 1, 2, 4 and 7).",
+            help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 "
+            "(divisible by 1, 2, 4 and 7).",
         ),
     ] = None,
     latent_shape: Annotated[
         tuple[int, int, int, int, int] | None,
         typer.Option(
             "--latent-shape",
-            help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8).",
+            help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, "
+            "width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8).",
         ),
     ] = None,
     num_samples: Annotated[
         int | None,
         typer.Option(
             "--num-samples",
-            help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 without --image).",
+            help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 "
+            "without --image).",
         ),
     ] = None,
     seed: o.Seed = 0,
@@ -106,7 +115,8 @@ def command(
         int,
         typer.Option(
             "--fps",
-            help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps.",
+            help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless "
+            "--video-fps.",
         ),
     ] = 6,
     video_fps: Annotated[

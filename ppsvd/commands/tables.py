@@ -106,7 +106,8 @@ def summary_table(metrics: RunMetrics) -> Table:
         overall.add_row("planned with", CostModel.from_json(m.planned_costs).describe())
 
     table = Table(
-        title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · {m.completed}/{m.num_samples} samples",
+        title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · "
+        f"{m.completed}/{m.num_samples} samples",
         show_header=False,
         box=None,
         title_style="bold",

@@ -477,7 +477,10 @@ def check_placement(ctx: Context) -> CheckResult:
     if ctx.device == "cuda":
         if p.layout.nproc > n:
             shared = ", ".join(f"stage {k} and stage {k % n} on GPU {k % n}" for k in range(n, p.layout.nproc))
-            summary = f"--nproc {p.layout.nproc} but only {n} GPU{'s' if n > 1 else ''} visible: two ranks on one GPU ({shared})"
+            summary = (
+                f"--nproc {p.layout.nproc} but only {n} GPU{'s' if n > 1 else ''} visible: two ranks on one GPU "
+                f"({shared})"
+            )
             statuses.append("fail")
             fixes.append(
                 f"Use --nproc {n} or fewer: ppsvd runs one stage per GPU (NCCL cannot put two ranks on "
@@ -500,7 +503,8 @@ def check_placement(ctx: Context) -> CheckResult:
     if not plan.is_even:
         statuses.append("warn")
         fixes.append(
-            f"Use a --total-steps divisible by {p.layout.nproc} (e.g. {p.layout.nproc * max(1, round(p.job.total_steps / p.layout.nproc))})."
+            f"Use a --total-steps divisible by {p.layout.nproc} (e.g. "
+            f"{p.layout.nproc * max(1, round(p.job.total_steps / p.layout.nproc))})."
         )
     return _result("placement", _worst(statuses), summary, fixes, details)
 
@@ -855,7 +859,7 @@ def check_memory(ctx: Context) -> CheckResult:
         capacity, labels, totals = [avail], ["cpu"], [f.host_total_bytes]
     need = memory.per_device_need(stages, len(capacity))
     rows, statuses = [], []
-    for label, nb, cap, tot in zip(labels, need, capacity, totals):
+    for label, nb, cap, tot in zip(labels, need, capacity, totals, strict=True):
         status = "fail" if nb > cap else "warn" if nb > 0.9 * cap else "pass"
         statuses.append(status)
         rows.append({"device": label, "need_bytes": nb, "free_bytes": cap, "total_bytes": tot, "status": status})
@@ -875,11 +879,9 @@ def check_memory(ctx: Context) -> CheckResult:
         over = "will not fit" if status == "fail" else "is tight (over 90% of free memory)"
         summary = f"{summary}: {over}"
         if best:
-            fixes.append(
-                f"Use --latent-shape {shape_text(best)} (the largest that fits, ~"
-                f"{gib(max(memory.per_device_need(memory.estimate_stages(p.model.model, ctx.dtype, best, p.layout.nproc, ctx.device), len(capacity))))}"
-                f" {where})."
-            )
+            best_stages = memory.estimate_stages(p.model.model, ctx.dtype, best, p.layout.nproc, ctx.device)
+            best_need = max(memory.per_device_need(best_stages, len(capacity)))
+            fixes.append(f"Use --latent-shape {shape_text(best)} (the largest that fits, ~{gib(best_need)} {where}).")
         else:
             fixes.append(
                 "Even the smallest latent does not fit: free the GPU memory other processes hold (nvidia-smi)."
@@ -1035,7 +1037,7 @@ def check_transport(ctx: Context) -> CheckResult:
     links = [_link_json(link, step_s, steps_per_stage) for link in f.live]
     details["links"] = links
     parts, statuses, fixes = [], ["pass"], []
-    for link, row in zip(f.live, links):
+    for link, row in zip(f.live, links, strict=True):
         if link.ok and link.latency_ms is not None:
             share = row["share_of_step"]
             parts.append(

@@ -139,7 +139,8 @@ def probe_gpus(facts: Facts, env: Mapping[str, str], *, nvml: Any = None, torch_
         # NVML's view (all GPUs, filtered by our reading of CUDA_VISIBLE_DEVICES) disagrees with
         # CUDA's, e.g. MIG instances or an unusual CUDA_VISIBLE_DEVICES: trust torch for the list.
         facts.probe_errors.append(
-            f"NVML lists {len(facts.gpus)} visible GPU(s) but torch sees {facts.cuda_device_count}: GPU facts from torch"
+            f"NVML lists {len(facts.gpus)} visible GPU(s) but torch sees {facts.cuda_device_count}: GPU facts from "
+            "torch"
         )
         facts.gpus.clear()
         facts.pairs.clear()

@@ -49,8 +49,9 @@ EXECUTION_FIELDS = frozenset(
         "cfg_half_ms",
     }
 )
-"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run executes, never a sample's values (the exactness
-promise: any N, transport and partition): a resumed run may set them anew."""
+"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run
+executes, never a sample's values (the exactness promise: any N, transport and partition): a
+resumed run may set them anew."""
 
 FOLLOW_THE_COMMAND = frozenset({"debug", "show_progress"})
 """Taken from this command line even when not given (not from the stopped run)."""

@@ -99,7 +99,8 @@ class StageModel(ABC):
         from ppsvd.errors import ConfigError
 
         raise ConfigError(
-            f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline or data"
+            f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline "
+            "or data"
         )
 
     def pair_schema(self) -> Schema:

@@ -196,7 +196,7 @@ def fits(
 ) -> bool:
     """Every device's need is within its capacity (capacity[i]: usable bytes on device i)."""
     need = per_device_need(estimate_stages(model, dtype, shape, nproc, device, decode_chunk), len(capacity))
-    return all(n <= cap for n, cap in zip(need, capacity))
+    return all(n <= cap for n, cap in zip(need, capacity, strict=True))
 
 
 def largest_fitting_shape(
@@ -264,7 +264,7 @@ def fit_refusal(
     """None when every device has room for its stages; else one line: the need, what is free, and
     the largest latent shape that fits (the run's preflight refuses with it, exit code 2)."""
     need = per_device_need(estimate_stages(model, dtype, shape, nproc, device, decode_chunk), len(capacity))
-    over = [(label, n, cap) for label, n, cap in zip(labels, need, capacity) if n > cap]
+    over = [(label, n, cap) for label, n, cap in zip(labels, need, capacity, strict=True) if n > cap]
     if not over:
         return None
     label, n, cap = max(over, key=lambda item: item[1] / max(item[2], 1))

@@ -403,7 +403,8 @@ class SVDStageModel(StageModel):
     def split_guidance(self, half: int, pair=None) -> None:
         if not self.encode_with_cfg:
             raise ConfigError(
-                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split"
+                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: "
+                "nothing to split"
             )
         self.guidance_half = half
         self.pair = pair
@@ -568,7 +569,8 @@ def _check_variant(config: RunConfig, source: str) -> None:
     lacking = [name for name in WEIGHT_FILES if not _on_disk(config, source, name, config.model.variant)]
     if lacking:
         raise ModelNotFoundError(
-            f"--variant {config.model.variant}: {config.model.model} has no {config.model.variant} weights for {', '.join(lacking)} "
+            f"--variant {config.model.variant}: {config.model.model} has no {config.model.variant} weights for "
+            f"{', '.join(lacking)} "
             f"(no {hub.variant_name(WEIGHT_FILES[lacking[0]][0], config.model.variant)} in {lacking[0]}/); "
             "drop --variant to load the weights that are there"
         )
@@ -582,7 +584,8 @@ def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None 
     at = f" at revision {revision}" if revision else ""
     if hub.hub_offline():
         raise ModelNotFoundError(
-            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of "
+            "that "
             f"name exists), and HF_HUB_OFFLINE forbids downloading; "
             f"fetch it first with `{fetch}` (or unset HF_HUB_OFFLINE)"
         )
@@ -594,7 +597,8 @@ def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None 
     except Exception as exc:  # any hub failure (unknown repo or revision, gated, no network) ends the same way
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelNotFoundError(
-            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of "
+            "that "
             f"name exists), and the Hub did not provide it ({reason}); check the id, or fetch it first with `{fetch}`"
         ) from None
 
@@ -605,7 +609,8 @@ def _read_json(model: str, source: str, relpath: str, revision: str | None = Non
     path = hub.find(model, source, relpath, revision=revision)
     if path is None:  # fetched configs are in the cache now; anything else was reported above
         raise ModelNotFoundError(
-            f"--model {model}: {relpath} is missing; fetch the model with `{predownload_command(model, revision=revision)}`"
+            f"--model {model}: {relpath} is missing; fetch the model with "
+            f"`{predownload_command(model, revision=revision)}`"
         )
     return json.loads(Path(path).read_text())
 
@@ -637,7 +642,8 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
     if f == 1 and config.svd.min_guidance_scale <= 1 < config.svd.max_guidance_scale:
         # diffusers encodes with CFG (max > 1) but its one-frame scale is min: the shapes disagree.
         raise ConfigError(
-            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.svd.min_guidance_scale} <= 1 < "
+            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.svd.min_guidance_scale} <= 1 "
+            "< "
             f"--max-guidance-scale {config.svd.max_guidance_scale} diffusers' SVD cannot run it; "
             "use F >= 2 or set both guidance scales on the same side of 1"
         )

@@ -77,7 +77,8 @@ class SyntheticStageModel(StageModel):
             from ppsvd.errors import ConfigError
 
             raise ConfigError(
-                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split"
+                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: "
+                "nothing to split"
             )
         self.guidance_half = half
         self.pair = pair

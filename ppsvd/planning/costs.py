@@ -71,7 +71,8 @@ class CostModel:
         *,
         source: str = "explicit",
     ) -> CostModel:
-        """The user's numbers (ms), as `ppsvd plan/simulate --step-ms --encode-ms --decode-ms --stage-speed` take them."""
+        """The user's numbers (ms), as `ppsvd plan` and `ppsvd simulate` take them (--step-ms,
+        --encode-ms, --decode-ms, --stage-speed)."""
         return CostModel(step_ms / 1000, encode_ms / 1000, decode_ms / 1000, speeds=tuple(speeds), source=source)
 
     def speed(self, stage: int) -> float:

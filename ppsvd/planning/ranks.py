@@ -20,7 +20,8 @@ class RankWork:
     strategy: str
     rank: int
     plan: StepPlan
-    """The plan this rank's model is built with: K stages of its replica's pipeline (1 stage of all T steps for data)."""
+    """The plan this rank's model is built with: K stages of its replica's pipeline (for data: 1
+    stage of all T steps)."""
     stage: int
     samples: tuple[int, ...]
     """The samples it will see, in order; with a work queue (layout.uses_queue), the ones it may take from."""

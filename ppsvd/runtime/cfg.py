@@ -57,7 +57,8 @@ class PairLink:
         if msg.is_end or msg.index != index:
             got = "end of stream" if msg.is_end else f"{name} {msg.index}"
             raise ProtocolError(
-                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, expected {name} {index}"
+                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, "
+                f"expected {name} {index}"
             )
         return msg.tensors[name].to(device, non_blocking=True)
 

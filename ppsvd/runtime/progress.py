@@ -228,9 +228,15 @@ class ProgressBoard:
         if layout.kind == "data":
             title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s) from one work queue"
         elif layout.kind != "pipeline":
-            title = f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split {works[0].plan.describe()}"
+            title = (
+                f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split "
+                f"{works[0].plan.describe()}"
+            )
         else:
-            title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {_split_text(config, works[0].plan)}"
+            title = (
+                f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split "
+                f"{_split_text(config, works[0].plan)}"
+            )
         return cls(
             store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s
         )

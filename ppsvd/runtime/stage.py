@@ -385,7 +385,8 @@ class _Taken:
         elif msg.index not in self.allowed or (self.last is not None and msg.index <= self.last):
             after = f" after sample {self.last}" if self.last is not None else ""
             raise TransportError(
-                f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it could take next"
+                f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it "
+                "could take next"
             )
         self.count += 1
         self.last = msg.index
