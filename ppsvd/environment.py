@@ -74,7 +74,7 @@ def software_versions() -> dict[str, Any]:
     for name in _DISTRIBUTIONS:
         facts[name] = _distribution(name)
     try:
-        import torch
+        import torch  # heavy: torch
 
         facts["torch"] = torch.__version__
         facts["cuda"] = torch.version.cuda
@@ -96,7 +96,7 @@ def _distribution(name: str) -> str | None:
 
 def _driver_version() -> str | None:
     try:
-        import pynvml
+        import pynvml  # inside the try: a failed import counts as no NVML, like a failed init
 
         pynvml.nvmlInit()
         try:

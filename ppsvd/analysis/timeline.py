@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ppsvd.io.atomic import write_text_atomic
+
 
 @dataclass
 class SampleSpan:
@@ -119,7 +121,6 @@ class RunTimeline:
         return RunTimeline(**top, stages=stages)
 
     def save(self, path: Path) -> None:
-        from ppsvd.io.atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_json(), indent=1))
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shutil
 import socket as pysocket
 import stat
 import sys
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 
 import torch
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
 from ppsvd.backends.hosts import HostFacts, publish_host, read_host, route_address
@@ -183,7 +185,6 @@ class ZmqTransport(Transport):
 
     def _admit_only(self, sock: zmq.Socket, key: str, what: str) -> None:
         """Make sock a CURVE server whose ZAP handler admits only the public key under `key`."""
-        from zmq.auth.thread import ThreadAuthenticator
 
         expected = self._wait_key(key, what)
         public, secret = zmq.curve_keypair()
@@ -397,7 +398,6 @@ def private_dir(path: str) -> None:
 
 def remove_ipc_dir(run_id: str) -> None:
     """Remove the run's socket directory and whatever a killed stage left in it."""
-    import shutil
 
     shutil.rmtree(ipc_dir(run_id), ignore_errors=True)
 

@@ -200,10 +200,10 @@ def timeline_run(runs: list[BenchRun]) -> BenchRun | None:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (and no display needed)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     return plt
 
@@ -319,7 +319,7 @@ def _baseline_rate(runs: list[BenchRun]) -> float | None:
 def plot_timeline(timeline: RunTimeline, path: Path, *, title: str, metrics: RunMetrics | None = None) -> None:
     """Stages (rows) x time: a coloured bar per sample computed, grey where a stage waited for
     input, black where it was blocked on a full send queue; fill, steady state and drain shaded."""
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # heavy: matplotlib
 
     plt = _pyplot()
     metrics = metrics or summarize(timeline)

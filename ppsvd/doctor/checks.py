@@ -17,6 +17,7 @@ from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo
 from ppsvd.environment import version_floors
 from ppsvd.models import memory, pixels
 from ppsvd.models.hub import predownload_command, stage_components
+from ppsvd.planning.steps import partition_steps
 from ppsvd.shapes import LatentShape
 
 CHECK_NAMES = ("versions", "gpus", "placement", "p2p", "environment", "model", "memory", "disk", "transport")
@@ -444,7 +445,6 @@ def check_gpus(ctx: Context) -> CheckResult:
 
 
 def check_placement(ctx: Context) -> CheckResult:
-    from ppsvd.planning.steps import partition_steps
 
     f, p = ctx.facts, ctx.config
     plan = partition_steps(p.job.total_steps, p.layout.nproc)

@@ -140,7 +140,7 @@ def _open_rgb(path: str) -> Image.Image:
 def _fetch_url(url: str) -> Image.Image:
     """An image URL through diffusers.utils.load_image (RGB, EXIF-rotated; its request has a finite
     timeout, DIFFUSERS_REQUEST_TIMEOUT, 60 s by default). Cached: samples cycle over their images."""
-    from diffusers.utils import load_image as diffusers_load_image
+    from diffusers.utils import load_image as diffusers_load_image  # heavy: diffusers
 
     try:
         image = diffusers_load_image(url)

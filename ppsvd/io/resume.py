@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.io.results import entry_files, listed_entries
@@ -176,7 +178,6 @@ def sample_is_intact(run_dir: Path, entry: dict, config: RunConfig) -> bool:
 
 
 def _latents_ok(path: Path, config: RunConfig) -> bool:
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as fh:

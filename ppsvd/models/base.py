@@ -9,15 +9,20 @@ is a set of named tensors that travels between stages unchanged in layout (`sche
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 
 from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
+from ppsvd.environment import env_world
+from ppsvd.errors import ConfigError
+from ppsvd.models import memory
 from ppsvd.planning.costs import CostModel
 from ppsvd.planning.steps import StepPlan
 
@@ -96,7 +101,6 @@ class StageModel(ABC):
     def split_guidance(self, half: int, pair: Any = None) -> None:
         """Run only one half of the guidance batch from now on (before schema() is asked), and
         swap noise predictions with the partner through `pair` (which may be set later)."""
-        from ppsvd.errors import ConfigError
 
         raise ConfigError(
             f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline "
@@ -187,9 +191,6 @@ def check_memory(config: RunConfig) -> None:
     does), before workers spend time loading. Only where the free memory is known without
     touching the GPUs: host memory on CPU, NVML on CUDA; under torchrun each host may differ, so
     the stages find out themselves."""
-    from ppsvd.environment import env_world
-    from ppsvd.errors import ConfigError
-    from ppsvd.models import memory
 
     if env_world() is not None:
         return
@@ -212,12 +213,9 @@ def check_memory(config: RunConfig) -> None:
 
 def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
     """Free bytes per device the stages use (stage k on device k), or ([], []) when unknown."""
-    import os
 
     if config.model.device == "cpu":
         try:
-            import psutil
-
             return [int(psutil.virtual_memory().available)], ["this host (all stages together)"]
         except Exception:
             return [], []
@@ -225,7 +223,7 @@ def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
     if visible is not None and not all(part.strip().isdigit() for part in visible.split(",") if part.strip()):
         return [], []  # UUIDs or MIG instances: doctor maps those; the stages will see for themselves
     try:
-        import pynvml
+        import pynvml  # inside the try: a failed import counts as no NVML, like a failed init
 
         pynvml.nvmlInit()
         try:

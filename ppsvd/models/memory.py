@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ppsvd.models.hub import stage_components
+from ppsvd.models.hub import locate, stage_components, weight_params
 
 GIB = 1024**3
 
@@ -105,7 +105,6 @@ def model_params(model: str) -> dict[str, int]:
     (a local directory or the hub cache), else SVD-XT's (a model not downloaded yet)."""
     if model_family(model) == "tiny":
         return dict(TINY_PARAMS)
-    from ppsvd.models.hub import locate, weight_params
 
     try:
         on_disk = weight_params(model, locate(model))

@@ -22,6 +22,7 @@ Where from (config.model / config.weights):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -38,6 +39,7 @@ from ppsvd.io.samples import SampleSpec, plan_samples, sample_spec
 from ppsvd.models import hub, pixels, shipped, tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
+from ppsvd.planning.ranks import decode_split
 from ppsvd.shapes import LatentShape
 
 # Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
@@ -173,29 +175,29 @@ def _load_component(config: RunConfig, source: str, name: str, dtype: torch.dtyp
     if name not in WEIGHT_FILES:
         variant = None  # configs and processors have no variants
     if name == "unet":
-        from diffusers import UNetSpatioTemporalConditionModel
+        from diffusers import UNetSpatioTemporalConditionModel  # heavy: diffusers
 
         return UNetSpatioTemporalConditionModel.from_pretrained(
             location, subfolder=name, torch_dtype=dtype, variant=variant, **cache
         )
     if name == "vae":
-        from diffusers import AutoencoderKLTemporalDecoder
+        from diffusers import AutoencoderKLTemporalDecoder  # heavy: diffusers
 
         return AutoencoderKLTemporalDecoder.from_pretrained(
             location, subfolder=name, torch_dtype=dtype, variant=variant, **cache
         )
     if name == "image_encoder":
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection  # heavy: transformers
 
         return CLIPVisionModelWithProjection.from_pretrained(
             location, subfolder=name, dtype=dtype, variant=variant, **cache
         )
     if name == "feature_extractor":
-        from transformers import CLIPImageProcessor
+        from transformers import CLIPImageProcessor  # heavy: transformers
 
         return CLIPImageProcessor.from_pretrained(location, subfolder=name, **cache)
     if name == "scheduler":
-        from diffusers import EulerDiscreteScheduler
+        from diffusers import EulerDiscreteScheduler  # heavy: diffusers
 
         return EulerDiscreteScheduler.from_pretrained(location, subfolder=name, **cache)
     raise ValueError(f"unknown component {name!r}")
@@ -216,7 +218,7 @@ def _keep_vae_halves(vae: Any, encoder: bool, decoder: bool) -> None:
 class SVDStageModel(StageModel):
     def __init__(self, config: RunConfig, plan, stage: int, device: torch.device) -> None:
         super().__init__(config, plan, stage, torch.device(device))
-        from diffusers import StableVideoDiffusionPipeline
+        from diffusers import StableVideoDiffusionPipeline  # heavy: diffusers
 
         self.dtype = torch_dtype(config.model.resolved_dtype)
         self.source = model_source(config)
@@ -290,6 +292,7 @@ class SVDStageModel(StageModel):
         """Steps 3-8 of StableVideoDiffusionPipeline.__call__, in its order (the generator's draws:
         first the image's noise augmentation, then the initial latents), with this sample's fps,
         motion bucket and noise augmentation."""
+        # heavy: diffusers
         from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _append_dims
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -445,7 +448,6 @@ class SVDStageModel(StageModel):
         (plan.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
         as the whole would be (chunks are decoded independently); the conditional half sends its
         uint8 frames to the unconditional half, which returns the whole video."""
-        from ppsvd.planning.ranks import decode_split
 
         latents = sample.tensors[LATENTS]
         b, _, f, _, _ = self.config.job.latent_shape
@@ -589,7 +591,7 @@ def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None 
             f"name exists), and HF_HUB_OFFLINE forbids downloading; "
             f"fetch it first with `{fetch}` (or unset HF_HUB_OFFLINE)"
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # heavy: about 0.4 s, only to fetch configs
 
     try:
         for rel in CONFIG_FILES.values():
@@ -604,7 +606,6 @@ def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None 
 
 
 def _read_json(model: str, source: str, relpath: str, revision: str | None = None) -> dict[str, Any]:
-    import json
 
     path = hub.find(model, source, relpath, revision=revision)
     if path is None:  # fetched configs are in the cache now; anything else was reported above

@@ -28,21 +28,24 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import torch
 
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
+from ppsvd.errors import ConfigError
 from ppsvd.io.samples import plan_samples, sample_spec
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.models.shipped import SVD_XT, config_dir
 from ppsvd.planning.costs import CostModel
+from ppsvd.planning.ranks import decode_split
 from ppsvd.shapes import LatentShape
 
 
 def svd_scheduler():
     """diffusers' EulerDiscreteScheduler with SVD-XT's scheduler config (shipped in the package)."""
-    from diffusers import EulerDiscreteScheduler
+    from diffusers import EulerDiscreteScheduler  # heavy: diffusers
 
     with config_dir(SVD_XT, "scheduler") as path:
         return EulerDiscreteScheduler.from_pretrained(str(path))
@@ -74,8 +77,6 @@ class SyntheticStageModel(StageModel):
 
     def split_guidance(self, half: int, pair=None) -> None:
         if self.guidance is None:
-            from ppsvd.errors import ConfigError
-
             raise ConfigError(
                 f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: "
                 "nothing to split"
@@ -174,11 +175,9 @@ class SyntheticStageModel(StageModel):
         if self.guidance_half is None:
             _sleep_until(started + self.decode_s)
             return result
-        # A guidance pair's split decode (as SVD's, plan.decode_split): each half spends its rows'
-        # share of --decode-ms; the conditional half's "frames" (its rows of the latent) go to the
-        # unconditional half, which waits for them like for real frames.
-        from ppsvd.planning.ranks import decode_split
-
+        # A guidance pair's split decode (as SVD's, planning.ranks.decode_split): each half spends
+        # its rows' share of --decode-ms; the conditional half's "frames" (its rows of the latent)
+        # go to the unconditional half, which waits for them like for real frames.
         b, _, f, _, _ = self.config.job.latent_shape
         rows = b * f
         cut = decode_split(rows, self.config.svd.decode_chunk_size or f)
@@ -232,7 +231,6 @@ def _parse_fault(spec: str, stage: int) -> tuple[int, str] | None:
 
 
 def _inject(kind: str, stage: int, index: int) -> None:
-    import sys
 
     print(
         f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}",

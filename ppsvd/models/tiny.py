@@ -56,7 +56,7 @@ def save_tiny(path: str | Path) -> Path:
     The result loads with StableVideoDiffusionPipeline.from_pretrained(path) and with ppsvd's
     `--model path`, exactly like a downloaded hub snapshot.
     """
-    from diffusers import StableVideoDiffusionPipeline
+    from diffusers import StableVideoDiffusionPipeline  # heavy: diffusers
 
     path = Path(path)
     pipe = StableVideoDiffusionPipeline(**build_tiny_components())
@@ -81,11 +81,11 @@ def _record_processor_class(path: Path) -> None:
 def _build_one(family: str, name: str, seed: int, device: torch.device) -> Any:
     with config_dir(family, name) as path:
         if name == "scheduler":
-            from diffusers import EulerDiscreteScheduler
+            from diffusers import EulerDiscreteScheduler  # heavy: diffusers
 
             return EulerDiscreteScheduler.from_pretrained(str(path))
         if name == "feature_extractor":
-            from transformers import CLIPImageProcessor
+            from transformers import CLIPImageProcessor  # heavy: transformers
 
             return CLIPImageProcessor.from_pretrained(str(path))
         with _seeded(seed, device), device:
@@ -94,14 +94,14 @@ def _build_one(family: str, name: str, seed: int, device: torch.device) -> Any:
 
 def _construct(name: str, path: Path) -> torch.nn.Module:
     if name == "unet":
-        from diffusers import UNetSpatioTemporalConditionModel
+        from diffusers import UNetSpatioTemporalConditionModel  # heavy: diffusers
 
         return UNetSpatioTemporalConditionModel.from_config(UNetSpatioTemporalConditionModel.load_config(str(path)))
     if name == "vae":
-        from diffusers import AutoencoderKLTemporalDecoder
+        from diffusers import AutoencoderKLTemporalDecoder  # heavy: diffusers
 
         return AutoencoderKLTemporalDecoder.from_config(AutoencoderKLTemporalDecoder.load_config(str(path)))
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # heavy: transformers
 
     return CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(path)))
 

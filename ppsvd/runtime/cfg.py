@@ -16,6 +16,7 @@ run's abort flag like any hand-off.
 from __future__ import annotations
 
 import concurrent.futures
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -82,7 +83,6 @@ class PairLink:
 def pair_world(world: StageWorld, pair_links: tuple[tuple[int, int], ...]) -> StageWorld:
     """The partner link's StageWorld: both of this rank's links go to its partner, and its store
     keys (zmq endpoints, CURVE keys, ipc sockets) live under their own namespace of the run."""
-    from dataclasses import replace
 
     return replace(world, links=pair_links, run_id=f"{world.run_id}-pair")
 
