@@ -7,7 +7,7 @@ The defaults are the issue's H200 profile of SVD-XT at 14 frames 512x512 (165 ms
 65 ms image encode, 490 ms VAE decode) scaled to 1/5, T = 28, 40 samples, latent 1 4 14 64 64.
 Each configuration is one fresh launch of `ppsvd simulate`'s workers. Efficiency = steady
 throughput(N) / (N x steady throughput of the measured 1-stage run); "planned" is what
-ppsvd.costs.forecast predicts for that partition with the model's declared costs; "vs plan" =
+ppsvd.planning.costs.forecast predicts for that partition with the model's declared costs; "vs plan" =
 measured / planned; "stage err" is the largest |measured - planned| / planned over stages of
 the time per sample (median over samples). Then the mixed-GPU case: --stage-speed 1,1,1,0.5 at
 N = 4. Not a test: it prints tables for the docs and notes.

@@ -42,7 +42,7 @@ SYNTHETIC_MODEL = "synthetic"
 TINY_MODEL = "tiny"
 DEFAULT_MODEL_ID = "stabilityai/stable-video-diffusion-img2vid-xt"
 
-# The guide's defaults (../shared/seed-benchmark-guide.ja.md).
+# Every run's defaults: the benchmark's (see ppsvd/bench/defaults.py for where they come from).
 DEFAULT_TOTAL_STEPS = 28
 PARTITIONS = ("auto", "even")
 DEFAULT_PARTITION = "auto"
@@ -58,7 +58,7 @@ def auto_device(cuda_usable: bool) -> str:
 
 
 def default_latent_shape(model: str) -> tuple[int, int, int, int, int]:
-    """The guide's 1 4 14 64 64, except for the tiny model, which has its own small shape."""
+    """The benchmark's 1 4 14 64 64, except for the tiny model, which has its own small shape."""
     return TINY_LATENT_SHAPE if model == TINY_MODEL else DEFAULT_LATENT_SHAPE
 
 
@@ -634,7 +634,7 @@ def _choice(flag: str, value: str | None, choices: tuple[str, ...], *, allow_non
 
 
 def check_latent_shape(shape: Any) -> tuple[int, int, int, int, int]:
-    """The guide's --latent-shape: exactly five positive integers, B C F H W."""
+    """--latent-shape (the benchmark's way to give the size): exactly five positive integers, B C F H W."""
     values = tuple(shape)
     if len(values) != 5 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""plan.rank_work: the one answer to "which steps and which samples does rank k own"; shapes.LatentShape."""
+"""planning.ranks.rank_work: the one answer to "which steps and which samples does rank k own"; shapes.LatentShape."""
 
 import pytest
 

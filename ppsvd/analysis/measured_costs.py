@@ -1,4 +1,4 @@
-"""A run's timeline -> the ppsvd.costs.CostModel it measured (for `--costs-from RUN_DIR`, the
+"""A run's timeline -> the ppsvd.planning.costs.CostModel it measured (for `--costs-from RUN_DIR`, the
 run summary's estimates and the bench's predictions).
 
 Per stage k, the median over its samples of one step's time (steps_s / steps) gives its device's

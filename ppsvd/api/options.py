@@ -258,7 +258,7 @@ def resolve_latent_shape(
 
 
 def resolve_total_steps(total_steps: int | None = None, num_inference_steps: int | None = None) -> int:
-    """--total-steps (the guide's name) or --num-inference-steps (diffusers'); both only if equal."""
+    """--total-steps (the benchmark's name) or --num-inference-steps (diffusers'); both only if equal."""
     if total_steps is not None and num_inference_steps is not None and total_steps != num_inference_steps:
         raise ConfigError(
             f"--num-inference-steps {num_inference_steps} conflicts with --total-steps {total_steps}; they are the "

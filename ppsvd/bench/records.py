@@ -44,7 +44,7 @@ class BenchPlan:
     """Stop at the first failed run (the rest are recorded as skipped)."""
 
     def runs(self) -> list[tuple[int, str, str]]:
-        """(N, strategy, partition) in sweep order: by GPU count as in the guide, each strategy
+        """(N, strategy, partition) in sweep order: by GPU count, each strategy
         in turn, each partition for a pipeline of 2 or more stages."""
         return [
             (n, strategy, partition)

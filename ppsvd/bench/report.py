@@ -218,10 +218,10 @@ def _save(fig, path: Path) -> None:
 def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
     """Samples/s against GPU count, in two panels.
 
-    Left, the scaling the guide asks about: one curve per strategy at its headline rate
+    Left, the scaling the benchmark asks about: one curve per strategy at its headline rate
     (pipeline: steady state; data: whole run), the speedup at each point, and the ideal line
     N x the 1-GPU rate. Right, the whole job, like for like: S / work time (fill and drain
-    included, model load excluded) as solid lines, and the guide's S / total_time_sec (process
+    included, model load excluded) as solid lines, and the benchmark's S / total_time_sec (process
     start and model load included) dotted.
     """
     plt = _pyplot()

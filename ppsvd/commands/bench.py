@@ -41,7 +41,7 @@ Gpus = Annotated[
     str | None,
     typer.Option(
         "--gpus",
-        help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the guide's 1,2,4,7 that fit the "
+        help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the benchmark's 1,2,4,7 that fit the "
         "machine.",
     ),
 ]
@@ -56,7 +56,7 @@ Partitions = Annotated[
     ),
 ]
 Cooldown = Annotated[
-    float, typer.Option("--cooldown", help="Seconds to wait between runs (the guide's GPU cool-down).")
+    float, typer.Option("--cooldown", help="Seconds to wait between runs (the benchmark's GPU cool-down).")
 ]
 FailFast = Annotated[
     bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)
@@ -79,7 +79,7 @@ def command(
     model: Model = None,
     weights: Weights = "pretrained",
     total_steps: TotalSteps = DEFAULT_TOTAL_STEPS,
-    latent_shape: LatentShape = None,  # type: ignore[assignment]  # None: the guide's, or tiny's own
+    latent_shape: LatentShape = None,  # type: ignore[assignment]  # None: the benchmark's, or tiny's own
     num_samples: NumSamples = BENCH_NUM_SAMPLES,
     seed: Seed = BENCH_SEED,
     transport: Transport = None,
@@ -97,8 +97,8 @@ def command(
 ) -> None:
     """Measure scaling over GPU counts: a fresh launch per count, CSV + JSON + plots + table.
 
-    Defaults follow the guide's benchmark.sh: --total-steps 28 --num-samples 10 --seed 42
-    --latent-shape 1 4 14 64 64, 5 s between runs. Writes benchmark_results.csv (the guide's
+    Defaults are the benchmark's: --total-steps 28 --num-samples 10 --seed 42
+    --latent-shape 1 4 14 64 64, 5 s between runs. Writes benchmark_results.csv (the benchmark's
     columns first), benchmark_results.json, throughput.png and timeline.png.
     On a machine without GPUs: ppsvd bench --device cpu --gpus 1,2,4 --step-ms 20
     """

@@ -31,7 +31,8 @@ FLAG = {"metavar": ""}
 TotalSteps = Annotated[
     int,
     typer.Option(
-        "--total-steps", help="Denoising steps T, split over the stages (the guide uses 28: divisible by 1, 2, 4, 7)."
+        "--total-steps",
+        help="Denoising steps T, split over the stages (the benchmark uses 28: divisible by 1, 2, 4, 7).",
     ),
 ]
 LatentShape = Annotated[
@@ -156,7 +157,7 @@ MaxInFlight = Annotated[
     ),
 ]
 
-# -- how the steps are split, and what the work costs (ppsvd.costs) ---------------------------------
+# -- how the steps are split, and what the work costs (ppsvd.planning.costs) ---------------------------------
 Partition = Annotated[
     str,
     typer.Option(

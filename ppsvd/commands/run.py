@@ -2,7 +2,7 @@
 
 Options carry diffusers' names where diffusers has one (StableVideoDiffusionPipeline.__call__:
 num_frames, height, width, num_inference_steps, fps, motion_bucket_id, ...; from_pretrained:
-revision, variant); the guide's --total-steps and --latent-shape stay and may be combined with
+revision, variant); the benchmark's --total-steps and --latent-shape stay and may be combined with
 them when they agree. The config is built by ppsvd.api.run_config, the same as ppsvd.run().
 """
 
@@ -24,133 +24,149 @@ NAME = "run"
 _DIFFUSERS = "diffusers' StableVideoDiffusionPipeline(...)(image, "
 
 
+Image = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image",
+        help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless "
+        "--num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
+    ),
+]
+Inputs = Annotated[
+    Path | None,
+    typer.Option(
+        "--inputs",
+        help="Job file, one sample per entry: CSV with a header "
+        "(image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines "
+        '({"image": "cat.png", "seed": 3}). Relative image paths are relative to the file. Instead of '
+        "--image.",
+    ),
+]
+Revision = Annotated[
+    str | None,
+    typer.Option(
+        "--revision",
+        help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.",
+    ),
+]
+Variant = Annotated[
+    str | None,
+    typer.Option(
+        "--variant",
+        help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run "
+        "when the model has them, else the full-precision ones.",
+    ),
+]
+NumFrames = Annotated[
+    int | None,
+    typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4)."),
+]
+Height = Annotated[
+    int | None,
+    typer.Option(
+        "--height",
+        help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).",
+    ),
+]
+Width = Annotated[
+    int | None,
+    typer.Option(
+        "--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64)."
+    ),
+]
+NumInferenceSteps = Annotated[
+    int | None,
+    typer.Option(
+        "--num-inference-steps",
+        help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. "
+        "Default 28.",
+    ),
+]
+TotalSteps = Annotated[
+    int | None,
+    typer.Option(
+        "--total-steps",
+        help="Denoising steps T, split over the stages: the benchmark's name for --num-inference-steps. Default 28 "
+        "(divisible by 1, 2, 4 and 7).",
+    ),
+]
+LatentShape = Annotated[
+    tuple[int, int, int, int, int] | None,
+    typer.Option(
+        "--latent-shape",
+        help="B C F H W, the benchmark's way to give the size: videos per sample, latent channels, frames, height and "
+        "width over the VAE scale factor (8 for SVD). Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 "
+        "(tiny: 1 4 4 8 8).",
+    ),
+]
+NumSamples = Annotated[
+    int | None,
+    typer.Option(
+        "--num-samples",
+        help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 "
+        "without --image).",
+    ),
+]
+Fps = Annotated[
+    int,
+    typer.Option(
+        "--fps",
+        help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless "
+        "--video-fps.",
+    ),
+]
+VideoFps = Annotated[
+    int | None,
+    typer.Option(
+        "--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps."
+    ),
+]
+MotionBucketId = Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")]
+NoiseAugStrength = Annotated[float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")]
+MinGuidanceScale = Annotated[float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")]
+MaxGuidanceScale = Annotated[
+    float,
+    typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1)."),
+]
+DecodeChunkSize = Annotated[
+    int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
+]
+SaveFrames = Annotated[
+    bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
+]
+SaveVideo = Annotated[bool, typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG)]
+SaveLatents = Annotated[
+    bool,
+    typer.Option("--save-latents/--no-save-latents", help="Write each sample's final latent (safetensors).", **o.FLAG),
+]
+
+
 def command(
     ctx: typer.Context,
-    image: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--image",
-            help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless "
-            "--num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
-        ),
-    ] = None,
-    inputs: Annotated[
-        Path | None,
-        typer.Option(
-            "--inputs",
-            help="Job file, one sample per entry: CSV with a header "
-            "(image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines "
-            '({"image": "cat.png", "seed": 3}). Relative image paths are relative to the file. Instead of '
-            "--image.",
-        ),
-    ] = None,
+    image: Image = None,
+    inputs: Inputs = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
-    revision: Annotated[
-        str | None,
-        typer.Option(
-            "--revision",
-            help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.",
-        ),
-    ] = None,
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            "--variant",
-            help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run "
-            "when the model has them, else the full-precision ones.",
-        ),
-    ] = None,
+    revision: Revision = None,
+    variant: Variant = None,
     weights: o.Weights = "pretrained",
-    num_frames: Annotated[
-        int | None,
-        typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4)."),
-    ] = None,
-    height: Annotated[
-        int | None,
-        typer.Option(
-            "--height",
-            help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).",
-        ),
-    ] = None,
-    width: Annotated[
-        int | None,
-        typer.Option(
-            "--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64)."
-        ),
-    ] = None,
-    num_inference_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--num-inference-steps",
-            help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. "
-            "Default 28.",
-        ),
-    ] = None,
-    total_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--total-steps",
-            help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 "
-            "(divisible by 1, 2, 4 and 7).",
-        ),
-    ] = None,
-    latent_shape: Annotated[
-        tuple[int, int, int, int, int] | None,
-        typer.Option(
-            "--latent-shape",
-            help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, "
-            "width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8).",
-        ),
-    ] = None,
-    num_samples: Annotated[
-        int | None,
-        typer.Option(
-            "--num-samples",
-            help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 "
-            "without --image).",
-        ),
-    ] = None,
+    num_frames: NumFrames = None,
+    height: Height = None,
+    width: Width = None,
+    num_inference_steps: NumInferenceSteps = None,
+    total_steps: TotalSteps = None,
+    latent_shape: LatentShape = None,
+    num_samples: NumSamples = None,
     seed: o.Seed = 0,
-    fps: Annotated[
-        int,
-        typer.Option(
-            "--fps",
-            help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless "
-            "--video-fps.",
-        ),
-    ] = 6,
-    video_fps: Annotated[
-        int | None,
-        typer.Option(
-            "--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps."
-        ),
-    ] = None,
-    motion_bucket_id: Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")] = 127,
-    noise_aug_strength: Annotated[
-        float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")
-    ] = 0.02,
-    min_guidance_scale: Annotated[
-        float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")
-    ] = 1.0,
-    max_guidance_scale: Annotated[
-        float,
-        typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1)."),
-    ] = 3.0,
-    decode_chunk_size: Annotated[
-        int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
-    ] = None,
-    save_frames: Annotated[
-        bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
-    ] = False,
-    save_video: Annotated[
-        bool, typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG)
-    ] = True,
-    save_latents: Annotated[
-        bool,
-        typer.Option(
-            "--save-latents/--no-save-latents", help="Write each sample's final latent (safetensors).", **o.FLAG
-        ),
-    ] = True,
+    fps: Fps = 6,
+    video_fps: VideoFps = None,
+    motion_bucket_id: MotionBucketId = 127,
+    noise_aug_strength: NoiseAugStrength = 0.02,
+    min_guidance_scale: MinGuidanceScale = 1.0,
+    max_guidance_scale: MaxGuidanceScale = 3.0,
+    decode_chunk_size: DecodeChunkSize = None,
+    save_frames: SaveFrames = False,
+    save_video: SaveVideo = True,
+    save_latents: SaveLatents = True,
     nproc: o.NProc = None,
     transport: o.Transport = None,
     device: o.Device = None,
@@ -176,7 +192,7 @@ def command(
     """Generate videos with Stable Video Diffusion, the denoising steps pipelined over N GPUs.
 
     The videos equal what diffusers' StableVideoDiffusionPipeline produces for the same image,
-    seed and settings, for any --nproc and transport. The defaults (the guide's: 28 steps, 14
+    seed and settings, for any --nproc and transport. The defaults (the benchmark's: 28 steps, 14
     frames at 512x512, fps 6) equal pipe(image.resize((512, 512)), num_frames=14, height=512,
     width=512, num_inference_steps=28, fps=6, generator=torch.Generator().manual_seed(seed)).
     Outputs are named <image stem>-s<seed>. Also runs under torchrun

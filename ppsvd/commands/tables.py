@@ -142,7 +142,7 @@ def _range_pct(values: list[float | None]) -> str:
 
 
 def bench_table(runs: list[BenchRun]) -> Table:
-    """The sweep's scaling: the guide's numbers first, then speedup and efficiency vs 1 GPU."""
+    """The sweep's scaling: the benchmark's columns first, then speedup and efficiency vs 1 GPU."""
     table = _compact("ppsvd bench: scaling")
     # Two-line headers keep the table inside 80 columns (what Rich assumes when piped).
     for name in (

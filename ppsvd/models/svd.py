@@ -445,7 +445,7 @@ class SVDStageModel(StageModel):
 
     def _finalize_half(self, sample: Sample) -> SampleResult:
         """A guidance pair's decode: the B x F latent frames cut at a decode_chunk_size boundary
-        (plan.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
+        (planning.ranks.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
         as the whole would be (chunks are decoded independently); the conditional half sends its
         uint8 frames to the unconditional half, which returns the whole video."""
 

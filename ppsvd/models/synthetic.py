@@ -20,7 +20,7 @@ The cost is a wall-clock budget: a stage spends exactly len(steps) x step_ms on 
 the stand-in's own CPU work for that sample (making the initial noise, the math, scheduler
 set-up) is counted inside that budget, as host work overlaps queued kernels on a GPU. So stage
 costs are exactly proportional to their step counts, and what a benchmark measures beyond that
-is the pipeline's own overhead. declared_costs() states these costs as a ppsvd.costs.CostModel,
+is the pipeline's own overhead. declared_costs() states these costs as a ppsvd.planning.costs.CostModel,
 so `--partition auto` plans with exactly what the stand-in will spend.
 """
 
