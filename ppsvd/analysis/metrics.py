@@ -16,12 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ppsvd.analysis.measured_costs import handoff_times, measured_costs, span_steps, step_time_s
+from ppsvd.analysis.measured_costs import handoff_times, measured_costs, step_time_s
 from ppsvd.analysis.timeline import RunTimeline, StageTimeline
 from ppsvd.planning.costs import CostModel, data_makespan, forecast
 from ppsvd.planning.steps import StepPlan, partition_steps
-
-__all__ = ["span_steps", "step_time_s"]  # re-exported: defined with the cost measurement
 
 
 @dataclass

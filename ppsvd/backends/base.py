@@ -18,8 +18,6 @@ from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message, Schema
 from ppsvd.config import TransportSection
 
-__all__ = ["CancelCheck", "Deadline", "StageWorld", "Transport", "wait_for"]
-
 
 @dataclass(frozen=True)
 class StageWorld:

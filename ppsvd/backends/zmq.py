@@ -52,7 +52,8 @@ import torch
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
+from ppsvd.backends.base import StageWorld, Transport, wait_for
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.hosts import HostFacts, publish_host, read_host, route_address
 from ppsvd.backends.protocol import (
     HEADER_BYTES,

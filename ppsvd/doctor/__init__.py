@@ -141,4 +141,4 @@ def report_for(facts: Facts, config: RunConfig, *, elapsed_s: float = 0.0) -> Re
     )
 
 
-__all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Facts", "Report", "diagnose", "report_for"]
+__all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Report", "diagnose", "report_for"]

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport
+from ppsvd.backends.base import StageWorld, Transport
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import KIND_SAMPLE, Message, TensorSpec, dtype_name
 from ppsvd.errors import ProtocolError
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ppsvd.analysis.timeline import SampleSpan, StageTimeline
-from ppsvd.backends.base import CancelCheck, Deadline, Transport
+from ppsvd.backends.base import Transport
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message
 from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
