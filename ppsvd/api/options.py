@@ -36,9 +36,7 @@ from ppsvd.models import pixels
 ImageLike = str | os.PathLike
 """An image file, a directory of images, a glob, or an http(s) URL."""
 
-
 KEYWORD_FIELDS = {
-    "images": "images",
     "model_id": "model",
     "num_frames": "latent_shape",
     "height": "latent_shape",
