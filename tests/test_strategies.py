@@ -115,6 +115,7 @@ def test_work_queue_covers_every_index_once_under_a_3x_slower_worker(tmp_path, n
     assert sum(taken) == 9 and taken[2] < min(taken[:2])  # the slow worker took fewer (a fixed shard: 3 each)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "changes",
@@ -153,6 +154,7 @@ def test_cli_bad_layout_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_cli_auto_runs_guidance_pairs_for_one_video_on_two_processes(tmp_path):
     proc = subprocess.run(
