@@ -103,10 +103,11 @@ class SyntheticStageModel(StageModel):
             source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
         )
 
-    def prepare(self, index: int) -> Sample:
+    def prepare(self, index: int, spec=None) -> Sample:
         # Preparing counts inside the encode budget, or inside the first steps' when there is none.
         started = time.perf_counter()
-        generator = torch.Generator("cpu").manual_seed(self.config.job.seed + index)
+        seed = self.config.job.seed + index if spec is None else spec.seed
+        generator = torch.Generator("cpu").manual_seed(seed)
         image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
         self.scheduler.set_timesteps(self.config.job.total_steps)
         latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
@@ -122,10 +123,14 @@ class SyntheticStageModel(StageModel):
         return Sample(
             index=index,
             tensors=tensors,
-            meta={
-                "seed": self.config.job.seed + index,
-                "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
-            },
+            meta=(
+                {
+                    "seed": seed,
+                    "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
+                }
+                if spec is None
+                else spec.conditioning()  # a service's job: the stand-in reads no image, but its facts travel
+            ),
         )
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
