@@ -59,6 +59,8 @@ class SyntheticStageModel(StageModel):
         self.encode_s = config.synthetic.encode_ms / 1000.0 / speed if self.is_first else 0.0
         self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
         self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
+        if self.fault is not None and self.fault[0] == FAULT_AT_START:
+            _inject(self.fault[1], stage, FAULT_AT_START)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
         self.speed = speed
@@ -224,22 +226,26 @@ def device_speed(config, stage: int) -> float:
 
 
 FAULT_ENV = "PPSVD_FAULT"
-"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample.
-KIND is raise (an exception), kill (SIGKILL itself), exit0 (leave quietly with code 0) or hang."""
+"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample ('start': while
+it builds its model, before it is ready). KIND is raise (an exception), kill (SIGKILL itself),
+exit0 (leave quietly with code 0) or hang."""
+FAULT_AT_START = "start"
 
 
-def _parse_fault(spec: str, stage: int) -> tuple[int, str] | None:
+def _parse_fault(spec: str, stage: int) -> tuple[int | str, str] | None:
     if not spec:
         return None
     fault_stage, sample, kind = spec.split(":")
-    return (int(sample), kind) if int(fault_stage) == stage else None
+    at = FAULT_AT_START if sample == "start" else int(sample)
+    return (at, kind) if int(fault_stage) == stage else None
 
 
-def _inject(kind: str, stage: int, index: int) -> None:
+def _inject(kind: str, stage: int, index: int | str) -> None:
     import sys
 
+    where = "while it starts" if index == FAULT_AT_START else f"at sample {index}"
     print(
-        f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}",
+        f"ppsvd: injecting fault {kind!r} in stage {stage} {where} at {time.time():.3f}",
         file=sys.stderr,
         flush=True,
     )

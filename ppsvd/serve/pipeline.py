@@ -41,6 +41,10 @@ POLL_S = 0.02
 LANES_EVERY_S = 0.1
 MISSING_EVENT_S = 2.0
 """An event counted but never written (its worker died between the two store calls) is skipped after this."""
+CLEAR_AFTER_S = 2.0
+"""Once a generation is stopping (its abort key is set), a worker still alive after this is SIGKILLed.
+The workers ignore SIGTERM (a service drains through its launcher), so the elastic agent's SIGTERM
+would only end one stuck in C code (a gloo rendezvous with a dead peer) after its 30 s grace."""
 
 
 @dataclass
@@ -54,6 +58,11 @@ class Generation:
     ready: bool = False
     over: threading.Event = field(default_factory=threading.Event)
     ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+    hosts: dict = field(default_factory=dict)
+    """rank -> its HostFacts (pid and start time), once it published them."""
+    aborted_at: float | None = None
+    """When the generation's abort key appeared (a stage failed, or the service stops it)."""
+    cleared: bool = False
 
 
 class Pipeline:
@@ -132,23 +141,23 @@ class Pipeline:
                 gen = self._start_generation(index)
                 ended = self._run(gen)
                 crash = ended.error if not self.stopping.is_set() else None
+                if crash is not None:
+                    self.state.workers_down()
+                    notice(f"serve: {crash}" + ("" if gen.ready else " (while the workers started)"))
                 self._requeue(gen, crash)
-                if ended.error is not None and self.draining.is_set() and not self.stopping.is_set():
-                    notice(f"serve: while draining, {ended.error}")
-                if ended.error is None or self.stopping.is_set() or self.draining.is_set():
+                if crash is None or self.draining.is_set():
                     break
                 failures = 0 if gen.ready else failures + 1
-                self.state.workers_down()
                 if failures >= self.config.max_restarts:
                     self.fatal = (
-                        f"{ended.error} (the workers failed at start-up {failures} times in a row; "
-                        f"the service stopped, its queued jobs stay in {self.config.state_dir} for the next start)"
+                        f"{crash}; the workers failed at start-up {failures} times in a row, so the service "
+                        f"stopped (its queued jobs stay in {self.config.state_dir} for the next start)"
                     )
                     self.state.set_phase("failed", self.fatal)
                     break
                 self.state.restarts += 1
-                self.state.set_phase("restarting", ended.error)
-                notice(f"serve: {ended.error}; starting the workers again (restart {self.state.restarts})")
+                self.state.set_phase("restarting", crash)
+                notice(f"serve: starting the workers again (restart {self.state.restarts})")
                 index += 1
                 if failures:
                     self.stopping.wait(min(10.0, float(failures)))  # a start-up crash: do not spin
@@ -283,6 +292,7 @@ class Pipeline:
             if time.monotonic() - lanes_at >= LANES_EVERY_S:
                 lanes_at = time.monotonic()
                 self._read_lanes(gen, conn)
+                self._watch_workers(gen, conn)
             time.sleep(POLL_S)
 
     def _handle(self, gen: Generation, conn, event: dict) -> None:
@@ -332,6 +342,33 @@ class Pipeline:
             name = lane_key(gen.run_id, rank)
             if conn.check([name]):
                 self.state.update_lane(rank, json.loads(conn.get(name)), gen.ranges.get(rank))
+
+    def _watch_workers(self, gen: Generation, conn) -> None:
+        """A worker process that is gone without finishing stops the generation at once (its
+        peers would notice within seconds; a restart should not wait for that), and once the
+        generation stops, no worker of it outlives CLEAR_AFTER_S."""
+        from ppsvd.backends.hosts import host_key, read_host
+        from ppsvd.runtime.control import kill_if_alive, read_abort
+
+        n = len(gen.labels)
+        for rank in range(n):
+            if rank not in gen.hosts:
+                facts = read_host(conn, gen.run_id, rank) if conn.check([host_key(gen.run_id, rank)]) else None
+                if facts is not None:
+                    gen.hosts[rank] = facts
+        if gen.aborted_at is None:
+            if read_abort(conn, gen.run_id) is not None:
+                gen.aborted_at = time.monotonic()
+                return
+            for rank, facts in gen.hosts.items():
+                if not facts.alive() and not conn.check([key(gen.run_id, "done", rank)]):
+                    conn.compare_set(key(gen.run_id, ABORT_KEY), "", f"{rank}\tits process ended before it finished")
+                    gen.aborted_at = time.monotonic()
+                    return
+        elif not gen.cleared and time.monotonic() - gen.aborted_at > CLEAR_AFTER_S:
+            gen.cleared = True
+            for rank in range(n):
+                kill_if_alive(conn, gen.run_id, rank, grace_s=0)
 
 
 def remove_outputs(outputs: Path, job_id: str) -> None:
