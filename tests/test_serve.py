@@ -28,7 +28,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the cli
 
 
 def run_reference(tmp_path: Path, jobs: list[dict]) -> dict[int, tuple[torch.Tensor, bytes, Path]]:
-    """`ppsvd run` (one process) on the jobs' images, seeds and conditioning: index -> (latents, MP4 bytes, frames dir)."""
+    """`ppsvd run` (one process) on the jobs' images, seeds and conditioning:
+    index -> (latents, MP4 bytes, frames dir)."""
     inputs = tmp_path / "jobs.jsonl"
     inputs.write_text("".join(json.dumps(job) + "\n" for job in jobs))
     out = tmp_path / "reference"
@@ -119,6 +120,15 @@ def test_openai_client_three_jobs_at_once_equal_ppsvd_run(tmp_path):
         events = server.get(f"/v1/videos/{videos[0].id}/events").text
         assert "event: completed" in events
 
+        # docs/serve.md's client example, as a file in a fresh process.
+        snippet = _doc_snippet(Path(__file__).parents[1] / "docs" / "serve.md", "from openai import OpenAI")
+        (tmp_path / "cat.png").write_bytes(images[0])
+        snippet = snippet.replace("http://127.0.0.1:8000", server.url).replace('api_key="unused"', f'api_key="{key}"')
+        (tmp_path / "example.py").write_text(snippet)
+        done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "cat.mp4").read_bytes()[4:8] == b"ftyp"
+
         # Deleting a finished job removes its files.
         gone = client.videos.delete(videos[2].id)
         assert gone.deleted and not list((server.state_dir / "outputs" / "videos").glob(f"{videos[2].id}*"))
@@ -206,6 +216,13 @@ def test_sigkill_with_jobs_in_flight_then_restart_completes_each_once(tmp_path):
     for k, job_id in enumerate(ids):
         assert torch.equal(served[job_id][0], reference[k][0])
         assert served[job_id][1] == reference[k][1]
+
+
+def _doc_snippet(path: Path, first_line: str) -> str:
+    """The fenced python block of a doc that starts with first_line."""
+    blocks = path.read_text().split("```python\n")[1:]
+    (block,) = [b.split("```")[0] for b in blocks if b.startswith(first_line)]
+    return block
 
 
 def _alive(pid: int) -> bool:
@@ -331,3 +348,32 @@ def test_serve_takes_every_pipeline_option_of_run():
         "resume",
     }
     assert names["run"] - per_run_only <= names["serve"], names["run"] - per_run_only - names["serve"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("strategy", ["data", "cfg"])
+def test_other_layouts_serve_the_same_latents(tmp_path, strategy):
+    """Data-parallel workers take jobs like free replicas; a guidance pair's halves start the same
+    job (the unconditional half hands the spec to the conditional one): both bitwise equal to one process."""
+    from ppsvd.config import RunConfig, SampleSpec
+    from ppsvd.models.base import build_stage_model
+    from ppsvd.plan import partition_steps
+
+    image = png_bytes(64, 64)
+    args = (*SYNTHETIC, "--nproc", "2", "--strategy", strategy, "--total-steps", "8", "--transport", "gloo")
+    seeds = [3, 4, 5, 6]
+    with Server(tmp_path / "state", *args) as server:
+        server.wait_ready()
+        ids = [server.post_image(image, seed=s).json()["id"] for s in seeds]
+        server.wait_for(lambda: all(server.status(i) == "completed" for i in ids), 120, what="every job")
+        served = [served_outputs(server, i)[0] for i in ids]
+    assert server.proc.returncode == 128 + signal.SIGTERM, server.output()
+    config = RunConfig.from_options(model="synthetic", latent_shape=(1, 4, 2, 8, 8), total_steps=8)
+    plan = partition_steps(8, 1)
+    model = build_stage_model(config, plan, 0, torch.device("cpu"))
+    for seed, latents in zip(seeds, served, strict=True):
+        spec = SampleSpec(
+            index=0, image="builtin", seed=seed, fps=6, motion_bucket_id=127, noise_aug_strength=0.02, name="x"
+        )
+        assert torch.equal(latents, model.finalize(model.run_steps(model.prepare(0, spec), plan.ranges[0])).latents)

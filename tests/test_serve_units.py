@@ -119,7 +119,7 @@ def test_job_store_transitions_and_recovery(tmp_path):
 def test_a_job_in_flight_during_every_crash_fails_alone(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite3")
     store.add("video_" + "1" * 32, {}, "a.png")
-    for crash in range(MAX_CRASHES):
+    for _ in range(MAX_CRASHES):
         job = store.claim_next()
         requeued, failed = store.requeue([job.id], crash="stage 1 was killed by SIGKILL")
     assert failed == [job.id] and not requeued

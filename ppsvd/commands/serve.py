@@ -76,7 +76,8 @@ def command(
         str | None,
         typer.Option(
             "--api-key",
-            help=f"Clients must send Authorization: Bearer <key>. Default: the {API_KEY_ENV} environment variable; none on loopback.",
+            help=f"Clients must send Authorization: Bearer <key>. Default: the {API_KEY_ENV} environment "
+            "variable; none on loopback.",
         ),
     ] = None,
     max_queue: Annotated[

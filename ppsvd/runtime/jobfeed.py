@@ -34,7 +34,7 @@ from typing import Any
 
 from ppsvd.backends.deadline import Deadline
 from ppsvd.config import SampleSpec
-from ppsvd.errors import PpsvdError
+from ppsvd.errors import Cancelled, PpsvdError
 from ppsvd.runtime.control import key
 
 NONE_LEFT = "none"
@@ -139,7 +139,7 @@ class JobFeed:
         self.taken = 0
         self.done = False
 
-    def next(self, model) -> tuple[Any, float] | None:
+    def next(self, model) -> tuple[Any, float, float] | None:
         while not self.done:
             spec = self._read_pair() if self.half == 1 else self._take()
             if spec is None:
@@ -156,7 +156,9 @@ class JobFeed:
             started = time.perf_counter()
             try:
                 sample = model.prepare(spec.index, spec)
-            except (PpsvdError, Exception) as exc:  # the job's own input: it fails alone, the stage goes on
+            except Cancelled:
+                raise
+            except Exception as exc:  # the job's own input (an unreadable image): it fails alone, the stage goes on
                 if self.half != 1:
                     message = str(exc) if isinstance(exc, PpsvdError) else f"{type(exc).__name__}: {exc}"
                     publish_event(self.store, self.run_id, {"kind": "failed", "job": spec.job, "message": message})
@@ -165,7 +167,7 @@ class JobFeed:
 
             synchronize(model.device)  # prepare_s covers the encode itself (CUDA runs asynchronously)
             sample.meta.update(job=spec.job, taken=taken, prepared=time.time())
-            return sample, time.perf_counter() - started
+            return sample, taken, time.perf_counter() - started
         return None
 
     def _take(self) -> SampleSpec | None:

@@ -54,10 +54,10 @@ class HopSignals(Protocol):
 class SampleSource(Protocol):
     """Where stage 0 of a service gets its samples (runtime/jobfeed.JobFeed)."""
 
-    def next(self, model: StageModel) -> tuple[Sample, float] | None:
-        """The next sample, prepared by `model`, and the seconds its prepare took; None at the end
-        of the stream. Samples whose job fails on its own (an unreadable image) are reported and
-        skipped by the source, not raised."""
+    def next(self, model: StageModel) -> tuple[Sample, float, float] | None:
+        """The next sample, prepared by `model`, when its preparing began (time.time(), after the
+        wait for it) and how many seconds it took; None at the end of the stream. Samples whose
+        job fails on its own (an unreadable image) are reported and skipped by the source, not raised."""
         ...
 
 
@@ -312,11 +312,10 @@ class _Arrival:
 def _next_sample(ctx: StageContext, model: StageModel, receiver: Receiver | None, taken: _Taken) -> _Arrival | None:
     """The next sample to compute, or None when this stage has seen them all."""
     if ctx.is_first and ctx.source is not None:
-        compute_start = time.time()
         got = ctx.source.next(model)
         if got is None:
             return None
-        sample, prepare_s = got
+        sample, compute_start, prepare_s = got  # the wait for a job is idle time, not compute
         taken.count += 1
         return _Arrival(sample.index, sample, compute_start, prepare_s=prepare_s)
     if ctx.is_first:

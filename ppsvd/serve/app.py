@@ -190,7 +190,8 @@ async def _read_job_request(request: Request, max_bytes: int) -> tuple[dict[str,
     if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(
             400,
-            f"content type {kind or 'none'!r}: send multipart/form-data (the image as input_reference) or application/json",
+            f"content type {kind or 'none'!r}: send multipart/form-data (the image as input_reference) "
+            "or application/json",
         )
     whole = bytes(body)
 

@@ -104,7 +104,8 @@ def _drain(config: ServeConfig, pipeline: Pipeline, jobs: JobStore, state: Servi
     flying = pipeline.in_flight_count()
     state.set_phase("draining", f"{name}: finishing {flying} job(s) in flight")
     notice(
-        f"serve: {name}: accepting no new jobs; {flying} job(s) in flight finish first (--drain-timeout {config.drain_timeout_s:g} s)"
+        f"serve: {name}: accepting no new jobs; {flying} job(s) in flight finish first "
+        f"(--drain-timeout {config.drain_timeout_s:g} s)"
     )
     pipeline.drain()
     deadline = time.monotonic() + config.drain_timeout_s
@@ -205,7 +206,8 @@ def _lock_state_dir(state_dir: Path) -> int:
     except BlockingIOError:
         os.close(fd)
         raise ConfigError(
-            f"--state-dir {state_dir} is in use by another ppsvd serve; stop it first, or give this one another --state-dir"
+            f"--state-dir {state_dir} is in use by another ppsvd serve; stop it first, or give this one "
+            "another --state-dir"
         ) from None
     return fd
 
