@@ -277,6 +277,15 @@ def test_cancel_a_queued_and_a_running_job_and_a_full_queue(tmp_path):
         with httpx.stream("GET", f"{server.url}/v1/videos/{new}/events", timeout=30) as stream:
             kinds = [line.split(": ", 1)[1] for line in stream.iter_lines() if line.startswith("event: ")]
         assert kinds[-1] == "completed" and set(kinds[:-1]) <= {"queued", "in_progress"}
+        # The image as a data URL in a JSON body; an http(s) URL only when the server allows it.
+        import base64
+
+        data_url = "data:image/png;base64," + base64.b64encode(image).decode()
+        as_json = httpx.post(f"{server.url}/v1/videos", json={"input_reference": {"image_url": data_url}, "seed": 1})
+        assert as_json.status_code == 200, as_json.text
+        server.wait_for(lambda: server.status(as_json.json()["id"]) == "completed", what="the JSON job")
+        remote = httpx.post(f"{server.url}/v1/videos", json={"input_reference": {"image_url": "http://127.0.0.1:9/a.png"}})
+        assert remote.status_code == 400 and "--allow-image-urls" in remote.json()["error"]["message"]
     # The drain's end of stream counted what each stage sent on, the dropped sample not included.
     assert server.proc.returncode == 128 + signal.SIGTERM, server.output()
 

@@ -131,3 +131,28 @@ def test_a_job_in_flight_during_every_crash_fails_alone(tmp_path):
         job = store.claim_next()
         store.requeue([job.id], crash=None)
     assert store.get(job.id).status == "queued"
+
+
+def test_a_jobs_own_guidance_equals_a_run_with_that_guidance():
+    """SampleSpec's guidance scales (a served job's) give stage 0 the tensors a run configured with
+    those scales gives: the per-frame scale travels with the sample."""
+    import torch
+
+    from ppsvd.config import SampleSpec
+    from ppsvd.models.base import build_stage_model
+    from ppsvd.plan import partition_steps
+
+    torch.set_num_threads(1)
+    plan = partition_steps(4, 1)
+    base = dict(model="tiny", latent_shape=(1, 4, 3, 8, 8), total_steps=4)
+    served = build_stage_model(RunConfig.from_options(**base), plan, 0, torch.device("cpu"))
+    run = build_stage_model(
+        RunConfig.from_options(**base, min_guidance_scale=1.5, max_guidance_scale=2.5), plan, 0, torch.device("cpu")
+    )
+    spec = dict(index=0, image="builtin", seed=9, fps=6, motion_bucket_id=127, noise_aug_strength=0.02, name="x")
+    job = served.prepare(0, SampleSpec(**spec, min_guidance_scale=1.5, max_guidance_scale=2.5, job="video_1"))
+    reference = run.prepare(0, SampleSpec(**spec))
+    assert job.tensors.keys() == reference.tensors.keys()
+    for name, tensor in reference.tensors.items():
+        assert torch.equal(job.tensors[name], tensor), name
+    assert job.meta["max_guidance_scale"] == 2.5 and job.meta["job"] == "video_1"
