@@ -181,15 +181,25 @@ def test_sigkill_with_jobs_in_flight_then_restart_completes_each_once(tmp_path):
         first.proc.kill()
         first.wait_exit(10)
         done_before = {v["id"]: v["completed_at"] for v in before if v["status"] == "completed"}
+        # A queued job whose image is replaced by junk on disk fails alone, with its reason.
+        broken = [v["id"] for v in before if v["status"] == "queued"][-1]
+        (upload,) = (state / "uploads").glob(f"{broken}.*")
+        upload.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
         # PR_SET_PDEATHSIG: the workers die with the server, no orphan keeps the GPU busy.
         first.wait_for(lambda: not any(_alive(p) for p in workers), 15, what="the workers ending")
     assert len(done_before) < len(ids)
 
     with Server(state, *args) as second:
         second.wait_ready()
-        second.wait_for(lambda: all(second.status(i) == "completed" for i in ids), 120, what="every job completing")
+        second.wait_for(
+            lambda: all(second.status(i) in ("completed", "failed") for i in ids), 120, what="every job ending"
+        )
         after = {i: second.get(f"/v1/videos/{i}").json() for i in ids}
-        assert len(second.get("/v1/videos", params={"limit": 100}).json()["data"]) == len(ids)
+        assert after[broken]["status"] == "failed" and after[broken]["error"]["code"] == "job_failed"
+        assert "the job's image" in after[broken]["error"]["message"], after[broken]["error"]
+        ids.remove(broken)
+        assert all(after[i]["status"] == "completed" for i in ids)
+        assert len(second.get("/v1/videos", params={"limit": 100}).json()["data"]) == len(ids) + 1
         for job_id, completed_at in done_before.items():  # finished before the kill: not run again
             assert after[job_id]["completed_at"] == completed_at
         assert not [p for p in state.rglob("*") if p.name.startswith(".tmp-")]
@@ -208,12 +218,14 @@ def test_sigkill_with_jobs_in_flight_then_restart_completes_each_once(tmp_path):
         last = second.output().strip().splitlines()[-1]
         assert "interrupted by SIGTERM: drained" in last and "kept in" in last
     statuses = dict(sqlite3.connect(state / "jobs.sqlite3").execute("SELECT id, status FROM jobs").fetchall())
-    assert statuses[more[0]] == "completed" and set(statuses.values()) <= {"completed", "queued"}
+    assert statuses[more[0]] == "completed" and set(statuses.values()) <= {"completed", "queued", "failed"}
+    assert statuses[broken] == "failed"
 
     image_path = tmp_path / "in.png"
     image_path.write_bytes(image)
     reference = run_reference(tmp_path, [{"image": str(image_path), "seed": s} for s in seeds])
-    for k, job_id in enumerate(ids):
+    for job_id in ids:
+        k = seeds.index(after[job_id]["seed"])
         assert torch.equal(served[job_id][0], reference[k][0])
         assert served[job_id][1] == reference[k][1]
 
@@ -284,7 +296,9 @@ def test_cancel_a_queued_and_a_running_job_and_a_full_queue(tmp_path):
         as_json = httpx.post(f"{server.url}/v1/videos", json={"input_reference": {"image_url": data_url}, "seed": 1})
         assert as_json.status_code == 200, as_json.text
         server.wait_for(lambda: server.status(as_json.json()["id"]) == "completed", what="the JSON job")
-        remote = httpx.post(f"{server.url}/v1/videos", json={"input_reference": {"image_url": "http://127.0.0.1:9/a.png"}})
+        remote = httpx.post(
+            f"{server.url}/v1/videos", json={"input_reference": {"image_url": "http://127.0.0.1:9/a.png"}}
+        )
         assert remote.status_code == 400 and "--allow-image-urls" in remote.json()["error"]["message"]
     # The drain's end of stream counted what each stage sent on, the dropped sample not included.
     assert server.proc.returncode == 128 + signal.SIGTERM, server.output()

@@ -161,6 +161,7 @@ class JobFeed:
             except Exception as exc:  # the job's own input (an unreadable image): it fails alone, the stage goes on
                 if self.half != 1:
                     message = str(exc) if isinstance(exc, PpsvdError) else f"{type(exc).__name__}: {exc}"
+                    message = message.replace(f"--image {spec.image}", "the job's image")  # no server paths
                     publish_event(self.store, self.run_id, {"kind": "failed", "job": spec.job, "message": message})
                 continue
             from ppsvd.models.base import synchronize
