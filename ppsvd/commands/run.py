@@ -21,8 +21,6 @@ from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
 
 NAME = "run"
 
-_DIFFUSERS = "diffusers' StableVideoDiffusionPipeline(...)(image, "
-
 
 Image = Annotated[
     list[str] | None,
@@ -36,67 +34,9 @@ Inputs = Annotated[
     Path | None,
     typer.Option(
         "--inputs",
-        help="Job file, one sample per entry: CSV with a header "
-        "(image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines "
-        '({"image": "cat.png", "seed": 3}). Relative image paths are relative to the file. Instead of '
-        "--image.",
-    ),
-]
-Revision = Annotated[
-    str | None,
-    typer.Option(
-        "--revision",
-        help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.",
-    ),
-]
-Variant = Annotated[
-    str | None,
-    typer.Option(
-        "--variant",
-        help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run "
-        "when the model has them, else the full-precision ones.",
-    ),
-]
-NumFrames = Annotated[
-    int | None,
-    typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4)."),
-]
-Height = Annotated[
-    int | None,
-    typer.Option(
-        "--height",
-        help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).",
-    ),
-]
-Width = Annotated[
-    int | None,
-    typer.Option(
-        "--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64)."
-    ),
-]
-NumInferenceSteps = Annotated[
-    int | None,
-    typer.Option(
-        "--num-inference-steps",
-        help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. "
-        "Default 28.",
-    ),
-]
-TotalSteps = Annotated[
-    int | None,
-    typer.Option(
-        "--total-steps",
-        help="Denoising steps T, split over the stages: the benchmark's name for --num-inference-steps. Default 28 "
-        "(divisible by 1, 2, 4 and 7).",
-    ),
-]
-LatentShape = Annotated[
-    tuple[int, int, int, int, int] | None,
-    typer.Option(
-        "--latent-shape",
-        help="B C F H W, the benchmark's way to give the size: videos per sample, latent channels, frames, height and "
-        "width over the VAE scale factor (8 for SVD). Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 "
-        "(tiny: 1 4 4 8 8).",
+        help="Job file, one sample per entry: CSV with a header (image,seed,motion_bucket_id,fps,noise_aug_strength; "
+        'only image required) or JSON lines ({"image": "cat.png", "seed": 3}). Relative image paths are '
+        "relative to the file. Instead of --image.",
     ),
 ]
 NumSamples = Annotated[
@@ -106,30 +46,6 @@ NumSamples = Annotated[
         help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 "
         "without --image).",
     ),
-]
-Fps = Annotated[
-    int,
-    typer.Option(
-        "--fps",
-        help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless "
-        "--video-fps.",
-    ),
-]
-VideoFps = Annotated[
-    int | None,
-    typer.Option(
-        "--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps."
-    ),
-]
-MotionBucketId = Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")]
-NoiseAugStrength = Annotated[float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")]
-MinGuidanceScale = Annotated[float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")]
-MaxGuidanceScale = Annotated[
-    float,
-    typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1)."),
-]
-DecodeChunkSize = Annotated[
-    int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
 ]
 SaveFrames = Annotated[
     bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
@@ -146,24 +62,24 @@ def command(
     image: Image = None,
     inputs: Inputs = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
-    revision: Revision = None,
-    variant: Variant = None,
+    revision: o.Revision = None,
+    variant: o.Variant = None,
     weights: o.Weights = "pretrained",
-    num_frames: NumFrames = None,
-    height: Height = None,
-    width: Width = None,
-    num_inference_steps: NumInferenceSteps = None,
-    total_steps: TotalSteps = None,
-    latent_shape: LatentShape = None,
+    num_frames: o.NumFrames = None,
+    height: o.Height = None,
+    width: o.Width = None,
+    num_inference_steps: o.NumInferenceSteps = None,
+    total_steps: o.TotalStepsOrNone = None,
+    latent_shape: o.LatentShapeOrNone = None,
     num_samples: NumSamples = None,
     seed: o.Seed = 0,
-    fps: Fps = 6,
-    video_fps: VideoFps = None,
-    motion_bucket_id: MotionBucketId = 127,
-    noise_aug_strength: NoiseAugStrength = 0.02,
-    min_guidance_scale: MinGuidanceScale = 1.0,
-    max_guidance_scale: MaxGuidanceScale = 3.0,
-    decode_chunk_size: DecodeChunkSize = None,
+    fps: o.Fps = 6,
+    video_fps: o.VideoFps = None,
+    motion_bucket_id: o.MotionBucketId = 127,
+    noise_aug_strength: o.NoiseAugStrength = 0.02,
+    min_guidance_scale: o.MinGuidanceScale = 1.0,
+    max_guidance_scale: o.MaxGuidanceScale = 3.0,
+    decode_chunk_size: o.DecodeChunkSize = None,
     save_frames: SaveFrames = False,
     save_video: SaveVideo = True,
     save_latents: SaveLatents = True,

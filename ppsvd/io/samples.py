@@ -6,11 +6,12 @@ ones it skips), fixed before any worker starts.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ppsvd.config import RunConfig, SampleInput
+from ppsvd.config import RunConfig, SampleInput, SvdSection
 from ppsvd.io.images import BUILTIN_IMAGE, is_url
 
 
@@ -27,11 +28,28 @@ class SampleSpec:
     noise_aug_strength: float
     name: str
     """Output file stem, unique in the run: '<image stem>-s<seed>' (then '-2', '-3' on repeats;
-    'sample_NNNNN' for the synthetic model, which reads no image)."""
+    'sample_NNNNN' for the synthetic model, which reads no image). A service's job: its id."""
+    min_guidance_scale: float | None = None
+    max_guidance_scale: float | None = None
+    """A service's job may set its own guidance scales; None: the run's (--min/--max-guidance-scale)."""
+    job: str | None = None
+    """The service's job id this sample is (ppsvd serve); None in a run."""
+
+    def guidance(self, svd: SvdSection) -> SvdSection:
+        """The run's SVD settings with this sample's own guidance scales, where it has them."""
+        changes = {
+            name: value
+            for name, value in (
+                ("min_guidance_scale", self.min_guidance_scale),
+                ("max_guidance_scale", self.max_guidance_scale),
+            )
+            if value is not None
+        }
+        return dataclasses.replace(svd, **changes) if changes else svd
 
     def conditioning(self) -> dict[str, Any]:
         """The per-sample facts that travel with the sample and land in the manifest."""
-        return {
+        facts = {
             "seed": self.seed,
             "image": self.image,
             "fps": self.fps,
@@ -39,6 +57,10 @@ class SampleSpec:
             "noise_aug_strength": self.noise_aug_strength,
             "name": self.name,
         }
+        for name in ("min_guidance_scale", "max_guidance_scale", "job"):
+            if getattr(self, name) is not None:
+                facts[name] = getattr(self, name)
+        return facts
 
 
 def plan_samples(config: RunConfig) -> tuple[SampleSpec, ...]:

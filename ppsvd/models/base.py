@@ -22,6 +22,7 @@ from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.environment import env_world
 from ppsvd.errors import ConfigError
+from ppsvd.io.samples import SampleSpec
 from ppsvd.models import memory
 from ppsvd.planning.costs import CostModel
 from ppsvd.planning.steps import StepPlan
@@ -81,8 +82,9 @@ class StageModel(ABC):
         """Names, dtypes and shapes of the tensors in every hand-off (checked on receipt)."""
 
     @abstractmethod
-    def prepare(self, index: int) -> Sample:
-        """Stage 0: the initial state of sample `index` (seed + index; never depends on N)."""
+    def prepare(self, index: int, spec: SampleSpec | None = None) -> Sample:
+        """Stage 0: the initial state of sample `index` (seed + index; never depends on N), or of
+        the sample `spec` describes (a service's job: its own image, seed and conditioning)."""
 
     @abstractmethod
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:

@@ -62,6 +62,8 @@ class SyntheticStageModel(StageModel):
         self.encode_s = config.synthetic.encode_ms / 1000.0 / speed if self.is_first else 0.0
         self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
         self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
+        if self.fault is not None and self.fault[0] == FAULT_AT_START:
+            _inject(self.fault[1], stage, FAULT_AT_START)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in plan_samples(config)] if self.is_first else []
         self.speed = speed
@@ -105,10 +107,11 @@ class SyntheticStageModel(StageModel):
             source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
         )
 
-    def prepare(self, index: int) -> Sample:
+    def prepare(self, index: int, spec=None) -> Sample:
         # Preparing counts inside the encode budget, or inside the first steps' when there is none.
         started = time.perf_counter()
-        generator = torch.Generator("cpu").manual_seed(self.config.job.seed + index)
+        seed = self.config.job.seed + index if spec is None else spec.seed
+        generator = torch.Generator("cpu").manual_seed(seed)
         image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
         self.scheduler.set_timesteps(self.config.job.total_steps)
         latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
@@ -124,10 +127,14 @@ class SyntheticStageModel(StageModel):
         return Sample(
             index=index,
             tensors=tensors,
-            meta={
-                "seed": self.config.job.seed + index,
-                "name": self.names[index] if index < len(self.names) else sample_spec(self.config, index).name,
-            },
+            meta=(
+                {
+                    "seed": seed,
+                    "name": self.names[index] if index < len(self.names) else sample_spec(self.config, index).name,
+                }
+                if spec is None
+                else spec.conditioning()  # a service's job: the stand-in reads no image, but its facts travel
+            ),
         )
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
@@ -219,21 +226,24 @@ def device_speed(config, stage: int) -> float:
 
 
 FAULT_ENV = "PPSVD_FAULT"
-"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample.
-KIND is raise (an exception), kill (SIGKILL itself), exit0 (leave quietly with code 0) or hang."""
+"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample ('start': while
+it builds its model, before it is ready). KIND is raise (an exception), kill (SIGKILL itself),
+exit0 (leave quietly with code 0) or hang."""
+FAULT_AT_START = "start"
 
 
-def _parse_fault(spec: str, stage: int) -> tuple[int, str] | None:
+def _parse_fault(spec: str, stage: int) -> tuple[int | str, str] | None:
     if not spec:
         return None
     fault_stage, sample, kind = spec.split(":")
-    return (int(sample), kind) if int(fault_stage) == stage else None
+    at = FAULT_AT_START if sample == "start" else int(sample)
+    return (at, kind) if int(fault_stage) == stage else None
 
 
-def _inject(kind: str, stage: int, index: int) -> None:
-
+def _inject(kind: str, stage: int, index: int | str) -> None:
+    where = "while it starts" if index == FAULT_AT_START else f"at sample {index}"
     print(
-        f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}",
+        f"ppsvd: injecting fault {kind!r} in stage {stage} {where} at {time.time():.3f}",
         file=sys.stderr,
         flush=True,
     )
