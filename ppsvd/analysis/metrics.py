@@ -92,6 +92,9 @@ class RunMetrics:
     """wall_s / num_samples (the guide's per_sample_sec)."""
     model_load_s: float
     """max over stages of ready - launched."""
+    compile_s: float | None
+    """--compile: the longest stage's compilation (its warm-up UNet call), inside model_load_s and
+    never in a throughput; None for an eager run."""
     startup_s: float
     """max over stages of ready - run_start: from the launch until every stage could work."""
     first_sample_latency_s: float | None
@@ -307,6 +310,7 @@ def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
         wall_s=wall_s,
         per_sample_s=_ratio(wall_s, s_total),
         model_load_s=max((st.load_s for st in stages), default=0.0),
+        compile_s=max((st.compile_s for st in stages if st.compile_s is not None), default=None),
         startup_s=max((st.ready - timeline.run_start for st in stages), default=0.0),
         first_sample_latency_s=latencies[min(latencies)] if latencies else None,
         fill_s=fill,

@@ -75,7 +75,10 @@ def summary_table(metrics: RunMetrics) -> Table:
     if m.per_sample_s is not None:
         wall += f"  ({m.per_sample_s:.3f} s per sample)"
     overall.add_row("wall time", wall)
-    overall.add_row("model load", _fmt(m.model_load_s, ".2f", " s"))
+    load = _fmt(m.model_load_s, ".2f", " s")
+    if m.compile_s is not None:
+        load += f"  (of it {m.compile_s:.2f} s compiling the UNet; throughput excludes it)"
+    overall.add_row("model load", load)
     overall.add_row("first-sample latency", _fmt(m.first_sample_latency_s, ".3f", " s"))
     overall.add_row("fill / drain", f"{_fmt(m.fill_s, '.3f', ' s')} / {_fmt(m.drain_s, '.3f', ' s')}")
     overall.add_row("latency p50 / p95", f"{_fmt(m.latency_p50_s, '.3f', ' s')} / {_fmt(m.latency_p95_s, '.3f', ' s')}")
