@@ -254,3 +254,50 @@ def comparison_table(runs: list[BenchRun]) -> Table | None:
             faster,
         )
     return table
+
+
+def verify_table(report) -> Table:
+    """`ppsvd verify`: each layout's promise, what it did against diffusers, its speed, pass or fail
+    (why a layout failed is printed below the table, in full)."""
+    s = report.settings
+    threads = report.reference.get("cpu_threads")
+    where = f"{s['device']}, {s['dtype']}" + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+    title = (
+        f"ppsvd verify · {s['model']}{' (random weights)' if s['weights'] == 'random' else ''} on {where} · "
+        f"latent {' '.join(map(str, s['latent_shape']))} · T={s['total_steps']} · {s['num_samples']} samples"
+    )
+    table = _compact(title)
+    compiled = any(r.compiled for r in report.layouts)
+    headers = ["layout", "promise", "latents", "frames", "samples\nper s", "vs\ndiffusers"]
+    headers += ["compile\ns"] if compiled else []
+    for name in [*headers, "result"]:
+        right = name.startswith(("samples", "vs", "compile"))
+        table.add_column(name, justify="right" if right else "left", no_wrap=name == "layout")
+    for r in report.layouts:
+        if r.latents_bitwise is None:
+            latents = "—"
+        else:
+            latents = "bitwise" if r.latents_bitwise else f"{r.max_relative_difference:.1e}"
+        if r.frames_equal is None:
+            frames = "—"
+        elif r.max_frame_difference == 0:
+            frames = "bitwise"
+        else:
+            frames = f"±{r.max_frame_difference}" + (" =dec" if r.frames_equal else "")
+        promise = "bitwise" if r.bound is None else f"≤ {r.bound:.0e}"
+        row = [r.layout, promise, latents, frames, _fmt(r.samples_per_sec, ".3f"), _fmt(r.vs_diffusers, ".2f", "×")]
+        row += [_fmt(r.compile_s, ".1f")] if compiled else []
+        row.append(Text("✓ pass", style="green") if r.ok else Text("✗ FAIL", style="bold red"))
+        table.add_row(*row)
+    ref = report.reference
+    times = ", ".join(f"{t:.2f}" for t in ref["seconds_per_sample"])
+    notes = [
+        f"diffusers' StableVideoDiffusionPipeline in this process: {_fmt(ref['samples_per_sec'], '.3f')} samples/s "
+        f"(s per sample {times}; the first left out as warm-up).",
+        "latents: bitwise, or max |ppsvd - diffusers| / max |diffusers|. frames: ±n the largest pixel difference "
+        "to diffusers' frames; =dec: equal to diffusers' decode of the layout's own latents.",
+    ]
+    notes += [f"✗ {r.layout}: {r.problem}" for r in report.failed]
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table

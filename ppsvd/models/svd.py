@@ -68,7 +68,7 @@ def model_source(config: RunConfig) -> str:
     return hub.locate(config.model.model)
 
 
-def _weights_variant(config: RunConfig, source: str, name: str) -> str | None:
+def weights_variant(config: RunConfig, source: str, name: str) -> str | None:
     """The variant= of one component's from_pretrained, as diffusers' pipeline takes it.
 
     --variant given: that one. Otherwise the files on disk decide: an fp16 run takes the fp16
@@ -144,7 +144,7 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
 def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dtype) -> Any:
     """One component through its library's own from_pretrained, as diffusers' pipeline loads it
     (revision and variant as StableVideoDiffusionPipeline.from_pretrained(revision=, variant=))."""
-    variant = _weights_variant(config, source, name)
+    variant = weights_variant(config, source, name)
     try:
         return _load_component(config, source, name, dtype, variant)
     except (OSError, ValueError):
