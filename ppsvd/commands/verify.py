@@ -69,7 +69,9 @@ def command(
     timeout: o.Timeout = 600.0,
     output_dir: Annotated[
         Path | None,
-        typer.Option("--output-dir", help="Keep each layout's run directory here. Default: a scratch directory, removed."),
+        typer.Option(
+            "--output-dir", help="Keep each layout's run directory here. Default: a scratch directory, removed."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.", **o.FLAG)] = False,
     debug: o.Debug = False,

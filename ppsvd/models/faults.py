@@ -86,6 +86,6 @@ def fault_for(config: RunConfig, stage: int) -> Fault | None:
         raise ValueError(f"{FAULT_ENV}: unknown fault kind {kind!r} ({', '.join(KINDS)})")
     if target != stage:
         return None
-    if kind == "perturb" and not config.extra.get(VERIFY_RUN):
+    if kind == "perturb" and VERIFY_RUN not in config.extra:
         return None  # never corrupt a real run's outputs
     return fault

@@ -204,9 +204,13 @@ def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, a
     result.latents_bitwise, result.max_relative_difference = bitwise, worst
     result.frames_equal, result.max_frame_difference = frames_equal, worst_pixel
     if result.bound is None and not bitwise:
-        result.problem = f"latents differ from diffusers' (max relative difference {worst:.2e}); bitwise equality claimed"
+        result.problem = (
+            f"latents differ from diffusers' (max relative difference {worst:.2e}); bitwise equality claimed"
+        )
     elif result.bound is not None and not worst <= result.bound:
-        result.problem = f"latents differ from diffusers' by {worst:.2e} relative, above the bound {result.bound:.0e} ({dtype})"
+        result.problem = (
+            f"latents differ from diffusers' by {worst:.2e} relative, above the bound {result.bound:.0e} ({dtype})"
+        )
     elif not frames_equal:
         against = "diffusers' frames" if result.bound is None else "diffusers' decode of its latents"
         result.problem = f"frames differ from {against} (up to {worst_pixel} levels of 255)"

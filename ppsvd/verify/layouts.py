@@ -113,7 +113,9 @@ def parse_layout(item: str) -> VerifyLayout:
         elif token in TRANSPORTS and transport is None:
             transport = token
         else:
-            raise ConfigError(f"--layouts {item!r}: {token!r} is neither a transport ({', '.join(TRANSPORTS)}) nor 'compile'; {fix}")
+            raise ConfigError(
+                f"--layouts {item!r}: {token!r} is neither a transport ({', '.join(TRANSPORTS)}) nor 'compile'; {fix}"
+            )
     if tokens[0] == "cfg" and nproc % 2:
         raise ConfigError(f"--layouts {item!r}: a guidance split needs an even N (pairs); use cfg:2")
     return VerifyLayout(tokens[0], nproc, transport, compiled)

@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, VAE_SCALE_FACTOR, RunConfig, resolve_latent_shape, resolve_total_steps
+from ppsvd.config import (
+    DEFAULT_MODEL_ID,
+    TINY_MODEL,
+    VAE_SCALE_FACTOR,
+    RunConfig,
+    resolve_latent_shape,
+    resolve_total_steps,
+)
 
 VERIFY_STEPS = 6
 """Enough for 3 stages of 2 steps each, and for guidance to change the latents step after step."""
@@ -49,7 +56,9 @@ def verify_config(
         height = height or h * VAE_SCALE_FACTOR
         width = width or w * VAE_SCALE_FACTOR
     shape = resolve_latent_shape(model_id, latent_shape, num_frames=num_frames, height=height, width=width)
-    steps = resolve_total_steps(total_steps, num_inference_steps) if (total_steps or num_inference_steps) else VERIFY_STEPS
+    steps = (
+        resolve_total_steps(total_steps, num_inference_steps) if (total_steps or num_inference_steps) else VERIFY_STEPS
+    )
     return RunConfig.from_options(
         model=model_id,
         device=device,
