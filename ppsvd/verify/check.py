@@ -61,6 +61,9 @@ class LayoutResult:
     """The layout's headline rate (steady state for a pipeline, whole run for data) from its timeline."""
     vs_diffusers: float | None = None
     """samples_per_sec / diffusers' samples/s in this process."""
+    median_step_s: float | None = None
+    """The layout's median time of one denoising step (its timeline): what --compile speeds up,
+    without the encode and decode around the steps."""
     compile_s: float | None = None
     model_load_s: float | None = None
     wall_s: float | None = None
@@ -148,7 +151,11 @@ def verify(
         report = VerifyReport(
             settings=settings_of(base),
             reference=ref.to_json(),
-            environment={**software_versions(), "gpus_visible": gpus},
+            environment={
+                **software_versions(),
+                "gpus_visible": gpus,
+                "gpu": torch.cuda.get_device_name(0) if gpus else None,
+            },
         )
         for layout, config in planned:
             label = layout.label(config)
@@ -185,6 +192,7 @@ def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, a
     if metrics.throughput is not None and ref.throughput:
         result.vs_diffusers = metrics.throughput / ref.throughput
     result.compile_s, result.model_load_s = metrics.compile_s, metrics.model_load_s
+    result.median_step_s = metrics.median_step_s
 
     outputs = {sample.index: sample for sample in run.samples}
     missing = sorted(set(ref.samples) - set(outputs))

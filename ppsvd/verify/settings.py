@@ -56,9 +56,8 @@ def verify_config(
         height = height or h * VAE_SCALE_FACTOR
         width = width or w * VAE_SCALE_FACTOR
     shape = resolve_latent_shape(model_id, latent_shape, num_frames=num_frames, height=height, width=width)
-    steps = (
-        resolve_total_steps(total_steps, num_inference_steps) if (total_steps or num_inference_steps) else VERIFY_STEPS
-    )
+    given = total_steps is not None or num_inference_steps is not None
+    steps = resolve_total_steps(total_steps, num_inference_steps) if given else VERIFY_STEPS
     return RunConfig.from_options(
         model=model_id,
         device=device,
