@@ -49,8 +49,8 @@ def missing_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
     return problems
 
 
-def check(device: str) -> int:
-    problems = missing_requirements()
+def check(device: str, pyproject: Path = ROOT / "pyproject.toml") -> int:
+    problems = missing_requirements(pyproject)
     try:
         import ppsvd  # noqa: F401  (the checkout on PYTHONPATH)
     except Exception as exc:  # noqa: BLE001 - whatever stops the import is the one line to print
@@ -120,7 +120,9 @@ def _fmt(value, spec: str = ".3f", suffix: str = "") -> str:
 
 def markdown(summary: dict) -> str:
     """One table: every layout checked, then the derived numbers and the steps' exit codes."""
-    lines = ["| check | layout | promise | latents (max rel. diff.) | frames | samples/s | vs diffusers | step ms | compile s | result |"]
+    columns = ["check", "layout", "promise", "latents (max rel. diff.)", "frames", "samples/s", "vs diffusers"]
+    columns += ["step ms", "compile s", "result"]
+    lines = ["| " + " | ".join(columns) + " |"]
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("verify_layouts", "verify_compile"):
         report = summary.get(name)
@@ -192,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("check")
     c.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    c.add_argument("--pyproject", type=Path, default=ROOT / "pyproject.toml", help="the floors to check")
     r = sub.add_parser("report")
     r.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    return check(args.device) if args.what == "check" else report(args.out)
+    return check(args.device, args.pyproject) if args.what == "check" else report(args.out)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,8 @@ def test_verify_fails_naming_the_layout_a_planted_fault_broke(tmp_path):
     assert not broken["ok"] and not broken["latents_bitwise"] and broken["max_relative_difference"] > 1e-4
     assert report["layouts"][0]["ok"]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("ppsvd: error: verify failed for pipeline:3:zmq:") and "bitwise equality claimed" in last
+    assert last.startswith("ppsvd: error: verify failed: pipeline:3:zmq: latents differ")
+    assert "bitwise equality claimed" in last
 
 
 @pytest.mark.slow

@@ -129,7 +129,7 @@ def command(
         out.print(verify_table(report))
     if not report.ok:
         problems = "; ".join(f"{r.layout}: {r.problem}" for r in report.failed)
-        raise VerificationFailed(f"verify failed for {', '.join(r.layout for r in report.failed)}: {problems}")
+        raise VerificationFailed(f"verify failed: {problems}")
 
 
 def _visible_gpus(device: str) -> int:

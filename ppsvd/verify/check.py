@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ppsvd.config import RunConfig
-from ppsvd.errors import PpsvdError
+from ppsvd.errors import Interrupted, PpsvdError
 from ppsvd.verify.bounds import describe_bound
 from ppsvd.verify.layouts import VerifyLayout
 
@@ -182,6 +182,8 @@ def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, a
     )
     try:
         run = api.execute(config, checked=True)
+    except Interrupted:
+        raise  # Ctrl-C or a signal stops verify itself, not just this layout
     except PpsvdError as exc:
         result.problem = f"did not run: {exc}"
         return result
