@@ -23,7 +23,7 @@ precision (fp16 keeps 11 significant bits, so ~5e-4 per rounding; bf16 8 bits), 
 from __future__ import annotations
 
 GUIDANCE_SPLIT_BOUND: dict[str, float] = {
-    # measured 2.4e-6 and 3.0e-6 (tiny SVD, 4 steps, final latents; one UNet call 8e-7, SVD-XT 9.5e-7)
+    # measured 2.4e-6 to 3.1e-6 (tiny SVD, 4 and 6 steps, final latents; one UNet call 8e-7, SVD-XT 9.5e-7)
     "fp32": 1e-5,
     "fp16": 2e-2,  # provisional
     "bf16": 1e-1,  # provisional
@@ -31,8 +31,8 @@ GUIDANCE_SPLIT_BOUND: dict[str, float] = {
 """--strategy cfg against diffusers, by dtype."""
 
 COMPILE_BOUND: dict[str, float] = {
-    # measured on CPU with inductor (tiny SVD, torch 2.13): up to 5.0e-6 in the runs listed in
-    # docs/benchmarking.md ("Exactness")
+    # measured on CPU with inductor (tiny SVD, torch 2.13): 1.9e-6 to 5.0e-6 over 4 to 25 steps,
+    # B = 1 and 2; a compiled guidance pair 1.3e-6 to 2.9e-6 (docs/benchmarking.md, "Exactness")
     "fp32": 5e-5,
     "fp16": 2e-2,  # provisional
     "bf16": 1e-1,  # provisional
