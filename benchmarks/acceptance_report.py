@@ -135,7 +135,7 @@ def markdown(summary: dict) -> str:
             latents = "bitwise" if r["latents_bitwise"] else _fmt(r["max_relative_difference"], ".1e")
             frames = "—" if r["frames_equal"] is None else ("equal" if r["frames_equal"] else "differ")
             step = None if r.get("median_step_s") is None else 1000 * r["median_step_s"]
-            result = "pass" if r["ok"] else f"FAIL: {r['problem']}"
+            result = "pass" if r["ok"] else "FAIL: " + " ".join(str(r["problem"]).split()).replace("|", "/")
             lines.append(
                 f"| {name.replace('_', ' ')} ({where}) | {r['layout']} | {r['claim']} | {latents} | {frames} | "
                 f"{_fmt(r['samples_per_sec'])} | {_fmt(r['vs_diffusers'], '.2f', 'x')} | {_fmt(step, '.1f')} | "

@@ -15,7 +15,7 @@ from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.models.faults import FAULT_ENV, VERIFY_RUN, fault_for
 from ppsvd.verify.bounds import COMPILE_BOUND, GUIDANCE_SPLIT_BOUND, layout_bound
-from ppsvd.verify.check import relative_difference
+from ppsvd.verify.check import one_line, relative_difference
 from ppsvd.verify.layouts import VerifyLayout, default_layouts, parse_layouts
 
 # -- the layouts and their promises ---------------------------------------------------------------
@@ -78,6 +78,8 @@ def test_bounds_are_one_definition():
     a = torch.tensor([1.0, -4.0, 2.0])
     assert relative_difference(a, a) == 0.0
     assert relative_difference(torch.tensor([1.0, -4.0, 2.5]), a) == pytest.approx(0.5 / 4)
+    assert one_line("BackendCompilerFailed:\n  ImportError: x\n") == "BackendCompilerFailed: ImportError: x"
+    assert len(one_line("x " * 500)) == 400
 
 
 # -- the planted fault: never in normal use ---------------------------------------------------------

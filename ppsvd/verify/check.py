@@ -185,7 +185,7 @@ def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, a
     except Interrupted:
         raise  # Ctrl-C or a signal stops verify itself, not just this layout
     except PpsvdError as exc:
-        result.problem = f"did not run: {exc}"
+        result.problem = f"did not run: {one_line(str(exc))}"
         return result
     result.run_dir = str(run.run_dir)
     result.wall_s = run.wall_s
@@ -226,6 +226,12 @@ def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, a
         result.problem = f"frames differ from {against} (up to {worst_pixel} levels of 255)"
     result.ok = result.problem is None
     return result
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """A stage's reason as one line (a compiler's error can span many), cut at `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def torch_equal(a, b) -> bool:
