@@ -456,9 +456,7 @@ def test_variant_fp16_for_fp16_runs_and_an_explicit_variant_must_exist(tiny_repo
     assert (
         weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "unet") == "fp16"
     )  # fp16 run
-    assert (
-        weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None
-    )  # fp32 run: the full files
+    assert weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None  # fp32 run: the full files
     assert (
         weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "vae") is None
     )  # no fp16 there
