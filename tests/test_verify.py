@@ -148,6 +148,9 @@ def test_reference_latents_are_what_output_type_latent_returns():
 # -- the command, as a user runs it ---------------------------------------------------------------------
 
 
+SHORT = ("--num-samples", "2", "--num-inference-steps", "3")
+
+
 def run_verify(tmp_path, *args, fault: str | None = None, timeout: float = 600):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_ENV, None)
@@ -162,7 +165,8 @@ def run_verify(tmp_path, *args, fault: str | None = None, timeout: float = 600):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_verify_passes_every_default_layout(tmp_path):
-    proc, report = run_verify(tmp_path)
+    # The default layouts; 2 samples of 3 steps keep it short (3 stages get a step each, nothing to calibrate).
+    proc, report = run_verify(tmp_path, *SHORT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     by = {r["layout"]: r for r in report["layouts"]}
     assert list(by) == ["pipeline:1", "pipeline:3:gloo", "pipeline:3:zmq", "data:2:gloo", "cfg:2:gloo"]
@@ -172,7 +176,7 @@ def test_verify_passes_every_default_layout(tmp_path):
     assert pair["ok"] and pair["bound"] == GUIDANCE_SPLIT_BOUND["fp32"] and pair["frames_equal"]
     assert 0 < pair["max_relative_difference"] <= pair["bound"]
     assert all(r["vs_diffusers"] > 0 for r in report["layouts"])
-    assert report["reference"]["cpu_threads"] == 1 and len(report["reference"]["seconds_per_sample"]) == 3
+    assert report["reference"]["cpu_threads"] == 1 and len(report["reference"]["seconds_per_sample"]) == 2
     assert not list(tmp_path.iterdir())  # the scratch runs are gone
 
 
@@ -181,7 +185,7 @@ def test_verify_passes_every_default_layout(tmp_path):
 def test_verify_fails_naming_the_layout_a_planted_fault_broke(tmp_path):
     """Stage 1 nudges sample 1's latent: the 3-stage pipeline fails, exit 1 names it; the 1-process
     layout (no stage 1) still passes."""
-    proc, report = run_verify(tmp_path, "--layouts", "pipeline:1,pipeline:3:zmq", fault="1:1:perturb")
+    proc, report = run_verify(tmp_path, *SHORT, "--layouts", "pipeline:1,pipeline:3:zmq", fault="1:1:perturb")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert report["failed"] == ["pipeline:3:zmq"]
     broken = report["layouts"][1]
