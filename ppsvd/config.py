@@ -104,11 +104,28 @@ class SampleSpec:
     noise_aug_strength: float
     name: str
     """Output file stem, unique in the run: '<image stem>-s<seed>' (then '-2', '-3' on repeats;
-    'sample_NNNNN' for the synthetic model, which reads no image)."""
+    'sample_NNNNN' for the synthetic model, which reads no image). A service's job: its id."""
+    min_guidance_scale: float | None = None
+    max_guidance_scale: float | None = None
+    """A service's job may set its own guidance scales; None: the run's (--min/--max-guidance-scale)."""
+    job: str | None = None
+    """The service's job id this sample is (ppsvd serve); None in a run."""
+
+    def guidance(self, svd: SvdSection) -> SvdSection:
+        """The run's SVD settings with this sample's own guidance scales, where it has them."""
+        changes = {
+            name: value
+            for name, value in (
+                ("min_guidance_scale", self.min_guidance_scale),
+                ("max_guidance_scale", self.max_guidance_scale),
+            )
+            if value is not None
+        }
+        return dataclasses.replace(svd, **changes) if changes else svd
 
     def conditioning(self) -> dict[str, Any]:
         """The per-sample facts that travel with the sample and land in the manifest."""
-        return {
+        facts = {
             "seed": self.seed,
             "image": self.image,
             "fps": self.fps,
@@ -116,6 +133,10 @@ class SampleSpec:
             "noise_aug_strength": self.noise_aug_strength,
             "name": self.name,
         }
+        for name in ("min_guidance_scale", "max_guidance_scale", "job"):
+            if getattr(self, name) is not None:
+                facts[name] = getattr(self, name)
+        return facts
 
 
 # -- the run's configuration, one section per concern -------------------------------------------

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,13 @@ class ResultWriter:
         *,
         manifest_name: str = MANIFEST,
         journal_name: str = JOURNAL,
+        on_written: Callable[[Any, dict], None] | None = None,
     ) -> None:
+        """on_written(result, entry): a service's writer (ppsvd serve). Called once a sample's files
+        are all in place; whoever gives it keeps the record (the service's job store), so this
+        writer keeps no journal, no entries and writes no manifest."""
         self.run_dir = Path(run_dir)
+        self.on_written = on_written
         self.manifest_name = manifest_name
         self.config = config
         self.plan = plan
@@ -73,8 +79,8 @@ class ResultWriter:
         self.identity = DirIdentity.of(self.run_dir)
         self.journal = self.run_dir / journal_name
         # A resumed run starts from the samples it kept (the command rewrote the journal to them).
-        self.entries: list[dict] = read_journal(self.journal)
-        self._journal_fh = open(self.journal, "a", encoding="utf-8")
+        self.entries: list[dict] = read_journal(self.journal) if on_written is None else []
+        self._journal_fh = open(self.journal, "a", encoding="utf-8") if on_written is None else None
         self._lock = threading.Lock()
         """Held while a sample is written: stop() waits for it, so a sample is all written or not at all."""
         self._stopped = False
@@ -87,7 +93,9 @@ class ResultWriter:
             if problem is not None:
                 raise OutputsLost(f"{problem}; sample {result.index} and later ones were not written")
             try:
-                self._write(result)
+                entry = self._write(result)
+                if self.on_written is not None:
+                    self.on_written(result, entry)
             except FileNotFoundError:
                 problem = self._dir_problem_after_a_vanished_file()
                 if problem is not None:
@@ -111,11 +119,12 @@ class ResultWriter:
         acquired = self._lock.acquire(timeout=timeout_s)
         self._stopped = True
         if acquired:
-            self._journal_fh.close()
+            if self._journal_fh is not None:
+                self._journal_fh.close()
             self._lock.release()
         return acquired
 
-    def _write(self, result) -> None:
+    def _write(self, result) -> dict[str, Any]:
         cfg = self.config
         stem = result.meta.get("name") or sample_stem(result.index)
         entry: dict[str, Any] = {"index": result.index, **{k: v for k, v in result.meta.items()}}
@@ -143,15 +152,20 @@ class ResultWriter:
                 entry["frames"] = frame_dirs
         if "started" in entry and "completed" in entry:
             entry["latency_s"] = entry["completed"] - entry["started"]
+        if self._journal_fh is None:  # a service's writer: on_written keeps the record
+            return entry
         self.entries.append(entry)
         # Flushed, not fsync'ed: a killed process loses nothing the kernel has; after a power
         # loss a sample whose line is missing is simply generated again by --resume.
         self._journal_fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
         self._journal_fh.flush()
+        return entry
 
     def close(self) -> None:
         """End of the run: every listed file must still be on disk; then the final manifest, once."""
         self._stopped = True
+        if self._journal_fh is None:  # a service's writer: nothing to list
+            return
         self._journal_fh.close()
         problem = self.identity.problem()
         if problem is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
-from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
+from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig, SampleSpec
 from ppsvd.costs import CostModel
 from ppsvd.plan import StepPlan
 
@@ -76,8 +76,9 @@ class StageModel(ABC):
         """Names, dtypes and shapes of the tensors in every hand-off (checked on receipt)."""
 
     @abstractmethod
-    def prepare(self, index: int) -> Sample:
-        """Stage 0: the initial state of sample `index` (seed + index; never depends on N)."""
+    def prepare(self, index: int, spec: SampleSpec | None = None) -> Sample:
+        """Stage 0: the initial state of sample `index` (seed + index; never depends on N), or of
+        the sample `spec` describes (a service's job: its own image, seed and conditioning)."""
 
     @abstractmethod
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:

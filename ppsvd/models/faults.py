@@ -2,7 +2,8 @@
 
 The failure tests set it in a run's environment to check what the rest of the system does:
 - raise, kill, exit0, hang: the stage fails loudly (an exception, SIGKILL, a quiet exit 0, a
-  hang) when it reaches the sample (tests/test_failures.py and friends);
+  hang) when it reaches the sample, or with SAMPLE 'start' while it builds its model, before it
+  is ready (tests/test_failures.py, tests/test_serve.py and friends);
 - perturb: after its steps of that sample, the stage nudges one element of the latent by 1e-3 of
   the latent's largest magnitude and hands it on, so the output is silently wrong. `ppsvd verify`
   must then fail and name the layout (tests/test_verify.py).
@@ -26,6 +27,8 @@ from ppsvd.config import RunConfig
 
 FAULT_ENV = "PPSVD_FAULT"
 KINDS = ("raise", "kill", "exit0", "hang", "perturb")
+AT_START = "start"
+"""SAMPLE of a fault that strikes while the stage builds its model (before it is ready)."""
 VERIFY_RUN = "verify"
 """The key in RunConfig.extra that marks a run launched by `ppsvd verify` (the only runs a
 perturb fault applies to)."""
@@ -38,15 +41,18 @@ any documented bound, and above fp16's rounding step, so it survives the hand-of
 class Fault:
     """The fault this stage was asked to inject, and at which sample."""
 
-    sample: int
+    sample: int | str
+    """A sample index, or AT_START."""
     kind: str
 
-    def fail(self, stage: int, index: int) -> None:
-        """raise, kill, exit0 or hang, when this stage reaches the sample (perturb does nothing here)."""
+    def fail(self, stage: int, index: int | str) -> None:
+        """raise, kill, exit0 or hang, when this stage reaches the sample (index AT_START: while it
+        starts); perturb does nothing here."""
         if index != self.sample or self.kind == "perturb":
             return
+        where = "while it starts" if index == AT_START else f"at sample {index}"
         print(
-            f"ppsvd: injecting fault {self.kind!r} in stage {stage} at sample {index} at {time.time():.3f}",
+            f"ppsvd: injecting fault {self.kind!r} in stage {stage} {where} at {time.time():.3f}",
             file=sys.stderr,
             flush=True,
         )
@@ -78,7 +84,7 @@ def fault_for(config: RunConfig, stage: int) -> Fault | None:
         return None
     try:
         fault_stage, sample, kind = spec.split(":")
-        fault = Fault(sample=int(sample), kind=kind)
+        fault = Fault(sample=AT_START if sample == AT_START else int(sample), kind=kind)
         target = int(fault_stage)
     except ValueError:
         raise ValueError(f"{FAULT_ENV}={spec!r} is not STAGE:SAMPLE:KIND (KIND one of {', '.join(KINDS)})") from None

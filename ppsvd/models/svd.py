@@ -277,8 +277,9 @@ class SVDStageModel(StageModel):
         return {spec.name: spec for spec in specs}
 
     # -- stage 0 -------------------------------------------------------------------------------
-    def prepare(self, index: int) -> Sample:
-        spec = self.specs[index] if index < len(self.specs) else self.config.sample_spec(index)
+    def prepare(self, index: int, spec: SampleSpec | None = None) -> Sample:
+        if spec is None:
+            spec = self.specs[index] if index < len(self.specs) else self.config.sample_spec(index)
         height, width = self.pixel_size
         image = load_sample_image(spec.image, width, height)
         generator = torch.Generator("cpu").manual_seed(spec.seed)
@@ -320,7 +321,7 @@ class SVDStageModel(StageModel):
         self.scheduler.set_timesteps(config.job.total_steps, device=device)
         latents = pipe.prepare_latents(b, f, self.unet.config.in_channels, height, width, dtype, device, generator)
 
-        guidance_scale = frame_guidance(config.svd, f).unsqueeze(0)
+        guidance_scale = frame_guidance(spec.guidance(config.svd), f).unsqueeze(0)
         guidance_scale = guidance_scale.to(device, latents.dtype).repeat(b, 1)
         guidance_scale = _append_dims(guidance_scale, latents.ndim)
         return {

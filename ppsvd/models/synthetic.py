@@ -35,7 +35,7 @@ import torch
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.costs import CostModel
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
-from ppsvd.models.faults import fault_for
+from ppsvd.models.faults import AT_START, fault_for
 from ppsvd.shapes import LatentShape
 
 
@@ -59,6 +59,8 @@ class SyntheticStageModel(StageModel):
         self.encode_s = config.synthetic.encode_ms / 1000.0 / speed if self.is_first else 0.0
         self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
         self.fault = fault_for(config, stage)
+        if self.fault is not None:
+            self.fault.fail(stage, AT_START)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
         self.speed = speed
@@ -103,10 +105,11 @@ class SyntheticStageModel(StageModel):
             source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
         )
 
-    def prepare(self, index: int) -> Sample:
+    def prepare(self, index: int, spec=None) -> Sample:
         # Preparing counts inside the encode budget, or inside the first steps' when there is none.
         started = time.perf_counter()
-        generator = torch.Generator("cpu").manual_seed(self.config.job.seed + index)
+        seed = self.config.job.seed + index if spec is None else spec.seed
+        generator = torch.Generator("cpu").manual_seed(seed)
         image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
         self.scheduler.set_timesteps(self.config.job.total_steps)
         latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
@@ -122,10 +125,14 @@ class SyntheticStageModel(StageModel):
         return Sample(
             index=index,
             tensors=tensors,
-            meta={
-                "seed": self.config.job.seed + index,
-                "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
-            },
+            meta=(
+                {
+                    "seed": seed,
+                    "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
+                }
+                if spec is None
+                else spec.conditioning()  # a service's job: the stand-in reads no image, but its facts travel
+            ),
         )
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:

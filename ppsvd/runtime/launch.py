@@ -51,17 +51,11 @@ def launch(
 
     run_dir and indices: a resumed run's directory and the samples still to generate. A signal
     (Ctrl-C, SIGTERM, SIGHUP) stops every worker and raises Interrupted, whatever raise_on_failure."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from ppsvd.backends.hosts import loopback_store
     from ppsvd.io.atomic import DirIdentity, make_run_dir, remove_temp_files, run_label
-    from ppsvd.runtime.progress import live_progress
-    from ppsvd.runtime.worker import WorkerSpec, worker_main
+    from ppsvd.runtime.worker import WorkerSpec
 
     run_start = time.time()
-    _start_resource_tracker_immune_to_sighup()
     run_dir = (
         Path(run_dir)
         if run_dir is not None
@@ -82,6 +76,50 @@ def launch(
         store_port=store.port,
         indices=indices,
     )
+    try:
+        ended = run_workers(spec, store)
+    finally:
+        # Every worker is gone: what a killed one could not remove, the launcher does.
+        if identity.problem() is None:
+            remove_temp_files(run_dir)
+    if ended.signum is not None:
+        raise Interrupted(f"interrupted by {signal.Signals(ended.signum).name}", ended.signum, run_dir)
+    error, failed_stage = ended.error, ended.failed_stage
+    if error is None:
+        error = _check_outputs(identity)
+    wall_s = time.time() - run_start
+    if error is None:
+        _stamp_timeline(run_dir, run_start, run_start + wall_s)
+    result = LaunchResult(ok=error is None, run_dir=run_dir, wall_s=wall_s, error=error, failed_stage=failed_stage)
+    if error is not None and raise_on_failure:
+        raise StageFailedError(error)
+    return result
+
+
+@dataclass(frozen=True)
+class WorkersEnded:
+    """How a launch of the workers ended: all well (error None), a failure naming the stage, or a signal."""
+
+    error: str | None = None
+    failed_stage: int | None = None
+    signum: int | None = None
+
+
+def run_workers(spec, store) -> WorkersEnded:
+    """Start spec.config.nproc local workers (a worker.WorkerSpec) with the elastic launcher, around `store` (this
+    process's loopback TCPStore), and wait until they all end. Also the service's supervisor
+    runs its workers through this (ppsvd/serve/pipeline.py, in a thread of its own: the agent then
+    installs no signal handlers, and the service handles signals itself)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from ppsvd.runtime.progress import live_progress
+    from ppsvd.runtime.worker import worker_main
+
+    config, run_id = spec.config, spec.run_id
+    if threading.current_thread() is threading.main_thread():  # a service's supervisor did it beforehand
+        start_resource_tracker_immune_to_sighup()
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -98,33 +136,20 @@ def launch(
         start_method="spawn",
     )
     _quiet_elastic_logs(config.ui.debug)
-    error, failed_stage, signum = None, None, None
     enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s)
     try:
         with live_progress(store, run_id, config), enforcer, _no_second_store():
             elastic_launch(launch_config, worker_main)(spec)
     except ChildFailedError as exc:
         failed_stage, error = _explain(exc, store, run_id, enforcer.killed)
+        return WorkersEnded(error=error, failed_stage=failed_stage)
     except SignalException as exc:  # the agent got the signal, passed it on to every worker and waited for them
-        signum = int(exc.sigval)
+        return WorkersEnded(signum=int(exc.sigval))
     except KeyboardInterrupt:  # Ctrl-C before the agent installed its handlers
-        signum = int(signal.SIGINT)
+        return WorkersEnded(signum=int(signal.SIGINT))
     finally:
-        # Every worker is gone: what a killed one could not remove, the launcher does.
         _remove_stale_sockets(run_id)
-        if identity.problem() is None:
-            remove_temp_files(run_dir)
-    if signum is not None:
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, run_dir)
-    if error is None:
-        error = _check_outputs(identity)
-    wall_s = time.time() - run_start
-    if error is None:
-        _stamp_timeline(run_dir, run_start, run_start + wall_s)
-    result = LaunchResult(ok=error is None, run_dir=run_dir, wall_s=wall_s, error=error, failed_stage=failed_stage)
-    if error is not None and raise_on_failure:
-        raise StageFailedError(error)
-    return result
+    return WorkersEnded()
 
 
 class _Enforcer:
@@ -206,7 +231,7 @@ def _check_outputs(identity) -> str | None:
     return None
 
 
-def _start_resource_tracker_immune_to_sighup() -> None:
+def start_resource_tracker_immune_to_sighup() -> None:
     """multiprocessing's resource tracker (a helper process the workers' queues register with)
     ignores SIGINT and SIGTERM but dies of SIGHUP; a closed terminal then ends in a screen of
     KeyErrors from the tracker started in its place. A process inherits an ignored signal, so
