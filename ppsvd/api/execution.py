@@ -55,17 +55,20 @@ def execute(
     command: str = "run",
     summary: Summary | None = None,
     exit_when_done: bool = False,
+    announce: bool = True,
 ) -> RunResult:
     """Run a config: config.layout.nproc local workers, or, under torchrun, this process's stage.
 
     resume: a stopped run's directory: its config.json's settings, with the execution options
     `explicit` names (RunConfig field -> the flag or keyword that set it), and only the samples
-    it lacks (ppsvd.io.resume). command: 'run' or 'simulate', for the resume line.
+    it lacks (ppsvd.io.resume). command: 'run' or 'simulate', for the resume line. announce:
+    print the notices before a run (the layout --strategy auto chose, skipped images, an uneven
+    split, the transport picked); a caller with its own output (ppsvd verify) turns them off.
     Raises ConfigError (one line) before any worker starts, StageFailedError naming the stage
     when one fails, Interrupted (exit code 128 + signal) with the line that says how to go on.
     """
     world = env_world()
-    speaks = world is None or world[0] == 0  # one process announces
+    speaks = announce and (world is None or world[0] == 0)  # one process announces
     plan = _resume_plan(Path(resume), config, explicit or {}, world) if resume is not None else None
     if plan is not None:
         config = plan.config
@@ -78,8 +81,8 @@ def execute(
             out.print(f"nothing to do: all {config.job.num_samples} samples of {plan.run_dir} are finished")
         return RunResult.load(plan.run_dir)
     if world is not None:
-        return _on_torchrun(config, plan, world, command, summary, exit_when_done)
-    return _self_launched(config, plan, command, summary)
+        return _on_torchrun(config, plan, world, command, summary, exit_when_done, speaks)
+    return _self_launched(config, plan, command, summary, speaks)
 
 
 def check(config: RunConfig) -> RunConfig:
@@ -98,12 +101,15 @@ def check(config: RunConfig) -> RunConfig:
     return config
 
 
-def _self_launched(config: RunConfig, plan: ResumePlan | None, command: str, summary: Summary | None) -> RunResult:
+def _self_launched(
+    config: RunConfig, plan: ResumePlan | None, command: str, summary: Summary | None, speaks: bool
+) -> RunResult:
     with _signals_interrupt():
         check(config)
         if plan is None:
             check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
-        _announce(config, config.layout.nproc)
+        if speaks:
+            _announce(config, config.layout.nproc)
         if plan is not None:
             _restart(plan)
         try:
@@ -132,12 +138,13 @@ def _on_torchrun(
     command: str,
     summary: Summary | None,
     exit_when_done: bool,
+    speaks: bool,
 ) -> RunResult:
     rank, size = world[0], world[1]
     run_dir = None if plan is None else plan.run_dir
     received = catch_stop_signals()
     try:
-        if rank == 0:
+        if speaks:  # rank 0, unless the caller asked for no notices
             _announce(config, size)
         check(config)  # every rank checks its own inputs, so a bad flag fails fast everywhere
         if plan is None:

@@ -16,6 +16,7 @@ from ppsvd.bench.defaults import BENCH_COOLDOWN_S, BENCH_NUM_SAMPLES, BENCH_SEED
 from ppsvd.commands import tables
 from ppsvd.commands.options import (
     FLAG,
+    Compile,
     Debug,
     DecodeMs,
     Device,
@@ -89,6 +90,7 @@ def command(
     encode_ms: EncodeMs = 0.0,
     decode_ms: DecodeMs = 0.0,
     timeout: Timeout = 600.0,
+    compile: Compile = False,
     cooldown: Cooldown = BENCH_COOLDOWN_S,
     fail_fast: FailFast = False,
     output_dir: OutputDir = Path("ppsvd-bench"),
@@ -121,6 +123,7 @@ def command(
             encode_ms=encode_ms,
             decode_ms=decode_ms,
             timeout=timeout,
+            compile=compile,
             cooldown=cooldown,
             fail_fast=fail_fast,
             output_dir=output_dir,
@@ -141,6 +144,7 @@ def _header(plan) -> str:
         f"· seed {base.job.seed} · "
         f"latent {' '.join(map(str, base.job.latent_shape))}"
         + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
+        + (" · compiled UNet" if base.model.compile else "")
     )
 
 

@@ -49,6 +49,7 @@ EXECUTION_FIELDS = frozenset(
         "replicas",
         "goal",
         "cfg_half_ms",
+        "stages_per_gpu",
     }
 )
 """RunConfig options (flat names, as RunConfig.options() gives them) that change how a run
