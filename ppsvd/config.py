@@ -499,7 +499,7 @@ class RunConfig:
                 f"--stages-per-gpu {k} puts several stages on one GPU, and NCCL refuses two ranks on the same "
                 "device; use --transport gloo or zmq (or --stages-per-gpu 1)"
             )
-        if self.model.compile and self.is_synthetic:
+        if self.model.compile and self.model.is_synthetic:
             raise ConfigError(
                 "--compile compiles the SVD UNet with torch.compile, and the synthetic model has none; "
                 "drop --compile, or use --model-id tiny (or an SVD model)"
