@@ -13,6 +13,7 @@ import sys
 
 import click
 import typer
+import typer.core
 import typer.exceptions
 
 from ppsvd import __version__
@@ -20,8 +21,29 @@ from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
 from ppsvd.errors import PpsvdError
 
+
+def _flags_take_no_value(params: list) -> list:
+    """Typer shows a '<bool>' placeholder after flags it adds itself (--help, --install-completion,
+    --show-completion), as if they took a value; ppsvd's own flags set metavar "" (options.FLAG)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx):
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _flags_take_no_value(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="ppsvd",
+    cls=_Group,
     help="Pipeline-parallel Stable Video Diffusion: denoising steps split across GPUs, same videos as diffusers.",
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
@@ -38,7 +60,7 @@ def _help(doc: str | None) -> str:
 
 for module in (run, simulate, serve, plan, bench, doctor, verify):
     if getattr(module, "command", None) is not None:
-        app.command(module.NAME, help=_help(module.command.__doc__))(module.command)
+        app.command(module.NAME, help=_help(module.command.__doc__), cls=_Command)(module.command)
 
 
 def _version(value: bool) -> None:

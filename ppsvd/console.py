@@ -16,3 +16,8 @@ def error_line(message: str) -> None:
 
 def notice(message: str) -> None:
     err.print(f"[yellow]ppsvd:[/] {escape(message)}", markup=True, soft_wrap=True)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 sample', '3 samples': a number with its noun in the right form."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"

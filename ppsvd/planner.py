@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ppsvd.analysis.measured_costs import costs_from_run
 from ppsvd.config import RunConfig, partition_sizes
+from ppsvd.console import count
 from ppsvd.planning.costs import CFG_HALF_RATIO, CostModel, auto_split
 from ppsvd.planning.layouts import Layout, LayoutCosts, LayoutForecast, rank_layouts
 from ppsvd.planning.ranks import decode_split
@@ -37,12 +38,16 @@ def choose_plan(partition: str, total_steps: int, num_stages: int, costs: CostMo
     return partition_steps(total_steps, num_stages)
 
 
+RELATIVE_SOURCE = "no costs known"
+"""The source of the stand-in costs when nothing is known: one denoising step = 1, the rest 0."""
+
+
 def layout_costs(config: RunConfig, costs: CostModel | None) -> LayoutCosts:
     """The numbers layout predictions need, from the config: the given (or the synthetic
     model's declared) costs; the guidance half's step from --cfg-half-ms or the measured H200
-    ratio; how a pair splits the decode chunks. None costs: relative units (step = 1)."""
+    ratio; how a pair splits the decode chunks. None costs: relative units (a step = 1)."""
     if costs is None:
-        costs = CostModel(1.0, source="relative units (no costs known: step = 1)")
+        costs = CostModel(1.0, source=RELATIVE_SOURCE)
     b, _, f, _, _ = config.job.latent_shape
     rows = b * f
     cut = decode_split(rows, config.svd.decode_chunk_size or f)
@@ -57,7 +62,10 @@ def layout_costs(config: RunConfig, costs: CostModel | None) -> LayoutCosts:
 def choose_layout(
     config: RunConfig, costs: CostModel | None, processes: int | None = None
 ) -> tuple[Layout, str, list[LayoutForecast]]:
-    """--strategy auto: the best layout for --goal, a one-line reason, and every forecast (best first)."""
+    """--strategy auto: the best layout for --goal, a one-line reason, and every forecast (best first).
+
+    Without known costs the layouts are compared in step times (a denoising step = 1, encode and
+    decode free), and the reason says so instead of showing those units as seconds."""
     n = config.layout.nproc if processes is None else processes
     goal = config.layout.goal
     costs_for_layouts = layout_costs(config, costs)
@@ -66,16 +74,24 @@ def choose_layout(
     runner = forecasts[1] if len(forecasts) > 1 else None
     measure = "makespan" if goal == "throughput" else "per-video latency"
 
-    def value(f: LayoutForecast) -> float:
-        return f.makespan_s if goal == "throughput" else f.latency_s
+    def value(f: LayoutForecast) -> str:
+        amount = f.makespan_s if goal == "throughput" else f.latency_s
+        return f"{amount:.3g} s" if costs is not None else f"{amount:.3g} step times"
 
     reason = (
         f"--strategy auto --goal {goal}: {best.layout.describe()} ({best.layout.name()}) predicts the shortest "
-        f"{measure} for {config.job.num_samples} sample(s) on {n} processes, {value(best):.3g} s"
+        f"{measure} for {count(config.job.num_samples, 'sample')} on {n} processes, {value(best)}"
     )
     if runner is not None:
-        reason += f" vs {value(runner):.3g} s for {runner.layout.describe()} ({runner.layout.name()})"
-    return best.layout, reason + f"; costs: {costs_for_layouts.costs.describe()}", forecasts
+        reason += f" vs {value(runner)} for {runner.layout.describe()} ({runner.layout.name()})"
+    if costs is None:
+        reason += (
+            "; no costs known, so layouts are compared in denoising-step times (encode and decode not counted; "
+            "--costs-from RUN_DIR plans with a finished run's measured seconds)"
+        )
+    else:
+        reason += f"; costs: {costs_for_layouts.costs.describe()}"
+    return best.layout, reason, forecasts
 
 
 def apply_layout(config: RunConfig, layout: Layout) -> RunConfig:

@@ -32,7 +32,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ppsvd.api.execution import execute
-from ppsvd.api.options import ImageLike, bench_config, explicit_fields, run_config, simulate_config
+from ppsvd.api.options import (
+    ImageLike,
+    bench_config,
+    check_keywords,
+    explicit_fields,
+    keyword_errors,
+    run_config,
+    simulate_config,
+)
 from ppsvd.api.results import RunResult, SampleOutput
 from ppsvd.bench.defaults import BENCH_COOLDOWN_S
 from ppsvd.bench.options import bench_device, bench_model, bench_plan
@@ -64,16 +72,20 @@ def run(
     samples it lacks; keywords given here may change how it runs (nproc, transport, timeout,
     ...), and refuse (ConfigError) where they would change a sample.
     """
+    check_keywords("ppsvd.run", options, run_config)
     given = explicit_fields({"images": images, **options})
-    return execute(run_config(images, **options), resume=resume, explicit=given, command="run")
+    with keyword_errors("run", "run"):
+        return execute(run_config(images, **options), resume=resume, explicit=given, command="run")
 
 
 def simulate(*, resume: str | os.PathLike | None = None, **options: Any) -> RunResult:
     """The pipeline on CPU with the synthetic stand-in model (`ppsvd simulate`): default 4 stages,
     8 samples, 20 ms per step. Keywords are the command's options (nproc, num_samples, step_ms,
     ...); resume as in run()."""
+    check_keywords("ppsvd.simulate", options, simulate_config)
     given = explicit_fields(options)
-    return execute(simulate_config(**options), resume=resume, explicit=given, command="simulate")
+    with keyword_errors("simulate", "simulate"):
+        return execute(simulate_config(**options), resume=resume, explicit=given, command="simulate")
 
 
 def benchmark(
@@ -95,18 +107,20 @@ def benchmark(
     hears about the plan and each run (the CLI draws its progress with one)."""
     from ppsvd.models.base import preflight  # imports torch: only when a sweep is about to run
 
-    device, available = bench_device(device)
-    plan = bench_plan(
-        bench_config(device=device, model_id=bench_model(model_id, device), **options),
-        gpus=gpus,
-        strategy=strategy,
-        partition=partition,
-        cooldown=cooldown,
-        fail_fast=fail_fast,
-        gpus_available=available,
-    )
-    preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
-    results_dir = new_results_dir(plan.base.output.output_dir)
-    observer = observer or SweepObserver()
-    observer.planned(plan, results_dir)
-    return run_bench(plan, results_dir, observer=observer)
+    check_keywords("ppsvd.benchmark", options, bench_config)
+    with keyword_errors("benchmark", "bench"):
+        device, available = bench_device(device)
+        plan = bench_plan(
+            bench_config(device=device, model_id=bench_model(model_id, device), **options),
+            gpus=gpus,
+            strategy=strategy,
+            partition=partition,
+            cooldown=cooldown,
+            fail_fast=fail_fast,
+            gpus_available=available,
+        )
+        preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
+        results_dir = new_results_dir(plan.base.output.output_dir)
+        observer = observer or SweepObserver()
+        observer.planned(plan, results_dir)
+        return run_bench(plan, results_dir, observer=observer)

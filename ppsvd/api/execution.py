@@ -20,6 +20,7 @@ SIGABRT). A script that calls ppsvd.run under torchrun gets its RunResult back i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -74,11 +75,11 @@ def execute(
         config = plan.config
     config, reason = planner.resolve_strategy(config, None if world is None else world[1])
     if reason is not None and speaks:
-        out.print(reason, style="dim", soft_wrap=True)
+        say(config, reason)
     config.validate()
     if plan is not None and plan.finished:
         if speaks:
-            out.print(f"nothing to do: all {config.job.num_samples} samples of {plan.run_dir} are finished")
+            say(config, f"nothing to do: all {config.job.num_samples} samples of {plan.run_dir} are finished")
         return RunResult.load(plan.run_dir)
     if world is not None:
         return _on_torchrun(config, plan, world, command, summary, exit_when_done, speaks)
@@ -254,4 +255,13 @@ def _announce(config: RunConfig, world: int) -> None:
         if text:
             notice(text)
     if config.transport.transport is None and world > 1 and config.layout.strategy == "pipeline":
-        out.print(f"transport: {config.resolved_transport} (pick another with --transport)", style="dim")
+        say(config, f"transport: {config.resolved_transport} (pick another with --transport)")
+
+
+def say(config: RunConfig, text: str) -> None:
+    """A line about the run on stdout; with --log-format json a JSON line ({"event": "notice",
+    "message": ...}), so that stdout holds JSON lines only and every line parses."""
+    if config.ui.log_format == "json":
+        print(json.dumps({"event": "notice", "message": text}), flush=True)
+    else:
+        out.print(text, style="dim", soft_wrap=True)

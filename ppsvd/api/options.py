@@ -9,8 +9,12 @@ configs with run_config and simulate_config, so a flag and a keyword can never d
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import inspect
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from ppsvd.config import (
     DEFAULT_LATENT_SHAPE,
     DEFAULT_MODEL_ID,
     DEFAULT_TOTAL_STEPS,
+    OPTION_NAMES,
     SYNTHETIC_MODEL,
     RunConfig,
     SampleInput,
@@ -28,7 +33,7 @@ from ppsvd.config import (
     default_latent_shape,
 )
 from ppsvd.environment import env_world
-from ppsvd.errors import ConfigError
+from ppsvd.errors import ConfigError, Interrupted, PpsvdError
 from ppsvd.io.images import resolve_images
 from ppsvd.io.inputs import read_inputs
 from ppsvd.models import pixels
@@ -43,7 +48,10 @@ KEYWORD_FIELDS = {
     "width": "latent_shape",
     "num_inference_steps": "total_steps",
     "timeout": "timeout_s",
+    "stall_timeout": "stall_timeout_s",
+    "progress_interval": "progress_interval_s",
     "progress": "show_progress",
+    "torch_dtype": "dtype",
 }
 """An API keyword -> the RunConfig field it sets, where the names differ (what --resume compares)."""
 
@@ -86,11 +94,14 @@ def run_config(
     num_samples: int | None = None,
     nproc: int | None = None,
     device: str | None = None,
+    dtype: str | None = None,
+    torch_dtype: Any = None,
     timeout: float = 600.0,
     progress: bool = True,
     **options: Any,
 ) -> RunConfig:
     """The RunConfig of `ppsvd run` (see ppsvd.run for the arguments), checked."""
+    options = _documented_names(options)
     image_list = resolve_images(_as_list(images)) if images is not None else ()
     if inputs is None:
         entries: tuple[SampleInput, ...] = ()
@@ -115,6 +126,7 @@ def run_config(
         num_samples=resolve_num_samples(num_samples, len(entries or image_list)),
         nproc=resolve_nproc(nproc),
         device=resolve_device(device),
+        dtype=resolve_dtype(dtype, torch_dtype),
         timeout_s=timeout,
         show_progress=progress,
         **options,
@@ -133,13 +145,15 @@ def simulate_config(
     num_samples: int = 8,
     nproc: int | None = None,
     device: str | None = "cpu",
-    dtype: str | None = "fp32",
+    dtype: str | None = None,
+    torch_dtype: Any = None,
     step_ms: float = 20.0,
     timeout: float = 600.0,
     progress: bool = True,
     **options: Any,
 ) -> RunConfig:
     """The RunConfig of `ppsvd simulate` (see ppsvd.simulate for the arguments), checked."""
+    options = _documented_names(options)
     if any(v is not None for v in (num_frames, height, width)) and tuple(latent_shape or ()) == DEFAULT_LATENT_SHAPE:
         latent_shape = None  # diffusers' names given: they replace parts of the default shape
     return RunConfig.from_options(
@@ -156,7 +170,7 @@ def simulate_config(
         num_samples=num_samples,
         nproc=resolve_nproc(nproc, default=4),
         device=device or "cpu",
-        dtype=dtype,
+        dtype=resolve_dtype(dtype, torch_dtype) or "fp32",
         step_ms=step_ms if model_id == SYNTHETIC_MODEL else 0.0,
         timeout_s=timeout,
         show_progress=progress,
@@ -273,3 +287,86 @@ def resolve_num_samples(num_samples: int | None, inputs: int) -> int:
     if num_samples is not None:
         return num_samples
     return max(1, inputs)
+
+
+# -- the Python API's own words --------------------------------------------------------------------
+
+TORCH_DTYPES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}
+"""torch_dtype= as from_pretrained takes it (torch.float16 or "float16") -> ppsvd's dtype name."""
+
+
+def resolve_dtype(dtype: str | None, torch_dtype: Any = None) -> str | None:
+    """dtype ('fp16', 'bf16', 'fp32'; None: the device's default), or diffusers' torch_dtype=
+    (torch.float16, "float16", "auto"); both only when they agree."""
+    if torch_dtype is None or str(torch_dtype) == "auto":
+        return dtype
+    name = str(torch_dtype).removeprefix("torch.")
+    mapped = TORCH_DTYPES.get(name)
+    if mapped is None:
+        raise ConfigError(
+            f"torch_dtype={torch_dtype!r} is not a dtype ppsvd runs; use torch.float16, torch.bfloat16 or torch.float32"
+        )
+    if dtype is not None and dtype != mapped:
+        raise ConfigError(f"torch_dtype={torch_dtype} conflicts with dtype={dtype!r}; give one of them")
+    return mapped
+
+
+def _documented_names(options: dict[str, Any]) -> dict[str, Any]:
+    """The keywords named after the CLI's flags (stall_timeout, progress_interval) -> RunConfig's fields."""
+    renamed = dict(options)
+    for keyword in ("stall_timeout", "progress_interval"):
+        if keyword in renamed:
+            renamed[KEYWORD_FIELDS[keyword]] = renamed.pop(keyword)
+    return renamed
+
+
+def check_keywords(function: str, options: dict[str, Any], *signatures: Any) -> None:
+    """An unknown keyword -> TypeError naming it and the closest accepted ones, as Python would
+    (ppsvd.run(torch_dtype=...) is accepted; ppsvd.run(num_frame=...) suggests num_frames)."""
+    accepted = set(OPTION_NAMES) | set(KEYWORD_FIELDS)
+    for signature in signatures:
+        accepted |= {name for name, p in inspect.signature(signature).parameters.items() if p.kind != p.VAR_KEYWORD}
+    accepted -= {"extra", "show_progress", "timeout_s", "stall_timeout_s", "progress_interval_s"}
+    for name in options:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, sorted(accepted), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; see help(ppsvd.run) for the keywords"
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}{hint}")
+
+
+FLAG_KEYWORDS = {"model": "model_id", "image": "images", "no-progress": "progress=False"}
+"""A flag -> the keyword of the Python API where it is not the flag's name with _ for - (the one mapping)."""
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (-?\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.,]| -?\d))?")
+
+
+def in_keywords(message: str) -> str:
+    """A message written with the CLI's flags, in the Python API's keywords: `--num-frames 0 must
+    be positive` -> `num_frames=0 must be positive`, `drop --nproc` -> `drop nproc`. Quoted
+    command lines (between backticks) stay as they are."""
+
+    def keyword(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        word = FLAG_KEYWORDS.get(name, name.replace("-", "_"))
+        return word if value is None else f"{word}={value}"
+
+    parts = message.split("`")
+    return "`".join(part if k % 2 else _FLAG.sub(keyword, part) for k, part in enumerate(parts))
+
+
+@contextlib.contextmanager
+def keyword_errors(function: str, command: str) -> Iterator[None]:
+    """Errors raised to a Python caller name keyword arguments, not flags; an interrupted run says
+    how to resume from Python (`ppsvd.run(resume=...)`). The same exception, its message reworded."""
+    try:
+        yield
+    except Interrupted as exc:
+        if exc.run_dir is not None:
+            shell = f"ppsvd {command} --resume "
+            text = str(exc)
+            if shell in text:
+                exc.args = (text[: text.index(shell)] + f"ppsvd.{function}(resume={str(exc.run_dir)!r})",)
+        raise
+    except PpsvdError as exc:
+        exc.args = (in_keywords(str(exc)),)
+        raise

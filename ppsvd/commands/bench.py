@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from ppsvd import api
 from ppsvd.bench.defaults import BENCH_COOLDOWN_S, BENCH_NUM_SAMPLES, BENCH_SEED
+from ppsvd.commands import options as o
 from ppsvd.commands import tables
 from ppsvd.commands.options import (
     FLAG,
@@ -44,23 +45,38 @@ Gpus = Annotated[
         "--gpus",
         help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the benchmark's 1,2,4,7 that fit the "
         "machine.",
+        rich_help_panel=o.PARALLELISM,
     ),
 ]
 Strategies = Annotated[
     str,
-    typer.Option("--strategy", help="pipeline, data, or pipeline,data to run data parallelism as the baseline too."),
+    typer.Option(
+        "--strategy",
+        help="pipeline, data, or pipeline,data to run data parallelism as the baseline too.",
+        rich_help_panel=o.PARALLELISM,
+    ),
 ]
 Partitions = Annotated[
     str,
     typer.Option(
-        "--partition", help="auto, even, or even,auto to compare the even split with the cost-aware one at every count."
+        "--partition",
+        help="auto, even, or even,auto to compare the even split with the cost-aware one at every count.",
+        rich_help_panel=o.PARALLELISM,
     ),
 ]
 Cooldown = Annotated[
-    float, typer.Option("--cooldown", help="Seconds to wait between runs (the benchmark's GPU cool-down).")
+    float,
+    typer.Option(
+        "--cooldown",
+        help="Seconds to wait between runs (the benchmark's GPU cool-down).",
+        rich_help_panel=o.PARALLELISM,
+    ),
 ]
 FailFast = Annotated[
-    bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)
+    bool,
+    typer.Option(
+        "--fail-fast", help="Stop at the first failed run instead of going on.", rich_help_panel=o.LOGGING, **FLAG
+    ),
 ]
 Model = Annotated[
     str | None,
@@ -68,7 +84,9 @@ Model = Annotated[
         "--model-id",
         "--model",
         help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, "
-        "stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
+        "SVD-XT (stabilityai's stable-video-diffusion-img2vid-xt) on CUDA.",
+        metavar="ID|DIR",
+        rich_help_panel=o.INPUTS,
     ),
 ]
 

@@ -28,55 +28,104 @@ from ppsvd.planning.layouts import GOALS
 FLAG = {"metavar": ""}
 """Option settings of a boolean flag: no '<bool>' placeholder in --help (a flag takes no value)."""
 
+# The panels --help groups the options in (Typer's rich_help_panel), in the order a user decides.
+INPUTS = "Inputs"
+GENERATION = "Generation (diffusers' names)"
+OUTPUTS = "Outputs"
+PARALLELISM = "Parallelism and devices"
+COSTS = "Costs"
+TRANSPORT = "Transport and timeouts"
+LOGGING = "Logging"
+
 TotalSteps = Annotated[
     int,
     typer.Option(
         "--total-steps",
         help="Denoising steps T, split over the stages (the benchmark uses 28: divisible by 1, 2, 4, 7).",
+        rich_help_panel=GENERATION,
     ),
 ]
 LatentShape = Annotated[
     tuple[int, int, int, int, int],
     typer.Option(
-        "--latent-shape", help="B C F H W: videos per sample, latent channels, frames, latent height, latent width."
+        "--latent-shape",
+        help="B C F H W: videos per sample, latent channels, frames, latent height, latent width.",
+        metavar="B C F H W",
+        rich_help_panel=GENERATION,
     ),
 ]
-NumSamples = Annotated[int, typer.Option("--num-samples", help="Samples to generate; sample i uses seed + i.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed of sample 0.")]
+NumSamples = Annotated[
+    int, typer.Option("--num-samples", help="Samples to generate; sample i uses seed + i.", rich_help_panel=GENERATION)
+]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed of sample 0.", rich_help_panel=GENERATION)]
 NProc = Annotated[
     int | None,
-    typer.Option("--nproc", help="Stages (one process, one GPU each). Under torchrun: the world size. Default 1."),
+    typer.Option(
+        "--nproc",
+        help="Stages (one process, one GPU each). Under torchrun: the world size. Default 1.",
+        rich_help_panel=PARALLELISM,
+    ),
 ]
 Transport = Annotated[
     Literal[TRANSPORTS] | None,
-    typer.Option("--transport", help="Default: nccl when every stage has a GPU, else gloo."),
+    typer.Option("--transport", help="Default: nccl when every stage has a GPU, else gloo.", rich_help_panel=TRANSPORT),
 ]
 Device = Annotated[
-    Literal[DEVICES] | None, typer.Option("--device", help="Default: cuda when torch sees a GPU, else cpu.")
+    Literal[DEVICES] | None,
+    typer.Option("--device", help="Default: cuda when torch sees a GPU, else cpu.", rich_help_panel=PARALLELISM),
 ]
-Dtype = Annotated[Literal[DTYPES] | None, typer.Option("--dtype", help="Default: fp16 on CUDA, fp32 on CPU.")]
+Dtype = Annotated[
+    Literal[DTYPES] | None,
+    typer.Option("--dtype", help="Default: fp16 on CUDA, fp32 on CPU.", rich_help_panel=PARALLELISM),
+]
 Weights = Annotated[
     Literal[WEIGHTS],
     typer.Option(
         "--weights",
         help="pretrained, or random: the model's architecture with random weights (timing without a download).",
+        metavar="KIND",
+        rich_help_panel=INPUTS,
     ),
 ]
-OutputDir = Annotated[Path, typer.Option("--output-dir", help="Each run writes a new directory under this one.")]
+OutputDir = Annotated[
+    Path, typer.Option("--output-dir", help="Each run writes a new directory under this one.", rich_help_panel=OUTPUTS)
+]
 ModelId = Annotated[
     str,
     typer.Option(
         "--model-id",
         "--model",
         help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; "
-        "'synthetic' for the CPU stand-in.",
+        "'synthetic' for the CPU stand-in. Default: SVD-XT (stabilityai's stable-video-diffusion-img2vid-xt).",
+        metavar="ID|DIR",
+        show_default=False,
+        rich_help_panel=INPUTS,
+    ),
+]
+"""--model-id of the commands whose default is SVD-XT (its hub id is too long for an 80-column help table)."""
+SyntheticModelId = Annotated[
+    str,
+    typer.Option(
+        "--model-id",
+        "--model",
+        help="'synthetic' (the CPU stand-in), or 'tiny', a hub id or a local directory for a real SVD.",
+        metavar="ID|DIR",
+        rich_help_panel=INPUTS,
     ),
 ]
 Timeout = Annotated[
-    float, typer.Option("--timeout", help="Longest single wait in seconds (receive, send, rendezvous).")
+    float,
+    typer.Option(
+        "--timeout", help="Longest single wait in seconds (receive, send, rendezvous).", rich_help_panel=TRANSPORT
+    ),
 ]
 StepMs = Annotated[
-    float, typer.Option("--step-ms", help="Synthetic model: wall time per step in ms, spent without using the CPU.")
+    float,
+    typer.Option(
+        "--step-ms",
+        help="Synthetic model: wall time per step in ms, spent without using the CPU.",
+        rich_help_panel=COSTS,
+    ),
 ]
 BindHost = Annotated[
     str | None,
@@ -84,6 +133,7 @@ BindHost = Annotated[
         "--bind-host",
         help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's "
         "address toward the rendezvous.",
+        rich_help_panel=TRANSPORT,
     ),
 ]
 StallTimeout = Annotated[
@@ -92,23 +142,31 @@ StallTimeout = Annotated[
         "--stall-timeout",
         help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is "
         "named as hung.",
+        rich_help_panel=TRANSPORT,
     ),
 ]
 ZmqEndpoint = Annotated[
-    Literal[ZMQ_ENDPOINTS], typer.Option("--zmq-endpoint", help="zmq: ipc (one host), tcp (across hosts) or auto.")
+    Literal[ZMQ_ENDPOINTS],
+    typer.Option("--zmq-endpoint", help="zmq: ipc (one host), tcp (across hosts) or auto.", rich_help_panel=TRANSPORT),
 ]
-Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", **FLAG)]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="No live progress (summary only).", **FLAG)]
+Debug = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.", **FLAG, rich_help_panel=LOGGING)]
+NoProgress = Annotated[
+    bool, typer.Option("--no-progress", help="No live progress (summary only).", **FLAG, rich_help_panel=LOGGING)
+]
 LogFormat = Annotated[
     Literal[LOG_FORMATS],
     typer.Option(
         "--log-format",
         help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON "
         "line); auto: rich on a terminal, plain otherwise (a job's log file).",
+        rich_help_panel=LOGGING,
     ),
 ]
 ProgressInterval = Annotated[
-    float, typer.Option("--progress-interval", help="Seconds between progress lines (plain and json formats).")
+    float,
+    typer.Option(
+        "--progress-interval", help="Seconds between progress lines (plain and json formats).", rich_help_panel=LOGGING
+    ),
 ]
 
 Strategy = Annotated[
@@ -118,6 +176,7 @@ Strategy = Annotated[
         help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two "
         "guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model "
         "predicts best for --goal).",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 PipelineStages = Annotated[
@@ -126,6 +185,7 @@ PipelineStages = Annotated[
         "--pipeline-stages",
         help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes "
         "hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 Replicas = Annotated[
@@ -134,12 +194,15 @@ Replicas = Annotated[
         "--replicas",
         help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline "
         "--replicas 2 (2 x 4 stages).",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 Goal = Annotated[
     Literal[GOALS],
     typer.Option(
-        "--goal", help="--strategy auto: shortest makespan of all samples (throughput) or of one video (latency)."
+        "--goal",
+        help="--strategy auto: shortest makespan of all samples (throughput) or of one video (latency).",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 CfgHalfMs = Annotated[
@@ -148,12 +211,15 @@ CfgHalfMs = Annotated[
         "--cfg-half-ms",
         help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 "
         "frames 512x512).",
+        rich_help_panel=COSTS,
     ),
 ]
 MaxInFlight = Annotated[
     int,
     typer.Option(
-        "--max-in-flight", help="Messages a stage may have queued for sending before it waits (back-pressure)."
+        "--max-in-flight",
+        help="Messages a stage may have queued for sending before it waits (back-pressure).",
+        rich_help_panel=TRANSPORT,
     ),
 ]
 
@@ -164,6 +230,7 @@ Partition = Annotated[
         "--partition",
         help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), "
         "even, or sizes such as 4,5,5,5,5,3,1.",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 CostsFrom = Annotated[
@@ -172,6 +239,7 @@ CostsFrom = Annotated[
         "--costs-from",
         help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the "
         "start).",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 EncodeMs = Annotated[
@@ -180,6 +248,7 @@ EncodeMs = Annotated[
         "--encode-ms",
         help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like "
         "--step-ms.",
+        rich_help_panel=COSTS,
     ),
 ]
 DecodeMs = Annotated[
@@ -188,6 +257,7 @@ DecodeMs = Annotated[
         "--decode-ms",
         help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like "
         "--step-ms.",
+        rich_help_panel=COSTS,
     ),
 ]
 StageSpeed = Annotated[
@@ -196,6 +266,7 @@ StageSpeed = Annotated[
         "--stage-speed",
         help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a "
         "stage is divided by it.",
+        rich_help_panel=COSTS,
     ),
 ]
 Resume = Annotated[
@@ -203,54 +274,62 @@ Resume = Annotated[
     typer.Option(
         "--resume",
         help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it "
-        "lacks; "
-        "the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
+        "lacks; the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
+        metavar="RUN_DIR",
+        rich_help_panel=INPUTS,
     ),
 ]
 
 
 # -- the model and what every sample is made with (run and serve) ----------------------------------
-_DIFFUSERS = "diffusers' StableVideoDiffusionPipeline(...)(image, "
 
 Revision = Annotated[
     str | None,
     typer.Option(
         "--revision",
-        help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.",
+        help="Hub revision of --model-id (branch, tag or commit), as from_pretrained's revision. Default: main.",
+        rich_help_panel=INPUTS,
     ),
 ]
 Variant = Annotated[
     str | None,
     typer.Option(
         "--variant",
-        help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when "
+        help="Weights variant, as from_pretrained's variant, e.g. fp16. Default: fp16 weights for an fp16 run when "
         "the model has them, else the full-precision ones.",
+        rich_help_panel=INPUTS,
     ),
 ]
 NumFrames = Annotated[
     int | None,
-    typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4)."),
+    typer.Option(
+        "--num-frames",
+        help="Frames per video (diffusers' num_frames). Default 14 (tiny: 4).",
+        rich_help_panel=GENERATION,
+    ),
 ]
 Height = Annotated[
     int | None,
     typer.Option(
         "--height",
-        help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).",
+        help="Video height in pixels, divisible by 8 (diffusers' height). Default 512 (tiny: 64).",
+        rich_help_panel=GENERATION,
     ),
 ]
 Width = Annotated[
     int | None,
     typer.Option(
-        "--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64)."
+        "--width",
+        help="Video width in pixels, divisible by 8 (diffusers' width). Default 512 (tiny: 64).",
+        rich_help_panel=GENERATION,
     ),
 ]
 NumInferenceSteps = Annotated[
     int | None,
     typer.Option(
         "--num-inference-steps",
-        help=(
-            f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28."
-        ),
+        help="Denoising steps (diffusers' num_inference_steps); the same setting as --total-steps. Default 28.",
+        rich_help_panel=GENERATION,
     ),
 ]
 TotalStepsOrNone = Annotated[
@@ -259,41 +338,57 @@ TotalStepsOrNone = Annotated[
         "--total-steps",
         help="Denoising steps T, split over the stages: the benchmark's name for --num-inference-steps. Default 28 "
         "(divisible by 1, 2, 4 and 7).",
+        rich_help_panel=GENERATION,
     ),
 ]
 LatentShapeOrNone = Annotated[
     tuple[int, int, int, int, int] | None,
     typer.Option(
         "--latent-shape",
-        help="B C F H W, the benchmark's way to give the size: videos per sample, latent channels, frames, height and "
-        "width over the VAE scale factor (8 for SVD). Default 1 4 14 64 64, i.e. num_frames=14, height=512, "
-        "width=512 (tiny: 1 4 4 8 8).",
+        help="The benchmark's way to give the size: videos per sample, latent channels, frames, height and width "
+        "over the VAE scale factor (8 for SVD). Default 1 4 14 64 64: 14 frames at 512x512 (tiny: 1 4 4 8 8).",
+        metavar="B C F H W",
+        rich_help_panel=GENERATION,
     ),
 ]
 Fps = Annotated[
     int,
     typer.Option(
         "--fps",
-        help=(
-            "fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps."
-        ),
+        help="fps conditioning (diffusers' fps; the UNet sees fps-1), also the MP4's frame rate unless --video-fps. "
+        "The benchmark's 6; diffusers' pipe() defaults to 7.",
+        rich_help_panel=GENERATION,
     ),
 ]
 VideoFps = Annotated[
     int | None,
     typer.Option(
-        "--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps."
+        "--video-fps",
+        help="Playback frame rate of the MP4s (export_to_video's fps). Default: --fps.",
+        rich_help_panel=OUTPUTS,
     ),
 ]
-MotionBucketId = Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")]
-NoiseAugStrength = Annotated[float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")]
-MinGuidanceScale = Annotated[float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")]
+MotionBucketId = Annotated[
+    int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.", rich_help_panel=GENERATION)
+]
+NoiseAugStrength = Annotated[
+    float,
+    typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.", rich_help_panel=GENERATION),
+]
+MinGuidanceScale = Annotated[
+    float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.", rich_help_panel=GENERATION)
+]
 MaxGuidanceScale = Annotated[
     float,
-    typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1)."),
+    typer.Option(
+        "--max-guidance-scale",
+        help="Guidance for the last frame (classifier-free guidance when > 1).",
+        rich_help_panel=GENERATION,
+    ),
 ]
 DecodeChunkSize = Annotated[
-    int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
+    int | None,
+    typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.", rich_help_panel=GENERATION),
 ]
 
 # -- where stages run, and how the UNet runs -------------------------------------------------------
@@ -301,18 +396,19 @@ StagesPerGpu = Annotated[
     int,
     typer.Option(
         "--stages-per-gpu",
-        help="CUDA: stages sharing one GPU (stage k on GPU k // this), e.g. --nproc 3 --stages-per-gpu 3 on one GPU. "
-        "Needs --transport gloo or zmq (NCCL refuses two ranks on one device); memory is checked for all of them.",
+        help="CUDA: stages sharing one GPU (stage k on GPU k // this), e.g. --nproc 3 --stages-per-gpu 3 on one GPU; "
+        "needs --transport gloo or zmq.",
+        rich_help_panel=PARALLELISM,
     ),
 ]
 Compile = Annotated[
     bool,
     typer.Option(
         "--compile",
-        help="torch.compile the UNet of every stage (regional compilation where diffusers offers it, else the whole "
-        "UNet): faster steps after a one-time compile, reported apart. Not bitwise: within a documented bound of "
-        "diffusers' results (`ppsvd verify --compile` measures it). Off: eager and bitwise.",
+        help="torch.compile each stage's UNet: faster steps after a one-time compile, reported apart. Not bitwise: "
+        "within a documented bound of diffusers' results (ppsvd verify --compile measures it).",
         **FLAG,
+        rich_help_panel=PARALLELISM,
     ),
 ]
 

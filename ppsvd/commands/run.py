@@ -28,15 +28,19 @@ Image = Annotated[
         "--image",
         help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless "
         "--num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
+        metavar="IMAGE",
+        rich_help_panel=o.INPUTS,
     ),
 ]
 Inputs = Annotated[
     Path | None,
     typer.Option(
         "--inputs",
-        help="Job file, one sample per entry: CSV with a header (image,seed,motion_bucket_id,fps,noise_aug_strength; "
-        'only image required) or JSON lines ({"image": "cat.png", "seed": 3}). Relative image paths are '
+        help="Job file, one sample per entry: CSV with a header (image, and any of seed, motion_bucket_id, fps, "
+        'noise_aug_strength) or JSON lines ({"image": "cat.png", "seed": 3}). Relative image paths are '
         "relative to the file. Instead of --image.",
+        metavar="FILE",
+        rich_help_panel=o.INPUTS,
     ),
 ]
 NumSamples = Annotated[
@@ -45,15 +49,30 @@ NumSamples = Annotated[
         "--num-samples",
         help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 "
         "without --image).",
+        rich_help_panel=o.GENERATION,
     ),
 ]
 SaveFrames = Annotated[
-    bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
+    bool,
+    typer.Option(
+        "--save-frames/--no-save-frames",
+        help="Also write every frame as PNG (lossless).",
+        **o.FLAG,
+        rich_help_panel=o.OUTPUTS,
+    ),
 ]
-SaveVideo = Annotated[bool, typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG)]
+SaveVideo = Annotated[
+    bool,
+    typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG, rich_help_panel=o.OUTPUTS),
+]
 SaveLatents = Annotated[
     bool,
-    typer.Option("--save-latents/--no-save-latents", help="Write each sample's final latent (safetensors).", **o.FLAG),
+    typer.Option(
+        "--save-latents/--no-save-latents",
+        help="Write each sample's final latent (safetensors).",
+        **o.FLAG,
+        rich_help_panel=o.OUTPUTS,
+    ),
 ]
 
 
@@ -83,24 +102,24 @@ def command(
     save_frames: SaveFrames = False,
     save_video: SaveVideo = True,
     save_latents: SaveLatents = True,
-    nproc: o.NProc = None,
-    transport: o.Transport = None,
-    device: o.Device = None,
-    dtype: o.Dtype = None,
     output_dir: o.OutputDir = Path("ppsvd-runs"),
-    timeout: o.Timeout = 600.0,
-    max_in_flight: o.MaxInFlight = 2,
-    stages_per_gpu: o.StagesPerGpu = 1,
-    compile: o.Compile = False,
-    bind_host: o.BindHost = None,
-    stall_timeout: o.StallTimeout = 60.0,
-    zmq_endpoint: o.ZmqEndpoint = "auto",
+    nproc: o.NProc = None,
     strategy: o.Strategy = "pipeline",
     pipeline_stages: o.PipelineStages = None,
     replicas: o.Replicas = None,
     goal: o.Goal = "throughput",
     partition: o.Partition = DEFAULT_PARTITION,
     costs_from: o.CostsFrom = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    stages_per_gpu: o.StagesPerGpu = 1,
+    compile: o.Compile = False,
+    transport: o.Transport = None,
+    timeout: o.Timeout = 600.0,
+    max_in_flight: o.MaxInFlight = 2,
+    bind_host: o.BindHost = None,
+    stall_timeout: o.StallTimeout = 60.0,
+    zmq_endpoint: o.ZmqEndpoint = "auto",
     log_format: o.LogFormat = "auto",
     progress_interval: o.ProgressInterval = 10.0,
     no_progress: o.NoProgress = False,
@@ -114,8 +133,9 @@ def command(
     frames at 512x512, fps 6) equal pipe(image.resize((512, 512)), num_frames=14, height=512,
     width=512, num_inference_steps=28, fps=6, generator=torch.Generator().manual_seed(seed)).
     Outputs are named <image stem>-s<seed>. Also runs under torchrun
-    (torchrun --nproc_per_node=7 -m ppsvd run ...). --model-id tiny runs an embedded small SVD
-    on CPU in seconds.
+    (torchrun --nproc_per_node=7 -m ppsvd run ...). The default model is SVD-XT,
+    stabilityai/stable-video-diffusion-img2vid-xt (through the Hugging Face cache); --model-id
+    tiny runs an embedded small SVD on CPU in seconds.
     """
     config = run_config(
         image,

@@ -23,9 +23,16 @@ from ppsvd.config import (
 NAME = "simulate"
 
 NProc = Annotated[
-    int | None, typer.Option("--nproc", help="Stages (one process each). Default 4; under torchrun: the world size.")
+    int | None,
+    typer.Option(
+        "--nproc",
+        help="Stages (one process each). Default 4; under torchrun: the world size.",
+        rich_help_panel=o.PARALLELISM,
+    ),
 ]
-Device = Annotated[Literal[DEVICES], typer.Option("--device", help="Where the stand-in's tensors live.")]
+Device = Annotated[
+    Literal[DEVICES], typer.Option("--device", help="Where the stand-in's tensors live.", rich_help_panel=o.PARALLELISM)
+]
 
 
 def command(
@@ -37,9 +44,9 @@ def command(
     nproc: NProc = None,
     transport: o.Transport = None,
     device: Device = "cpu",
-    dtype: Annotated[Literal[DTYPES] | None, typer.Option("--dtype")] = "fp32",
+    dtype: Annotated[Literal[DTYPES] | None, typer.Option("--dtype", rich_help_panel=o.PARALLELISM)] = "fp32",
     step_ms: o.StepMs = 20.0,
-    model: o.ModelId = SYNTHETIC_MODEL,
+    model: o.SyntheticModelId = SYNTHETIC_MODEL,
     strategy: o.Strategy = "pipeline",
     pipeline_stages: o.PipelineStages = None,
     replicas: o.Replicas = None,
@@ -54,6 +61,7 @@ def command(
         typer.Option(
             "--decode-chunk-size",
             help="Frames decoded at a time (a guidance pair splits the decode at these chunks). Default: all.",
+            rich_help_panel=o.GENERATION,
         ),
     ] = None,
     stage_speed: o.StageSpeed = None,

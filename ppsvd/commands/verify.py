@@ -25,9 +25,12 @@ Layouts = Annotated[
     str | None,
     typer.Option(
         "--layouts",
-        help="Comma-separated STRATEGY:N[:TRANSPORT][:compile], e.g. pipeline:1,pipeline:3:zmq,data:2,cfg:2. "
-        "Default: 1 process; a pipeline (3 stages over gloo and zmq on CPU, one per GPU, or 3 on the one GPU); "
-        "data on 2; a guidance pair when guidance is on. On CUDA, N above the visible GPUs shares them (gloo/zmq).",
+        help="Comma-separated layouts STRATEGY:N, each optionally with :TRANSPORT and :compile, e.g. "
+        "pipeline:1,data:2,cfg:2 or pipeline:3:zmq. Default: 1 process; a pipeline (3 stages over gloo and zmq on "
+        "CPU, one per GPU, or 3 on the one GPU); data on 2; a guidance pair when guidance is on. On CUDA, N above "
+        "the visible GPUs shares them (gloo/zmq).",
+        metavar="LAYOUTS",
+        rich_help_panel=o.PARALLELISM,
     ),
 ]
 
@@ -39,45 +42,91 @@ def command(
             "--model-id",
             "--model",
             help="Hub id or local directory of an SVD model; 'tiny' for the embedded small SVD. Default: tiny on CPU, "
-            "stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
+            "SVD-XT (stabilityai's stable-video-diffusion-img2vid-xt) on CUDA.",
+            metavar="ID|DIR",
+            rich_help_panel=o.INPUTS,
         ),
     ] = None,
     weights: o.Weights = "pretrained",
-    device: o.Device = None,
-    dtype: o.Dtype = None,
     image: Annotated[
         list[str] | None,
-        typer.Option("--image", help="Input image(s), as for `ppsvd run`. Default: the built-in test image."),
+        typer.Option(
+            "--image",
+            help="Input image(s), as for `ppsvd run`. Default: the built-in test image.",
+            metavar="IMAGE",
+            rich_help_panel=o.INPUTS,
+        ),
     ] = None,
-    num_frames: Annotated[int | None, typer.Option("--num-frames", help="Frames. Default 3 (tiny), else 4.")] = None,
-    height: Annotated[int | None, typer.Option("--height", help="Pixels. Default 64 (tiny), else 256.")] = None,
-    width: Annotated[int | None, typer.Option("--width", help="Pixels. Default 64 (tiny), else 256.")] = None,
+    num_frames: Annotated[
+        int | None,
+        typer.Option("--num-frames", help="Frames. Default 3 (tiny), else 4.", rich_help_panel=o.GENERATION),
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option("--height", help="Pixels. Default 64 (tiny), else 256.", rich_help_panel=o.GENERATION)
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option("--width", help="Pixels. Default 64 (tiny), else 256.", rich_help_panel=o.GENERATION)
+    ] = None,
     latent_shape: Annotated[
         tuple[int, int, int, int, int] | None,
-        typer.Option("--latent-shape", help="B C F H W instead of --num-frames/--height/--width."),
+        typer.Option(
+            "--latent-shape",
+            help="Instead of --num-frames, --height and --width.",
+            metavar="B C F H W",
+            rich_help_panel=o.GENERATION,
+        ),
     ] = None,
     num_inference_steps: Annotated[
-        int | None, typer.Option("--num-inference-steps", "--total-steps", help="Denoising steps. Default 6.")
+        int | None,
+        typer.Option("--num-inference-steps", help="Denoising steps. Default 6.", rich_help_panel=o.GENERATION),
+    ] = None,
+    total_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--total-steps", help="The benchmark's name for --num-inference-steps.", rich_help_panel=o.GENERATION
+        ),
     ] = None,
     num_samples: Annotated[
-        int, typer.Option("--num-samples", help="Samples each side makes (sample i uses seed + i).")
+        int,
+        typer.Option(
+            "--num-samples", help="Samples each side makes (sample i uses seed + i).", rich_help_panel=o.GENERATION
+        ),
     ] = VERIFY_SAMPLES,
     seed: o.Seed = 0,
-    min_guidance_scale: Annotated[float, typer.Option("--min-guidance-scale")] = 1.0,
+    min_guidance_scale: Annotated[
+        float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.", rich_help_panel=o.GENERATION)
+    ] = 1.0,
     max_guidance_scale: Annotated[
-        float, typer.Option("--max-guidance-scale", help="Above 1: classifier-free guidance (and a guidance pair).")
+        float,
+        typer.Option(
+            "--max-guidance-scale",
+            help="Above 1: classifier-free guidance (and a guidance pair).",
+            rich_help_panel=o.GENERATION,
+        ),
     ] = 3.0,
-    decode_chunk_size: Annotated[int | None, typer.Option("--decode-chunk-size")] = None,
+    decode_chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-chunk-size", help="Frames decoded at a time. Default: all.", rich_help_panel=o.GENERATION
+        ),
+    ] = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
     layouts: Layouts = None,
     compile: o.Compile = False,
     timeout: o.Timeout = 600.0,
     output_dir: Annotated[
         Path | None,
         typer.Option(
-            "--output-dir", help="Keep each layout's run directory here. Default: a scratch directory, removed."
+            "--output-dir",
+            help="Keep each layout's run directory here. Default: a scratch directory, removed.",
+            rich_help_panel=o.OUTPUTS,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document.", **o.FLAG)] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report as one JSON document.", rich_help_panel=o.OUTPUTS, **o.FLAG),
+    ] = False,
     debug: o.Debug = False,
 ) -> None:
     """Check ppsvd against diffusers' own StableVideoDiffusionPipeline on this machine.
@@ -105,6 +154,7 @@ def command(
         height=height,
         width=width,
         num_inference_steps=num_inference_steps,
+        total_steps=total_steps,
         num_samples=num_samples,
         seed=seed,
         min_guidance_scale=min_guidance_scale,
