@@ -105,22 +105,48 @@ def benchmark(
     BenchResult (runs with their metrics, failed runs, the files written). Keywords are the
     command's options (gpus, strategy, model_id, num_samples, step_ms, device, ...); `observer`
     hears about the plan and each run (the CLI draws its progress with one)."""
-    from ppsvd.models.base import preflight  # imports torch: only when a sweep is about to run
-
     check_keywords("ppsvd.benchmark", options, bench_config)
     with keyword_errors("benchmark", "bench"):
-        device, available = bench_device(device)
-        plan = bench_plan(
-            bench_config(device=device, model_id=bench_model(model_id, device), **options),
+        return run_benchmark(
             gpus=gpus,
             strategy=strategy,
             partition=partition,
             cooldown=cooldown,
             fail_fast=fail_fast,
-            gpus_available=available,
+            device=device,
+            model_id=model_id,
+            observer=observer,
+            **options,
         )
-        preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
-        results_dir = new_results_dir(plan.base.output.output_dir)
-        observer = observer or SweepObserver()
-        observer.planned(plan, results_dir)
-        return run_bench(plan, results_dir, observer=observer)
+
+
+def run_benchmark(
+    *,
+    gpus: str | Sequence[int] | None = None,
+    strategy: str | Sequence[str] = "pipeline",
+    partition: str | Sequence[str] = "auto",
+    cooldown: float = BENCH_COOLDOWN_S,
+    fail_fast: bool = False,
+    device: str | None = None,
+    model_id: str | None = None,
+    observer: SweepObserver | None = None,
+    **options: Any,
+) -> BenchResult:
+    """benchmark() with its errors in the CLI's words (`ppsvd bench` calls this)."""
+    from ppsvd.models.base import preflight  # imports torch: only when a sweep is about to run
+
+    device, available = bench_device(device)
+    plan = bench_plan(
+        bench_config(device=device, model_id=bench_model(model_id, device), **options),
+        gpus=gpus,
+        strategy=strategy,
+        partition=partition,
+        cooldown=cooldown,
+        fail_fast=fail_fast,
+        gpus_available=available,
+    )
+    preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
+    results_dir = new_results_dir(plan.base.output.output_dir)
+    observer = observer or SweepObserver()
+    observer.planned(plan, results_dir)
+    return run_bench(plan, results_dir, observer=observer)

@@ -25,6 +25,7 @@ from ppsvd.config import (
     DEFAULT_TOTAL_STEPS,
     OPTION_NAMES,
     SYNTHETIC_MODEL,
+    TINY_MODEL,
     RunConfig,
     SampleInput,
     auto_device,
@@ -102,6 +103,7 @@ def run_config(
 ) -> RunConfig:
     """The RunConfig of `ppsvd run` (see ppsvd.run for the arguments), checked."""
     options = _documented_names(options)
+    options["weights"] = resolve_weights(model_id, options.get("weights"))
     image_list = resolve_images(_as_list(images)) if images is not None else ()
     if inputs is None:
         entries: tuple[SampleInput, ...] = ()
@@ -198,6 +200,7 @@ def bench_config(
 ) -> RunConfig:
     """The base RunConfig of `ppsvd bench` (every run's but its count and strategy; each run's
     config is checked by BenchPlan.validate): the benchmark's defaults, no progress bars."""
+    weights = resolve_weights(model_id, weights)
     return RunConfig.from_options(
         model=model_id,
         weights=weights,
@@ -213,6 +216,14 @@ def bench_config(
         show_progress=False,
         **options,
     )
+
+
+def resolve_weights(model: str, weights: str | None) -> str:
+    """--weights, as config.json records it: the embedded tiny SVD's weights are seeded random
+    whatever --weights says (so config.json and the manifest agree); otherwise the default pretrained."""
+    if model == TINY_MODEL:
+        return "random"
+    return weights or "pretrained"
 
 
 def _as_list(value: ImageLike | Iterable[ImageLike]) -> list[str]:

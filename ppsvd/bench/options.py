@@ -73,6 +73,22 @@ def bench_plan(
     ).validate(gpus_available if device == "cuda" else None)
 
 
+def plan_warnings(plan: BenchPlan) -> list[str]:
+    """What makes a sweep's numbers mean less than they seem (said before it runs)."""
+    base = plan.base
+    warnings = []
+    if base.model.is_synthetic and not base.synthetic.step_ms:
+        warnings.append(
+            "--step-ms 0: the synthetic model's steps cost nothing, so this sweep measures ppsvd's own overhead and "
+            "process start-up, not how steps scale; give --step-ms 20 (a GPU-like step) for a scaling curve"
+        )
+    if base.model.device == "cpu":
+        warnings.append(
+            "on CPU each process stands in for a GPU; speedups show the pipeline's scheduling, not a GPU machine's"
+        )
+    return warnings
+
+
 def visible_gpus() -> int:
     """CUDA devices this process can see (0 without CUDA or without a working torch)."""
     try:

@@ -14,6 +14,7 @@ from typing import Any
 from ppsvd.analysis.metrics import RunMetrics
 from ppsvd.bench.defaults import BENCH_COOLDOWN_S
 from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
+from ppsvd.console import count
 from ppsvd.errors import ConfigError
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
@@ -99,6 +100,9 @@ class BenchPlan:
         return self
 
 
+UNIT_PLURALS = {"GPU": "GPUs", "process": "processes"}
+
+
 @dataclass
 class BenchRun:
     """One launch of the sweep and what came of it."""
@@ -122,6 +126,13 @@ class BenchRun:
     """What speedup and efficiency are relative to: the measured 1-GPU run, or the run's own estimate."""
     show_partition: bool = False
     """Name the partition in the label (the sweep compares several)."""
+    device: str = "cuda"
+    """Where the sweep runs: on 'cpu' each process stands in for a GPU, and is called a process."""
+
+    @property
+    def unit(self) -> str:
+        """What one count of gpu_count is: a GPU, or on a CPU sweep a process."""
+        return "GPU" if self.device == "cuda" else "process"
 
     @property
     def ok(self) -> bool:
@@ -142,7 +153,7 @@ class BenchRun:
 
     @property
     def label(self) -> str:
-        text = f"{self.gpu_count} GPU{'s' if self.gpu_count != 1 else ''} · {self.strategy}"
+        text = f"{count(self.gpu_count, self.unit, UNIT_PLURALS[self.unit])} · {self.strategy}"
         return f"{text} · {self.partition}" if self.show_partition and self.strategy == "pipeline" else text
 
     def to_json(self) -> dict[str, Any]:

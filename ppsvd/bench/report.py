@@ -179,7 +179,8 @@ def write_plots(result: BenchResult) -> None:
         f"T={base.job.total_steps} steps, {base.job.num_samples} samples, model {base.model.model}, {base.model.device}"
     )
     path = result.results_dir / THROUGHPUT_PNG
-    plot_scaling(ok, path, title=f"Throughput vs GPU count ({what})")
+    unit = "GPU" if base.model.device == "cuda" else "process"
+    plot_scaling(ok, path, title=f"Throughput vs {unit} count ({what})")
     result.files["throughput_png"] = str(path)
     shown = timeline_run(ok)
     if shown is not None and shown.run_dir is not None:
@@ -284,7 +285,8 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         ax.set_xticks(counts)
         ax.set_xlim(0.5, max(counts) + 0.5)
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("GPUs (pipeline stages / data-parallel workers)")
+        units = "GPUs" if runs[0].unit == "GPU" else "processes (CPU: each stands in for a GPU)"
+        ax.set_xlabel(f"{units} (pipeline stages / data-parallel workers)")
         ax.set_ylabel("samples per second")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)

@@ -153,7 +153,13 @@ def run_bench(
         plan=plan,
         results_dir=results_dir,
         runs=[
-            BenchRun(gpu_count=n, strategy=s, partition=p, show_partition=len(plan.partition_modes) > 1)
+            BenchRun(
+                gpu_count=n,
+                strategy=s,
+                partition=p,
+                show_partition=len(plan.partition_modes) > 1,
+                device=plan.base.model.device,
+            )
             for n, s, p in plan.runs()
         ],
         environment=environment if environment is not None else collect_environment(plan.base.model.device),

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from ppsvd import api
 from ppsvd.bench.defaults import BENCH_COOLDOWN_S, BENCH_NUM_SAMPLES, BENCH_SEED
+from ppsvd.bench.options import plan_warnings
 from ppsvd.commands import options as o
 from ppsvd.commands import tables
 from ppsvd.commands.options import (
@@ -35,7 +36,7 @@ from ppsvd.commands.options import (
     Weights,
 )
 from ppsvd.config import DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
-from ppsvd.console import err, notice, out
+from ppsvd.console import count, err, notice, out, show
 
 NAME = "bench"
 
@@ -124,7 +125,7 @@ def command(
     """
     observer = _RichObserver() if not no_progress else _PlainObserver()
     with observer:
-        result = api.benchmark(
+        result = api.run_benchmark(
             gpus=gpus,
             strategy=strategy,
             partition=partition,
@@ -156,10 +157,11 @@ def command(
 def _header(plan) -> str:
     base = plan.base
     return (
-        f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
+        f"[bold]ppsvd bench[/]: {'GPUs' if base.model.device == 'cuda' else 'processes'} "
+        f"{','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
         f"partition {','.join(plan.partition_modes)} · "
-        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples "
-        f"· seed {base.job.seed} · "
+        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · "
+        f"{count(base.job.num_samples, 'sample')} · seed {base.job.seed} · "
         f"latent {' '.join(map(str, base.job.latent_shape))}"
         + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
         + (" · compiled UNet" if base.model.compile else "")
@@ -168,11 +170,11 @@ def _header(plan) -> str:
 
 def _print_result(result) -> None:
     """The tables, what failed, and where the files are."""
-    out.print(tables.bench_table(result.runs))
-    out.print(tables.detail_table(result.runs))
+    show(tables.bench_table(result.runs))
+    show(tables.detail_table(result.runs))
     comparison = tables.comparison_table(result.runs)
     if comparison is not None:
-        out.print(comparison)
+        show(comparison)
     for run in result.failed:
         stage = f" (stage {run.failed_stage})" if run.failed_stage is not None else ""
         out.print(f"[red]failed[/] {run.label}{stage}: {run.error}", soft_wrap=True)
@@ -190,8 +192,8 @@ def _describe(run) -> str:
     if run.speedup is not None:
         scaling = f", {run.speedup:.2f}× ({100 * run.efficiency:.1f}% efficiency)"
     return (
-        f"[green]✓ {run.label}[/]: {run.total_time_sec:.2f} s total, {run.per_sample_sec:.3f} s/sample, "
-        f"{m.throughput:.3f} samples/s{scaling}"
+        f"[green]✓ {run.label}[/]: {run.total_time_sec:.2f} s total ({run.per_sample_sec:.3f} s per sample, "
+        f"start-up included), steady {m.throughput:.3f} samples/s{scaling}"
     )
 
 
@@ -207,6 +209,8 @@ class _PlainObserver:
     def planned(self, plan, results_dir) -> None:
         out.print(_header(plan), soft_wrap=True)
         out.print(f"results → {results_dir}", soft_wrap=True)
+        for warning in plan_warnings(plan):
+            notice(warning)
 
     def starting(self, position: int, total: int, run) -> None:
         err.print(f"[{position + 1}/{total}] {run.label} ...", markup=False)

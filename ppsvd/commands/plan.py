@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ppsvd.commands import options as o
 from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS, RunConfig
-from ppsvd.console import count, out
+from ppsvd.console import count, out, show
 from ppsvd.errors import ConfigError
 from ppsvd.planner import choose_layout, choose_plan, known_costs
 from ppsvd.planning.costs import CostModel, forecast
@@ -230,7 +230,7 @@ def _show_layouts(layouts, reason: str, goal: str, chosen, units: str) -> None:
             f"{f.throughput:.4f}",
             f"{f.latency_s:.3f}",
         )
-    out.print(table)
+    show(table)
     out.print(reason, style="dim", soft_wrap=True)
 
 
@@ -259,7 +259,7 @@ def _show(partition: str, chosen, even, units: str) -> None:
             f"{even_t:.3f}",
         )
         start, even_start = start + size, even_start + even_size
-    out.print(table)
+    show(table)
     unit = " s" if units == "s" else " steps"
     rate_unit = "samples/s" if units == "s" else "samples per step"
 
@@ -286,6 +286,7 @@ def _show(partition: str, chosen, even, units: str) -> None:
     )
     lines.add_row(
         count(s, "sample"),
-        f"pipeline {pipe:.2f}{unit}, data-parallel {data:.2f}{unit} on the same {n} GPUs: {faster} finishes first",
+        f"pipeline {pipe:.2f}{unit}, data-parallel {data:.2f}{unit} on the same {count(n, 'GPU')}: "
+        f"{faster} finishes first",
     )
-    out.print(lines)
+    show(lines)

@@ -16,7 +16,7 @@ from ppsvd.analysis.metrics import RunMetrics, steps_per_gpu, summarize
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.bench.records import BenchRun
 from ppsvd.config import RunConfig
-from ppsvd.console import out
+from ppsvd.console import count, out, show
 from ppsvd.planning.costs import CostModel
 
 
@@ -27,7 +27,7 @@ def show_summary(config: RunConfig, run_dir: Path) -> None:
     if config.ui.log_format == "json":
         print(json.dumps({"event": "summary", "run_dir": str(run_dir), "metrics": metrics.to_json()}), flush=True)
         return
-    out.print(summary_table(metrics))
+    show(summary_table(metrics))
     out.print(f"outputs: {run_dir}")
 
 
@@ -144,17 +144,27 @@ def _range_pct(values: list[float | None]) -> str:
     return f"{lo}%" if lo == hi else f"{lo}–{hi}%"
 
 
+def _units(runs: list[BenchRun]) -> tuple[str, str]:
+    """What the sweep counts, for column headers: GPUs, or on a CPU sweep the processes standing in for them."""
+    return ("GPUs", "GPU") if not runs or runs[0].unit == "GPU" else ("procs", "proc")
+
+
 def bench_table(runs: list[BenchRun]) -> Table:
     """The sweep's scaling: the benchmark's columns first, then speedup and efficiency vs 1 GPU."""
     table = _compact("ppsvd bench: scaling")
+    units, unit = _units(runs)
+    table.caption = (
+        "wall s/sample: the whole launch (start-up, model load, fill, drain) / samples; steady samples/s: "
+        "the rate once every stage is busy. Not reciprocals."
+    )
     # Two-line headers keep the table inside 80 columns (what Rich assumes when piped).
     for name in (
-        "GPUs",
+        units,
         "strategy",
-        "steps\nper GPU",
+        f"steps\nper {unit}",
         "total s",
-        "s per\nsample",
-        "samples\nper s",
+        "wall s/\nsample",
+        "steady\nsamples/s",
         "speedup",
         "effi-\nciency",
         "status",
@@ -185,7 +195,7 @@ def detail_table(runs: list[BenchRun]) -> Table:
     (the spread over stages) and the slowest hop's median hand-off. Drain and more: in the CSV."""
     table = _compact("ppsvd bench: where the time went")
     for name in (
-        "GPUs",
+        _units(runs)[0],
         "strategy",
         "load\ns",
         "first\nsample s",
@@ -229,9 +239,10 @@ def comparison_table(runs: list[BenchRun]) -> Table | None:
     counts = sorted({n for n, _ in by_key if (n, "pipeline") in by_key and (n, "data") in by_key})
     if not counts:
         return None
-    table = _compact("pipeline vs data parallelism (same GPUs, same samples)")
+    units = _units(runs)[0]
+    table = _compact(f"pipeline vs data parallelism (same {units}, same samples)")
     headers = (
-        "GPUs",
+        units,
         "total s\npipeline",
         "total s\ndata",
         "work s\npipeline",
@@ -269,7 +280,7 @@ def verify_table(report) -> Table:
     where = f"{s['device']}, {s['dtype']}" + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
     title = (
         f"ppsvd verify · {s['model']}{' (random weights)' if s['weights'] == 'random' else ''} on {where} · "
-        f"latent {' '.join(map(str, s['latent_shape']))} · T={s['total_steps']} · {s['num_samples']} samples"
+        f"latent {' '.join(map(str, s['latent_shape']))} · T={s['total_steps']} · {count(s['num_samples'], 'sample')}"
     )
     table = _compact(title)
     compiled = any(r.compiled for r in report.layouts)

@@ -139,7 +139,7 @@ def run_workers(spec, store) -> WorkersEnded:
     _quiet_elastic_logs(config.ui.debug)
     enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s)
     try:
-        with live_progress(store, run_id, config), enforcer, _no_second_store():
+        with live_progress(store, run_id, config, spec.indices), enforcer, _no_second_store():
             elastic_launch(launch_config, worker_main)(spec)
     except ChildFailedError as exc:
         failed_stage, error = _explain(exc, store, run_id, enforcer.killed)

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ppsvd.console import err
+from ppsvd.console import count, err
 from ppsvd.planning.ranks import rank_work
 from ppsvd.runtime.control import key
 
@@ -179,13 +179,14 @@ class StageProgress:
         }
 
 
-def _split_text(config, even_plan) -> str:
+def _split_text(config, even_plan, style: str) -> str:
     """The split as the run starts: the even one, the sizes given, or 'by cost' until the stages agree."""
     partition = config.layout.partition
     if partition == "even":
         return even_plan.describe()
     if partition == "auto":
-        return "by cost (--partition auto; each bar shows its steps once agreed)"
+        shows = "each bar shows" if style == "rich" else "each stage's line shows"
+        return f"by cost (--partition auto; {shows} its steps once agreed)"
     return partition.replace(",", "+")
 
 
@@ -253,11 +254,13 @@ class ProgressBoard:
         return progress
 
     @classmethod
-    def for_run(cls, store: Any, run_id: str, config) -> ProgressBoard:
-
-        n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
+    def for_run(cls, store: Any, run_id: str, config, indices: tuple[int, ...] | None = None) -> ProgressBoard:
+        """The board of a run; indices: the samples it makes (a resumed run: those still missing)."""
+        n, t = config.layout.nproc, config.job.total_steps
+        todo = range(config.job.num_samples) if indices is None else tuple(indices)
         layout = config.layout_plan(n)
-        works = [rank_work(config.layout.strategy, n, k, range(s), total_steps=t, layout=layout) for k in range(n)]
+        style = progress_style(config)
+        works = [rank_work(config.layout.strategy, n, k, todo, total_steps=t, layout=layout) for k in range(n)]
         rows = [
             (
                 f"{w.label} · "
@@ -267,21 +270,26 @@ class ProgressBoard:
             )
             for w in works
         ]
+        samples = count(len(todo), "sample")
+        if indices is not None:
+            samples += f" (of {config.job.num_samples}; the others are kept)"
         if layout.kind == "data":
-            title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s) from one work queue"
+            title = f"[bold]ppsvd[/] data parallel: {samples} x {t} steps over {count(n, 'worker')} from one work queue"
         elif layout.kind != "pipeline":
             title = (
-                f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split "
+                f"[bold]ppsvd[/] {layout.kind}: {samples} x {t} steps over {layout.describe()}, split "
                 f"{works[0].plan.describe()}"
             )
         else:
             title = (
-                f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split "
-                f"{_split_text(config, works[0].plan)}"
+                f"[bold]ppsvd[/] pipeline: {samples} x {t} steps over {count(n, 'stage')}, split "
+                f"{_split_text(config, works[0].plan, style)}"
             )
-        return cls(
-            store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s
-        )
+        if not config.model.is_synthetic:
+            # diffusers' pipe() conditions on fps=7 by default, the benchmark (and ppsvd) on 6.
+            fps = config.svd.fps
+            title += f"; fps {fps}" + (" (the benchmark's default; diffusers' pipe() uses 7)" if fps == 6 else "")
+        return cls(store, run_id, rows, title=title, style=style, interval_s=config.ui.progress_interval_s)
 
     def __enter__(self) -> ProgressBoard:
 
@@ -401,9 +409,10 @@ def _plain(markup: str) -> str:
     return Text.from_markup(markup).plain
 
 
-def live_progress(store: Any, run_id: str, config):
-    """The per-stage bars as a context manager, or one that does nothing with --no-progress."""
+def live_progress(store: Any, run_id: str, config, indices: tuple[int, ...] | None = None):
+    """The per-stage bars as a context manager, or one that does nothing with --no-progress.
+    indices: the samples the run makes (a resumed run: only those it lacks)."""
 
     if not config.ui.show_progress:
         return contextlib.nullcontext()
-    return ProgressBoard.for_run(store, run_id, config)
+    return ProgressBoard.for_run(store, run_id, config, indices)

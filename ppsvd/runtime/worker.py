@@ -164,7 +164,8 @@ def torchrun_main(
     else:
         run_dir = Path(store_get(store, run_key, config.transport.timeout_s).decode())
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
-    with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)):
+    shown = config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)
+    with live_progress(store, run_id, shown, indices):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False, indices=indices, received=received)
     return code, run_dir
 
