@@ -159,12 +159,10 @@ def test_each_stage_loads_only_its_parts(tiny_repo):
 
 
 def test_builtin_tiny_model_is_the_saved_one(tiny_repo):
-    """--model tiny builds in memory exactly the weights save_tiny writes, and is exact across N.
-
-    (Its outputs are not compared with the saved model's: on CPU, float results depend in the
-    last bits on the memory alignment of the weights, and memory-mapped safetensors are not
-    64-byte aligned like fresh tensors. Same weights, same loading path: same bits.)
-    """
+    """--model tiny has exactly the weights save_tiny writes, loaded the same way (from_pretrained
+    of a folder: on CPU, float results depend in the last bits on the memory alignment of the
+    weights, and memory-mapped safetensors are not aligned like fresh tensors), so its outputs
+    equal a saved folder's bitwise; and it is exact across N."""
     built = RunConfig.from_options(model="tiny", total_steps=2, latent_shape=TINY_LATENT_SHAPE)
     saved = built.replace(model=str(tiny_repo))
     assert model_class(built) is SVDStageModel
@@ -176,7 +174,9 @@ def test_builtin_tiny_model_is_the_saved_one(tiny_repo):
     assert a.describe()["source"] == "tiny"
     _, one = run_chain(built, 1, 2)
     _, two = run_chain(built, 2, 2)
+    _, from_folder = run_chain(saved, 1, 2)
     assert torch.equal(one.latents, two.latents) and torch.equal(one.frames, two.frames)
+    assert torch.equal(one.latents, from_folder.latents) and torch.equal(one.frames, from_folder.frames)
 
 
 def test_hub_id_loads_from_the_cache_offline(tiny_repo, monkeypatch, tmp_path):

@@ -13,7 +13,8 @@ What a stage loads (every stage: UNet + scheduler):
     stage 0        + CLIP image encoder, feature extractor, VAE encoder (decoder too if also last)
     last stage     + VAE decoder
 Where from (config.model / config.weights):
-    'tiny'            the small SVD of ppsvd.models.tiny, built in code with seeded weights
+    'tiny'            the small SVD of ppsvd.models.tiny (seeded weights), written once to ppsvd's cache
+                      folder and loaded from there like a local directory (tiny.tiny_repo)
     --weights random  SVD-XT's architecture from configs shipped in the package, seeded weights
     a directory       from_pretrained(directory, subfolder=...)
     a hub id          from_pretrained(id, subfolder=...) through the Hugging Face cache
@@ -118,7 +119,9 @@ def load_components(
     """
     source = model_source(config)
     if source == "tiny":
-        parts = tiny.build_components(shipped.TINY, names)
+        # Through from_pretrained, as diffusers' pipeline loads it: bitwise its results (tiny.tiny_repo).
+        repo = str(tiny.tiny_repo())
+        parts = {name: _load_component(config, "local", name, dtype, None, location=repo) for name in names}
     elif source == "random":
         parts = tiny.build_components(shipped.SVD_XT, names, device=device)
     else:
@@ -162,9 +165,13 @@ def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dty
         return _load_component(config, source, name, dtype, None)
 
 
-def _load_component(config: RunConfig, source: str, name: str, dtype: torch.dtype, variant: str | None) -> Any:
+def _load_component(
+    config: RunConfig, source: str, name: str, dtype: torch.dtype, variant: str | None, location: str | None = None
+) -> Any:
+    """One component from `location` (default: --model-id, a directory or a hub id)."""
     model = config.model.model
-    location = os.path.expanduser(model) if source == "local" else model
+    if location is None:
+        location = os.path.expanduser(model) if source == "local" else model
     cache = (
         {}
         if source == "local"
@@ -551,6 +558,8 @@ class SVDStageModel(StageModel):
         check_images(config)
         unet_config, vae_config = model_configs(config)
         check_shapes(config, unet_config, vae_config)
+        if model_source(config) == "tiny":
+            tiny.tiny_repo()  # made once here (seconds, the first time), not by every stage at once
 
 
 # -- preflight helpers ---------------------------------------------------------------------------

@@ -80,26 +80,26 @@ def build_pipeline(config: RunConfig):
 
     device, dtype = torch.device(config.model.device), torch_dtype(config.model.resolved_dtype)
     source = model_source(config)
-    if source in ("tiny", "random"):
-        # The same seeded construction as the stages' (tiny on the CPU then moved; SVD-XT built on its device).
-        family = tiny.TINY if source == "tiny" else tiny.SVD_XT
-        parts = tiny.build_components(family, device="cpu" if source == "tiny" else device)
-        pipe = StableVideoDiffusionPipeline(**parts)
+    if source == "random":
+        # The same seeded construction as the stages' (SVD-XT's architecture built on its device).
+        pipe = StableVideoDiffusionPipeline(**tiny.build_components(tiny.SVD_XT, device=device))
     else:
         model = config.model.model
-        location = os.path.expanduser(model) if source == "local" else model
+        # tiny: the repository the stages load too (tiny.tiny_repo), loaded as diffusers loads any folder.
+        location = (
+            str(tiny.tiny_repo()) if source == "tiny" else os.path.expanduser(model) if source == "local" else model
+        )
         cache = (
             {}
-            if source == "local"
+            if source in ("local", "tiny")
             else {
                 "cache_dir": hub.hub_cache_dir(),
                 "local_files_only": hub.hub_offline(),
                 "revision": config.model.revision,
             }
         )
-        pipe = StableVideoDiffusionPipeline.from_pretrained(
-            location, torch_dtype=dtype, variant=weights_variant(config, source, "unet"), **cache
-        )
+        variant = None if source == "tiny" else weights_variant(config, source, "unet")
+        pipe = StableVideoDiffusionPipeline.from_pretrained(location, torch_dtype=dtype, variant=variant, **cache)
     pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
