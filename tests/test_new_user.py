@@ -119,3 +119,144 @@ def test_the_embedded_model_is_written_once_and_a_damaged_copy_is_rebuilt(tmp_pa
     weights.write_bytes(weights.read_bytes()[: size // 2])
     assert tiny.tiny_repo() == repo and weights.stat().st_size == size
     assert [p.name for p in repo.parent.iterdir()] == [repo.name]  # no temporary folders left
+
+
+# -- help that fits a terminal --------------------------------------------------------------------
+
+
+def test_help_at_80_columns_shows_every_option_name_whole_in_panels(tmp_path):
+    """Every command's --help in an 80-column terminal: each option's names (and --no- forms)
+    whole, nothing cut with an ellipsis, options grouped in panels, and no '<bool>' after a flag."""
+    commands = typer.main.get_command(app).commands
+    env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": ""}
+    for name, command in commands.items():
+        shown = ppsvd_cli(name, "--help", cwd=tmp_path, timeout=60, env=env)
+        assert shown.returncode == 0, shown.stderr
+        text = shown.stdout
+        assert max(len(line) for line in text.splitlines()) <= 80, name
+        assert "…" not in text, f"{name}: " + next(line for line in text.splitlines() if "…" in line)
+        assert "<bool>" not in text, name
+        for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
+            for flag in (*param.opts, *param.secondary_opts):
+                assert re.search(re.escape(flag) + r"(?![\w-])", text), f"ppsvd {name} --help cuts {flag}"
+        if name in ("run", "simulate", "serve"):
+            for panel in ("Inputs", "Generation", "Outputs" if name == "run" else "Parallelism", "Logging"):
+                assert f"─ {panel}" in text, (name, panel)
+    text = ppsvd_cli("run", "--help", cwd=tmp_path, timeout=60, env=env).stdout
+    assert re.search(r"--latent-shape +B C F H W", text)  # five values, not a comma-separated list
+
+
+# -- --log-format json: stdout is JSON lines --------------------------------------------------------
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    lines = stdout.splitlines()
+    assert lines, "no output"
+    return [json.loads(line) for line in lines]  # every line, or the test fails naming it
+
+
+def test_simulate_log_format_json_prints_only_json_lines(tmp_path):
+    done = ppsvd_cli(
+        "simulate",
+        "--nproc",
+        "2",
+        "--num-samples",
+        "2",
+        "--total-steps",
+        "4",
+        "--step-ms",
+        "1",
+        "--log-format",
+        "json",
+        "--output-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _json_lines(done.stdout)
+    events = [r["event"] for r in records]
+    assert events[0] == "notice" and "transport: gloo" in records[0]["message"]
+    assert "start" in events and events[-1] == "summary" and records[-1]["metrics"]["completed"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_run_log_format_json_with_a_costless_auto_choice(tmp_path):
+    """`ppsvd run --strategy auto` without known costs: stdout parses line by line, and the choice
+    is explained in step times, not made-up seconds."""
+    done = ppsvd_cli(
+        "run",
+        "--model-id",
+        "tiny",
+        "--device",
+        "cpu",
+        "--nproc",
+        "2",
+        "--num-samples",
+        "2",
+        "--num-inference-steps",
+        "2",
+        "--strategy",
+        "auto",
+        "--log-format",
+        "json",
+        "--output-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _json_lines(done.stdout)
+    auto = next(r["message"] for r in records if r["event"] == "notice" and "--strategy auto" in r["message"])
+    assert "step times" in auto and "no costs known" in auto and " ms" not in auto and " s vs" not in auto, auto
+    assert records[-1]["event"] == "summary" and records[-1]["metrics"]["completed"] == 2
+
+
+# -- ppsvd plan takes run's layout options -------------------------------------------------------------
+
+
+def test_plan_takes_the_strategy_and_works_without_costs(tmp_path):
+    done = ppsvd_cli("plan", "--strategy", "cfg", "--nproc", "2", cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "cfg ◀" in text and "--strategy cfg: 1 guidance pair (cfg) predicts" in text
+    assert "denoising steps" in text or "step times" in text
+    data = json.loads(
+        ppsvd_cli(
+            "plan",
+            "--nproc",
+            "4",
+            "--strategy",
+            "pipeline",
+            "--replicas",
+            "2",
+            "--step-ms",
+            "100",
+            "--json",
+            cwd=tmp_path,
+            timeout=60,
+        ).stdout
+    )
+    assert data["layout"]["layout"] == "2xp2" and data["units"] == "s" and data["plan"] is None
+    refused = ppsvd_cli("plan", "--strategy", "cfg", "--nproc", "3", cwd=tmp_path, timeout=60)
+    assert refused.returncode == 2 and "even --nproc" in refused.stderr
+
+
+# -- the API in diffusers' habits ----------------------------------------------------------------------
+
+
+def test_api_takes_torch_dtype_and_names_keywords_in_its_errors():
+    import ppsvd
+
+    with pytest.raises(ppsvd.ConfigError) as refused:
+        ppsvd.run(model_id="tiny", device="cpu", num_frames=0)
+    assert str(refused.value).startswith("num_frames=0 ") and "--" not in str(refused.value)
+    with pytest.raises(ppsvd.ConfigError, match=r"torch_dtype=torch.float16 conflicts with dtype='fp32'"):
+        ppsvd.run(model_id="tiny", device="cpu", torch_dtype=torch.float16, dtype="fp32")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'num_frame'; did you mean num_frames"):
+        ppsvd.run(model_id="tiny", num_frame=3)
+    from ppsvd.api.options import run_config
+
+    assert run_config(model_id="tiny", device="cpu", torch_dtype=torch.bfloat16).model.dtype == "bf16"
+    assert run_config(model_id="tiny", device="cpu", torch_dtype="float32").model.dtype == "fp32"
