@@ -301,10 +301,12 @@ def resolve_strategy(config: RunConfig, world=None, *, announce: bool = True) ->
 
 def check(config: RunConfig) -> RunConfig:
     """Everything that can fail before a worker starts: the options, the devices, the model's files
-    and shapes, the images. Raises ConfigError (one line)."""
+    and shapes, the images. Raises ConfigError (one line). Returns the config to run: its images
+    named by absolute paths, with the digest of each recorded (ppsvd.io.sources)."""
+    from ppsvd.io.sources import record_sources
     from ppsvd.models.base import preflight
 
-    config.validate()
+    config = record_sources(config.validate())
     if env_world() is None:
         import torch
 
@@ -327,7 +329,7 @@ def execute(
     fails, Interrupted (exit code 128 + signal) when a signal stopped the run."""
     config = resolve_strategy(config, env_world())
     if not checked:
-        check(config)
+        config = check(config)
         if run_dir is None:
             from ppsvd.io.atomic import check_output_dir
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ppsvd.errors import ConfigError
+from ppsvd.filenames import safe_stem
+from ppsvd.limits import check_values
 from ppsvd.plan import Layout
 
 Transport = Literal["nccl", "gloo", "zmq"]
@@ -178,6 +180,9 @@ class JobSection:
     """Input image files or http(s) URLs; sample i uses images[i % len]. Empty: the built-in test image."""
     inputs: tuple[SampleInput, ...] = ()
     """--inputs job file, one SampleInput per line; sample i uses inputs[i % len]. Excludes images."""
+    image_digests: dict[str, str] = field(default_factory=dict)
+    """Image (absolute path or URL) -> 'sha256:<hex>' of its bytes, recorded before the first launch
+    (ppsvd.io.sources): stage 0 and --resume refuse an image whose content changed since."""
 
     @property
     def input_images(self) -> tuple[str, ...]:
@@ -503,6 +508,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check everything that can be checked without torch: each section's own checks, then the
         ones across sections. Returns self for chaining."""
+        check_values(self)  # types, finite numbers and upper bounds first (ppsvd.limits)
         self.job.validate()
         self.layout.validate()
         stages = self.layout_plan().stages if self.layout.strategy != "auto" else 1
@@ -782,8 +788,7 @@ def image_stem(image: str) -> str:
         image = image.split("?", 1)[0].split("#", 1)[0].rstrip("/")
     name = image.replace("\\", "/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
-    return stem or "image"
+    return safe_stem(stem) or "image"  # no leading dash, short enough for the file system
 
 
 def is_url(image: str) -> bool:

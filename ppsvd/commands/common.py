@@ -9,7 +9,7 @@ from pathlib import Path
 from ppsvd.api import resolve_device, resolve_nproc, resolve_strategy  # noqa: F401  (one definition, shared with the API)
 from ppsvd.config import RunConfig, env_world
 from ppsvd.console import error_line, notice, out
-from ppsvd.errors import Interrupted
+from ppsvd.errors import ConfigError, Interrupted
 from ppsvd.io.atomic import check_output_dir
 
 
@@ -19,11 +19,29 @@ def execute(
     """Validate, then run: as one torchrun worker, or by launching config.nproc local workers.
 
     resume: a stopped run's directory: its config (with the execution options `explicit` names:
-    RunConfig field -> flag) and only the samples it lacks."""
+    RunConfig field -> flag) and only the samples it lacks. The directory must be a run directory,
+    and is locked (by the launching process, or torchrun's rank 0) before anything is read from it."""
+    world = env_world()
+    if resume is None:
+        return _execute(config, command, None, explicit or {}, world)
+    from ppsvd.io.resume import hold
+    from ppsvd.io.rundir import read_marker
+
+    if world is not None and world[0] != 0:
+        read_marker(resume)  # rank 0 holds the lock for the run
+        return _execute(config, command, resume, explicit or {}, world)
+    lock = hold(Path(resume))
+    try:
+        return _execute(config, command, resume, explicit or {}, world)
+    finally:
+        lock.release()
+
+
+def _execute(config: RunConfig, command: str, resume: Path | None, explicit: dict[str, str], world) -> int:
+    from ppsvd.io.sources import record_sources
     from ppsvd.models.base import preflight
 
-    world = env_world()
-    plan = _resume_plan(resume, config, explicit or {}, world) if resume is not None else None
+    plan = _resume_plan(resume, config, explicit, world) if resume is not None else None
     if plan is not None:
         config = plan.config
     config = resolve_strategy(config, world, announce=world is None or world[0] == 0)
@@ -43,6 +61,7 @@ def execute(
             if rank == 0:
                 _announce(config, world[1])
             # Every rank checks its own inputs, so a bad flag fails fast everywhere.
+            config = record_sources(config)  # absolute image paths, digests (a changed image: refused)
             preflight(config)
             if plan is None:
                 check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
@@ -70,7 +89,7 @@ def execute(
     from ppsvd import api
 
     _catch_signals_until_launch()
-    api.check(config)  # devices, model files and shapes, images, memory
+    config = api.check(config)  # devices, model files and shapes, images (recorded: paths, digests), memory
     if plan is None:
         check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
     _announce(config, config.layout.nproc)
@@ -129,7 +148,13 @@ def _restart(plan) -> None:
     from ppsvd.io.results import restart_journal
 
     remove_temp_files(plan.run_dir)
-    restart_journal(plan.run_dir, plan.kept)
+    try:
+        restart_journal(plan.run_dir, plan.kept)
+    except OSError as exc:  # a read-only or full file system, a directory made read-only
+        raise ConfigError(
+            f"--resume {plan.run_dir}: cannot write there ({exc.strerror or type(exc).__name__}); "
+            "make room or make it writable, then resume again"
+        ) from None
     notice(
         f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.job.num_samples} samples kept, "
         f"{len(plan.remaining)} to generate"
@@ -147,6 +172,8 @@ def interrupted_line(signum: int, run_dir: Path, num_samples: int, resume_comman
     from ppsvd.io.results import listed_entries
 
     name = signal.Signals(signum).name
+    if not Path(run_dir).is_dir():  # stopped while starting: the launcher removed the empty run directory
+        return f"interrupted by {name} before the run started; nothing was written"
     if not (Path(run_dir) / "config.json").is_file():  # stopped while starting: nothing to continue
         return f"interrupted by {name} before the run started; nothing was kept in {run_dir}"
     kept = len(listed_entries(run_dir))

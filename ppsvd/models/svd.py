@@ -35,6 +35,7 @@ from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec, SvdSection
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
+from ppsvd.io.sources import used_images
 from ppsvd.models import hub, tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
@@ -275,7 +276,8 @@ class SVDStageModel(StageModel):
     def prepare(self, index: int) -> Sample:
         spec = self.specs[index] if index < len(self.specs) else self.config.sample_spec(index)
         height, width = self.pixel_size
-        image = load_sample_image(spec.image, width, height)
+        # The digest the run recorded: an image whose bytes changed since fails here, not silently.
+        image = load_sample_image(spec.image, width, height, self.config.job.image_digests.get(spec.image))
         generator = torch.Generator("cpu").manual_seed(spec.seed)
         with torch.no_grad():
             tensors = self._initial_state(image, generator, spec)
@@ -523,11 +525,13 @@ class SVDStageModel(StageModel):
 
 
 def check_images(config: RunConfig) -> None:
-    """Every image a sample will use exists and decodes (InputImageError otherwise)."""
+    """Every image a sample will use exists and decodes (InputImageError otherwise); images whose
+    digest the config records were checked when it was recorded (ppsvd.io.sources)."""
     if not config.input_images:
         return
-    for path in dict.fromkeys(spec.image for spec in with_images_resolved(config).sample_specs()):
-        check_image(path)
+    for path, what in used_images(with_images_resolved(config)).items():
+        if path not in config.job.image_digests:
+            check_image(path, what)
 
 
 def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
