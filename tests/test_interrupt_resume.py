@@ -329,7 +329,9 @@ def test_resume_keeps_only_intact_listed_samples(tmp_path, monkeypatch, capsys):
     writer.stop(1.0)
     (run_dir / "latents" / "sample_00001.safetensors").unlink()  # listed, file gone
     (run_dir / "latents" / "sample_00002.safetensors").write_bytes(b"not safetensors")  # listed, unloadable
-    save_file({"latents": torch.zeros(1, 1, 4, 8, 8)}, str(run_dir / "latents" / "sample_00005.safetensors"))  # unlisted
+    save_file(
+        {"latents": torch.zeros(1, 1, 4, 8, 8)}, str(run_dir / "latents" / "sample_00005.safetensors")
+    )  # unlisted
     (run_dir / "latents" / ".tmp-s4-dead.safetensors").write_bytes(b"")  # a killed writer's temp file
     with open(run_dir / "manifest.jsonl", "a") as fh:
         fh.write('{"index": 4, "lat')  # a torn last line

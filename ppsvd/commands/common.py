@@ -196,14 +196,15 @@ def _resume_command(command: str, run_dir: Path, world) -> str:
 
 
 def _catch_signals_until_launch() -> None:
-    """SIGTERM or SIGHUP while checking inputs or loading: one line and 128 + signum, like Ctrl-C
-    (the elastic agent installs its own handlers once the workers start; launch maps those)."""
+    """Ctrl-C, SIGTERM or SIGHUP while checking inputs or loading: one line and 128 + signum (the
+    elastic agent installs its own handlers once the workers start; launch maps those). Typer
+    would turn a KeyboardInterrupt into a silent exit code 130."""
     import signal
 
     def handler(signum, _frame):
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, handler)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import hashlib
 import io
 import os
 import stat
@@ -30,6 +29,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from ppsvd.config import BUILTIN_IMAGE, RunConfig, is_url
 from ppsvd.errors import InputImageError
 from ppsvd.io.fetch import fetch_bytes
+from ppsvd.io.integrity import digest_bytes
 
 BUILTIN = BUILTIN_IMAGE
 """What the manifest records as the image of a sample that used the built-in test image."""
@@ -99,7 +99,7 @@ def check_image(path: str, what: str | None = None) -> str:
     (default '--image PATH')."""
     data = read_image_bytes(path, what)
     _decode(data, what or f"--image {path}", is_url(path))
-    return digest_of(data)
+    return digest_bytes(data)
 
 
 def load_image(path: str, width: int, height: int, digest: str | None = None) -> Image.Image:
@@ -114,10 +114,6 @@ def load_image(path: str, width: int, height: int, digest: str | None = None) ->
 def load_sample_image(name: str, width: int, height: int, digest: str | None = None) -> Image.Image:
     """load_image, or the built-in image when name is BUILTIN."""
     return builtin_image(width, height) if name == BUILTIN else load_image(name, width, height, digest)
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def read_image_bytes(path: str, what: str | None = None) -> bytes:
@@ -183,10 +179,10 @@ def _fitted(path: str, width: int, height: int, digest: str | None) -> Image.Ima
     """The image read, checked against digest, decoded and resized (never cached at full size)."""
     what = f"--image {path}"
     data = read_image_bytes(path, what)
-    if digest is not None and digest_of(data) != digest:
+    if digest is not None and digest_bytes(data) != digest:
         raise InputImageError(
             f"{what}: the image changed since this run recorded it ({digest[:19]}..., now "
-            f"{digest_of(data)[:19]}...); put the original back, or start a new run"
+            f"{digest_bytes(data)[:19]}...); put the original back, or start a new run"
         )
     return _fit(_decode(data, what, is_url(path)), width, height)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -59,7 +60,8 @@ def entry_problem(run_dir: Path, entry: dict[str, Any], expected: dict[str, Any]
     """None when a journal entry is a finished sample this run can keep, else why not.
 
     expected: what the run makes for the entry's index now: 'name', 'seed', 'settings' (digest),
-    and 'outputs', the kinds of files it must have ('latents', 'videos', 'frames')."""
+    'outputs' (the kinds of files it must have: 'latents', 'videos', 'frames') and 'videos' (how
+    many videos a sample has: B of the latent shape)."""
     for key in ("name", "seed", "settings"):
         if entry.get(key) != expected[key]:
             return f"its {key} is {entry.get(key)!r}, the run's is {expected[key]!r}"
@@ -67,12 +69,14 @@ def entry_problem(run_dir: Path, entry: dict[str, Any], expected: dict[str, Any]
     if not isinstance(files, dict) or not files or listed is None:
         return "it records no file digests"
     for kind in expected["outputs"]:
-        if not listed.get(kind):
-            return f"it has no {kind}"
+        count = 1 if kind == "latents" else expected["videos"]
+        if len(listed.get(kind, [])) != count:
+            return f"it has {len(listed.get(kind, []))} {kind}, the run makes {count}"
     name = str(expected["name"])
-    for rel in [name for names in listed.values() for name in names]:
-        if not PurePosixPath(rel).name.startswith(name) or inside(run_dir, rel) is None:
-            return f"{rel} is not one of its files, or not inside the run directory"
+    for kind, names in listed.items():
+        for rel in names:
+            if not _named(rel, kind, name) or inside(run_dir, rel) is None:
+                return f"{rel} is not one of its {kind}, or not inside the run directory"
     singles = set(listed.get("latents", []) + listed.get("videos", []))
     folders = {PurePosixPath(d) for d in listed.get("frames", [])}
     if not singles <= set(files):
@@ -89,6 +93,19 @@ def entry_problem(run_dir: Path, entry: dict[str, Any], expected: dict[str, Any]
         except OSError as exc:
             return f"{rel} is unreadable ({exc.strerror or type(exc).__name__})"
     return None
+
+
+def _named(rel: str, kind: str, name: str) -> bool:
+    """Whether `rel` is where the writer (ppsvd.io.results) puts a file of this kind for sample
+    `name`: latents/NAME.safetensors, videos/NAME[_bJ].mp4, frames/NAME[_bJ]."""
+    path = PurePosixPath(rel)
+    if kind == "latents":
+        return rel == f"latents/{name}.safetensors"
+    suffix = ".mp4" if kind == "videos" else ""
+    stem = path.name.removesuffix(suffix) if suffix and path.name.endswith(suffix) else path.name
+    if str(path.parent) != kind or (suffix and not path.name.endswith(suffix)):
+        return False
+    return stem == name or re.fullmatch(re.escape(name) + r"_b\d+", stem) is not None
 
 
 def _listed_files(entry: dict[str, Any]) -> dict[str, list[str]] | None:

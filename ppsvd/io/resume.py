@@ -201,27 +201,24 @@ def plan_resume(run_dir: Path, config: RunConfig) -> ResumePlan:
     """Which samples of run_dir are finished (each entry checked: sample_problem) and which remain."""
     run_dir = Path(run_dir)
     settings = settings_digest(sample_settings(config))
+    specs = config.sample_specs()
     kept = [
         e
         for e in listed_entries(run_dir)
-        if 0 <= e["index"] < config.job.num_samples and sample_problem(run_dir, e, config, settings) is None
+        if 0 <= e["index"] < config.job.num_samples
+        and sample_problem(run_dir, e, config, specs[e["index"]], settings) is None
     ]
     done = {e["index"] for e in kept}
     remaining = tuple(i for i in range(config.job.num_samples) if i not in done)
     return ResumePlan(run_dir=run_dir, config=config, kept=kept, remaining=remaining)
 
 
-def sample_problem(run_dir: Path, entry: dict, config: RunConfig, settings: str | None = None) -> str | None:
-    """None when the entry is a finished sample of this run, intact; else why it is made again."""
-    spec = config.sample_spec(entry["index"])
+def sample_problem(run_dir: Path, entry: dict, config: RunConfig, spec, settings: str) -> str | None:
+    """None when the entry is sample spec.index of this run, intact; else why it is made again."""
     outputs = ["latents"] if config.output.save_latents else []
     if not config.is_synthetic:  # the stand-in decodes no video
         wanted = (("videos", config.output.save_video), ("frames", config.output.save_frames))
         outputs += [kind for kind, on in wanted if on]
-    expected = {
-        "name": spec.name,
-        "seed": spec.seed,
-        "settings": settings or settings_digest(sample_settings(config)),
-        "outputs": outputs,
-    }
+    videos = config.job.latent_shape[0]  # B: one video (and frames folder) each
+    expected = {"name": spec.name, "seed": spec.seed, "settings": settings, "outputs": outputs, "videos": videos}
     return entry_problem(run_dir, entry, expected)

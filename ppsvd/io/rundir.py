@@ -34,7 +34,11 @@ CONFIG = "config.json"
 def create_run_dir(output_dir: Path, label: str, settings: dict[str, Any]) -> Path:
     """A new run directory under output_dir, marked as one (see make_run_dir for its name)."""
     run_dir = make_run_dir(output_dir, label)
-    mark(run_dir, settings)
+    try:
+        mark(run_dir, settings)
+    except BaseException:  # a signal or a full disk between the two: no unmarked directory stays
+        remove_if_unstarted(run_dir)
+        raise
     return run_dir
 
 

@@ -72,11 +72,17 @@ def launch(
     else:
         run_dir = Path(run_dir)
         read_marker(run_dir)
-    lock = RunDirLock(run_dir).acquire()
+    lock = None
     try:
+        lock = RunDirLock(run_dir).acquire()
         return _no_emfile(config, lambda: _launch(config, run_dir, run_start, raise_on_failure, indices))
+    except Interrupted as exc:
+        if exc.run_dir is None:  # stopped before the agent started: still name the run directory
+            raise Interrupted(str(exc), exc.signum, run_dir) from None
+        raise
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
         if created:
             remove_if_unstarted(run_dir)
 
@@ -136,6 +142,9 @@ def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure
     except KeyboardInterrupt:  # Ctrl-C before the agent installed its handlers
         _ignore_stop_signals()
         signum = int(signal.SIGINT)
+    except Interrupted as exc:  # the command's own handlers, before the agent installed its ones
+        _ignore_stop_signals()
+        signum = exc.signum
     finally:
         _ignore_stop_signals()
         # Every worker must be gone before the launcher cleans up after them (a second signal can
@@ -146,7 +155,8 @@ def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure
         if identity.problem() is None:
             remove_temp_files(run_dir)
         for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
     if signum is not None:
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, run_dir)
     if error is None:
@@ -244,7 +254,9 @@ class _Enforcer:
                 enforced = True
                 if reason.stage is not None and self._kill(store, reason.stage):
                     self.killed.add(reason.stage)
-            seen = self.workers.refresh()
+            # The process table is scanned only until every worker has appeared (a scan costs
+            # milliseconds); from then on only their own entries are read.
+            seen = self.workers.seen if len(self.workers.seen) >= self.nproc else self.workers.refresh()
             if len(seen) < self.nproc or self.workers.alive():
                 gone_since = None
                 continue
