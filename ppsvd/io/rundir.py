@@ -110,8 +110,8 @@ class RunDirLock:
             except BlockingIOError:
                 os.close(fd)
                 raise RunDirBusy(
-                    f"{self.run_dir} is in use by another ppsvd process (the run, or a --resume of it, is still going); "
-                    "wait for it to end or stop it, then resume"
+                    f"{self.run_dir} is in use by another ppsvd process (the run, or a --resume of it, is still "
+                    "going); wait for it to end or stop it, then resume"
                 ) from None
             except OSError as exc:  # a file system without locks: say so rather than run unguarded
                 os.close(fd)
