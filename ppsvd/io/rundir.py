@@ -42,6 +42,18 @@ def create_run_dir(output_dir: Path, label: str, settings: dict[str, Any]) -> Pa
     return run_dir
 
 
+def create_named_run_dir(run_dir: Path, settings: dict[str, Any]) -> Path:
+    """A new run directory at exactly this path (the bench names its runs), marked as one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        mark(run_dir, settings)
+    except BaseException:
+        remove_if_unstarted(run_dir)
+        raise
+    return run_dir
+
+
 def mark(run_dir: Path, settings: dict[str, Any]) -> None:
     """Write the marker of a run directory this process just created."""
     write_json_atomic(

@@ -54,21 +54,23 @@ def launch(
     """Run config on config.nproc local workers; wait; return the result (or raise StageFailedError).
 
     run_dir and indices: a resumed run's directory (it must be a run directory: its marker) and
-    the samples still to generate. The run directory is locked for the whole launch (a second
-    writer is refused); one this launch created is removed again if the run never started. A
-    signal (Ctrl-C, SIGTERM, SIGHUP) stops every worker and raises Interrupted, whatever
-    raise_on_failure."""
+    the samples still to generate; a run_dir that does not exist yet is created for a new run.
+    The run directory is locked for the whole launch (a second writer is refused); one this
+    launch created is removed again if the run never started. A signal (Ctrl-C, SIGTERM, SIGHUP)
+    stops every worker and raises Interrupted, whatever raise_on_failure."""
     from ppsvd.io.atomic import run_label
     from ppsvd.io.resume import sample_settings
-    from ppsvd.io.rundir import RunDirLock, create_run_dir, read_marker, remove_if_unstarted
+    from ppsvd.io.rundir import RunDirLock, create_named_run_dir, create_run_dir, read_marker, remove_if_unstarted
 
     run_start = time.time()
     _start_resource_tracker_immune_to_sighup()
     _raise_open_file_limit()
-    created = run_dir is None
-    if created:
+    created = run_dir is None or not Path(run_dir).exists()
+    if run_dir is None:
         label = run_label(config.model.model, config.layout.strategy, config.layout.nproc)
         run_dir = _no_emfile(config, lambda: create_run_dir(config.output.output_dir, label, sample_settings(config)))
+    elif created:  # a new run in a directory the caller named (the bench's runs)
+        run_dir = create_named_run_dir(Path(run_dir), sample_settings(config))
     else:
         run_dir = Path(run_dir)
         read_marker(run_dir)
@@ -314,8 +316,11 @@ def _explain(exc, store, run_id: str, killed_here: set[int] = frozenset()) -> tu
     """The root cause: the reason a stage published, else how the first failed process died."""
     reason = read_abort(store, run_id)
     rank, failure = exc.get_first_failure()
+    if reason is not None and reason.stage in exc.failures:  # the blamed stage: did a signal end it?
+        rank, failure = reason.stage, exc.failures[reason.stage]
     killed = failure.exitcode < 0 and failure.signal_name() != "<N/A>" and rank not in killed_here
-    # A killed stage cannot say why; its neighbours may have noticed first and blamed it.
+    # A killed stage cannot say why; its neighbours (or its guidance partner) may have noticed
+    # first and blamed it.
     if killed and (reason is None or reason.stage in (None, rank)):
         return rank, f"stage {rank} was killed by {failure.signal_name()}; every other stage was stopped"
     if reason is not None and reason.stage is not None:
