@@ -17,7 +17,7 @@ import typer
 import typer.exceptions
 
 from ppsvd import __version__
-from ppsvd.commands import bench, doctor, plan, run, simulate
+from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
 from ppsvd.errors import PpsvdError
 
@@ -37,7 +37,7 @@ def _help(doc: str | None) -> str:
     return re.sub(r"(?<!\n)\n(?!\n)", " ", text)
 
 
-for module in (run, simulate, plan, bench, doctor):
+for module in (run, simulate, serve, plan, bench, doctor, verify):
     if getattr(module, "command", None) is not None:
         app.command(module.NAME, help=_help(module.command.__doc__))(module.command)
 

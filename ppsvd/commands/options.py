@@ -189,3 +189,103 @@ Resume = Annotated[
         "the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
     ),
 ]
+
+
+# -- the model and what every sample is made with (run and serve) ----------------------------------
+_DIFFUSERS = "diffusers' StableVideoDiffusionPipeline(...)(image, "
+
+Revision = Annotated[
+    str | None,
+    typer.Option(
+        "--revision",
+        help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.",
+    ),
+]
+Variant = Annotated[
+    str | None,
+    typer.Option(
+        "--variant",
+        help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when the model has them, else the full-precision ones.",
+    ),
+]
+NumFrames = Annotated[
+    int | None,
+    typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4)."),
+]
+Height = Annotated[
+    int | None,
+    typer.Option(
+        "--height",
+        help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).",
+    ),
+]
+Width = Annotated[
+    int | None,
+    typer.Option(
+        "--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64)."
+    ),
+]
+NumInferenceSteps = Annotated[
+    int | None,
+    typer.Option(
+        "--num-inference-steps",
+        help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28.",
+    ),
+]
+TotalStepsOrNone = Annotated[
+    int | None,
+    typer.Option(
+        "--total-steps",
+        help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 (divisible by 1, 2, 4 and 7).",
+    ),
+]
+LatentShapeOrNone = Annotated[
+    tuple[int, int, int, int, int] | None,
+    typer.Option(
+        "--latent-shape",
+        help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8).",
+    ),
+]
+Fps = Annotated[
+    int,
+    typer.Option(
+        "--fps",
+        help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps.",
+    ),
+]
+VideoFps = Annotated[
+    int | None,
+    typer.Option(
+        "--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps."
+    ),
+]
+MotionBucketId = Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")]
+NoiseAugStrength = Annotated[float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")]
+MinGuidanceScale = Annotated[float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")]
+MaxGuidanceScale = Annotated[
+    float,
+    typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1)."),
+]
+DecodeChunkSize = Annotated[
+    int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
+]
+
+# -- where stages run, and how the UNet runs -------------------------------------------------------
+StagesPerGpu = Annotated[
+    int,
+    typer.Option(
+        "--stages-per-gpu",
+        help="CUDA: stages sharing one GPU (stage k on GPU k // this), e.g. --nproc 3 --stages-per-gpu 3 on one GPU. "
+        "Needs --transport gloo or zmq (NCCL refuses two ranks on one device); memory is checked for all of them.",
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the UNet of every stage (regional compilation where diffusers offers it, else the whole "
+        "UNet): faster steps after a one-time compile, reported apart. Not bitwise: within a documented bound of "
+        "diffusers' results (`ppsvd verify --compile` measures it). Off: eager and bitwise.",
+        **FLAG,
+    ),
+]

@@ -18,8 +18,6 @@ from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
 
 NAME = "run"
 
-_DIFFUSERS = "diffusers' StableVideoDiffusionPipeline(...)(image, "
-
 
 def command(
     ctx: typer.Context,
@@ -38,59 +36,15 @@ def command(
         ),
     ] = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
-    revision: Annotated[
-        str | None,
-        typer.Option(
-            "--revision",
-            help="Hub revision of --model-id (branch, tag or commit), as from_pretrained(revision=...). Default: main.",
-        ),
-    ] = None,
-    variant: Annotated[
-        str | None,
-        typer.Option(
-            "--variant",
-            help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when the model has them, else the full-precision ones.",
-        ),
-    ] = None,
+    revision: o.Revision = None,
+    variant: o.Variant = None,
     weights: o.Weights = "pretrained",
-    num_frames: Annotated[
-        int | None,
-        typer.Option("--num-frames", help=f"Frames per video, as {_DIFFUSERS}num_frames=...). Default 14 (tiny: 4)."),
-    ] = None,
-    height: Annotated[
-        int | None,
-        typer.Option(
-            "--height",
-            help=f"Video height in pixels, divisible by 8, as {_DIFFUSERS}height=...). Default 512 (tiny: 64).",
-        ),
-    ] = None,
-    width: Annotated[
-        int | None,
-        typer.Option(
-            "--width", help=f"Video width in pixels, divisible by 8, as {_DIFFUSERS}width=...). Default 512 (tiny: 64)."
-        ),
-    ] = None,
-    num_inference_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--num-inference-steps",
-            help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28.",
-        ),
-    ] = None,
-    total_steps: Annotated[
-        int | None,
-        typer.Option(
-            "--total-steps",
-            help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 (divisible by 1, 2, 4 and 7).",
-        ),
-    ] = None,
-    latent_shape: Annotated[
-        tuple[int, int, int, int, int] | None,
-        typer.Option(
-            "--latent-shape",
-            help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8).",
-        ),
-    ] = None,
+    num_frames: o.NumFrames = None,
+    height: o.Height = None,
+    width: o.Width = None,
+    num_inference_steps: o.NumInferenceSteps = None,
+    total_steps: o.TotalStepsOrNone = None,
+    latent_shape: o.LatentShapeOrNone = None,
     num_samples: Annotated[
         int | None,
         typer.Option(
@@ -99,33 +53,13 @@ def command(
         ),
     ] = None,
     seed: o.Seed = 0,
-    fps: Annotated[
-        int,
-        typer.Option(
-            "--fps",
-            help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps.",
-        ),
-    ] = 6,
-    video_fps: Annotated[
-        int | None,
-        typer.Option(
-            "--video-fps", help="Playback frame rate of the MP4s, as export_to_video(frames, fps=...). Default: --fps."
-        ),
-    ] = None,
-    motion_bucket_id: Annotated[int, typer.Option("--motion-bucket-id", help="Motion conditioning, 0..255.")] = 127,
-    noise_aug_strength: Annotated[
-        float, typer.Option("--noise-aug-strength", help="Noise added to the conditioning image.")
-    ] = 0.02,
-    min_guidance_scale: Annotated[
-        float, typer.Option("--min-guidance-scale", help="Guidance for the first frame.")
-    ] = 1.0,
-    max_guidance_scale: Annotated[
-        float,
-        typer.Option("--max-guidance-scale", help="Guidance for the last frame (classifier-free guidance when > 1)."),
-    ] = 3.0,
-    decode_chunk_size: Annotated[
-        int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
-    ] = None,
+    fps: o.Fps = 6,
+    video_fps: o.VideoFps = None,
+    motion_bucket_id: o.MotionBucketId = 127,
+    noise_aug_strength: o.NoiseAugStrength = 0.02,
+    min_guidance_scale: o.MinGuidanceScale = 1.0,
+    max_guidance_scale: o.MaxGuidanceScale = 3.0,
+    decode_chunk_size: o.DecodeChunkSize = None,
     save_frames: Annotated[
         bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
     ] = False,
@@ -145,6 +79,8 @@ def command(
     output_dir: o.OutputDir = Path("ppsvd-runs"),
     timeout: o.Timeout = 600.0,
     max_in_flight: o.MaxInFlight = 2,
+    stages_per_gpu: o.StagesPerGpu = 1,
+    compile: o.Compile = False,
     bind_host: o.BindHost = None,
     stall_timeout: o.StallTimeout = 60.0,
     zmq_endpoint: o.ZmqEndpoint = "auto",
@@ -211,6 +147,8 @@ def command(
         output_dir=output_dir,
         timeout=timeout,
         max_in_flight=max_in_flight,
+        stages_per_gpu=stages_per_gpu,
+        compile=compile,
         bind_host=bind_host,
         stall_timeout_s=stall_timeout,
         zmq_endpoint=zmq_endpoint,

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,17 @@ class ResultWriter:
         *,
         manifest_name: str = MANIFEST,
         journal_name: str = JOURNAL,
+        on_written: Callable[[Any, dict], None] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        """settings: the run's sample settings (ppsvd.io.resume.sample_settings); each journal entry
+        """on_written(result, entry): a service's writer (ppsvd serve). Called once a sample's files
+        are all in place; whoever gives it keeps the record (the service's job store), so this
+        writer keeps no journal, no entries and writes no manifest.
+
+        settings: the run's sample settings (ppsvd.io.resume.sample_settings); each journal entry
         records their digest, so a resume can tell samples made with other settings."""
         self.run_dir = Path(run_dir)
+        self.on_written = on_written
         self.manifest_name = manifest_name
         self.config = config
         self.plan = plan
@@ -96,12 +103,13 @@ class ResultWriter:
         # is an error, never silently recreated.
         if not (self.run_dir / MARKER).exists():
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            mark(self.run_dir, settings or {})
+            if on_written is None:  # a service's directory holds jobs, not a run to resume
+                mark(self.run_dir, settings or {})
         self.identity = DirIdentity.of(self.run_dir)
         self.journal = self.run_dir / journal_name
         # A resumed run starts from the samples it kept (the command rewrote the journal to them).
-        self.entries: list[dict] = read_journal(self.journal)
-        self._journal_fh = open(self.journal, "a", encoding="utf-8")
+        self.entries: list[dict] = read_journal(self.journal) if on_written is None else []
+        self._journal_fh = open(self.journal, "a", encoding="utf-8") if on_written is None else None
         self._lock = threading.Lock()
         """Held while a sample is written: stop() waits for it, so a sample is all written or not at all."""
         self._stopped = False
@@ -114,7 +122,9 @@ class ResultWriter:
             if problem is not None:
                 raise OutputsLost(f"{problem}; sample {result.index} and later ones were not written")
             try:
-                self._write(result)
+                entry = self._write(result)
+                if self.on_written is not None:
+                    self.on_written(result, entry)
             except FileNotFoundError:
                 problem = self._dir_problem_after_a_vanished_file()
                 if problem is not None:
@@ -138,11 +148,12 @@ class ResultWriter:
         acquired = self._lock.acquire(timeout=timeout_s)
         self._stopped = True
         if acquired:
-            self._journal_fh.close()
+            if self._journal_fh is not None:
+                self._journal_fh.close()
             self._lock.release()
         return acquired
 
-    def _write(self, result) -> None:
+    def _write(self, result) -> dict[str, Any]:
         cfg = self.config
         stem = result.meta.get("name") or sample_stem(result.index)
         entry: dict[str, Any] = {"index": result.index, **{k: v for k, v in result.meta.items()}}
@@ -176,11 +187,14 @@ class ResultWriter:
             entry["latency_s"] = entry["completed"] - entry["started"]
         entry["files"] = files
         entry["settings"] = self.settings
+        if self._journal_fh is None:  # a service's writer: on_written keeps the record
+            return entry
         self.entries.append(entry)
         # Flushed, not fsync'ed: a killed process loses nothing the kernel has; after a power
         # loss a sample whose line is missing is simply generated again by --resume.
         self._journal_fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
         self._journal_fh.flush()
+        return entry
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.run_dir).as_posix()
@@ -188,6 +202,8 @@ class ResultWriter:
     def close(self) -> None:
         """End of the run: every listed file must still be on disk; then the final manifest, once."""
         self._stopped = True
+        if self._journal_fh is None:  # a service's writer: nothing to list
+            return
         self._journal_fh.close()
         problem = self.identity.problem()
         if problem is not None:

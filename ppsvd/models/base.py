@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
-from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
+from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig, SampleSpec
 from ppsvd.costs import CostModel
 from ppsvd.plan import StepPlan
 
@@ -76,8 +76,9 @@ class StageModel(ABC):
         """Names, dtypes and shapes of the tensors in every hand-off (checked on receipt)."""
 
     @abstractmethod
-    def prepare(self, index: int) -> Sample:
-        """Stage 0: the initial state of sample `index` (seed + index; never depends on N)."""
+    def prepare(self, index: int, spec: SampleSpec | None = None) -> Sample:
+        """Stage 0: the initial state of sample `index` (seed + index; never depends on N), or of
+        the sample `spec` describes (a service's job: its own image, seed and conditioning)."""
 
     @abstractmethod
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
@@ -109,6 +110,12 @@ class StageModel(ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for the manifest (model id, parameter counts, ...)."""
         return {"model": self.config.model.model}
+
+    def warm_up(self) -> float | None:
+        """Run the stage's network once on a throwaway input before the run starts, so one-time work
+        (torch.compile's compilation with --compile) is done and timed apart from the samples.
+        Returns the seconds it took, or None for a model with nothing to warm up."""
+        return None
 
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
@@ -204,13 +211,14 @@ def check_memory(config: RunConfig) -> None:
         capacity,
         labels,
         config.svd.decode_chunk_size,
+        stages_per_device=config.layout.stages_per_gpu if config.model.device == "cuda" else 1,
     )
     if problem:
         raise ConfigError(problem)
 
 
 def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
-    """Free bytes per device the stages use (stage k on device k), or ([], []) when unknown."""
+    """Free bytes per device the stages use (stage k on device k // --stages-per-gpu), or ([], []) when unknown."""
     import os
 
     if config.model.device == "cpu":
@@ -230,7 +238,7 @@ def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
         try:
             count = pynvml.nvmlDeviceGetCount()
             order = [int(p) for p in visible.split(",") if p.strip()] if visible is not None else list(range(count))
-            order = [i for i in order if i < count][: config.layout.nproc]
+            order = [i for i in order if i < count][: config.layout.gpus_needed(config.layout.nproc)]
             free = [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free) for i in order]
         finally:
             pynvml.nvmlShutdown()

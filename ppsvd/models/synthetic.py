@@ -27,7 +27,6 @@ so `--partition auto` plans with exactly what the stand-in will spend.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from importlib import resources
 
@@ -36,6 +35,7 @@ import torch
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.costs import CostModel
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.models.faults import AT_START, fault_for
 from ppsvd.shapes import LatentShape
 
 
@@ -58,7 +58,9 @@ class SyntheticStageModel(StageModel):
         self.step_s = config.synthetic.step_ms / 1000.0 / speed
         self.encode_s = config.synthetic.encode_ms / 1000.0 / speed if self.is_first else 0.0
         self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
-        self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
+        self.fault = fault_for(config, stage)
+        if self.fault is not None:
+            self.fault.fail(stage, AT_START)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
         self.speed = speed
@@ -103,10 +105,11 @@ class SyntheticStageModel(StageModel):
             source="synthetic model's --step-ms/--encode-ms/--decode-ms/--stage-speed",
         )
 
-    def prepare(self, index: int) -> Sample:
+    def prepare(self, index: int, spec=None) -> Sample:
         # Preparing counts inside the encode budget, or inside the first steps' when there is none.
         started = time.perf_counter()
-        generator = torch.Generator("cpu").manual_seed(self.config.job.seed + index)
+        seed = self.config.job.seed + index if spec is None else spec.seed
+        generator = torch.Generator("cpu").manual_seed(seed)
         image_latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
         self.scheduler.set_timesteps(self.config.job.total_steps)
         latents = torch.randn(self.state_shape, generator=generator, dtype=torch.float32)
@@ -122,10 +125,14 @@ class SyntheticStageModel(StageModel):
         return Sample(
             index=index,
             tensors=tensors,
-            meta={
-                "seed": self.config.job.seed + index,
-                "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
-            },
+            meta=(
+                {
+                    "seed": seed,
+                    "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
+                }
+                if spec is None
+                else spec.conditioning()  # a service's job: the stand-in reads no image, but its facts travel
+            ),
         )
 
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
@@ -136,8 +143,8 @@ class SyntheticStageModel(StageModel):
         scheduler = self.scheduler
         scheduler.set_timesteps(self.config.job.total_steps, device=self.device)
         scheduler.set_begin_index(steps.start)
-        if self.fault is not None and self.fault[0] == sample.index:
-            _inject(self.fault[1], self.stage, sample.index)
+        if self.fault is not None:
+            self.fault.fail(self.stage, sample.index)
         latents = sample.tensors["latents"]
         cond = sample.tensors["image_latents"]
         for done, step in enumerate(steps, start=1):
@@ -152,6 +159,8 @@ class SyntheticStageModel(StageModel):
             _sleep_until(begin + done * self.step_s)  # fixed deadlines: no drift from overshoot
             if on_step is not None:
                 on_step(step)
+        if self.fault is not None:
+            latents = self.fault.perturb(latents, self.stage, sample.index)
         return Sample(index=sample.index, tensors={**sample.tensors, "latents": latents}, meta=sample.meta)
 
     def _guided(self, model_input, cond, wave, step: int):
@@ -216,37 +225,6 @@ def device_speed(config, stage: int) -> float:
         return 1.0
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else stage
     return config.synthetic.stage_speed[rank]
-
-
-FAULT_ENV = "PPSVD_FAULT"
-"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample.
-KIND is raise (an exception), kill (SIGKILL itself), exit0 (leave quietly with code 0) or hang."""
-
-
-def _parse_fault(spec: str, stage: int) -> tuple[int, str] | None:
-    if not spec:
-        return None
-    fault_stage, sample, kind = spec.split(":")
-    return (int(sample), kind) if int(fault_stage) == stage else None
-
-
-def _inject(kind: str, stage: int, index: int) -> None:
-    import sys
-
-    print(
-        f"ppsvd: injecting fault {kind!r} in stage {stage} at sample {index} at {time.time():.3f}",
-        file=sys.stderr,
-        flush=True,
-    )
-    if kind == "raise":
-        raise RuntimeError(f"injected fault at sample {index}")
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "exit0":
-        os._exit(0)
-    if kind == "hang":
-        time.sleep(3600)
-    raise ValueError(f"{FAULT_ENV}: unknown fault kind {kind!r} (raise, kill, exit0, hang)")
 
 
 def _sleep_until(deadline: float) -> None:

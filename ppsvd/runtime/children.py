@@ -74,6 +74,19 @@ class OwnWorkers:
         return proc is not None and _kill_after(proc, grace_s)
 
 
+def kill_own_worker(pid: int, grace_s: float) -> bool:
+    """SIGKILL `pid` unless it leaves within grace_s, but only if it is a worker this process
+    started (a direct child that multiprocessing spawned: a service's workers, whatever the
+    generation). Returns True if it was killed here."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.ppid() != os.getpid() or SPAWN_MARK not in proc.cmdline():
+            return False
+    except psutil.Error:
+        return False
+    return _kill_after(proc, grace_s)
+
+
 def kill_sibling_stage(rank: int, grace_s: float) -> bool:
     """Under torchrun: SIGKILL stage `rank` if its agent is ours (same parent) and it has not left
     within grace_s. The rank is read from the process's own environment, never from the store."""

@@ -33,7 +33,7 @@ from typing import Any
 
 from ppsvd.backends.deadline import Deadline
 from ppsvd.backends.hosts import publish_host, read_host, this_host
-from ppsvd.runtime.children import kill_sibling_stage
+from ppsvd.runtime.children import kill_own_worker, kill_sibling_stage
 
 ABORT_KEY = "abort"
 HEARTBEAT_S = 0.5
@@ -304,6 +304,15 @@ class RunControl:
             return
         sys.stderr.flush()
         os._exit(1)
+
+
+def kill_if_alive(store: Any, run_id: str, stage: int, grace_s: float = KILL_GRACE_S) -> bool:
+    """SIGKILL stage `stage` if it has not exited within grace_s, and only if its process is a
+    worker this process started: the store says which pid the stage published, but any local
+    process can write the store, so the pid is checked in the process table (runtime/children.py).
+    Returns True if it was killed here."""
+    facts = read_host(store, run_id, stage)
+    return facts is not None and kill_own_worker(facts.pid, grace_s)
 
 
 def describe(reason: StopReason, store: Any, run_id: str) -> str:

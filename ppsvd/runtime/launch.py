@@ -63,7 +63,6 @@ def launch(
     from ppsvd.io.rundir import RunDirLock, create_named_run_dir, create_run_dir, read_marker, remove_if_unstarted
 
     run_start = time.time()
-    _start_resource_tracker_immune_to_sighup()
     _raise_open_file_limit()
     created = run_dir is None or not Path(run_dir).exists()
     if run_dir is None:
@@ -90,14 +89,9 @@ def launch(
 
 
 def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure: bool, indices) -> LaunchResult:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from ppsvd.backends.hosts import loopback_store
     from ppsvd.io.atomic import DirIdentity, remove_temp_files
-    from ppsvd.runtime.progress import live_progress
-    from ppsvd.runtime.worker import WorkerSpec, worker_main
+    from ppsvd.runtime.worker import WorkerSpec
 
     identity = DirIdentity.of(run_dir)
     run_id = new_run_id()
@@ -111,6 +105,50 @@ def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure
         store_port=store.port,
         indices=indices,
     )
+    try:
+        ended = run_workers(spec, store)
+    finally:
+        # Every worker is gone: what a killed one could not remove, the launcher does.
+        if identity.problem() is None:
+            remove_temp_files(run_dir)
+    if ended.signum is not None:
+        raise Interrupted(f"interrupted by {signal.Signals(ended.signum).name}", ended.signum, run_dir)
+    error, failed_stage = ended.error, ended.failed_stage
+    if error is None:
+        error = _check_outputs(identity)
+    wall_s = time.time() - run_start
+    if error is None:
+        _stamp_timeline(run_dir, run_start, run_start + wall_s)
+    result = LaunchResult(ok=error is None, run_dir=run_dir, wall_s=wall_s, error=error, failed_stage=failed_stage)
+    if error is not None and raise_on_failure:
+        raise StageFailedError(error)
+    return result
+
+
+@dataclass(frozen=True)
+class WorkersEnded:
+    """How a launch of the workers ended: all well (error None), a failure naming the stage, or a signal."""
+
+    error: str | None = None
+    failed_stage: int | None = None
+    signum: int | None = None
+
+
+def run_workers(spec, store) -> WorkersEnded:
+    """Start spec.config.nproc local workers (a worker.WorkerSpec) with the elastic launcher, around `store` (this
+    process's loopback TCPStore), and wait until they all end. Also the service's supervisor
+    runs its workers through this (ppsvd/serve/pipeline.py, in a thread of its own: the agent then
+    installs no signal handlers, and the service handles signals itself)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from ppsvd.runtime.progress import live_progress
+    from ppsvd.runtime.worker import worker_main
+
+    config, run_id = spec.config, spec.run_id
+    if threading.current_thread() is threading.main_thread():  # a service's supervisor did it beforehand
+        start_resource_tracker_immune_to_sighup()
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -127,49 +165,37 @@ def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure
         start_method="spawn",
     )
     _quiet_elastic_logs(config.ui.debug)
-    error, failed_stage, signum = None, None, None
     enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s, config.layout.nproc)
-    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}  # the agent replaces them; put them back
+    main_thread = threading.current_thread() is threading.main_thread()
+    # The agent replaces the signal handlers (in the main thread only); they are put back after.
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main_thread else {}
     try:
         with live_progress(store, run_id, config), enforcer, _no_second_store():
             elastic_launch(launch_config, worker_main)(spec)
     except ChildFailedError as exc:
         failed_stage, error = _explain(exc, store, run_id, enforcer.killed)
+        return WorkersEnded(error=error, failed_stage=failed_stage)
     except SignalException as exc:  # the agent got the signal, passed it on to every worker and waited for them
-        _ignore_stop_signals()  # the run is stopping already: a second Ctrl-C only repeats the request
+        _ignore_stop_signals(main_thread)  # the run is stopping already: a second Ctrl-C only repeats the request
         if enforcer.ended is not None:  # not a signal from outside: the enforcer woke the agent up
-            failed_stage, error = enforcer.ended
-        else:
-            signum = int(exc.sigval)
+            return WorkersEnded(error=enforcer.ended[1], failed_stage=enforcer.ended[0])
+        return WorkersEnded(signum=int(exc.sigval))
     except KeyboardInterrupt:  # Ctrl-C before the agent installed its handlers
-        _ignore_stop_signals()
-        signum = int(signal.SIGINT)
+        _ignore_stop_signals(main_thread)
+        return WorkersEnded(signum=int(signal.SIGINT))
     except Interrupted as exc:  # the command's own handlers, before the agent installed its ones
-        _ignore_stop_signals()
-        signum = exc.signum
+        _ignore_stop_signals(main_thread)
+        return WorkersEnded(signum=exc.signum)
     finally:
-        _ignore_stop_signals()
+        _ignore_stop_signals(main_thread)
         # Every worker must be gone before the launcher cleans up after them (a second signal can
         # cut the agent's own shutdown short): those still there get SIGKILL after a grace.
         enforcer.workers.stop_all(STOP_GRACE_S)
-        # What a killed worker could not remove, the launcher does.
         _remove_stale_sockets(run_id)
-        if identity.problem() is None:
-            remove_temp_files(run_dir)
         for sig, handler in handlers.items():
             if handler is not None:  # None: installed outside Python, nothing to put back
                 signal.signal(sig, handler)
-    if signum is not None:
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum, run_dir)
-    if error is None:
-        error = _check_outputs(identity)
-    wall_s = time.time() - run_start
-    if error is None:
-        _stamp_timeline(run_dir, run_start, run_start + wall_s)
-    result = LaunchResult(ok=error is None, run_dir=run_dir, wall_s=wall_s, error=error, failed_stage=failed_stage)
-    if error is not None and raise_on_failure:
-        raise StageFailedError(error)
-    return result
+    return WorkersEnded()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -177,12 +203,15 @@ STOP_GRACE_S = 5.0
 """How long the launcher lets a stopping worker finish the sample it writes (its own grace is 3 s)."""
 OPEN_FILES_WANTED = 8192
 """The soft open-file limit a launch asks for (up to the hard limit): N workers and their pipes,
-sockets and store connections need far more than the 1024 some systems start with... or 32."""
+sockets and store connections need far more than the 1024 some systems start with, or 32."""
 
 
-def _ignore_stop_signals() -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+def _ignore_stop_signals(main_thread: bool = True) -> None:
+    """While the launcher cleans up after a signal, later ones only repeat it (main thread only:
+    a service's supervisor runs the workers in a thread and handles signals itself)."""
+    if main_thread:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _raise_open_file_limit() -> None:
@@ -346,7 +375,7 @@ def _check_outputs(identity) -> str | None:
     return None
 
 
-def _start_resource_tracker_immune_to_sighup() -> None:
+def start_resource_tracker_immune_to_sighup() -> None:
     """multiprocessing's resource tracker (a helper process the workers' queues register with)
     ignores SIGINT and SIGTERM but dies of SIGHUP; a closed terminal then ends in a screen of
     KeyErrors from the tracker started in its place. A process inherits an ignored signal, so

@@ -32,16 +32,23 @@ class ProgressReporter:
 
     The compute loop only bumps integers: a store write is a network round trip (0.1-1 ms on a
     busy host), and on a stage whose sample takes 80 ms that alone would cost ~1% throughput.
+    With lanes=True (a service) it also publishes its lane: the sample (and job) it computes and
+    its last step, or that it waits (lane_key; read by ppsvd.serve's monitor).
     """
 
-    def __init__(self, store: Any, run_id: str, stage: int) -> None:
+    def __init__(self, store: Any, run_id: str, stage: int, *, lanes: bool = False) -> None:
         self.store = store
         self.name = key(run_id, "progress", stage)
         self.phase_name = key(run_id, "phase", stage)
         self.plan_name = key(run_id, "planned-steps", stage)
+        self.lane_name = lane_key(run_id, stage) if lanes else None
         self.samples = 0
         self.steps = 0
+        self.current: tuple[int, str | None] | None = None
+        """(index, job) of the sample being computed; None while waiting."""
+        self.last_step: int | None = None
         self._published: tuple[int, int] | None = None
+        self._published_lane: tuple | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ppsvd-progress-{stage}", daemon=True)
         self._thread.start()
@@ -61,11 +68,17 @@ class ProgressReporter:
         except Exception:
             pass  # best effort, as the counts
 
-    def step(self, _step: int | None = None) -> None:
+    def begin(self, index: int, job: str | None = None) -> None:
+        """The compute loop starts on a sample (a service's lane shows it, and its job)."""
+        self.current, self.last_step = (index, job), None
+
+    def step(self, step: int | None = None) -> None:
         self.steps += 1
+        self.last_step = step
 
     def sample_done(self) -> None:
         self.samples += 1
+        self.current = None
 
     def close(self) -> None:
         """Publish the final counts and stop the thread."""
@@ -79,6 +92,8 @@ class ProgressReporter:
 
     def _publish(self) -> None:
         current = (self.samples, self.steps)
+        if self.lane_name is not None:
+            self._publish_lane()
         if current == self._published:
             return
         try:
@@ -86,6 +101,31 @@ class ProgressReporter:
             self._published = current
         except Exception:
             pass  # progress is best effort; the control watcher reports a lost store
+
+    def _publish_lane(self) -> None:
+        working, step = self.current, self.last_step
+        lane = (working, step, self.samples)
+        if lane == self._published_lane:
+            return
+        record = {
+            "state": "waiting" if working is None else "busy",
+            "index": None if working is None else working[0],
+            "job": None if working is None else working[1],
+            "step": step if working is not None else None,
+            "samples": self.samples,
+            "t": time.time(),
+        }
+        try:
+            self.store.set(self.lane_name, json.dumps(record))
+            self._published_lane = lane
+        except Exception:
+            pass  # best effort, as the counts
+
+
+def lane_key(run_id: str, stage: int) -> str:
+    """Where a service's stage (its rank) publishes its lane: JSON with state (busy or waiting),
+    index, job, step (the last one it finished), samples (done so far) and t (when published)."""
+    return key(run_id, "lane", stage)
 
 
 @dataclass

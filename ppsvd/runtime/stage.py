@@ -9,17 +9,25 @@ Three threads per stage keep the compute loop busy:
 The last stage has a writer thread instead of a sender, so encoding and disk I/O overlap too.
 Samples travel in order on FIFO links; every stage checks the index it receives, so a lost,
 repeated or reordered sample is an error, never a silently different output.
+
+A service (ppsvd serve) streams samples instead of a fixed list: stage 0 of each replica gets
+them from a SampleSource (the next job, prepared; None once the service drains), later stages
+accept any increasing index until the end of stream, and a sample whose job was cancelled
+leaves at a stage boundary (`drop`): it is neither computed nor sent on, and the end of stream
+carries the count actually sent, so the next stage's check still holds.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ppsvd.analysis.timeline import SampleSpan, StageTimeline
 from ppsvd.backends.base import CancelCheck, Deadline, Transport
@@ -34,6 +42,25 @@ from ppsvd.runtime.progress import ProgressReporter
 POLL_S = 0.05
 
 
+class HopSignals(Protocol):
+    """A service's announced hand-offs (runtime/jobfeed.Hops): the sender says a message comes,
+    the receiver waits for that (without a deadline, checking the stop flag) before it receives."""
+
+    def announce(self, sender: int, n: int) -> None: ...
+
+    def wait(self, sender: int, n: int, cancelled: CancelCheck) -> None: ...
+
+
+class SampleSource(Protocol):
+    """Where stage 0 of a service gets its samples (runtime/jobfeed.JobFeed)."""
+
+    def next(self, model: StageModel) -> tuple[Sample, float, float] | None:
+        """The next sample, prepared by `model`, when its preparing began (time.time(), after the
+        wait for it) and how many seconds it took; None at the end of the stream. Samples whose
+        job fails on its own (an unreadable image) are reported and skipped by the source, not raised."""
+        ...
+
+
 @dataclass
 class StageContext:
     """What the loop needs besides the model and the links."""
@@ -42,8 +69,9 @@ class StageContext:
     plan: StepPlan
     stage: int
     """Position in the chain (the rank for 'pipeline'; 0 for every 'data' worker)."""
-    indices: list[int]
-    """Sample indices this stage will see, in order; with `take`, the ones its replica may take."""
+    indices: list[int] | None
+    """Sample indices this stage will see, in order; with `take`, the ones its replica may take;
+    None: an open stream (a service), any increasing index until the end of stream."""
     cancelled: CancelCheck
     fail: Callable[..., None]
     """fail(message, stage=None): publish a failure (of this stage, or of the `stage` blamed)."""
@@ -54,7 +82,20 @@ class StageContext:
     take: Callable[[], int | None] | None = None
     """Work queue (several replicas): stage 0 asks it for its next sample (None: none left); later
     stages take what their stage 0 sends, in increasing order, until the end of stream."""
+    source: SampleSource | None = None
+    """A service's stage 0: the stream of jobs (instead of `indices` or `take`)."""
+    drop: Callable[[Sample], bool] | None = None
+    """A service: True for a sample whose job was cancelled; it leaves the pipeline at this stage."""
+    keep_spans: int | None = None
+    """Keep only the latest this many spans (a service runs for ever); None: all (a run's timeline)."""
+    hops: HopSignals | None = None
+    """A service: every hand-off is announced before it is sent, so a stage can wait idle for
+    the next sample as long as the service is idle, and still bound each transfer by --timeout."""
     spans: list[SampleSpan] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.keep_spans is not None:
+            self.spans = deque(self.spans, maxlen=self.keep_spans)
 
     @property
     def is_first(self) -> bool:
@@ -63,6 +104,16 @@ class StageContext:
     @property
     def is_last(self) -> bool:
         return self.stage == self.plan.num_stages - 1
+
+    @property
+    def idle_timeout_s(self) -> float:
+        """How long a stage may wait for its next sample: --timeout in a run; a service may be idle for ever."""
+        return math.inf if self.indices is None else self.config.transport.timeout_s
+
+    @property
+    def open_order(self) -> bool:
+        """Samples come from a queue or a stream: increasing indices, their number known only at the end."""
+        return self.take is not None or self.indices is None
 
 
 def _put(q: queue.Queue, item: Any, cancelled: CancelCheck, timeout_s: float, what: str) -> None:
@@ -130,7 +181,11 @@ class Receiver(_Worker):
 
     def work(self) -> None:
         timeout = self.ctx.config.transport.timeout_s
+        hops, count = self.ctx.hops, 0
         while True:
+            count += 1
+            if hops is not None:  # a service: wait (idle) until the previous stage says a message comes
+                hops.wait(self.transport.world.prev_rank, count, self.ctx.cancelled)
             try:
                 msg = self.transport.recv(self.schema, timeout_s=timeout, cancelled=self.ctx.cancelled)
             except TransportTimeout as exc:
@@ -153,8 +208,12 @@ class Sender(_Worker):
 
     def work(self) -> None:
         timeout = self.ctx.config.transport.timeout_s
+        hops, count = self.ctx.hops, 0
         while True:
-            msg: Message = _get(self.outbox, self.ctx.cancelled, timeout, "sample to send")
+            msg: Message = _get(self.outbox, self.ctx.cancelled, self.ctx.idle_timeout_s, "sample to send")
+            count += 1
+            if hops is not None:
+                hops.announce(self.transport.world.rank, count)
             try:
                 self.transport.send(msg, timeout_s=timeout, cancelled=self.ctx.cancelled)
             except TransportTimeout as exc:
@@ -162,6 +221,8 @@ class Sender(_Worker):
             if msg.is_end:
                 return
             self.sent_at[msg.index] = time.time()
+            if self.ctx.keep_spans is not None and len(self.sent_at) > self.ctx.keep_spans:
+                del self.sent_at[next(iter(self.sent_at))]  # the oldest: its span is gone too
 
 
 class Writer(_Worker):
@@ -173,9 +234,8 @@ class Writer(_Worker):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
 
     def work(self) -> None:
-        timeout = self.ctx.config.transport.timeout_s
         while True:
-            result = _get(self.queue, self.ctx.cancelled, timeout, "sample to write")
+            result = _get(self.queue, self.ctx.cancelled, self.ctx.idle_timeout_s, "sample to write")
             if result is None:
                 return
             self.write(result)
@@ -207,6 +267,9 @@ def run_stage(
         arrival = _next_sample(ctx, model, threads.receiver, taken)
         if arrival is None:
             break
+        if ctx.drop is not None and ctx.drop(arrival.sample):
+            taken.dropped += 1  # its job was cancelled: not computed, not sent on
+            continue
         ctx.spans.append(_process(ctx, model, threads, arrival))
         if ctx.reporter is not None:
             ctx.reporter.sample_done()
@@ -248,6 +311,13 @@ class _Arrival:
 
 def _next_sample(ctx: StageContext, model: StageModel, receiver: Receiver | None, taken: _Taken) -> _Arrival | None:
     """The next sample to compute, or None when this stage has seen them all."""
+    if ctx.is_first and ctx.source is not None:
+        got = ctx.source.next(model)
+        if got is None:
+            return None
+        sample, compute_start, prepare_s = got  # the wait for a job is idle time, not compute
+        taken.count += 1
+        return _Arrival(sample.index, sample, compute_start, prepare_s=prepare_s)
     if ctx.is_first:
         index = taken.next_for_first()
         if index is None:
@@ -261,8 +331,8 @@ def _next_sample(ctx: StageContext, model: StageModel, receiver: Receiver | None
         return None
     recv_start = time.time()
     what = f"{taken.waiting_for()} from stage {ctx.stage - 1}"
-    msg, arrived = _get(receiver.inbox, ctx.cancelled, ctx.config.transport.timeout_s, what)
-    if msg.is_end and ctx.take is not None:
+    msg, arrived = _get(receiver.inbox, ctx.cancelled, ctx.idle_timeout_s, what)
+    if msg.is_end and ctx.open_order:
         taken.end = msg
         return None
     index = taken.check_received(msg)
@@ -275,6 +345,8 @@ def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _
     """Run this stage's steps on one sample, then hand it to the writer (last stage) or the sender."""
     my_steps = ctx.plan.ranges[ctx.stage]
     timeout_s = ctx.config.transport.timeout_s
+    if ctx.reporter is not None:
+        ctx.reporter.begin(arrival.index, arrival.sample.meta.get("job"))
     steps_start = time.perf_counter()
     sample = _run_steps(ctx, model, arrival.sample, my_steps)
     synchronize(model.device)  # the steps' time, not their launch: the finalize or hand-off needs them anyway
@@ -332,7 +404,7 @@ def _end_stream(ctx: StageContext, threads: _Threads, taken: _Taken) -> None:
     if threads.sender is not None:
         _put(
             threads.sender.outbox,
-            Message.end(taken.count),
+            Message.end(taken.count - taken.dropped),  # what the next stage received from us
             cancelled,
             timeout_s,
             "the hand-off of the end of stream to the sender",
@@ -350,14 +422,17 @@ def _end_stream(ctx: StageContext, threads: _Threads, taken: _Taken) -> None:
 
 class _Taken:
     """Which sample comes next, and the checks on what arrives: a fixed list (one replica sees
-    every sample in order), or a work queue (stage 0 takes; later stages accept increasing indices
-    from the queue's samples, each once, until the end of stream)."""
+    every sample in order), or a work queue or stream (stage 0 takes; later stages accept
+    increasing indices, of the queue's samples if it has a list, each once, until the end of stream)."""
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self.count = 0
+        """Samples this stage took or received."""
+        self.dropped = 0
+        """Of those, the ones that left here (cancelled jobs): not sent on."""
         self.last: int | None = None
-        self.allowed = set(ctx.indices)
+        self.allowed = None if ctx.indices is None else set(ctx.indices)
         self.end: Message | None = None
 
     def next_for_first(self) -> int | None:
@@ -370,19 +445,21 @@ class _Taken:
         return index
 
     def exhausted(self) -> bool:
-        return self.ctx.take is None and self.count >= len(self.ctx.indices)
+        return not self.ctx.open_order and self.count >= len(self.ctx.indices)
 
     def waiting_for(self) -> str:
-        return f"sample {self.ctx.indices[self.count]}" if self.ctx.take is None else "the next sample"
+        return "the next sample" if self.ctx.open_order else f"sample {self.ctx.indices[self.count]}"
 
     def check_received(self, msg: Message) -> int:
         stage = self.ctx.stage
-        if self.ctx.take is None:
+        if not self.ctx.open_order:
             expected = self.ctx.indices[self.count]
             if msg.is_end or msg.index != expected:
                 got = "end of stream" if msg.is_end else f"sample {msg.index}"
                 raise TransportError(f"stage {stage} received {got} from stage {stage - 1}, expected sample {expected}")
-        elif msg.index not in self.allowed or (self.last is not None and msg.index <= self.last):
+        elif (self.allowed is not None and msg.index not in self.allowed) or (
+            self.last is not None and msg.index <= self.last
+        ):
             after = f" after sample {self.last}" if self.last is not None else ""
             raise TransportError(
                 f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it could take next"
@@ -417,7 +494,15 @@ def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) ->
 
 
 def stage_timeline(
-    ctx: StageContext, stage_id: int, *, launched: float, ready: float, finished: float, host: str, device: str
+    ctx: StageContext,
+    stage_id: int,
+    *,
+    launched: float,
+    ready: float,
+    finished: float,
+    host: str,
+    device: str,
+    compile_s: float | None = None,
 ) -> StageTimeline:
     steps = ctx.plan.ranges[ctx.stage]
     return StageTimeline(
@@ -429,4 +514,5 @@ def stage_timeline(
         samples=list(ctx.spans),
         host=host,
         device=device,
+        compile_s=compile_s,
     )

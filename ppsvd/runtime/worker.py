@@ -41,6 +41,9 @@ class WorkerSpec:
     store_port: int
     indices: tuple[int, ...] | None = None
     """The samples to generate (a resumed run: those not finished yet); None: all of them."""
+    serve: bool = False
+    """A service's workers (ppsvd serve): jobs stream in from the launcher's feeder until it drains
+    (runtime/jobfeed.py), instead of a fixed list of samples."""
 
 
 class StopSignal(BaseException):
@@ -83,6 +86,14 @@ def leave(code: int) -> None:
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point for workers started by ppsvd.runtime.launch (one per local rank)."""
     received = catch_stop_signals()
+    if spec.serve:
+        # A service drains through its launcher: Ctrl-C in a terminal, a closed terminal and a
+        # service manager's SIGTERM (systemd signals every process of the unit) reach the whole
+        # group, but only the launcher acts on them; the workers finish their stream. When a
+        # stage fails the others leave through the control plane (runtime/control.py) within
+        # seconds, not by the agent's SIGTERM; a killed launcher takes them along (PDEATHSIG).
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
     _die_with_parent()
     try:
         code = _start_worker(spec, received)
@@ -111,6 +122,7 @@ def _start_worker(spec: WorkerSpec, received: list[int]) -> int:
         self_launched=True,
         indices=spec.indices,
         received=received,
+        serve=spec.serve,
     )
 
 
@@ -182,9 +194,10 @@ class _Job:
     local_rank: int
     local_world: int
     indices: tuple[int, ...] | None = None
+    serve: bool = False
 
     @staticmethod
-    def from_env(config, store, run_id, run_dir, run_start, *, self_launched: bool, indices=None) -> _Job:
+    def from_env(config, store, run_id, run_dir, run_start, *, self_launched: bool, indices=None, serve=False) -> _Job:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return _Job(
             config=config,
@@ -199,6 +212,7 @@ class _Job:
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
             indices=None if indices is None else tuple(indices),
+            serve=serve,
         )
 
 
@@ -212,10 +226,13 @@ def _run(
     self_launched: bool,
     indices: tuple[int, ...] | None = None,
     received: list[int] | None = None,
+    serve: bool = False,
 ) -> int:
     """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by
     another, 128 + signum interrupted)."""
-    job = _Job.from_env(config, store, run_id, run_dir, run_start, self_launched=self_launched, indices=indices)
+    job = _Job.from_env(
+        config, store, run_id, run_dir, run_start, self_launched=self_launched, indices=indices, serve=serve
+    )
     rank = job.rank
     received = catch_stop_signals() if received is None else received
     control = RunControl(
@@ -308,13 +325,16 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
         config.layout.strategy, job.world, job.rank, todo, total_steps=config.job.total_steps, layout=layout
     )
     # Progress from here on: loading takes seconds (tiny) to minutes (SVD-XT), and says so.
-    reporter = ProgressReporter(store, run_id, job.rank)
+    reporter = ProgressReporter(store, run_id, job.rank, lanes=job.serve)
     closers.append(reporter.close)
     reporter.phase(loading_phase(config, work.plan, work.stage))
     # The model first: its hand-off schema bounds what a link may ever accept.
     model = build_stage_model(config, work.plan, work.stage, device)
     if work.paired:  # before schema(): a guidance half hands on only its half of the conditioning
         model.split_guidance(work.half)
+    if config.model.compile:  # --compile: compile now, timed apart, before calibration and the samples
+        reporter.phase("compiling the UNet (torch.compile, once)")
+    compile_s = model.warm_up()
     reporter.phase(PHASE_WAITING)
     transport = _open_links(job, work, layout, model, device, control, closers)
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
@@ -337,23 +357,56 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
         config=config,
         plan=plan,
         stage=work.stage,
-        indices=list(work.samples),
+        indices=None if job.serve else list(work.samples),
         cancelled=control.cancelled,
         fail=control.fail,
         reporter=reporter,
         watch=control.steps,
         run_dir=job.run_dir,
-        take=_work_queue(job, work, control) if work.takes_from_queue else None,
+        take=_work_queue(job, work, control) if work.takes_from_queue and not job.serve else None,
+        **(_serving(job, work, control) if job.serve else {}),
     )
     run_stage(ctx, model, transport, writer.write if writer else (lambda result: None))
     reporter.close()
     if writer is not None:
         writer.close()
-    _finish(job, ctx, control, run_plan, ready=ready, device=device)
+    _finish(job, ctx, control, run_plan, ready=ready, device=device, compile_s=compile_s)
+
+
+SERVE_KEEP_SPANS = 1000
+"""A service's stages keep the timeline of their latest samples only (it runs for ever)."""
+
+
+def _serving(job: _Job, work, control: RunControl) -> dict:
+    """A service's stage: jobs from the feeder (stage 0), cancelled jobs dropped at every stage
+    boundary, announced hand-offs, a bounded timeline; then say this rank serves (runtime/jobfeed.py)."""
+    from ppsvd.runtime.jobfeed import Hops, JobFeed, drop_check, mark_serving
+
+    timeout_s = job.config.transport.timeout_s
+    source = None
+    if work.stage == 0:
+        source = JobFeed(
+            job.store,
+            job.run_id,
+            rank=job.rank,
+            replica=work.replica,
+            half=work.half,
+            cancelled=control.cancelled,
+            timeout_s=timeout_s,
+        )
+    mark_serving(job.store, job.run_id, job.rank)
+    return {
+        "source": source,
+        # Both halves of a guidance pair swap predictions every step: they must drop together, so
+        # they never drop midway; a cancelled job's sample runs on and is discarded at the end.
+        "drop": None if work.paired else drop_check(job.store, job.run_id, job.rank),
+        "hops": Hops(job.store, job.run_id, timeout_s),
+        "keep_spans": SERVE_KEEP_SPANS,
+    }
 
 
 def _stage_device(job: _Job):
-    """This rank's torch device, after the checks that need the machine (CUDA count, one GPU per stage)."""
+    """This rank's torch device, after the checks that need the machine (CUDA count, GPUs per stage)."""
     import torch
 
     config = job.config
@@ -365,8 +418,9 @@ def _stage_device(job: _Job):
     cuda_count = torch.cuda.device_count() if config.model.device == "cuda" else 0
     config.check_devices(cuda_count, job.local_world)
     if config.model.device == "cuda":
-        torch.cuda.set_device(job.local_rank)
-        return torch.device("cuda", job.local_rank)
+        index = config.layout.gpu_index(job.local_rank)  # several stages per GPU only with --stages-per-gpu
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
@@ -436,6 +490,11 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
 
     if not work.writes:
         return None
+    on_written = None
+    if job.serve:  # the launcher keeps the record (its job store): the writer tells it of each job
+        from ppsvd.runtime.jobfeed import written_hook
+
+        on_written = written_hook(job.store, job.run_id, job.run_dir)
     writer = ResultWriter(
         job.run_dir,
         job.config,
@@ -443,6 +502,7 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
         model.describe(),
         manifest_name=f".manifest-{job.rank}.json" if work.writes_shard else MANIFEST,
         journal_name=f".manifest-{job.rank}.jsonl" if work.writes_shard else JOURNAL,
+        on_written=on_written,
         settings=sample_settings(job.config),
     )
     # However this process leaves, the sample being written is finished first (bounded), so
@@ -451,7 +511,7 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
     return writer
 
 
-def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, device) -> None:
+def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, device, compile_s=None) -> None:
     """Publish this rank's timeline, wait for every rank, and (rank 0) gather the run's files."""
     from ppsvd.runtime.stage import stage_timeline
 
@@ -464,6 +524,7 @@ def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, devi
         finished=time.time(),
         host=socket.gethostname(),
         device=str(device),
+        compile_s=compile_s,
     )
     job.store.set(key(job.run_id, "timeline", job.rank), json.dumps(asdict(timeline)))
     control.mark_done()
