@@ -165,8 +165,8 @@ def run_workers(spec, store) -> WorkersEnded:
         start_method="spawn",
     )
     _quiet_elastic_logs(config.ui.debug)
-    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s, config.layout.nproc)
     main_thread = threading.current_thread() is threading.main_thread()
+    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s, config.layout.nproc, wake_main=main_thread)
     # The agent replaces the signal handlers (in the main thread only); they are put back after.
     handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main_thread else {}
     try:
@@ -253,8 +253,11 @@ class _Enforcer:
     """How long every worker must have been gone before the enforcer speaks (a failed worker's exit
     code reaches the agent within its 0.1 s monitor interval)."""
 
-    def __init__(self, port: int, run_id: str, timeout_s: float, nproc: int) -> None:
+    def __init__(self, port: int, run_id: str, timeout_s: float, nproc: int, *, wake_main: bool = True) -> None:
+        """wake_main: the agent runs in the main thread, which the enforcer may interrupt (a
+        service's supervisor runs it in a thread of its own and watches its workers itself)."""
         self.port, self.run_id, self.timeout_s, self.nproc = port, run_id, timeout_s, nproc
+        self.wake_main = wake_main
         self.killed: set[int] = set()
         self.ended: tuple[int | None, str] | None = None
         """(stage, message) once every worker ended without finishing; the agent is then woken up."""
@@ -307,8 +310,8 @@ class _Enforcer:
             missing = [r for r in range(self.nproc) if not store.check([key(self.run_id, "done", r)])]
         except Exception:
             return False
-        if not missing:
-            return False  # they finished: the agent returns by itself
+        if not missing or not self.wake_main:
+            return False  # they finished (the agent returns by itself), or the caller watches them
         stage = missing[0]
         reason = read_abort(store, self.run_id)
         if reason is not None and reason.stage is not None:
