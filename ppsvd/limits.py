@@ -196,7 +196,7 @@ def _check_seeds(config: Any) -> None:
 def _last_index_on_run_seed(config: Any) -> int | None:
     """The largest sample index whose seed is the run's seed + index (None: every sample has its own)."""
     job = config.job
-    if not job.inputs or config.model.model == "synthetic":  # the stand-in always uses seed + index
+    if not job.inputs or config.model.is_synthetic:  # the stand-in always uses seed + index
         return job.num_samples - 1
     own = [r for r, item in enumerate(job.inputs) if item.seed is None and r < job.num_samples]
     if not own:
@@ -207,7 +207,7 @@ def _last_index_on_run_seed(config: Any) -> int | None:
 
 def _check_conditioning(config: Any) -> None:
     """Values that become tensors of the run's dtype, and frame rates ffmpeg takes."""
-    dtype = config.model.dtype or ("fp16" if config.model.device == "cuda" else "fp32")
+    dtype = config.model.resolved_dtype
     top = DTYPE_MAX.get(dtype, DTYPE_MAX["fp16"])
     svd, out = config.svd, config.output
     for name in ("noise_aug_strength", "min_guidance_scale", "max_guidance_scale"):

@@ -318,7 +318,7 @@ def test_resume_keeps_only_intact_listed_samples(tmp_path, monkeypatch, capsys):
 
     from ppsvd.io.results import ResultWriter
     from ppsvd.io.resume import sample_settings
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     run_dir = _saved_run(tmp_path)
     config = _saved_config()
@@ -373,7 +373,7 @@ def test_journal_appends_one_line_per_sample_and_close_checks_files(tmp_path):
 
     from ppsvd.errors import OutputsLost
     from ppsvd.io.results import ResultWriter, listed_entries
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     config = RunConfig.from_options(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=3)
     writer = ResultWriter(tmp_path, config, partition_steps(4, 1))

@@ -229,7 +229,7 @@ def test_3_resume_regenerates_truncated_and_garbage_videos_bitwise(tiny_run, tmp
 
 
 def test_8_long_names_fit_stay_apart_and_never_start_with_a_dash(tiny_run):
-    from ppsvd.filenames import NAME_MAX
+    from ppsvd.io.filenames import NAME_MAX
 
     _, full = tiny_run
     manifest = json.loads((full / "manifest.json").read_text())

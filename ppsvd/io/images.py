@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from ppsvd.config import BUILTIN_IMAGE, RunConfig, is_url
+from ppsvd.config import RunConfig
 from ppsvd.errors import InputImageError
 from ppsvd.io.fetch import fetch_bytes
 from ppsvd.io.integrity import digest_bytes
 
-BUILTIN = BUILTIN_IMAGE
-"""What the manifest records as the image of a sample that used the built-in test image."""
+BUILTIN_IMAGE = "builtin"
+"""The image of a sample without --image (the built-in test image), as the manifest records it."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """Files a directory contributes (globs and explicit files are taken as given, then checked)."""
@@ -59,6 +59,11 @@ def resolve_images(spec: Iterable[str]) -> tuple[str, ...]:
 def with_images_resolved(config: RunConfig) -> RunConfig:
     """config with its --image values expanded to files and URLs (a no-op when they already are)."""
     return config.replace(images=resolve_images(config.job.images)) if config.job.images else config
+
+
+def is_url(image: str) -> bool:
+    """An image given as an http(s) URL (fetched by ppsvd.io.fetch)."""
+    return image.startswith(("http://", "https://"))
 
 
 def _expand(item: str) -> list[str]:
@@ -88,11 +93,6 @@ def _expand(item: str) -> list[str]:
     raise InputImageError(f"--image {item}: no such file or directory; {_HINT}")
 
 
-def image_for_sample(images: tuple[str, ...], index: int) -> str:
-    """The image file of sample `index` (images are reused round-robin), or BUILTIN when none."""
-    return images[index % len(images)] if images else BUILTIN
-
-
 def check_image(path: str, what: str | None = None) -> str:
     """Raise InputImageError (one line) unless `path` is a readable image; decodes it fully (and
     keeps nothing). Returns the digest of its bytes ('sha256:<hex>'). `what` names it in errors
@@ -112,8 +112,8 @@ def load_image(path: str, width: int, height: int, digest: str | None = None) ->
 
 
 def load_sample_image(name: str, width: int, height: int, digest: str | None = None) -> Image.Image:
-    """load_image, or the built-in image when name is BUILTIN."""
-    return builtin_image(width, height) if name == BUILTIN else load_image(name, width, height, digest)
+    """load_image, or the built-in image when name is BUILTIN_IMAGE."""
+    return builtin_image(width, height) if name == BUILTIN_IMAGE else load_image(name, width, height, digest)
 
 
 def read_image_bytes(path: str, what: str | None = None) -> bytes:

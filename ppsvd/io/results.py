@@ -44,7 +44,7 @@ def latents_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> byte
     with it the file's bytes) changed from process to process. The header (8-byte little-endian
     length, then JSON, padded with spaces: the format's own definition) is written again with
     sorted keys: the same JSON, the same length, in one order."""
-    from safetensors.torch import save
+    from safetensors.torch import save  # heavy: imports torch
 
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     data = save(cpu, metadata=metadata)

@@ -27,6 +27,7 @@ from ppsvd.errors import ConfigError
 from ppsvd.io.integrity import entry_problem, settings_digest
 from ppsvd.io.results import listed_entries
 from ppsvd.io.rundir import RunDirLock, read_marker
+from ppsvd.io.samples import plan_samples
 
 CONFIG = "config.json"
 
@@ -59,8 +60,9 @@ EXECUTION_FIELDS = frozenset(
         "stages_per_gpu",
     }
 )
-"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run executes, never a sample's values (the exactness
-promise: any N, transport and partition): a resumed run may set them anew."""
+"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run
+executes, never a sample's values (the exactness promise: any N, transport and partition): a
+resumed run may set them anew."""
 
 FOLLOW_THE_COMMAND = frozenset({"debug", "show_progress"})
 """Taken from this command line even when not given (not from the stopped run)."""
@@ -85,7 +87,7 @@ def sample_settings(config: RunConfig) -> dict[str, Any]:
     """Everything that decides a sample's values (every option but those that only change how the
     run executes), as plain JSON: recorded in the run directory's marker, digested in the journal."""
     settings = {name: value for name, value in config.options().items() if name not in EXECUTION_FIELDS}
-    settings["resolved_dtype"] = config.resolved_dtype
+    settings["resolved_dtype"] = config.model.resolved_dtype
     # The guidance split is within a bound of the reference, every other layout bitwise.
     settings["guidance_split"] = config.layout.strategy == "cfg"
     return json.loads(json.dumps(settings, sort_keys=True, default=_plain))
@@ -202,7 +204,7 @@ def plan_resume(run_dir: Path, config: RunConfig) -> ResumePlan:
     """Which samples of run_dir are finished (each entry checked: sample_problem) and which remain."""
     run_dir = Path(run_dir)
     settings = settings_digest(sample_settings(config))
-    specs = config.sample_specs()
+    specs = plan_samples(config)
     kept = [
         e
         for e in listed_entries(run_dir)
@@ -217,7 +219,7 @@ def plan_resume(run_dir: Path, config: RunConfig) -> ResumePlan:
 def sample_problem(run_dir: Path, entry: dict, config: RunConfig, spec, settings: str) -> str | None:
     """None when the entry is sample spec.index of this run, intact; else why it is made again."""
     outputs = ["latents"] if config.output.save_latents else []
-    if not config.is_synthetic:  # the stand-in decodes no video
+    if not config.model.is_synthetic:  # the stand-in decodes no video
         wanted = (("videos", config.output.save_video), ("frames", config.output.save_frames))
         outputs += [kind for kind, on in wanted if on]
     videos = config.job.latent_shape[0]  # B: one video (and frames folder) each

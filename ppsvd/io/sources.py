@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ppsvd.config import BUILTIN_IMAGE, RunConfig, is_url
+from ppsvd.config import RunConfig
 from ppsvd.errors import InputImageError
-from ppsvd.io.images import check_image, with_images_resolved
+from ppsvd.io.images import BUILTIN_IMAGE, check_image, is_url, with_images_resolved
+from ppsvd.io.samples import plan_samples
 
 
 def record_sources(config: RunConfig) -> RunConfig:
     """config with absolute image paths and the digest of every image a sample uses; an image
     whose digest differs from the one config already records is refused (InputImageError)."""
-    if config.is_synthetic:  # the stand-in reads no image
+    if config.model.is_synthetic:  # the stand-in reads no image
         return config
     config = _absolute(with_images_resolved(config))
     recorded = config.job.image_digests
@@ -44,7 +45,7 @@ def used_images(config: RunConfig) -> dict[str, str]:
     for k, item in enumerate(config.job.inputs):
         entry.setdefault(item.image, f"--inputs entry {k + 1} ({item.image})")
     used = {}
-    for spec in config.sample_specs():
+    for spec in plan_samples(config):
         if spec.image != BUILTIN_IMAGE and spec.image not in used:
             used[spec.image] = entry.get(spec.image, f"--image {spec.image}")
     return used

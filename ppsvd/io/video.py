@@ -11,7 +11,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 from ppsvd.errors import OutputWriteError
 from ppsvd.io.atomic import write_with
@@ -32,8 +34,6 @@ def write_mp4(path: str | Path, frames: Any, fps: int) -> Path:
     with a finite timeout; its exit status is checked, and the file it wrote must read back as a
     video with F frames, or OutputWriteError says what ffmpeg said and nothing is left under `path`
     (a failed encode once left an empty MP4 listed as a finished sample)."""
-    import imageio_ffmpeg
-
     video = _pad_even(_as_frames(frames))
     count, height, width, _ = video.shape
     if fps <= 0:
@@ -74,8 +74,6 @@ def write_mp4(path: str | Path, frames: Any, fps: int) -> Path:
 
 def _unreadable(path: Path, frames: int) -> str | None:
     """None when `path` reads back as a video of `frames` frames, else what is wrong with it."""
-    import imageio_ffmpeg
-
     try:
         counted, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     except Exception as exc:  # ffmpeg cannot open or parse it
@@ -90,7 +88,6 @@ def _last_line(stderr: bytes) -> str:
 
 def write_frames(directory: str | Path, frames: Any, prefix: str = "frame") -> list[Path]:
     """Write each frame of uint8 [F, H, W, 3] as `<prefix>_00000.png`, ... in `directory`."""
-    from PIL import Image
 
     video = _as_frames(frames)
     directory = Path(directory)
@@ -105,7 +102,6 @@ def write_frames(directory: str | Path, frames: Any, prefix: str = "frame") -> l
 
 def read_mp4(path: str | Path) -> tuple[int, int, int]:
     """(frame_count, height, width) of a video, by decoding every frame (for tests and checks)."""
-    import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
@@ -131,7 +127,7 @@ def _as_frames(frames: Any) -> np.ndarray:
 def _pad_even(video: np.ndarray) -> np.ndarray:
     """Repeat the last row / column when height / width is odd: yuv420p cannot encode odd sizes.
 
-    SVD's pixel sizes are 8x the latent size, so this only happens for unusual inputs.
+    SVD's pixel sizes are the latent size times its VAE scale factor (8), so this only happens for unusual inputs.
     """
     _, height, width, _ = video.shape
     pad_h, pad_w = height % 2, width % 2

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport
+from ppsvd.backends.base import StageWorld, Transport
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import KIND_SAMPLE, Message, TensorSpec, dtype_name
 from ppsvd.errors import PartnerLinkError, ProtocolError, TransportError
 
@@ -81,7 +83,8 @@ class PairLink:
         if msg.is_end or msg.index != index:
             got = "end of stream" if msg.is_end else f"{name} {msg.index}"
             raise ProtocolError(
-                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, expected {name} {index}"
+                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, "
+                f"expected {name} {index}"
             )
         return msg.tensors[name].to(device, non_blocking=True)
 
@@ -105,7 +108,6 @@ class PairLink:
 def pair_world(world: StageWorld, pair_links: tuple[tuple[int, int], ...]) -> StageWorld:
     """The partner link's StageWorld: both of this rank's links go to its partner, and its store
     keys (zmq endpoints, CURVE keys, ipc sockets) live under their own namespace of the run."""
-    from dataclasses import replace
 
     return replace(world, links=pair_links, run_id=pair_run_id(world.run_id))
 

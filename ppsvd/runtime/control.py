@@ -22,6 +22,7 @@ launcher or the agent started is ever signalled (runtime/children.py), never a p
 from __future__ import annotations
 
 import os
+import secrets
 import statistics
 import sys
 import threading
@@ -54,7 +55,6 @@ def new_run_id() -> str:
     Every store key and zmq key of the run contains the whole id, so a process that can reach
     the store but was not told the id cannot guess a key to forge (it could list them: the
     store's reachability is what really guards it, see docs/multinode.md)."""
-    import secrets
 
     return f"{secrets.token_hex(6)}~{secrets.token_hex(16)}"
 

@@ -26,13 +26,21 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing import resource_tracker
 from pathlib import Path
 
-from ppsvd.backends.hosts import read_host
+from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.backends.hosts import loopback_store, read_host
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError, Interrupted, StageFailedError
+from ppsvd.io.atomic import DirIdentity, remove_temp_files, run_label
+from ppsvd.io.results import MANIFEST, listed_entries, missing_files
+from ppsvd.io.resume import sample_settings
+from ppsvd.io.rundir import RunDirLock, create_named_run_dir, create_run_dir, read_marker, remove_if_unstarted
 from ppsvd.runtime.children import OwnWorkers
 from ppsvd.runtime.control import KILL_GRACE_S, key, new_run_id, public_run_id, read_abort
+from ppsvd.runtime.progress import live_progress
+from ppsvd.runtime.worker import WorkerSpec, worker_main
 
 
 @dataclass
@@ -58,9 +66,6 @@ def launch(
     The run directory is locked for the whole launch (a second writer is refused); one this
     launch created is removed again if the run never started. A signal (Ctrl-C, SIGTERM, SIGHUP)
     stops every worker and raises Interrupted, whatever raise_on_failure."""
-    from ppsvd.io.atomic import run_label
-    from ppsvd.io.resume import sample_settings
-    from ppsvd.io.rundir import RunDirLock, create_named_run_dir, create_run_dir, read_marker, remove_if_unstarted
 
     run_start = time.time()
     _raise_open_file_limit()
@@ -89,10 +94,6 @@ def launch(
 
 
 def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure: bool, indices) -> LaunchResult:
-    from ppsvd.backends.hosts import loopback_store
-    from ppsvd.io.atomic import DirIdentity, remove_temp_files
-    from ppsvd.runtime.worker import WorkerSpec
-
     identity = DirIdentity.of(run_dir)
     run_id = new_run_id()
     store = loopback_store(config.transport.timeout_s)
@@ -139,12 +140,9 @@ def run_workers(spec, store) -> WorkersEnded:
     process's loopback TCPStore), and wait until they all end. Also the service's supervisor
     runs its workers through this (ppsvd/serve/pipeline.py, in a thread of its own: the agent then
     installs no signal handlers, and the service handles signals itself)."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # heavy: torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from ppsvd.runtime.progress import live_progress
-    from ppsvd.runtime.worker import worker_main
 
     config, run_id = spec.config, spec.run_id
     if threading.current_thread() is threading.main_thread():  # a service's supervisor did it beforehand
@@ -274,7 +272,7 @@ class _Enforcer:
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
-        from torch.distributed import TCPStore
+        from torch.distributed import TCPStore  # heavy: torch
 
         try:  # a connection of its own: the agent and the progress display use theirs
             store = TCPStore("127.0.0.1", self.port, is_master=False, timeout=timedelta(seconds=self.timeout_s))
@@ -364,7 +362,6 @@ def _explain(exc, store, run_id: str, killed_here: set[int] = frozenset()) -> tu
 def _check_outputs(identity) -> str | None:
     """After a run that succeeded: the run directory is still the one created, and every file
     the manifest lists is on disk (the last stage checked as much; this sees later deletions too)."""
-    from ppsvd.io.results import MANIFEST, listed_entries, missing_files
 
     problem = identity.problem()
     if problem is not None:
@@ -383,7 +380,6 @@ def start_resource_tracker_immune_to_sighup() -> None:
     ignores SIGINT and SIGTERM but dies of SIGHUP; a closed terminal then ends in a screen of
     KeyErrors from the tracker started in its place. A process inherits an ignored signal, so
     start it while SIGHUP is ignored."""
-    from multiprocessing import resource_tracker
 
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
@@ -395,8 +391,8 @@ def start_resource_tracker_immune_to_sighup() -> None:
 def _remove_stale_sockets(run_id: str) -> None:
     """A killed stage cannot unlink its zmq ipc socket file; the launcher removes the run's socket
     directories (the pipeline links' and the guidance pairs')."""
-    from ppsvd.backends.zmq import remove_ipc_dir
-    from ppsvd.runtime.cfg import pair_run_id
+    from ppsvd.backends.zmq import remove_ipc_dir  # heavy: imports torch
+    from ppsvd.runtime.cfg import pair_run_id  # heavy: imports torch
 
     remove_ipc_dir(run_id)
     remove_ipc_dir(pair_run_id(run_id))
@@ -404,7 +400,6 @@ def _remove_stale_sockets(run_id: str) -> None:
 
 def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:
     """Add the launcher's view of the run (start and end of the whole launch) to timeline.json."""
-    from ppsvd.analysis.timeline import RunTimeline
 
     path = run_dir / "timeline.json"
     if path.exists():
