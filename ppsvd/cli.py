@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import signal
 import sys
 
 import click
@@ -121,4 +122,10 @@ def main(argv: list[str] | None = None) -> None:
             f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)"
         )
         code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if code > 128:
+        # Leaving because of a signal: a repeated Ctrl-C while the interpreter shuts down (Python
+        # puts the default handlers back) must not turn exit code 130 into death by SIGINT.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)

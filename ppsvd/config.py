@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ppsvd.errors import ConfigError
+from ppsvd.limits import check_values
 from ppsvd.planning.costs import CFG_HALF_RATIO
 from ppsvd.planning.layouts import GOALS, Goal, Layout
 
@@ -147,6 +148,9 @@ class JobSection:
     """Input image files or http(s) URLs; sample i uses images[i % len]. Empty: the built-in test image."""
     inputs: tuple[SampleInput, ...] = ()
     """--inputs job file, one SampleInput per line; sample i uses inputs[i % len]. Excludes images."""
+    image_digests: dict[str, str] = field(default_factory=dict)
+    """Image (absolute path or URL) -> 'sha256:<hex>' of its bytes, recorded before the first launch
+    (ppsvd.io.sources): stage 0 and --resume refuse an image whose content changed since."""
 
     @property
     def input_images(self) -> tuple[str, ...]:
@@ -462,6 +466,7 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check everything that can be checked without torch: each section's own checks, then the
         ones across sections. Returns self for chaining."""
+        check_values(self)  # types, finite numbers and upper bounds first (ppsvd.limits)
         self.job.validate()
         self.layout.validate()
         stages = self.layout_plan().stages if self.layout.strategy != "auto" else 1

@@ -21,6 +21,10 @@ class InputImageError(ConfigError):
     """An --image path that does not exist or is not a readable image."""
 
 
+class RunDirBusy(ConfigError):
+    """Another ppsvd process holds the run directory's lock (a run, or a --resume of it, is going)."""
+
+
 class StageFailedError(PpsvdError):
     """A pipeline stage failed; the message names the stage and why."""
 
@@ -33,12 +37,24 @@ class ProtocolError(TransportError):
     """A received message is malformed, oversized or not what the receiver expects."""
 
 
+class PartnerLinkError(TransportError):
+    """The link to a guidance partner broke: the partner, not this rank, is the one to name."""
+
+    def __init__(self, message: str, partner: int) -> None:
+        super().__init__(message)
+        self.partner = partner
+
+
 class TransportTimeout(TransportError, TimeoutError):
     """A wait (send, receive, hand-off, barrier) did not complete within its deadline (backends.deadline)."""
 
 
 class Cancelled(PpsvdError):
     """A wait was abandoned because the run is stopping (another stage failed)."""
+
+
+class OutputWriteError(PpsvdError):
+    """An output could not be written correctly (e.g. the video encoder failed): the sample fails."""
 
 
 class OutputsLost(PpsvdError):

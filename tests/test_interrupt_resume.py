@@ -276,12 +276,21 @@ def test_shape_too_big_for_memory_is_refused_with_one_that_fits(tmp_path, capsys
     assert best and 1 <= int(best.group(1)) < 4096, err
 
 
-def _saved_run(tmp_path: Path, **changes) -> Path:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    config = RunConfig.from_options(
+def _saved_config(**changes) -> RunConfig:
+    return RunConfig.from_options(
         model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=6, seed=3, nproc=2, **changes
     )
+
+
+def _saved_run(tmp_path: Path, **changes) -> Path:
+    """A run directory as a run creates it (its marker), with the config.json its rank 0 writes."""
+    from ppsvd.io.resume import sample_settings
+    from ppsvd.io.rundir import mark
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = _saved_config(**changes)
+    mark(run_dir, sample_settings(config))
     (run_dir / "config.json").write_text(json.dumps(config.to_json()))
     return run_dir
 
@@ -301,22 +310,31 @@ def test_resume_refuses_options_that_change_samples(tmp_path, capsys, no_launch)
 
 
 def test_resume_keeps_only_intact_listed_samples(tmp_path, monkeypatch, capsys):
-    """Listed with a loadable file: kept. Listed but the file is gone or broken, or on disk but
-    not listed: generated again. The workers get exactly the missing indices."""
+    """Listed with intact files: kept. Listed but the file is gone or broken, or on disk but not
+    listed: generated again. The workers get exactly the missing indices."""
+    from types import SimpleNamespace
+
     from safetensors.torch import save_file
 
+    from ppsvd.io.results import ResultWriter
+    from ppsvd.io.resume import sample_settings
+    from ppsvd.planning.steps import partition_steps
+
     run_dir = _saved_run(tmp_path)
-    (run_dir / "latents").mkdir()
-    entries = []
+    config = _saved_config()
+    writer = ResultWriter(run_dir, config, partition_steps(4, 1), settings=sample_settings(config))
     for i in range(4):
-        name = f"latents/s{i}.safetensors"
-        save_file({"latents": torch.zeros(1, 1, 4, 8, 8)}, str(run_dir / name))
-        entries.append({"index": i, "latents": name})
-    (run_dir / entries[1]["latents"]).unlink()  # listed, file gone
-    (run_dir / entries[2]["latents"]).write_bytes(b"not safetensors")  # listed, unloadable
-    save_file({"latents": torch.zeros(1, 1, 4, 8, 8)}, str(run_dir / "latents" / "s5.safetensors"))  # unlisted
+        meta = {"name": f"sample_{i:05d}", "seed": 3 + i}
+        writer.write(SimpleNamespace(index=i, latents=torch.zeros(1, 1, 4, 8, 8), frames=None, meta=meta))
+    writer.stop(1.0)
+    (run_dir / "latents" / "sample_00001.safetensors").unlink()  # listed, file gone
+    (run_dir / "latents" / "sample_00002.safetensors").write_bytes(b"not safetensors")  # listed, unloadable
+    save_file(
+        {"latents": torch.zeros(1, 1, 4, 8, 8)}, str(run_dir / "latents" / "sample_00005.safetensors")
+    )  # unlisted
     (run_dir / "latents" / ".tmp-s4-dead.safetensors").write_bytes(b"")  # a killed writer's temp file
-    (run_dir / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"index": 4, "lat')
+    with open(run_dir / "manifest.jsonl", "a") as fh:
+        fh.write('{"index": 4, "lat')  # a torn last line
     seen = {}
 
     def fake_launch(config, run_dir=None, *, indices=None, **_):

@@ -401,7 +401,8 @@ def prediction(timeline: RunTimeline, planned: CostModel | None) -> tuple[float 
         per_sample = [planned.for_stages(n).sample_s(timeline.total_steps, k) for k in range(n)]
         return (timeline.num_samples / mk if mk > 0 else None), per_sample
     f = forecast(plan, planned, timeline.num_samples)
-    return f.throughput, list(f.stage_s)
+    # Costs of zero (--step-ms 0) predict no finite rate: no prediction, not "inf".
+    return (f.throughput if f.throughput is not None and math.isfinite(f.throughput) else None), list(f.stage_s)
 
 
 def ideal_makespans(timeline: RunTimeline, measured: CostModel | None) -> tuple[float | None, float | None]:

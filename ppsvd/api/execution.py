@@ -32,11 +32,13 @@ from ppsvd.api.results import RunResult
 from ppsvd.config import RunConfig
 from ppsvd.console import error_line, notice, out
 from ppsvd.environment import env_world
-from ppsvd.errors import Interrupted, StageFailedError
+from ppsvd.errors import ConfigError, Interrupted, StageFailedError
 from ppsvd.io.atomic import check_output_dir, remove_temp_files
 from ppsvd.io.results import listed_entries, restart_journal
-from ppsvd.io.resume import ResumePlan, load_run_config, merge, plan_resume
+from ppsvd.io.resume import ResumePlan, hold, load_run_config, merge, plan_resume
+from ppsvd.io.rundir import read_marker
 from ppsvd.io.samples import skipped_images
+from ppsvd.io.sources import record_sources
 from ppsvd.planning.steps import partition_steps
 from ppsvd.runtime import launch as launcher
 from ppsvd.runtime.worker import StopSignal, catch_stop_signals, leave, torchrun_main
@@ -69,6 +71,39 @@ def execute(
     when one fails, Interrupted (exit code 128 + signal) with the line that says how to go on.
     """
     world = env_world()
+    with _holding(resume, world):
+        return _execute(config, resume, explicit, command, summary, exit_when_done, announce, world)
+
+
+@contextlib.contextmanager
+def _holding(resume: str | os.PathLike | None, world: World | None) -> Iterator[None]:
+    """A run to resume must be a run directory (its marker: anything else is refused untouched),
+    and is locked before anything is read from it, by the launching process or torchrun's rank 0
+    (ppsvd.io.rundir): a second run or resume of the same directory is refused with one line."""
+    if resume is None:
+        yield
+        return
+    if world is not None and world[0] != 0:
+        read_marker(Path(resume))
+        yield
+        return
+    lock = hold(Path(resume))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _execute(
+    config: RunConfig,
+    resume: str | os.PathLike | None,
+    explicit: Mapping[str, str] | None,
+    command: str,
+    summary: Summary | None,
+    exit_when_done: bool,
+    announce: bool,
+    world: World | None,
+) -> RunResult:
     speaks = announce and (world is None or world[0] == 0)  # one process announces
     plan = _resume_plan(Path(resume), config, explicit or {}, world) if resume is not None else None
     if plan is not None:
@@ -88,10 +123,12 @@ def execute(
 
 def check(config: RunConfig) -> RunConfig:
     """Everything that can fail before a worker starts: the options, the devices, the model's files
-    and shapes, the images, the memory, a --costs-from run. Raises ConfigError (one line)."""
+    and shapes, the images, the memory, a --costs-from run. Raises ConfigError (one line). Returns
+    the config to run: its images named by absolute paths, the digest of each recorded (a resumed
+    run's images checked against theirs: ppsvd.io.sources)."""
     from ppsvd.models.base import preflight  # imports torch: only when a run is checked
 
-    config.validate()
+    config = record_sources(config.validate())
     if env_world() is None:
         import torch  # heavy, as above
 
@@ -106,7 +143,7 @@ def _self_launched(
     config: RunConfig, plan: ResumePlan | None, command: str, summary: Summary | None, speaks: bool
 ) -> RunResult:
     with _signals_interrupt():
-        check(config)
+        config = check(config)
         if plan is None:
             check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
         if speaks:
@@ -147,7 +184,7 @@ def _on_torchrun(
     try:
         if speaks:  # rank 0, unless the caller asked for no notices
             _announce(config, size)
-        check(config)  # every rank checks its own inputs, so a bad flag fails fast everywhere
+        config = check(config)  # every rank checks its own inputs, so a bad flag fails fast everywhere
         if plan is None:
             check_output_dir(config.output.output_dir)
         if plan is not None and rank == 0:
@@ -189,7 +226,13 @@ def _resume_plan(run_dir: Path, given: RunConfig, explicit: Mapping[str, str], w
 def _restart(plan: ResumePlan) -> None:
     """Before a resumed run: sweep what killed writers left, and journal exactly the kept samples."""
     remove_temp_files(plan.run_dir)
-    restart_journal(plan.run_dir, plan.kept)
+    try:
+        restart_journal(plan.run_dir, plan.kept)
+    except OSError as exc:  # a read-only or full file system, a directory made read-only
+        raise ConfigError(
+            f"--resume {plan.run_dir}: cannot write there ({exc.strerror or type(exc).__name__}); "
+            "make room or make it writable, then resume again"
+        ) from None
     notice(
         f"resuming {plan.run_dir}: {len(plan.kept)} of {plan.config.job.num_samples} samples kept, "
         f"{len(plan.remaining)} to generate"
@@ -203,6 +246,8 @@ def _writer_rank(config: RunConfig, world: int) -> int:
 def interrupted_line(signum: int, run_dir: Path, num_samples: int, resume_with: str) -> str:
     """The one line an interrupted run leaves: what is kept and how to go on."""
     name = signal.Signals(signum).name
+    if not Path(run_dir).is_dir():  # stopped while starting: the launcher removed the empty run directory
+        return f"interrupted by {name} before the run started; nothing was written"
     if not (Path(run_dir) / "config.json").is_file():  # stopped while starting: nothing to continue
         return f"interrupted by {name} before the run started; nothing was kept in {run_dir}"
     kept = len(listed_entries(run_dir))
@@ -225,14 +270,15 @@ def resume_command(command: str, run_dir: Path, world: World | None = None) -> s
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM or SIGHUP while checking inputs or loading: one line and 128 + signum, like Ctrl-C
-    (the elastic agent installs its own handlers once the workers start; launch maps those).
-    The caller's own handlers come back afterwards."""
+    """Ctrl-C, SIGTERM or SIGHUP while checking inputs or loading: one line and 128 + signum (the
+    elastic agent installs its own handlers once the workers start; launch maps those; Typer
+    would turn a KeyboardInterrupt into a silent exit code 130). The caller's own handlers come
+    back afterwards."""
 
     def handler(signum, _frame):
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

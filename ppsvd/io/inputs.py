@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,8 @@ def _locate(path: Path, image: str) -> str:
     if is_url(image):
         return image
     candidate = Path(image).expanduser()
-    return str(candidate if candidate.is_absolute() else path.parent / candidate)
+    # Absolute: a run records where its images are, wherever it is resumed from.
+    return os.path.abspath(candidate if candidate.is_absolute() else path.parent / candidate)
 
 
 def _convert(where: str, name: str, value: Any, kind: type) -> int | float:

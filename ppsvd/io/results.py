@@ -19,7 +19,9 @@ from typing import Any
 from ppsvd.environment import software_versions
 from ppsvd.errors import Cancelled, OutputsLost
 from ppsvd.io import video
-from ppsvd.io.atomic import DirIdentity, write_json_atomic, write_text_atomic, write_with
+from ppsvd.io.atomic import DirIdentity, write_bytes_atomic, write_json_atomic, write_text_atomic
+from ppsvd.io.integrity import digest_bytes, digest_file, settings_digest
+from ppsvd.io.rundir import MARKER, mark
 from ppsvd.shapes import HANDOFF_LAYOUT
 
 MANIFEST = "manifest.json"
@@ -27,12 +29,30 @@ JOURNAL = "manifest.jsonl"
 """One JSON line per finished sample, appended as the run goes (data-parallel workers: .manifest-<rank>.jsonl)."""
 
 
-def save_latents(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Final latents as safetensors (no pickle; loadable with safetensors.torch.load_file)."""
-    from safetensors.torch import save_file  # heavy: imports torch
+def save_latents(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> str:
+    """Final latents as safetensors (no pickle; loadable with safetensors.torch.load_file),
+    written like every other output (atomically, with the umask's mode); returns its digest."""
+    data = latents_bytes(tensors, metadata)
+    write_bytes_atomic(path, data)
+    return digest_bytes(data)
+
+
+def latents_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file, byte for byte the same for the same tensors and metadata.
+
+    safetensors writes its JSON header from a hash map, so the order of the metadata keys (and
+    with it the file's bytes) changed from process to process. The header (8-byte little-endian
+    length, then JSON, padded with spaces: the format's own definition) is written again with
+    sorted keys: the same JSON, the same length, in one order."""
+    from safetensors.torch import save  # heavy: imports torch
 
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+    data = save(cpu, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > size:  # cannot happen for safetensors' own compact JSON; keep its bytes then
+        return data
+    return data[:8] + header.ljust(size, b" ") + data[8 + size :]
 
 
 def sample_stem(index: int) -> str:
@@ -63,19 +83,28 @@ class ResultWriter:
         manifest_name: str = MANIFEST,
         journal_name: str = JOURNAL,
         on_written: Callable[[Any, dict], None] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """on_written(result, entry): a service's writer (ppsvd serve). Called once a sample's files
         are all in place; whoever gives it keeps the record (the service's job store), so this
-        writer keeps no journal, no entries and writes no manifest."""
+        writer keeps no journal, no entries and writes no manifest.
+
+        settings: the run's sample settings (ppsvd.io.resume.sample_settings); each journal entry
+        records their digest, so a resume can tell samples made with other settings."""
         self.run_dir = Path(run_dir)
         self.on_written = on_written
         self.manifest_name = manifest_name
         self.config = config
         self.plan = plan
         self.model_facts = model_facts or {}
-        # Created once (here only when this host has not got it yet: a multi-node last stage);
-        # from then on a missing or different directory is an error, never silently recreated.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings_digest(settings or {})
+        # Created once (here only when this host has not got it yet: a multi-node last stage, which
+        # then marks it as a run directory too); from then on a missing or different directory
+        # is an error, never silently recreated.
+        if not (self.run_dir / MARKER).exists():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if on_written is None:  # a service's directory holds jobs, not a run to resume
+                mark(self.run_dir, settings or {})
         self.identity = DirIdentity.of(self.run_dir)
         self.journal = self.run_dir / journal_name
         # A resumed run starts from the samples it kept (the command rewrote the journal to them).
@@ -128,12 +157,14 @@ class ResultWriter:
         cfg = self.config
         stem = result.meta.get("name") or sample_stem(result.index)
         entry: dict[str, Any] = {"index": result.index, **{k: v for k, v in result.meta.items()}}
+        files: dict[str, str] = {}  # every file written for this sample -> the digest of its bytes
         if cfg.output.save_latents:
             path = self.run_dir / "latents" / f"{stem}.safetensors"
-            save_latents(
+            digest = save_latents(
                 path, {"latents": result.latents}, metadata={"index": str(result.index), "layout": HANDOFF_LAYOUT}
             )
-            entry["latents"] = str(path.relative_to(self.run_dir))
+            entry["latents"] = self._relative(path)
+            files[entry["latents"]] = digest
         if result.frames is not None and (cfg.output.save_video or cfg.output.save_frames):
             videos, frame_dirs = [], []
             for b in range(result.frames.shape[0]):
@@ -142,16 +173,20 @@ class ResultWriter:
                 if cfg.output.save_video:
                     path = self.run_dir / "videos" / f"{name}.mp4"
                     video.write_mp4(path, frames, cfg.output.video_fps or result.meta.get("fps", cfg.svd.fps))
-                    videos.append(str(path.relative_to(self.run_dir)))
+                    videos.append(self._relative(path))
+                    files[videos[-1]] = digest_file(path)
                 if cfg.output.save_frames:
                     folder = self.run_dir / "frames" / name
-                    video.write_frames(folder, frames)
-                    frame_dirs.append(str(folder.relative_to(self.run_dir)))
+                    for png in video.write_frames(folder, frames):
+                        files[self._relative(png)] = digest_file(png)
+                    frame_dirs.append(self._relative(folder))
             entry["videos"] = videos
             if frame_dirs:
                 entry["frames"] = frame_dirs
         if "started" in entry and "completed" in entry:
             entry["latency_s"] = entry["completed"] - entry["started"]
+        entry["files"] = files
+        entry["settings"] = self.settings
         if self._journal_fh is None:  # a service's writer: on_written keeps the record
             return entry
         self.entries.append(entry)
@@ -160,6 +195,9 @@ class ResultWriter:
         self._journal_fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
         self._journal_fh.flush()
         return entry
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.run_dir).as_posix()
 
     def close(self) -> None:
         """End of the run: every listed file must still be on disk; then the final manifest, once."""

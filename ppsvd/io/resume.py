@@ -5,6 +5,14 @@ order), so a resumed run keeps every finished sample and hands the stages the mi
 its outputs equal an uninterrupted run's bit for bit. What may change on resume is only how the
 run is executed (stages, transport, timeouts, progress); anything that changes a sample's
 values must match the saved config.json, or the command refuses with the options that differ.
+
+What is trusted, and why (ppsvd.io.rundir, ppsvd.io.integrity, ppsvd.io.sources): the directory
+must carry the marker every run directory gets when it is created (anything else is refused and
+left untouched); one writer at a time (its lock); config.json must still give the sample settings
+the marker recorded (an edit is refused, naming what changed); the input images must still have
+the digests the run recorded; and a finished sample is kept only if its journal entry matches the
+run's name, seed and settings for its index and every file it lists lies inside the directory
+with the digest it was written with.
 """
 
 from __future__ import annotations
@@ -14,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
-from ppsvd.io.results import entry_files, listed_entries
-from ppsvd.shapes import LatentShape
+from ppsvd.io.integrity import entry_problem, settings_digest
+from ppsvd.io.results import listed_entries
+from ppsvd.io.rundir import RunDirLock, read_marker
+from ppsvd.io.samples import plan_samples
 
 CONFIG = "config.json"
 
@@ -75,25 +83,70 @@ class ResumePlan:
         return not self.remaining and (self.run_dir / "manifest.json").is_file()
 
 
+def sample_settings(config: RunConfig) -> dict[str, Any]:
+    """Everything that decides a sample's values (every option but those that only change how the
+    run executes), as plain JSON: recorded in the run directory's marker, digested in the journal."""
+    settings = {name: value for name, value in config.options().items() if name not in EXECUTION_FIELDS}
+    settings["resolved_dtype"] = config.model.resolved_dtype
+    # The guidance split is within a bound of the reference, every other layout bitwise.
+    settings["guidance_split"] = config.layout.strategy == "cfg"
+    return json.loads(json.dumps(settings, sort_keys=True, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def hold(run_dir: Path) -> RunDirLock:
+    """Before reading or changing anything of a run to resume: it must be a run directory (its
+    marker), and no other process may be writing it (its lock, held until release())."""
+    read_marker(run_dir)
+    return RunDirLock(run_dir).acquire()
+
+
 def load_run_config(run_dir: Path) -> RunConfig:
-    """The RunConfig a run directory was made with (its config.json); ConfigError if there is none."""
+    """The RunConfig a run directory was made with (its config.json), checked: ConfigError (one
+    line) for a directory that is no run, a config.json that is not one, or one edited since."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"--resume {run_dir}: no such directory; pass the directory of the run to continue")
+    marker = read_marker(run_dir)
+    where = f"--resume {run_dir}: {CONFIG}"
     try:
         data = json.loads((run_dir / CONFIG).read_text())
     except FileNotFoundError:
         raise ConfigError(
-            f"--resume {run_dir}: no {CONFIG} there; pass a directory a ppsvd run or simulate wrote"
+            f"--resume {run_dir}: no {CONFIG} there (the run stopped before it started); start a new run instead"
         ) from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--resume {run_dir}: {CONFIG} is unreadable ({exc}); start a new run instead") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} is unreadable ({exc}); start a new run instead") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} holds a {type(data).__name__}, not a run's settings; start a new run instead")
     try:
-        return RunConfig.from_json(data)
-    except (TypeError, ValueError) as exc:
+        config = RunConfig.from_json(data).validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ConfigError(f"{where} does not describe a run this ppsvd can continue ({exc})") from None
+    _check_unchanged(run_dir, sample_settings(config), marker["settings"])
+    return config
+
+
+def _check_unchanged(run_dir: Path, now: dict[str, Any], recorded: dict[str, Any]) -> None:
+    """config.json must still give the sample settings the run was started with (its marker's)."""
+    changed = [
+        f"{name} {_show(now[name])} (the run was made with {_show(recorded[name])})"
+        for name in sorted(set(now) & set(recorded))
+        if now[name] != recorded[name]
+    ]
+    if changed:
+        shown = "; ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
         raise ConfigError(
-            f"--resume {run_dir}: {CONFIG} does not describe a run this ppsvd can continue ({exc})"
-        ) from None
+            f"--resume {run_dir}: {CONFIG} was edited after the run started: {shown}; "
+            "restore it, or start a new run with the new settings"
+        )
 
 
 def merge(
@@ -148,50 +201,27 @@ def _show(value: Any) -> str:
 
 
 def plan_resume(run_dir: Path, config: RunConfig) -> ResumePlan:
-    """Which samples of run_dir are finished (listed, every file present and loadable) and which remain."""
+    """Which samples of run_dir are finished (each entry checked: sample_problem) and which remain."""
     run_dir = Path(run_dir)
+    settings = settings_digest(sample_settings(config))
+    specs = plan_samples(config)
     kept = [
         e
         for e in listed_entries(run_dir)
-        if 0 <= e["index"] < config.job.num_samples and sample_is_intact(run_dir, e, config)
+        if 0 <= e["index"] < config.job.num_samples
+        and sample_problem(run_dir, e, config, specs[e["index"]], settings) is None
     ]
     done = {e["index"] for e in kept}
     remaining = tuple(i for i in range(config.job.num_samples) if i not in done)
     return ResumePlan(run_dir=run_dir, config=config, kept=kept, remaining=remaining)
 
 
-def sample_is_intact(run_dir: Path, entry: dict, config: RunConfig) -> bool:
-    """Every file the entry lists exists; latents load with the run's shape; videos look like MP4s."""
-    files = entry_files(entry)
-    if config.output.save_latents and not entry.get("latents"):
-        return False
-    if config.output.save_video and "videos" in entry and not entry["videos"]:
-        return False
-    for name in files:
-        path = run_dir / name
-        if not path.is_file():
-            return False
-        if name.endswith(".safetensors") and not _latents_ok(path, config):
-            return False
-        if name.endswith(".mp4") and not _mp4_ok(path):
-            return False
-    return True
-
-
-def _latents_ok(path: Path, config: RunConfig) -> bool:
-
-    try:
-        with safe_open(str(path), framework="numpy") as fh:
-            return tuple(fh.get_slice("latents").get_shape()) == LatentShape(*config.job.latent_shape).handoff()
-    except Exception:  # truncated, not safetensors, no 'latents' key
-        return False
-
-
-def _mp4_ok(path: Path) -> bool:
-    """An ISO media file starts with a box whose type is 'ftyp' (bytes 4..8)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-    except OSError:
-        return False
-    return len(head) == 12 and head[4:8] == b"ftyp"
+def sample_problem(run_dir: Path, entry: dict, config: RunConfig, spec, settings: str) -> str | None:
+    """None when the entry is sample spec.index of this run, intact; else why it is made again."""
+    outputs = ["latents"] if config.output.save_latents else []
+    if not config.model.is_synthetic:  # the stand-in decodes no video
+        wanted = (("videos", config.output.save_video), ("frames", config.output.save_frames))
+        outputs += [kind for kind, on in wanted if on]
+    videos = config.job.latent_shape[0]  # B: one video (and frames folder) each
+    expected = {"name": spec.name, "seed": spec.seed, "settings": settings, "outputs": outputs, "videos": videos}
+    return entry_problem(run_dir, entry, expected)

@@ -7,11 +7,11 @@ ones it skips), fixed before any worker starts.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ppsvd.config import RunConfig, SampleInput, SvdSection
+from ppsvd.io.filenames import safe_stem
 from ppsvd.io.images import BUILTIN_IMAGE, is_url
 
 
@@ -117,5 +117,4 @@ def image_stem(image: str) -> str:
         image = image.split("?", 1)[0].split("#", 1)[0].rstrip("/")
     name = image.replace("\\", "/").rsplit("/", 1)[-1]
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
-    return stem or "image"
+    return safe_stem(stem) or "image"  # no leading dash, short enough for the file system

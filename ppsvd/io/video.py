@@ -6,6 +6,8 @@ an encoder error never leaves a partial video under its final name.
 
 from __future__ import annotations
 
+import subprocess
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -13,46 +15,75 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
+from ppsvd.errors import OutputWriteError
 from ppsvd.io.atomic import write_with
 
 CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"
 """4:2:0 chroma: what every player decodes. It needs even sizes; odd ones are padded (see _pad_even)."""
+ENCODE_TIMEOUT_S = 600.0
+"""Longest one video's encode may take (seconds of frames at most: SVD videos are short)."""
 CRF = "18"
 """x264 quality: visually near-lossless for these small videos; the exact pixels are in the latents."""
 
 
 def write_mp4(path: str | Path, frames: Any, fps: int) -> Path:
-    """Encode frames (uint8 [F, H, W, 3], numpy or torch) as an H.264 MP4 at `fps` frames per second."""
+    """Encode frames (uint8 [F, H, W, 3], numpy or torch) as an H.264 MP4 at `fps` frames per second.
 
+    ffmpeg (the binary imageio-ffmpeg ships, with the command line its write_frames builds) runs
+    with a finite timeout; its exit status is checked, and the file it wrote must read back as a
+    video with F frames, or OutputWriteError says what ffmpeg said and nothing is left under `path`
+    (a failed encode once left an empty MP4 listed as a finished sample)."""
     video = _pad_even(_as_frames(frames))
-    _, height, width, _ = video.shape
+    count, height, width, _ = video.shape
     if fps <= 0:
         raise ValueError(f"fps({fps}) must be positive")
+    path = Path(path)
 
     def encode(tmp: Path) -> None:
-        writer = imageio_ffmpeg.write_frames(
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            *("-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24"),
+            *("-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an"),
+            *("-vcodec", CODEC, "-pix_fmt", PIXEL_FORMAT, "-v", "error", "-crf", CRF, "-movflags", "+faststart"),
             str(tmp),
-            (width, height),
-            pix_fmt_in="rgb24",
-            pix_fmt_out=PIXEL_FORMAT,
-            fps=fps,
-            codec=CODEC,
-            quality=None,  # use the CRF below, not imageio's own quality scale
-            macro_block_size=1,  # keep the exact size (imageio would otherwise rescale to multiples of 16)
-            output_params=["-crf", CRF, "-movflags", "+faststart"],
-            ffmpeg_log_level="error",
-        )
-        writer.send(None)  # start the ffmpeg process
+        ]
         try:
-            for frame in video:
-                writer.send(np.ascontiguousarray(frame))
-        finally:
-            writer.close()
+            done = subprocess.run(
+                command,
+                input=video.tobytes(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=ENCODE_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            raise OutputWriteError(
+                f"ffmpeg did not finish encoding {path.name} within {ENCODE_TIMEOUT_S:g} s"
+            ) from None
+        if done.returncode != 0:
+            said = _last_line(done.stderr) or "no message"
+            raise OutputWriteError(f"ffmpeg could not encode {path.name} (exit status {done.returncode}: {said})")
+        problem = _unreadable(tmp, count)
+        if problem is not None:
+            raise OutputWriteError(f"ffmpeg wrote no valid video for {path.name} ({problem})")
 
-    path = Path(path)
     write_with(path, encode)
     return path
+
+
+def _unreadable(path: Path, frames: int) -> str | None:
+    """None when `path` reads back as a video of `frames` frames, else what is wrong with it."""
+    try:
+        counted, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except Exception as exc:  # ffmpeg cannot open or parse it
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return None if counted == frames else f"it holds {counted} frames instead of {frames}"
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 def write_frames(directory: str | Path, frames: Any, prefix: str = "frame") -> list[Path]:

@@ -38,6 +38,7 @@ from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SvdSection
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
 from ppsvd.io.samples import SampleSpec, plan_samples, sample_spec
+from ppsvd.io.sources import used_images
 from ppsvd.models import hub, pixels, shipped, tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, synchronize, torch_dtype
 from ppsvd.models.faults import fault_for
@@ -291,7 +292,8 @@ class SVDStageModel(StageModel):
         if spec is None:
             spec = self.specs[index] if index < len(self.specs) else sample_spec(self.config, index)
         height, width = self.pixel_size
-        image = load_sample_image(spec.image, width, height)
+        # The digest the run recorded: an image whose bytes changed since fails here, not silently.
+        image = load_sample_image(spec.image, width, height, self.config.job.image_digests.get(spec.image))
         generator = torch.Generator("cpu").manual_seed(spec.seed)
         with torch.no_grad():
             tensors = self._initial_state(image, generator, spec)
@@ -566,11 +568,13 @@ class SVDStageModel(StageModel):
 
 
 def check_images(config: RunConfig) -> None:
-    """Every image a sample will use exists and decodes (InputImageError otherwise)."""
+    """Every image a sample will use exists and decodes (InputImageError otherwise); images whose
+    digest the config records were checked when it was recorded (ppsvd.io.sources)."""
     if not config.job.input_images:
         return
-    for path in dict.fromkeys(spec.image for spec in plan_samples(with_images_resolved(config))):
-        check_image(path)
+    for path, what in used_images(with_images_resolved(config)).items():
+        if path not in config.job.image_digests:
+            check_image(path, what)
 
 
 def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:

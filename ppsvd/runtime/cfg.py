@@ -16,6 +16,7 @@ run's abort flag like any hand-off.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -24,13 +25,21 @@ import torch
 from ppsvd.backends.base import StageWorld, Transport
 from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import KIND_SAMPLE, Message, TensorSpec, dtype_name
-from ppsvd.errors import ProtocolError
+from ppsvd.errors import PartnerLinkError, ProtocolError, TransportError
 
 POLL_S = 0.05
 
 
+def pair_run_id(run_id: str) -> str:
+    """The namespace of the guidance pairs' links in the store (and their zmq ipc directory)."""
+    return f"{run_id}-pair"
+
+
 class PairLink:
-    """One rank's link to its guidance partner: exchange() both ways, or send()/recv() one way."""
+    """One rank's link to its guidance partner: exchange() both ways, or send()/recv() one way.
+
+    A broken or silent link raises PartnerLinkError naming the partner: when a partner is killed,
+    the survivor sees its socket close first, and must not be the one blamed."""
 
     def __init__(self, transport: Transport, *, partner: int, timeout_s: float, cancelled: CancelCheck) -> None:
         self.transport = transport
@@ -43,19 +52,34 @@ class PairLink:
 
     def exchange(self, name: str, tensor: torch.Tensor, index: int) -> torch.Tensor:
         """Send `tensor`, receive the partner's tensor of the same name, shape and dtype (message `index`)."""
-        pending = self._sender.submit(self._send, name, tensor, index)
-        received = self.recv(name, tuple(tensor.shape), tensor.dtype, index, device=tensor.device)
-        self._finish(pending, f"the send of {name} {index} to rank {self.partner}")
+        with self._blaming_partner():
+            pending = self._sender.submit(self._send, name, tensor, index)
+            received = self.recv(name, tuple(tensor.shape), tensor.dtype, index, device=tensor.device)
+            self._finish(pending, f"the send of {name} {index} to rank {self.partner}")
         return received
 
     def send(self, name: str, tensor: torch.Tensor, index: int) -> None:
-        self._send(name, tensor, index)
+        with self._blaming_partner():
+            self._send(name, tensor, index)
+
+    @contextlib.contextmanager
+    def _blaming_partner(self):
+        try:
+            yield
+        except PartnerLinkError:
+            raise
+        except TransportError as exc:
+            me = self.transport.world.rank
+            raise PartnerLinkError(
+                f"its guidance link to rank {me} broke or went silent ({exc})", partner=self.partner
+            ) from None
 
     def recv(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, index: int, *, device: Any = "cpu"
     ) -> torch.Tensor:
         schema = {name: TensorSpec(name, dtype_name(dtype), tuple(shape))}
-        msg = self.transport.recv(schema, timeout_s=self.timeout_s, cancelled=self.cancelled)
+        with self._blaming_partner():
+            msg = self.transport.recv(schema, timeout_s=self.timeout_s, cancelled=self.cancelled)
         if msg.is_end or msg.index != index:
             got = "end of stream" if msg.is_end else f"{name} {msg.index}"
             raise ProtocolError(
@@ -85,7 +109,7 @@ def pair_world(world: StageWorld, pair_links: tuple[tuple[int, int], ...]) -> St
     """The partner link's StageWorld: both of this rank's links go to its partner, and its store
     keys (zmq endpoints, CURVE keys, ipc sockets) live under their own namespace of the run."""
 
-    return replace(world, links=pair_links, run_id=f"{world.run_id}-pair")
+    return replace(world, links=pair_links, run_id=pair_run_id(world.run_id))
 
 
 def open_pair_link(

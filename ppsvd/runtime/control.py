@@ -15,14 +15,14 @@ Any of these sets a local Event that every wait in the stage polls (`cancelled`)
 
 Once the abort key names a stage, that stage must go even if it cannot act (SIGSTOPped, hung in
 C code): the launcher (or, under torchrun, its peers on the same host) SIGKILLs it after
-KILL_GRACE_S, so no one waits for the elastic agent's 30 s SIGTERM grace.
+KILL_GRACE_S, so no one waits for the elastic agent's 30 s SIGTERM grace. Only a process the
+launcher or the agent started is ever signalled (runtime/children.py), never a pid from the store.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import signal
 import statistics
 import sys
 import threading
@@ -33,7 +33,8 @@ from datetime import timedelta
 from typing import Any
 
 from ppsvd.backends.deadline import Deadline
-from ppsvd.backends.hosts import HostFacts, publish_host, read_host, this_host
+from ppsvd.backends.hosts import publish_host, read_host, this_host
+from ppsvd.runtime.children import kill_own_worker, kill_sibling_stage
 
 ABORT_KEY = "abort"
 HEARTBEAT_S = 0.5
@@ -245,7 +246,7 @@ class RunControl:
                     if found is not None:
                         self._set_local(found)
                         if self.kill_blamed and found.stage not in (None, self.rank):
-                            kill_if_alive(self.store, self.run_id, found.stage)
+                            kill_sibling_stage(found.stage, KILL_GRACE_S)
                         return
                 stalled = self.steps.stalled(now)
                 if stalled is not None:
@@ -306,23 +307,12 @@ class RunControl:
 
 
 def kill_if_alive(store: Any, run_id: str, stage: int, grace_s: float = KILL_GRACE_S) -> bool:
-    """SIGKILL stage `stage` if it runs on this host and has not exited within grace_s.
-
-    Returns True if it was killed here. The process is identified by pid and start time, so a
-    recycled pid is never hit."""
-    facts: HostFacts | None = read_host(store, run_id, stage)
-    if facts is None or not facts.shares_processes(this_host()):
-        return False
-    deadline = time.monotonic() + grace_s
-    while facts.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not facts.alive():
-        return False
-    try:
-        os.kill(facts.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return False
-    return True
+    """SIGKILL stage `stage` if it has not exited within grace_s, and only if its process is a
+    worker this process started: the store says which pid the stage published, but any local
+    process can write the store, so the pid is checked in the process table (runtime/children.py).
+    Returns True if it was killed here."""
+    facts = read_host(store, run_id, stage)
+    return facts is not None and kill_own_worker(facts.pid, grace_s)
 
 
 def describe(reason: StopReason, store: Any, run_id: str) -> str:

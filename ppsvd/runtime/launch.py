@@ -11,7 +11,9 @@ Nothing of a self-launched run listens beyond this host: the store listens on 12
 server of its own, and zmq links are ipc sockets in a private directory (or loopback tcp).
 Once the abort key names a stage, the launcher SIGKILLs it if it has not left within
 KILL_GRACE_S (a SIGSTOPped or hung stage would otherwise hold the agent for its 30 s SIGTERM
-grace).
+grace), and only ever a worker it started (runtime/children.py: never a pid taken from the store
+alone). When every worker has ended without finishing the run (exit code 0 early: the agent would
+wait for them forever), the launcher says which stage and stops.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 
 from ppsvd.analysis.timeline import RunTimeline
-from ppsvd.backends.hosts import loopback_store
+from ppsvd.backends.hosts import loopback_store, read_host
 from ppsvd.config import RunConfig
-from ppsvd.errors import Interrupted, StageFailedError
-from ppsvd.io.atomic import DirIdentity, make_run_dir, remove_temp_files, run_label
+from ppsvd.errors import ConfigError, Interrupted, StageFailedError
+from ppsvd.io.atomic import DirIdentity, remove_temp_files, run_label
 from ppsvd.io.results import MANIFEST, listed_entries, missing_files
-from ppsvd.runtime.control import kill_if_alive, new_run_id, public_run_id, read_abort
+from ppsvd.io.resume import sample_settings
+from ppsvd.io.rundir import RunDirLock, create_named_run_dir, create_run_dir, read_marker, remove_if_unstarted
+from ppsvd.runtime.children import OwnWorkers
+from ppsvd.runtime.control import KILL_GRACE_S, key, new_run_id, public_run_id, read_abort
 from ppsvd.runtime.progress import live_progress
 from ppsvd.runtime.worker import WorkerSpec, worker_main
 
@@ -56,18 +61,39 @@ def launch(
 ) -> LaunchResult:
     """Run config on config.nproc local workers; wait; return the result (or raise StageFailedError).
 
-    run_dir and indices: a resumed run's directory and the samples still to generate. A signal
-    (Ctrl-C, SIGTERM, SIGHUP) stops every worker and raises Interrupted, whatever raise_on_failure."""
+    run_dir and indices: a resumed run's directory (it must be a run directory: its marker) and
+    the samples still to generate; a run_dir that does not exist yet is created for a new run.
+    The run directory is locked for the whole launch (a second writer is refused); one this
+    launch created is removed again if the run never started. A signal (Ctrl-C, SIGTERM, SIGHUP)
+    stops every worker and raises Interrupted, whatever raise_on_failure."""
 
     run_start = time.time()
-    run_dir = (
-        Path(run_dir)
-        if run_dir is not None
-        else make_run_dir(
-            config.output.output_dir, run_label(config.model.model, config.layout.strategy, config.layout.nproc)
-        )
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _raise_open_file_limit()
+    created = run_dir is None or not Path(run_dir).exists()
+    if run_dir is None:
+        label = run_label(config.model.model, config.layout.strategy, config.layout.nproc)
+        run_dir = _no_emfile(config, lambda: create_run_dir(config.output.output_dir, label, sample_settings(config)))
+    elif created:  # a new run in a directory the caller named (the bench's runs)
+        run_dir = create_named_run_dir(Path(run_dir), sample_settings(config))
+    else:
+        run_dir = Path(run_dir)
+        read_marker(run_dir)
+    lock = None
+    try:
+        lock = RunDirLock(run_dir).acquire()
+        return _no_emfile(config, lambda: _launch(config, run_dir, run_start, raise_on_failure, indices))
+    except Interrupted as exc:
+        if exc.run_dir is None:  # stopped before the agent started: still name the run directory
+            raise Interrupted(str(exc), exc.signum, run_dir) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+        if created:
+            remove_if_unstarted(run_dir)
+
+
+def _launch(config: RunConfig, run_dir: Path, run_start: float, raise_on_failure: bool, indices) -> LaunchResult:
     identity = DirIdentity.of(run_dir)
     run_id = new_run_id()
     store = loopback_store(config.transport.timeout_s)
@@ -137,7 +163,10 @@ def run_workers(spec, store) -> WorkersEnded:
         start_method="spawn",
     )
     _quiet_elastic_logs(config.ui.debug)
-    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s)
+    main_thread = threading.current_thread() is threading.main_thread()
+    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s, config.layout.nproc, wake_main=main_thread)
+    # The agent replaces the signal handlers (in the main thread only); they are put back after.
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main_thread else {}
     try:
         with live_progress(store, run_id, config, spec.indices), enforcer, _no_second_store():
             elastic_launch(launch_config, worker_main)(spec)
@@ -145,20 +174,92 @@ def run_workers(spec, store) -> WorkersEnded:
         failed_stage, error = _explain(exc, store, run_id, enforcer.killed)
         return WorkersEnded(error=error, failed_stage=failed_stage)
     except SignalException as exc:  # the agent got the signal, passed it on to every worker and waited for them
+        _ignore_stop_signals(main_thread)  # the run is stopping already: a second Ctrl-C only repeats the request
+        if enforcer.ended is not None:  # not a signal from outside: the enforcer woke the agent up
+            return WorkersEnded(error=enforcer.ended[1], failed_stage=enforcer.ended[0])
         return WorkersEnded(signum=int(exc.sigval))
     except KeyboardInterrupt:  # Ctrl-C before the agent installed its handlers
+        _ignore_stop_signals(main_thread)
         return WorkersEnded(signum=int(signal.SIGINT))
+    except Interrupted as exc:  # the command's own handlers, before the agent installed its ones
+        _ignore_stop_signals(main_thread)
+        return WorkersEnded(signum=exc.signum)
     finally:
+        _ignore_stop_signals(main_thread)
+        # Every worker must be gone before the launcher cleans up after them (a second signal can
+        # cut the agent's own shutdown short): those still there get SIGKILL after a grace.
+        enforcer.workers.stop_all(STOP_GRACE_S)
         _remove_stale_sockets(run_id)
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: installed outside Python, nothing to put back
+                signal.signal(sig, handler)
     return WorkersEnded()
 
 
-class _Enforcer:
-    """While the workers run: once the abort key names a stage, make sure that stage goes."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_S = 5.0
+"""How long the launcher lets a stopping worker finish the sample it writes (its own grace is 3 s)."""
+OPEN_FILES_WANTED = 8192
+"""The soft open-file limit a launch asks for (up to the hard limit): N workers and their pipes,
+sockets and store connections need far more than the 1024 some systems start with, or 32."""
 
-    def __init__(self, port: int, run_id: str, timeout_s: float) -> None:
-        self.port, self.run_id, self.timeout_s = port, run_id, timeout_s
+
+def _ignore_stop_signals(main_thread: bool = True) -> None:
+    """While the launcher cleans up after a signal, later ones only repeat it (main thread only:
+    a service's supervisor runs the workers in a thread and handles signals itself)."""
+    if main_thread:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _raise_open_file_limit() -> None:
+    """Raise the soft open-file limit towards the hard one, as servers and launchers do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _no_emfile(config: RunConfig, action):
+    """Run action(); running out of file descriptors becomes one line naming the limit and the fix."""
+    import errno
+    import resource
+
+    try:
+        return action()
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise ConfigError(
+            f"too many open files: this process may have {soft} open (ulimit -n), too few to start "
+            f"{config.layout.nproc} worker(s); raise the limit, e.g. `ulimit -n 4096`, and run again"
+        ) from None
+
+
+class _Enforcer:
+    """While the workers run: once the abort key names a stage, make sure that stage goes; and
+    notice when every worker has ended without finishing the run (the elastic agent waits forever
+    for workers that exit 0 without returning: it counts only return values)."""
+
+    ALL_GONE_GRACE_S = 1.0
+    """How long every worker must have been gone before the enforcer speaks (a failed worker's exit
+    code reaches the agent within its 0.1 s monitor interval)."""
+
+    def __init__(self, port: int, run_id: str, timeout_s: float, nproc: int, *, wake_main: bool = True) -> None:
+        """wake_main: the agent runs in the main thread, which the enforcer may interrupt (a
+        service's supervisor runs it in a thread of its own and watches its workers itself)."""
+        self.port, self.run_id, self.timeout_s, self.nproc = port, run_id, timeout_s, nproc
+        self.wake_main = wake_main
         self.killed: set[int] = set()
+        self.ended: tuple[int | None, str] | None = None
+        """(stage, message) once every worker ended without finishing; the agent is then woken up."""
+        self.workers = OwnWorkers()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ppsvd-enforcer", daemon=True)
 
@@ -177,12 +278,52 @@ class _Enforcer:
             store = TCPStore("127.0.0.1", self.port, is_master=False, timeout=timedelta(seconds=self.timeout_s))
         except Exception:
             return
+        enforced = False
+        gone_since: float | None = None
         while not self._stop.wait(0.1):
-            reason = read_abort(store, self.run_id)
+            reason = read_abort(store, self.run_id) if not enforced else None
             if reason is not None:
-                if reason.stage is not None and kill_if_alive(store, self.run_id, reason.stage):
+                enforced = True
+                if reason.stage is not None and self._kill(store, reason.stage):
                     self.killed.add(reason.stage)
+            # The process table is scanned only until every worker has appeared (a scan costs
+            # milliseconds); from then on only their own entries are read.
+            seen = self.workers.seen if len(self.workers.seen) >= self.nproc else self.workers.refresh()
+            if len(seen) < self.nproc or self.workers.alive():
+                gone_since = None
+                continue
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since >= self.ALL_GONE_GRACE_S and self._ended_early(store):
                 return
+
+    def _kill(self, store, stage: int) -> bool:
+        """SIGKILL the blamed stage if it does not leave within KILL_GRACE_S: found by the pid it
+        published, but only if that pid is a worker this launch started (runtime/children.py)."""
+        facts = read_host(store, self.run_id, stage)
+        return facts is not None and self.workers.kill(facts.pid, KILL_GRACE_S)
+
+    def _ended_early(self, store) -> bool:
+        """Every worker is gone: if one never marked its work done, say which and wake the agent."""
+        try:
+            missing = [r for r in range(self.nproc) if not store.check([key(self.run_id, "done", r)])]
+        except Exception:
+            return False
+        if not missing or not self.wake_main:
+            return False  # they finished (the agent returns by itself), or the caller watches them
+        stage = missing[0]
+        reason = read_abort(store, self.run_id)
+        if reason is not None and reason.stage is not None:
+            self.ended = (reason.stage, f"stage {reason.stage} failed: {reason.message}")
+        else:
+            self.ended = (
+                stage,
+                f"stage {stage} ended before finishing its work (its process exited with no error); "
+                "every other stage was stopped",
+            )
+        import _thread
+
+        _thread.interrupt_main(signal.SIGTERM)  # the agent's handler turns it into SignalException
+        return True
 
 
 @contextlib.contextmanager
@@ -205,8 +346,11 @@ def _explain(exc, store, run_id: str, killed_here: set[int] = frozenset()) -> tu
     """The root cause: the reason a stage published, else how the first failed process died."""
     reason = read_abort(store, run_id)
     rank, failure = exc.get_first_failure()
+    if reason is not None and reason.stage in exc.failures:  # the blamed stage: did a signal end it?
+        rank, failure = reason.stage, exc.failures[reason.stage]
     killed = failure.exitcode < 0 and failure.signal_name() != "<N/A>" and rank not in killed_here
-    # A killed stage cannot say why; its neighbours may have noticed first and blamed it.
+    # A killed stage cannot say why; its neighbours (or its guidance partner) may have noticed
+    # first and blamed it.
     if killed and (reason is None or reason.stage in (None, rank)):
         return rank, f"stage {rank} was killed by {failure.signal_name()}; every other stage was stopped"
     if reason is not None and reason.stage is not None:
@@ -245,10 +389,13 @@ def start_resource_tracker_immune_to_sighup() -> None:
 
 
 def _remove_stale_sockets(run_id: str) -> None:
-    """A killed stage cannot unlink its zmq ipc socket file; the launcher removes the run's socket directory."""
+    """A killed stage cannot unlink its zmq ipc socket file; the launcher removes the run's socket
+    directories (the pipeline links' and the guidance pairs')."""
     from ppsvd.backends.zmq import remove_ipc_dir  # heavy: imports torch
+    from ppsvd.runtime.cfg import pair_run_id  # heavy: imports torch
 
     remove_ipc_dir(run_id)
+    remove_ipc_dir(pair_run_id(run_id))
 
 
 def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:

@@ -6,6 +6,7 @@ or `torchrun_main(config)` when the command already runs under torchrun. Both en
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -24,9 +25,11 @@ from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.config import RunConfig
 from ppsvd.console import error_line, notice
 from ppsvd.environment import software_versions
-from ppsvd.errors import Cancelled, PpsvdError
-from ppsvd.io.atomic import make_run_dir, run_label, write_json_atomic
+from ppsvd.errors import Cancelled, PartnerLinkError, PpsvdError
+from ppsvd.io.atomic import run_label, write_json_atomic
 from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter, read_journal
+from ppsvd.io.resume import sample_settings
+from ppsvd.io.rundir import RunDirLock, create_run_dir
 from ppsvd.planning.ranks import rank_work
 from ppsvd.runtime.control import RunControl, describe, key, public_run_id, store_get
 from ppsvd.runtime.jobfeed import Hops, JobFeed, drop_check, mark_serving, written_hook
@@ -155,17 +158,18 @@ def torchrun_main(
     )
     run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     run_key = key(run_id, RUN_DIR_KEY)
+    lock = contextlib.nullcontext()
     if rank == 0:
         if run_dir is None:
-            run_dir = make_run_dir(
-                config.output.output_dir, run_label(config.model.model, config.layout.strategy, world)
-            )
+            label = run_label(config.model.model, config.layout.strategy, world)
+            run_dir = create_run_dir(config.output.output_dir, label, sample_settings(config))
+        lock = RunDirLock(run_dir)  # rank 0 is the run's writer of record: one run per directory
         store.set(run_key, str(run_dir))
     else:
         run_dir = Path(store_get(store, run_key, config.transport.timeout_s).decode())
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
-    shown = config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)
-    with live_progress(store, run_id, shown, indices):
+    progress = config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)
+    with lock, live_progress(store, run_id, progress, indices):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False, indices=indices, received=received)
     return code, run_dir
 
@@ -278,6 +282,12 @@ def _run(
                 error_line(describe(reason, store, run_id))
             elif config.ui.debug:
                 notice(f"stage {rank} stopped because {cause}")
+            return 3
+        if isinstance(exc, PartnerLinkError) and reason is None:
+            # The guidance partner's link broke first: a killed partner is the cause, not us.
+            control.fail(str(exc), stage=exc.partner)
+            if config.ui.debug:
+                notice(f"stage {rank} stopped because its guidance partner, rank {exc.partner}, failed: {exc}")
             return 3
         if isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
@@ -487,6 +497,7 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
         manifest_name=f".manifest-{job.rank}.json" if work.writes_shard else MANIFEST,
         journal_name=f".manifest-{job.rank}.jsonl" if work.writes_shard else JOURNAL,
         on_written=on_written,
+        settings=sample_settings(job.config),
     )
     # However this process leaves, the sample being written is finished first (bounded), so
     # no half-written file and no unlisted finished file is left behind.
