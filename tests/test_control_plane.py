@@ -121,7 +121,7 @@ def test_a_link_that_times_out_names_the_neighbour_not_this_stage(direction):
 
 def _workers(launcher: psutil.Process) -> list[psutil.Process]:
     """The stage processes in the order the agent started them (local rank order)."""
-    procs = [p for p in launcher.children() if "spawn_main" in " ".join(p.cmdline())]
+    procs = [p for p in launcher.children() if "ppsvd.runtime.entry" in p.cmdline()]
     return sorted(procs, key=lambda p: p.pid)
 
 

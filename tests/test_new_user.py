@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,97 @@ def test_api_takes_torch_dtype_and_names_keywords_in_its_errors():
 
     assert run_config(model_id="tiny", device="cpu", torch_dtype=torch.bfloat16).model.dtype == "bf16"
     assert run_config(model_id="tiny", device="cpu", torch_dtype="float32").model.dtype == "fp32"
+
+
+# -- the Python API from a plain script, a notebook-like session, with PIL images -------------------
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("doc", ["README.md", "docs/api.md"])
+def test_documented_python_snippets_run_as_plain_scripts(doc, tmp_path):
+    """Each ```python block of the page, saved as a file and run with `python file.py` (no
+    `if __name__ == "__main__":` guard): it must finish and write its videos. (Blocks that need a
+    GPU and SVD-XT's weights are in docs/run.md's From-diffusers section, not here.)"""
+    blocks = _python_blocks(ROOT / doc)
+    assert blocks, f"{doc} has no Python example"
+    for k, code in enumerate(blocks):
+        script = tmp_path / f"example_{k}.py"
+        script.write_text(code)
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=ONE_THREAD
+        )
+        assert done.returncode == 0, f"{doc} block {k}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    videos = list((tmp_path / "ppsvd-runs").glob("*/videos/*.mp4"))
+    assert videos and all(v.stat().st_size > 0 for v in videos)
+
+
+PIL_SESSION = """
+from pathlib import Path
+import ppsvd, torch
+from PIL import Image
+from ppsvd.io.images import builtin_image
+
+builtin_image(96, 64).save("cat.png")
+options = dict(model_id="tiny", device="cpu", nproc=2, num_frames=3, height=64, width=96, num_inference_steps=3,
+               progress=False)
+from_pil = ppsvd.run(Image.open("cat.png"), torch_dtype=torch.float32, **options)
+from_path = ppsvd.run("cat.png", **options)
+pair = ppsvd.run([Image.open("cat.png"), builtin_image(96, 64).rotate(90)], **{**options, "nproc": 1})
+kept = sorted(p.name for p in (from_pil.run_dir / "inputs").iterdir())
+print("names", [s.name for s in from_pil.samples], [s.name for s in pair.samples], kept)
+print("image", Path(from_pil.samples[0].image).resolve() == (from_pil.run_dir / "inputs" / "cat.png").resolve())
+print("same", torch.equal(from_pil.samples[0].latents(), from_path.samples[0].latents()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_pil_images_from_a_notebook_like_session(tmp_path):
+    """`python -c` (code with no file, as a notebook runs it): ppsvd.run takes a PIL image, and a list
+    of them, keeps them in the run directory under the name of the file they came from, and gives
+    the latents a path gives; torch_dtype is taken as from_pretrained takes it."""
+    done = subprocess.run(
+        [sys.executable, "-c", PIL_SESSION], capture_output=True, text=True, timeout=380, cwd=tmp_path, env=ONE_THREAD
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines["names"] == "['cat-s0'] ['cat-s0', 'image-1-s1'] ['cat.png']", lines
+    assert lines["image"] == "True" and lines["same"] == "True", lines
+
+
+# -- Ctrl-C while the workers start ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("after_s", [1.0, 3.0])
+def test_ctrl_c_while_starting_is_one_line_and_130_and_leaves_no_run_directory(tmp_path, after_s):
+    out = tmp_path / "runs"
+    argv = ["run", "--model-id", "tiny", "--device", "cpu", "--nproc", "2", "--num-inference-steps", "4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ppsvd", *argv, "--output-dir", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=ONE_THREAD,
+        start_new_session=True,  # a terminal's Ctrl-C signals the foreground process group
+    )
+    time.sleep(after_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the run did not stop within 60 s of Ctrl-C")
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("ppsvd: error: interrupted"), output[-3000:]
+    assert not out.exists() or list(out.iterdir()) == [], list(out.rglob("*"))

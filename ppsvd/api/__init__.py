@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ppsvd.api.execution import execute
 from ppsvd.api.options import (
@@ -46,20 +46,25 @@ from ppsvd.bench.defaults import BENCH_COOLDOWN_S
 from ppsvd.bench.options import bench_device, bench_model, bench_plan
 from ppsvd.bench.records import BenchResult
 from ppsvd.bench.sweep import SweepObserver, new_results_dir, run_bench
+from ppsvd.io import given
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 __all__ = ["RunResult", "SampleOutput", "benchmark", "run", "simulate"]
 
 
 def run(
-    images: ImageLike | Iterable[ImageLike] | None = None,
+    images: ImageLike | Image | Iterable[ImageLike | Image] | None = None,
     *,
     resume: str | os.PathLike | None = None,
     **options: Any,
 ) -> RunResult:
     """Generate videos with Stable Video Diffusion, the steps pipelined over `nproc` processes.
 
-    images: files, directories, globs or http(s) URLs; one video per image unless num_samples
-    says otherwise (sample i uses image i mod count). Or inputs=: a CSV / JSON-lines job file,
+    images: files, directories, globs or http(s) URLs, or PIL images (saved into the run
+    directory's inputs/, named after the file they were opened from); one video per image unless
+    num_samples says otherwise (sample i uses image i mod count). Or inputs=: a CSV / JSON-lines job file,
     or a list of SampleInput / dicts (image, seed, motion_bucket_id, fps, noise_aug_strength).
     Every other keyword is a `ppsvd run` option: model_id, revision, variant, weights,
     num_frames, height, width, num_inference_steps (or total_steps, latent_shape), num_samples,
@@ -73,9 +78,19 @@ def run(
     ...), and refuse (ConfigError) where they would change a sample.
     """
     check_keywords("ppsvd.run", options, run_config)
-    given = explicit_fields({"images": images, **options})
-    with keyword_errors("run", "run"):
-        return execute(run_config(images, **options), resume=resume, explicit=given, command="run")
+    explicit = explicit_fields({"images": images, **options})
+    # PIL images (as diffusers' pipeline takes them) become files the run keeps (ppsvd.io.given).
+    with keyword_errors("run", "run"), given.staged(_image_list(images)) as paths:
+        return execute(run_config(paths or None, **options), resume=resume, explicit=explicit, command="run")
+
+
+def _image_list(images: Any) -> list[Any]:
+    """One image (a path, a URL, a PIL image) or an iterable of them -> a list."""
+    if images is None:
+        return []
+    if isinstance(images, (str, os.PathLike)) or given.is_image_object(images):
+        return [images]
+    return list(images)
 
 
 def simulate(*, resume: str | os.PathLike | None = None, **options: Any) -> RunResult:

@@ -41,7 +41,8 @@ from ppsvd.io.samples import skipped_images
 from ppsvd.io.sources import record_sources
 from ppsvd.planning.steps import partition_steps
 from ppsvd.runtime import launch as launcher
-from ppsvd.runtime.worker import StopSignal, catch_stop_signals, leave, torchrun_main
+from ppsvd.runtime.signals import StopSignal, catch_stop_signals, leave
+from ppsvd.runtime.worker import torchrun_main
 
 World = tuple[int, int, int, int]
 """(rank, world size, local rank, local world size) under torchrun (ppsvd.environment.env_world)."""
@@ -143,22 +144,25 @@ def _self_launched(
     config: RunConfig, plan: ResumePlan | None, command: str, summary: Summary | None, speaks: bool
 ) -> RunResult:
     with _signals_interrupt():
-        config = check(config)
-        if plan is None:
-            check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
-        if speaks:
-            _announce(config, config.layout.nproc)
-        if plan is not None:
-            _restart(plan)
         try:
+            config = check(config)
+            if plan is None:
+                check_output_dir(config.output.output_dir)  # after the input checks: bad input creates nothing
+            if speaks:
+                _announce(config, config.layout.nproc)
+            if plan is not None:
+                _restart(plan)
             launched = launcher.launch(
                 config,
                 run_dir=None if plan is None else plan.run_dir,
                 indices=None if plan is None else plan.remaining,
             )
-        except Interrupted as exc:
-            if exc.run_dir is None:
-                raise
+        except Interrupted as exc:  # the one line, wherever the signal came (checks, start-up, the run)
+            if exc.run_dir is None:  # before a run directory was made (or once it was removed again)
+                name = signal.Signals(exc.signum).name
+                raise Interrupted(
+                    f"interrupted by {name} before the run started; nothing was written", exc.signum
+                ) from None
             line = interrupted_line(
                 exc.signum, exc.run_dir, config.job.num_samples, resume_command(command, exc.run_dir)
             )

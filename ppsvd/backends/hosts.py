@@ -116,23 +116,20 @@ def loopback_store(timeout_s: float):
     """
     from torch.distributed import TCPStore  # heavy: torch
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
+    # The store gets a duplicate of the socket's descriptor and owns it: a signal that interrupts
+    # this (Ctrl-C while starting) can then never close a descriptor twice, whether the store was
+    # made or not; the socket stays open while either descriptor does.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(512)
-        store = TCPStore(
+        return TCPStore(
             "127.0.0.1",
             listener.getsockname()[1],
             is_master=True,
             wait_for_workers=False,
             timeout=timedelta(seconds=timeout_s),
-            master_listen_fd=listener.fileno(),
+            master_listen_fd=os.dup(listener.fileno()),
         )
-    except BaseException:
-        listener.close()
-        raise
-    listener.detach()  # the server owns the socket from now on
-    return store
 
 
 def _start_ticks(pid: int) -> str:

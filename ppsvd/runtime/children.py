@@ -4,10 +4,11 @@ ppsvd ever signals.
 The run's store says which pid each stage has, but any local process can write the store (its
 port is findable, its keys listable), so a pid read there could be anyone's: an unrelated
 `sleep` was once SIGKILLed that way. So every kill goes through the process table first:
-- a self-launched run: the launcher's elastic agent spawns the workers as direct children of the
-  launcher process; a pid is a worker only if it is such a child (a multiprocessing spawn
-  process started during this launch). A forged entry can then at most name another worker of
-  this same run, which whoever can write the store could stop anyway (the abort key).
+- a self-launched run: the launcher's elastic agent starts the workers as direct children of the
+  launcher process (`python -m ppsvd.runtime.entry`, as torchrun starts a script); a pid is a
+  worker only if it is such a child, running that module, started during this launch. A forged
+  entry can then at most name another worker of this same run, which whoever can write the
+  store could stop anyway (the abort key).
 - under torchrun: the stages are children of one agent, started with RANK and
   TORCHELASTIC_RUN_ID in their environment; a peer kills only a sibling (same parent) whose
   environment, as the kernel recorded it when the agent started it, names this run and that rank.
@@ -22,8 +23,9 @@ import time
 
 import psutil
 
-SPAWN_MARK = "--multiprocessing-fork"
-"""On the command line of every process multiprocessing starts with the spawn method."""
+WORKER_MODULE = "ppsvd.runtime.entry"
+"""The module every self-launched worker runs (`python -m`, runtime/entry.py): how the launcher
+starts its workers, and how it recognises them in the process table."""
 
 
 class OwnWorkers:
@@ -48,7 +50,7 @@ class OwnWorkers:
             if child.pid in self._before or child.pid in self.seen:
                 continue
             try:
-                if child.create_time() >= self._since and SPAWN_MARK in child.cmdline():
+                if child.create_time() >= self._since and _is_worker(child):
                     self.seen[child.pid] = child
             except psutil.Error:
                 continue
@@ -76,11 +78,11 @@ class OwnWorkers:
 
 def kill_own_worker(pid: int, grace_s: float) -> bool:
     """SIGKILL `pid` unless it leaves within grace_s, but only if it is a worker this process
-    started (a direct child that multiprocessing spawned: a service's workers, whatever the
+    started (a direct child running the worker module: a service's workers, whatever the
     generation). Returns True if it was killed here."""
     try:
         proc = psutil.Process(pid)
-        if proc.ppid() != os.getpid() or SPAWN_MARK not in proc.cmdline():
+        if proc.ppid() != os.getpid() or not _is_worker(proc):
             return False
     except psutil.Error:
         return False
@@ -107,6 +109,12 @@ def kill_sibling_stage(rank: int, grace_s: float) -> bool:
         if env.get("TORCHELASTIC_RUN_ID") == run and env.get("RANK") == str(rank):
             return _kill_after(proc, grace_s)
     return False
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    """A process running `python -m ppsvd.runtime.entry` (psutil.Error when it is gone)."""
+    command = proc.cmdline()
+    return any(a == "-m" and b == WORKER_MODULE for a, b in zip(command, command[1:], strict=False))
 
 
 def _running(proc: psutil.Process) -> bool:

@@ -3,8 +3,12 @@ a torchrun world, and turn what happened into a result or a one-line error namin
 
 The launcher process hosts a small TCPStore of its own: workers publish progress and the
 first failure's reason there, so the launcher can draw the bars and name the failed stage even
-when that stage was killed outright. The elastic agent does the process management: it
-watches the workers every 0.1 s and tears every worker down as soon as one fails.
+when that stage was killed outright. The elastic agent does the process management: it starts
+each worker as a process of its own, `python -m ppsvd.runtime.entry SPEC.json`, as torchrun
+starts a script (never by re-importing the caller's main module, so the API works from a plain
+script or a notebook), watches them every 0.1 s and tears every worker down as soon as one
+fails. Each worker runs in a session of its own: a Ctrl-C in the terminal reaches the launcher,
+whose agent passes it on to every worker.
 
 Nothing of a self-launched run listens beyond this host: the store listens on 127.0.0.1 only
 (hosts.loopback_store), the agent's rendezvous is a client of that same store instead of a
@@ -12,8 +16,8 @@ server of its own, and zmq links are ipc sockets in a private directory (or loop
 Once the abort key names a stage, the launcher SIGKILLs it if it has not left within
 KILL_GRACE_S (a SIGSTOPped or hung stage would otherwise hold the agent for its 30 s SIGTERM
 grace), and only ever a worker it started (runtime/children.py: never a pid taken from the store
-alone). When every worker has ended without finishing the run (exit code 0 early: the agent would
-wait for them forever), the launcher says which stage and stops.
+alone). When every worker has ended but one never finished its work (exit code 0 early), the
+launcher says which stage.
 """
 
 from __future__ import annotations
@@ -22,25 +26,28 @@ import contextlib
 import logging
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing import resource_tracker
 from pathlib import Path
 
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.backends.hosts import loopback_store, read_host
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError, Interrupted, StageFailedError
+from ppsvd.io import given
 from ppsvd.io.atomic import DirIdentity, remove_temp_files, run_label
 from ppsvd.io.results import MANIFEST, listed_entries, missing_files
 from ppsvd.io.resume import sample_settings
 from ppsvd.io.rundir import RunDirLock, create_named_run_dir, create_run_dir, read_marker, remove_if_unstarted
-from ppsvd.runtime.children import OwnWorkers
+from ppsvd.runtime.children import WORKER_MODULE, OwnWorkers
 from ppsvd.runtime.control import KILL_GRACE_S, key, new_run_id, public_run_id, read_abort
 from ppsvd.runtime.progress import live_progress
-from ppsvd.runtime.worker import WorkerSpec, worker_main
+from ppsvd.runtime.signals import STOP_SIGNALS
+from ppsvd.runtime.worker import WorkerSpec
 
 
 @dataclass
@@ -81,6 +88,7 @@ def launch(
     lock = None
     try:
         lock = RunDirLock(run_dir).acquire()
+        config = given.adopt(config, run_dir)  # images handed over as objects: into RUN_DIR/inputs
         return _no_emfile(config, lambda: _launch(config, run_dir, run_start, raise_on_failure, indices))
     except Interrupted as exc:
         if exc.run_dir is None:  # stopped before the agent started: still name the run directory
@@ -145,8 +153,6 @@ def run_workers(spec, store) -> WorkersEnded:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config, run_id = spec.config, spec.run_id
-    if threading.current_thread() is threading.main_thread():  # a service's supervisor did it beforehand
-        start_resource_tracker_immune_to_sighup()
     launch_config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -160,23 +166,22 @@ def run_workers(spec, store) -> WorkersEnded:
         local_addr="127.0.0.1",
         max_restarts=0,
         monitor_interval=0.1,
-        start_method="spawn",
     )
     _quiet_elastic_logs(config.ui.debug)
     main_thread = threading.current_thread() is threading.main_thread()
-    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s, config.layout.nproc, wake_main=main_thread)
+    enforcer = _Enforcer(store.port, run_id, config.transport.timeout_s)
     # The agent replaces the signal handlers (in the main thread only); they are put back after.
     handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main_thread else {}
+    # The spec travels as JSON in a private 0700 directory, removed once the workers are gone.
+    private = tempfile.TemporaryDirectory(prefix="ppsvd-spec-")
     try:
-        with live_progress(store, run_id, config, spec.indices), enforcer, _no_second_store():
-            elastic_launch(launch_config, worker_main)(spec)
+        with private, live_progress(store, run_id, config, spec.indices), enforcer, _no_second_store():
+            elastic_launch(launch_config, sys.executable)("-m", WORKER_MODULE, str(spec.write(private.name)))
     except ChildFailedError as exc:
         failed_stage, error = _explain(exc, store, run_id, enforcer.killed)
         return WorkersEnded(error=error, failed_stage=failed_stage)
     except SignalException as exc:  # the agent got the signal, passed it on to every worker and waited for them
         _ignore_stop_signals(main_thread)  # the run is stopping already: a second Ctrl-C only repeats the request
-        if enforcer.ended is not None:  # not a signal from outside: the enforcer woke the agent up
-            return WorkersEnded(error=enforcer.ended[1], failed_stage=enforcer.ended[0])
         return WorkersEnded(signum=int(exc.sigval))
     except KeyboardInterrupt:  # Ctrl-C before the agent installed its handlers
         _ignore_stop_signals(main_thread)
@@ -193,10 +198,30 @@ def run_workers(spec, store) -> WorkersEnded:
         for sig, handler in handlers.items():
             if handler is not None:  # None: installed outside Python, nothing to put back
                 signal.signal(sig, handler)
+    unfinished = _unfinished(store, run_id, config.layout.nproc)
+    if unfinished is not None:
+        return WorkersEnded(error=unfinished[1], failed_stage=unfinished[0])
     return WorkersEnded()
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+def _unfinished(store, run_id: str, nproc: int) -> tuple[int, str] | None:
+    """Every worker exited 0: (stage, the line) if one of them never marked its work done."""
+    try:
+        missing = [r for r in range(nproc) if not store.check([key(run_id, "done", r)])]
+    except Exception:
+        return None
+    if not missing:
+        return None
+    reason = read_abort(store, run_id)
+    if reason is not None and reason.stage is not None:
+        return reason.stage, f"stage {reason.stage} failed: {reason.message}"
+    return (
+        missing[0],
+        f"stage {missing[0]} ended before finishing its work (its process exited with no error); "
+        "every other stage was stopped",
+    )
+
+
 STOP_GRACE_S = 5.0
 """How long the launcher lets a stopping worker finish the sample it writes (its own grace is 3 s)."""
 OPEN_FILES_WANTED = 8192
@@ -243,22 +268,11 @@ def _no_emfile(config: RunConfig, action):
 
 
 class _Enforcer:
-    """While the workers run: once the abort key names a stage, make sure that stage goes; and
-    notice when every worker has ended without finishing the run (the elastic agent waits forever
-    for workers that exit 0 without returning: it counts only return values)."""
+    """While the workers run: once the abort key names a stage, make sure that stage goes."""
 
-    ALL_GONE_GRACE_S = 1.0
-    """How long every worker must have been gone before the enforcer speaks (a failed worker's exit
-    code reaches the agent within its 0.1 s monitor interval)."""
-
-    def __init__(self, port: int, run_id: str, timeout_s: float, nproc: int, *, wake_main: bool = True) -> None:
-        """wake_main: the agent runs in the main thread, which the enforcer may interrupt (a
-        service's supervisor runs it in a thread of its own and watches its workers itself)."""
-        self.port, self.run_id, self.timeout_s, self.nproc = port, run_id, timeout_s, nproc
-        self.wake_main = wake_main
+    def __init__(self, port: int, run_id: str, timeout_s: float) -> None:
+        self.port, self.run_id, self.timeout_s = port, run_id, timeout_s
         self.killed: set[int] = set()
-        self.ended: tuple[int | None, str] | None = None
-        """(stage, message) once every worker ended without finishing; the agent is then woken up."""
         self.workers = OwnWorkers()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ppsvd-enforcer", daemon=True)
@@ -278,22 +292,11 @@ class _Enforcer:
             store = TCPStore("127.0.0.1", self.port, is_master=False, timeout=timedelta(seconds=self.timeout_s))
         except Exception:
             return
-        enforced = False
-        gone_since: float | None = None
         while not self._stop.wait(0.1):
-            reason = read_abort(store, self.run_id) if not enforced else None
+            reason = read_abort(store, self.run_id)
             if reason is not None:
-                enforced = True
                 if reason.stage is not None and self._kill(store, reason.stage):
                     self.killed.add(reason.stage)
-            # The process table is scanned only until every worker has appeared (a scan costs
-            # milliseconds); from then on only their own entries are read.
-            seen = self.workers.seen if len(self.workers.seen) >= self.nproc else self.workers.refresh()
-            if len(seen) < self.nproc or self.workers.alive():
-                gone_since = None
-                continue
-            gone_since = gone_since or time.monotonic()
-            if time.monotonic() - gone_since >= self.ALL_GONE_GRACE_S and self._ended_early(store):
                 return
 
     def _kill(self, store, stage: int) -> bool:
@@ -301,29 +304,6 @@ class _Enforcer:
         published, but only if that pid is a worker this launch started (runtime/children.py)."""
         facts = read_host(store, self.run_id, stage)
         return facts is not None and self.workers.kill(facts.pid, KILL_GRACE_S)
-
-    def _ended_early(self, store) -> bool:
-        """Every worker is gone: if one never marked its work done, say which and wake the agent."""
-        try:
-            missing = [r for r in range(self.nproc) if not store.check([key(self.run_id, "done", r)])]
-        except Exception:
-            return False
-        if not missing or not self.wake_main:
-            return False  # they finished (the agent returns by itself), or the caller watches them
-        stage = missing[0]
-        reason = read_abort(store, self.run_id)
-        if reason is not None and reason.stage is not None:
-            self.ended = (reason.stage, f"stage {reason.stage} failed: {reason.message}")
-        else:
-            self.ended = (
-                stage,
-                f"stage {stage} ended before finishing its work (its process exited with no error); "
-                "every other stage was stopped",
-            )
-        import _thread
-
-        _thread.interrupt_main(signal.SIGTERM)  # the agent's handler turns it into SignalException
-        return True
 
 
 @contextlib.contextmanager
@@ -373,19 +353,6 @@ def _check_outputs(identity) -> str | None:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         return f"files listed in the manifest are gone from {identity.path}: {', '.join(missing[:3])}{more}"
     return None
-
-
-def start_resource_tracker_immune_to_sighup() -> None:
-    """multiprocessing's resource tracker (a helper process the workers' queues register with)
-    ignores SIGINT and SIGTERM but dies of SIGHUP; a closed terminal then ends in a screen of
-    KeyErrors from the tracker started in its place. A process inherits an ignored signal, so
-    start it while SIGHUP is ignored."""
-
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        resource_tracker.ensure_running()
-    finally:
-        signal.signal(signal.SIGHUP, previous)
 
 
 def _remove_stale_sockets(run_id: str) -> None:

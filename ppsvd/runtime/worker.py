@@ -26,6 +26,7 @@ from ppsvd.config import RunConfig
 from ppsvd.console import error_line, notice
 from ppsvd.environment import software_versions
 from ppsvd.errors import Cancelled, PartnerLinkError, PpsvdError
+from ppsvd.io import given
 from ppsvd.io.atomic import run_label, write_json_atomic
 from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter, read_journal
 from ppsvd.io.resume import sample_settings
@@ -34,6 +35,7 @@ from ppsvd.planning.ranks import rank_work
 from ppsvd.runtime.control import RunControl, describe, key, public_run_id, store_get
 from ppsvd.runtime.jobfeed import Hops, JobFeed, drop_check, mark_serving, written_hook
 from ppsvd.runtime.progress import PHASE_RUNNING, PHASE_WAITING, ProgressReporter, live_progress
+from ppsvd.runtime.signals import STOP_SIGNALS, StopSignal, catch_stop_signals
 from ppsvd.runtime.workqueue import WorkQueue
 
 RUN_DIR_KEY = "run_dir"
@@ -43,7 +45,7 @@ WRITER_GRACE_S = 3.0
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What the launcher hands every worker (pickled once by the launcher, never from a socket)."""
+    """What the launcher hands every worker: JSON in a private file (runtime/entry.py), never a pickle."""
 
     config: RunConfig
     run_id: str
@@ -57,47 +59,41 @@ class WorkerSpec:
     """A service's workers (ppsvd serve): jobs stream in from the launcher's feeder until it drains
     (runtime/jobfeed.py), instead of a fixed list of samples."""
 
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["config"] = self.config.to_json()
+        data["indices"] = None if self.indices is None else list(self.indices)
+        return data
 
-class StopSignal(BaseException):
-    """SIGINT, SIGTERM or SIGHUP reached this worker. A BaseException, so no `except Exception`
-    on the way swallows it; _run turns it into a quiet exit with code 128 + signum."""
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> WorkerSpec:
+        indices = data.get("indices")
+        return WorkerSpec(
+            config=RunConfig.from_json(data["config"]),
+            run_id=str(data["run_id"]),
+            run_dir=str(data["run_dir"]),
+            run_start=float(data["run_start"]),
+            store_host=str(data["store_host"]),
+            store_port=int(data["store_port"]),
+            indices=None if indices is None else tuple(int(i) for i in indices),
+            serve=bool(data.get("serve", False)),
+        )
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    def write(self, folder: Path) -> Path:
+        """Write the spec into `folder` (the launcher's private 0700 directory); returns its path."""
+        path = Path(folder) / "worker-spec.json"
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            json.dump(self.to_json(), handle)
+        return path
 
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def catch_stop_signals() -> list[int]:
-    """From now on the first SIGINT/SIGTERM/SIGHUP raises StopSignal in the main thread; later
-    ones are only recorded (the launcher repeats the signal while this process cleans up, and
-    a second exception would cut the clean-up short). Returns the list of signals received."""
-    received: list[int] = []
-
-    def handler(signum, _frame) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            raise StopSignal(signum)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    return received
-
-
-def leave(code: int) -> None:
-    """Exit a worker after a failure or a signal: flush, then os._exit. A normal interpreter
-    shutdown runs the C++ destructors of gloo's groups and threads, which can abort
-    ("terminate called without an active exception") and bury the one line that matters."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    @staticmethod
+    def load(path: str | os.PathLike) -> WorkerSpec:
+        return WorkerSpec.from_json(json.loads(Path(path).read_text()))
 
 
-def worker_main(spec: WorkerSpec) -> None:
-    """Entry point for workers started by ppsvd.runtime.launch (one per local rank)."""
-    received = catch_stop_signals()
+def worker_main(spec: WorkerSpec, received: list[int]) -> int:
+    """A worker started by ppsvd.runtime.launch (one per local rank; runtime/entry.py calls this
+    once it caught the stop signals): returns its exit code."""
     if spec.serve:
         # A service drains through its launcher: Ctrl-C in a terminal, a closed terminal and a
         # service manager's SIGTERM (systemd signals every process of the unit) reach the whole
@@ -108,11 +104,9 @@ def worker_main(spec: WorkerSpec) -> None:
             signal.signal(sig, signal.SIG_IGN)
     _die_with_parent()
     try:
-        code = _start_worker(spec, received)
+        return _start_worker(spec, received)
     except StopSignal as stop:  # before the stage loop started: nothing to clean up yet
-        code = 128 + stop.signum
-    if code:
-        leave(code)
+        return 128 + stop.signum
 
 
 def _start_worker(spec: WorkerSpec, received: list[int]) -> int:
@@ -164,9 +158,11 @@ def torchrun_main(
             label = run_label(config.model.model, config.layout.strategy, world)
             run_dir = create_run_dir(config.output.output_dir, label, sample_settings(config))
         lock = RunDirLock(run_dir)  # rank 0 is the run's writer of record: one run per directory
+        config = given.adopt(config, run_dir)  # images handed over as objects: into the run directory first
         store.set(run_key, str(run_dir))
     else:
         run_dir = Path(store_get(store, run_key, config.transport.timeout_s).decode())
+        config = given.adopt(config, run_dir, copy=False)  # rank 0 copied them before it published run_dir
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
     progress = config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)
     with lock, live_progress(store, run_id, progress, indices):

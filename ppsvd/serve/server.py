@@ -26,7 +26,6 @@ from ppsvd.console import error_line, notice
 from ppsvd.errors import ConfigError
 from ppsvd.io.atomic import check_output_dir, remove_temp_files
 from ppsvd.models import pixels
-from ppsvd.runtime.launch import start_resource_tracker_immune_to_sighup
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import JobStore
 from ppsvd.serve.pipeline import Pipeline, remove_outputs
@@ -65,7 +64,6 @@ def serve(config: ServeConfig) -> int:
         received.append(signum)
         got_signal.set()
 
-    start_resource_tracker_immune_to_sighup()  # signal.signal: only here, in the main thread
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         http.start()
