@@ -18,6 +18,7 @@ import typer.core
 import typer.exceptions
 
 from ppsvd import __version__
+from ppsvd.api.execution import signals_interrupt
 from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
 from ppsvd.errors import PpsvdError
@@ -101,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
     try:
-        code = app(args=argv, prog_name="ppsvd", standalone_mode=False)
+        # A signal anywhere (parsing, resolving options, importing torch) is one line and 128 +
+        # signum; commands that run workers or a service install their own handlers inside.
+        with signals_interrupt():
+            code = app(args=argv, prog_name="ppsvd", standalone_mode=False)
     except _EXIT as exc:
         code = exc.exit_code
     except _USAGE as exc:  # bad flag, wrong number of values, a value not among the choices

@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def check(config: RunConfig) -> RunConfig:
 def _self_launched(
     config: RunConfig, plan: ResumePlan | None, command: str, summary: Summary | None, speaks: bool
 ) -> RunResult:
-    with _signals_interrupt():
+    with signals_interrupt():
         try:
             config = check(config)
             if plan is None:
@@ -273,15 +274,18 @@ def resume_command(command: str, run_dir: Path, world: World | None = None) -> s
 
 
 @contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
+def signals_interrupt() -> Iterator[None]:
     """Ctrl-C, SIGTERM or SIGHUP while checking inputs or loading: one line and 128 + signum (the
     elastic agent installs its own handlers once the workers start; launch maps those; Typer
     would turn a KeyboardInterrupt into a silent exit code 130). The caller's own handlers come
-    back afterwards."""
+    back afterwards. Signal handlers belong to the main thread: elsewhere this does nothing."""
 
     def handler(signum, _frame):
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}", signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
