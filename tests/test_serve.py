@@ -317,6 +317,21 @@ def test_a_stage_killed_mid_job_the_job_runs_again_and_the_service_stays_up(tmp_
         assert "stage 1 was killed by SIGKILL" in log and "restart 1" in log
         overview = server.get("/v1/service").json()
         assert overview["restarts"] == 1 and overview["phase"] == "ready"
+        # /metrics: the restart, and lane counts that go on across it (the new workers count from 0;
+        # a sample stage 1 finished before it was killed counts too).
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def scrape() -> dict[str, float]:
+            families = text_string_to_metric_families(server.get("/metrics").text)
+            return {f"{s.name}{sorted(s.labels.values())}": s.value for f in families for s in f.samples}
+
+        metrics = server.wait_for(
+            lambda: (lambda m: m if m["ppsvd_samples_completed_total['stage 1']"] >= 3 else None)(scrape()),
+            10,
+            what="stage 1's samples counted across the restart",
+        )
+        assert metrics["ppsvd_worker_restarts_total[]"] == 1
+        assert metrics["ppsvd_jobs_finished_total['completed']"] == 3
         assert server.post_image(image, seed=9).status_code == 200
 
 

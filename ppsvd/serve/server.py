@@ -26,6 +26,7 @@ from ppsvd.console import error_line, notice
 from ppsvd.errors import ConfigError
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import JobStore
+from ppsvd.serve.metrics import ServiceMetrics
 from ppsvd.serve.pipeline import Pipeline, remove_outputs
 from ppsvd.serve.schemas import Served
 from ppsvd.serve.service import Service
@@ -53,8 +54,9 @@ def serve(config: ServeConfig) -> int:
     run = config.run
     state = ServiceState(run.job.total_steps)
     store = loopback_store(run.transport.timeout_s)
-    pipeline = Pipeline(config, jobs, state, store)
-    service = Service(config, jobs, state, pipeline, Served.from_config(run, VAE_SCALE_FACTOR))
+    metrics = ServiceMetrics()
+    pipeline = Pipeline(config, jobs, state, store, metrics)
+    service = Service(config, jobs, state, pipeline, Served.from_config(run, VAE_SCALE_FACTOR), metrics)
     http = _HttpThread(service, listener)
     received: list[int] = []
     got_signal = threading.Event()
