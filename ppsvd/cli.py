@@ -16,7 +16,7 @@ import typer
 import typer.exceptions
 
 from ppsvd import __version__
-from ppsvd.commands import bench, doctor, plan, run, serve, simulate
+from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
 from ppsvd.errors import PpsvdError
 
@@ -36,7 +36,7 @@ def _help(doc: str | None) -> str:
     return re.sub(r"(?<!\n)\n(?!\n)", " ", text)
 
 
-for module in (run, simulate, serve, plan, bench, doctor):
+for module in (run, simulate, serve, plan, bench, doctor, verify):
     if getattr(module, "command", None) is not None:
         app.command(module.NAME, help=_help(module.command.__doc__))(module.command)
 

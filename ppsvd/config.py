@@ -163,6 +163,10 @@ class ModelSection:
     device: Device = "cpu"
     """cpu or cuda. Commands resolve a missing --device with auto_device before a run; only doctor
     plans with None (not given), and resolves it once it has probed the machine."""
+    compile: bool = False
+    """torch.compile the UNet of every stage (regional compilation of its repeated blocks where
+    diffusers offers it for the model, else the whole UNet); off: eager, bitwise equal to diffusers.
+    Compiled outputs stay within a documented bound of diffusers' (ppsvd.verify.bounds)."""
 
     @property
     def is_synthetic(self) -> bool:
@@ -244,6 +248,9 @@ class LayoutSection:
     """A previous run's directory: plan (and predict) with the costs its timeline.json recorded."""
     max_in_flight: int = 2
     """Messages a stage may have queued for sending before it stops computing (back-pressure)."""
+    stages_per_gpu: int = 1
+    """CUDA only: consecutive stages that share one GPU (local rank r runs on GPU r // stages_per_gpu).
+    1 (the default): one stage per GPU. More needs gloo or zmq: NCCL refuses two ranks on one device."""
 
     def validate(self) -> None:
         _positive("--nproc", self.nproc)
@@ -251,6 +258,16 @@ class LayoutSection:
         _choice("--goal", self.goal, GOALS)
         if self.max_in_flight < 1:
             raise ConfigError(f"--max-in-flight {self.max_in_flight} must be at least 1")
+        if not isinstance(self.stages_per_gpu, int) or self.stages_per_gpu < 1:
+            raise ConfigError(f"--stages-per-gpu {self.stages_per_gpu} must be a whole number >= 1")
+
+    def gpu_index(self, local_rank: int) -> int:
+        """The CUDA device (of the visible ones) that local rank `local_rank` runs on."""
+        return local_rank // self.stages_per_gpu
+
+    def gpus_needed(self, local_world_size: int) -> int:
+        """CUDA devices `local_world_size` stages on one host occupy."""
+        return -(-local_world_size // self.stages_per_gpu)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -465,7 +482,7 @@ class RunConfig:
     def resolved_transport(self) -> str:
         if self.transport.transport is not None:
             return self.transport.transport
-        return "nccl" if self.model.device == "cuda" else "gloo"
+        return "nccl" if self.model.device == "cuda" and self.layout.stages_per_gpu == 1 else "gloo"
 
     @property
     def input_images(self) -> tuple[str, ...]:
@@ -539,12 +556,32 @@ class RunConfig:
             raise ConfigError(
                 f"--transport nccl needs --device cuda (got --device {self.model.device}); use --transport gloo or zmq on CPU"
             )
+        self._check_placement()
         self.synthetic.validate()
         self._check_costs()
         self.svd.validate()
         self.output.validate()
         self.ui.validate()
         return self
+
+    def _check_placement(self) -> None:
+        """--stages-per-gpu: CUDA only, and never with NCCL; --compile: only a model with a UNet."""
+        k = self.layout.stages_per_gpu
+        if k > 1 and self.model.device != "cuda":
+            raise ConfigError(
+                f"--stages-per-gpu {k} places stages on CUDA devices, but --device is {self.model.device} "
+                "(every CPU stage shares the host already); drop --stages-per-gpu or use --device cuda"
+            )
+        if k > 1 and self.transport.transport == "nccl":
+            raise ConfigError(
+                f"--stages-per-gpu {k} puts several stages on one GPU, and NCCL refuses two ranks on the same "
+                "device; use --transport gloo or zmq (or --stages-per-gpu 1)"
+            )
+        if self.model.compile and self.is_synthetic:
+            raise ConfigError(
+                "--compile compiles the SVD UNet with torch.compile, and the synthetic model has none; "
+                "drop --compile, or use --model-id tiny (or an SVD model)"
+            )
 
     def _check_costs(self) -> None:
         """The synthetic section only with the synthetic model; --stage-speed and --partition against the layout."""
@@ -600,10 +637,14 @@ class RunConfig:
         if self.model.device == "cuda":
             if cuda_device_count == 0:
                 raise ConfigError("--device cuda but no CUDA device is visible; use --device cpu (or ppsvd simulate)")
-            if local_world_size > cuda_device_count:
+            needed, k = self.layout.gpus_needed(local_world_size), self.layout.stages_per_gpu
+            if needed > cuda_device_count:
+                per = f" at {k} stages per GPU" if k > 1 else ""
                 raise ConfigError(
-                    f"{local_world_size} stages on this host but only {cuda_device_count} CUDA device(s) visible; "
-                    f"use --nproc {cuda_device_count} or fewer (never two stages on one GPU)"
+                    f"{local_world_size} stages on this host{per} need {needed} CUDA devices but only "
+                    f"{cuda_device_count} are visible; use --nproc {cuda_device_count * k} or fewer "
+                    "(never two stages on one GPU unless --stages-per-gpu says so: "
+                    f"--stages-per-gpu {-(-local_world_size // cuda_device_count)} --transport gloo or zmq)"
                 )
         if self.resolved_transport == "nccl" and self.model.device != "cuda":
             raise ConfigError("--transport nccl needs one CUDA device per stage; use --transport gloo or zmq")

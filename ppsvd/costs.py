@@ -27,6 +27,15 @@ from typing import Any
 
 from ppsvd.plan import StepPlan, shard_samples
 
+UNEVEN_SPEEDS = 0.2
+"""Stages whose speeds differ by more than this fraction of the fastest are flagged (CostModel.uneven_speeds)."""
+
+
+def capped_efficiency(value: float | None) -> float | None:
+    """An efficiency as reported: never above 1. A measured rate can exceed its estimated ideal by
+    noise (the estimate's costs came from the same noisy run); 1 is the most any layout can give."""
+    return None if value is None else min(value, 1.0)
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -99,6 +108,28 @@ class CostModel:
     def sample_s(self, total_steps: int, device: int = 0) -> float:
         """One whole sample (prepare, T steps, finalize) on one device: N = 1, or a data-parallel worker."""
         return (self.prepare_s + total_steps * self.step_s + self.finalize_s) / self.speed(device)
+
+    def fastest_sample_s(self, total_steps: int, num_devices: int) -> float:
+        """One whole sample on the fastest of `num_devices` devices alone: what a speedup is
+        measured against (with equal speeds, any device)."""
+        costs = self.for_stages(num_devices)
+        return min(costs.sample_s(total_steps, k) for k in range(num_devices))
+
+    def ideal_throughput(self, total_steps: int, num_devices: int) -> float:
+        """The most `num_devices` devices of these speeds can give: the sum of what each would do
+        alone (whole samples, at its own speed). With equal speeds: N x one device. An efficiency
+        is measured against this, so stages of different speeds never make it exceed 1."""
+        costs = self.for_stages(num_devices)
+        rates = [costs.sample_s(total_steps, k) for k in range(num_devices)]
+        return math.inf if any(r <= 0 for r in rates) else sum(1 / r for r in rates)
+
+    def uneven_speeds(self, num_devices: int) -> str | None:
+        """A note when the stages' speeds differ by more than UNEVEN_SPEEDS of the fastest, else None."""
+        speeds = self.for_stages(num_devices).speeds
+        if not speeds or (max(speeds) - min(speeds)) <= UNEVEN_SPEEDS * max(speeds):
+            return None
+        relative = ",".join(f"{v / max(speeds):.2f}" for v in speeds)
+        return f"stage speeds differ by more than {UNEVEN_SPEEDS:.0%} ({relative} of the fastest)"
 
     def describe(self) -> str:
         """'step 33 ms, prepare 13 ms, finalize 98 ms, hand-off 0.4 ms, speeds 1,1,1,0.5 (explicit)'."""
@@ -181,11 +212,11 @@ class Forecast:
     latency_s: float
     """One sample through every stage: sum t_k + (N-1) hand-offs."""
     single_s: float
-    """One sample on stage 0's device alone (what N = 1 does)."""
+    """One sample on the fastest device alone (N = 1 on that device; with equal speeds, any)."""
     speedup: float
     """throughput / (1 / single_s)."""
     efficiency: float
-    """speedup / N (1 at N = 1 by definition)."""
+    """throughput / ideal_throughput (1 at N = 1 by definition): with equal speeds speedup / N."""
     num_samples: int
     pipeline_makespan_s: float
     """latency + (S - 1) period: fill, steady state and drain."""
@@ -220,9 +251,10 @@ def forecast(plan: StepPlan, costs: CostModel, num_samples: int) -> Forecast:
     slowest = max(stage_s)
     period = max(slowest, costs.handoff_s if n > 1 else 0.0)
     latency = sum(stage_s) + (n - 1) * costs.handoff_s
-    single = costs.sample_s(total, 0)
+    single = costs.fastest_sample_s(total, n)
     throughput = 1 / period if period > 0 else math.inf
     speedup = single / period if period > 0 else math.inf
+    ideal = costs.ideal_throughput(total, n)
     samples = max(0, num_samples)
     data_mk = data_makespan(samples, total, costs, n)
     return Forecast(
@@ -234,7 +266,7 @@ def forecast(plan: StepPlan, costs: CostModel, num_samples: int) -> Forecast:
         latency_s=latency,
         single_s=single,
         speedup=speedup,
-        efficiency=1.0 if n == 1 else speedup / n,
+        efficiency=1.0 if n == 1 else capped_efficiency(throughput / ideal if math.isfinite(ideal) else 1.0),
         num_samples=samples,
         pipeline_makespan_s=latency + (samples - 1) * period if samples else 0.0,
         data_makespan_s=data_mk,

@@ -54,3 +54,7 @@ class Interrupted(PpsvdError):
         self.exit_code = 128 + signum
         self.run_dir = run_dir
         """The run directory the interrupted run was writing (None: stopped before it had one)."""
+
+
+class VerificationFailed(PpsvdError):
+    """`ppsvd verify`: a layout's results broke its promise (or it did not run); the message names it. Exit code 1."""

@@ -447,20 +447,18 @@ def test_variant_fp16_for_fp16_runs_and_an_explicit_variant_must_exist(tiny_repo
     import shutil
 
     from ppsvd.models.base import preflight
-    from ppsvd.models.svd import _weights_variant
+    from ppsvd.models.svd import weights_variant
 
     repo = tmp_path / "both"
     shutil.copytree(tiny_repo, repo)
     unet = repo / "unet" / "diffusion_pytorch_model.safetensors"
     shutil.copy(unet, unet.with_name("diffusion_pytorch_model.fp16.safetensors"))
     assert (
-        _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "unet") == "fp16"
+        weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "unet") == "fp16"
     )  # fp16 run
+    assert weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None  # fp32 run: the full files
     assert (
-        _weights_variant(RunConfig.from_options(model=str(repo)), "local", "unet") is None
-    )  # fp32 run: the full files
-    assert (
-        _weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "vae") is None
+        weights_variant(RunConfig.from_options(model=str(repo), device="cuda"), "local", "vae") is None
     )  # no fp16 there
     with pytest.raises(ModelNotFoundError, match=r"--variant fp16: .* no fp16 weights for vae, image_encoder"):
         preflight(RunConfig.from_options(model=str(repo), variant="fp16", latent_shape=(1, 4, 2, 8, 8)))

@@ -100,3 +100,63 @@ def test_config_json_is_nested_and_old_flat_files_still_load():
         "world_size": 2,
     }
     assert RunConfig.from_json(flat) == cfg
+
+
+# -- several stages per GPU (--stages-per-gpu), on a machine whose GPUs are mocked ----------------
+
+
+def test_several_stages_on_one_gpu_with_gloo_or_zmq(monkeypatch):
+    """One visible GPU, 3 stages on it: accepted over gloo and zmq (and the default then is gloo)."""
+    import torch
+
+    from ppsvd import api
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr("ppsvd.models.base._free_memory", lambda config: ([], []))  # memory: its own test below
+    for transport in ("gloo", "zmq", None):
+        cfg = RunConfig.from_options(
+            model="tiny", latent_shape=(1, 4, 2, 8, 8), device="cuda", nproc=3, stages_per_gpu=3, transport=transport
+        )
+        api.check(cfg)
+        assert cfg.resolved_transport == (transport or "gloo")
+        assert [cfg.layout.gpu_index(rank) for rank in range(3)] == [0, 0, 0]
+    two = RunConfig.from_options(device="cuda", nproc=4, stages_per_gpu=2)
+    assert [two.layout.gpu_index(rank) for rank in range(4)] == [0, 0, 1, 1]
+    with pytest.raises(ConfigError, match="need 2 CUDA devices but only 1"):
+        two.check_devices(cuda_device_count=1, local_world_size=4)
+
+
+def test_several_stages_on_one_gpu_refuse_nccl_in_one_line(monkeypatch, capsys):
+    import torch
+
+    from tests.helpers import run_cli
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    code, _, err = run_cli(
+        capsys, "run", "--model-id", "tiny", "--device", "cuda", "--nproc", "3", "--stages-per-gpu", "3",
+        "--transport", "nccl", "--no-progress",
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "NCCL refuses two ranks on the same device" in err and "gloo or zmq" in err
+    # and the default stays one stage per GPU
+    code, _, err = run_cli(capsys, "run", "--model-id", "tiny", "--device", "cuda", "--nproc", "3", "--no-progress")
+    assert code == 2 and "never two stages on one GPU" in err and "--stages-per-gpu 3" in err
+    with pytest.raises(ConfigError, match="--stages-per-gpu 2 places stages on CUDA devices"):
+        RunConfig.from_options(nproc=2, stages_per_gpu=2).validate()
+
+
+def test_memory_preflight_counts_every_stage_on_a_gpu():
+    from ppsvd.models import memory
+
+    shape, gib = (1, 4, 14, 64, 64), 1024**3
+    stages = memory.estimate_stages("svd", "fp16", shape, 3, "cuda")
+    assert memory.per_device_need(stages, 1, stages_per_device=3) == [sum(s.total_bytes for s in stages)]
+    assert memory.per_device_need(stages, 2, stages_per_device=2) == [
+        stages[0].total_bytes + stages[1].total_bytes,
+        stages[2].total_bytes,
+    ]
+    room_for_one = [memory.estimate_stages("svd", "fp16", shape, 1, "cuda")[0].total_bytes + gib]  # one whole stage
+    assert memory.fit_refusal("svd", "fp16", shape, 1, "cuda", room_for_one, ["cuda:0"]) is None
+    refusal = memory.fit_refusal("svd", "fp16", shape, 3, "cuda", room_for_one, ["cuda:0"], stages_per_device=3)
+    assert refusal is not None and "on cuda:0" in refusal and "\n" not in refusal

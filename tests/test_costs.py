@@ -90,7 +90,9 @@ def test_slow_stage_gets_fewer_steps_and_speeds_scale_every_cost():
     assert plan.sizes == (8, 8, 8, 4)  # 4 steps at half speed take as long as 8
     f = forecast(plan, costs, 10)
     assert f.stage_s == pytest.approx((0.264,) * 4)
-    assert f.efficiency == pytest.approx(28 * 0.033 / 0.264 / 4)
+    # against the sum of the four devices' own rates (3.5 x one full-speed device), not 4 x one
+    assert f.efficiency == pytest.approx((1 / 0.264) / (3.5 / (28 * 0.033)))
+    assert f.efficiency == pytest.approx(1.0) and f.speedup == pytest.approx(28 * 0.033 / 0.264)
     # a slow last device also decodes slowly
     assert CostModel.from_ms(10, 0, 100, (1, 0.5)).stage_s(1, 2, 2) == pytest.approx(0.24)
     # data parallelism: the half-speed worker's shard sets the time

@@ -311,15 +311,15 @@ def test_load_image_converts_and_resizes(tmp_path):
 
 def test_fp16_variant_only_download_loads(tiny_repo, tmp_path):
     """A repo fetched with only the fp16 weight files (SVD-XT ships both) still loads."""
-    from ppsvd.models.svd import _weights_variant
+    from ppsvd.models.svd import weights_variant
 
     repo = tmp_path / "fp16-only"
     shutil.copytree(tiny_repo, repo)
     weights = repo / "unet" / "diffusion_pytorch_model.safetensors"
     weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
     fp32_run = RunConfig.from_options(model=str(repo))
-    assert _weights_variant(fp32_run, "local", "unet") == "fp16"
-    assert _weights_variant(fp32_run, "local", "vae") is None
+    assert weights_variant(fp32_run, "local", "unet") == "fp16"
+    assert weights_variant(fp32_run, "local", "vae") is None
     config = RunConfig.from_options(model=str(repo), total_steps=2, latent_shape=(1, 4, 2, 8, 8))
     preflight(config)
     stage = SVDStageModel(config, partition_steps(2, 2), 1, CPU)

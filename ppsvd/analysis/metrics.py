@@ -18,7 +18,7 @@ from typing import Any
 
 from ppsvd.analysis.costs import handoff_times, measured_costs, span_steps, step_time_s
 from ppsvd.analysis.timeline import RunTimeline, StageTimeline
-from ppsvd.costs import CostModel, data_makespan, forecast
+from ppsvd.costs import CostModel, capped_efficiency, data_makespan, forecast
 from ppsvd.plan import StepPlan, partition_steps
 
 __all__ = ["span_steps", "step_time_s"]  # re-exported: defined with the cost measurement
@@ -92,6 +92,9 @@ class RunMetrics:
     """wall_s / num_samples (the guide's per_sample_sec)."""
     model_load_s: float
     """max over stages of ready - launched."""
+    compile_s: float | None
+    """--compile: the longest stage's compilation (its warm-up UNet call), inside model_load_s and
+    never in a throughput; None for an eager run."""
     startup_s: float
     """max over stages of ready - run_start: from the launch until every stage could work."""
     first_sample_latency_s: float | None
@@ -121,13 +124,14 @@ class RunMetrics:
     """t: median over all (stage, sample) spans of the steps' own time / steps (compute time /
     steps where the steps' time was not recorded). Prepare and finalize are not steps."""
     single_stage_throughput: float | None
-    """The 1-stage rate this run's efficiency is relative to: 1 / (prepare + T x step + finalize)
-    with the costs this run measured on stage 0's device (`costs`); this run's own rate at N = 1."""
+    """The 1-stage rate this run's speedup is relative to: 1 / (prepare + T x step + finalize)
+    with the costs this run measured (`costs`), on its fastest stage's device; this run's own rate at N = 1."""
     speedup: float | None
     """throughput / single_stage_throughput (1 at N = 1). `ppsvd bench` replaces the estimate by a
     measured 1-GPU run (BenchRun.speedup)."""
     efficiency: float | None
-    """speedup / N: 1 at N = 1 by definition."""
+    """throughput / the sum of what each stage's device would do alone (with equal speeds:
+    speedup / N); never above 1; 1 at N = 1 by definition."""
     efficiency_basis: str
     """What the 1-stage rate is based on, in words."""
     predicted_throughput: float | None
@@ -306,6 +310,7 @@ def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
         wall_s=wall_s,
         per_sample_s=_ratio(wall_s, s_total),
         model_load_s=max((st.load_s for st in stages), default=0.0),
+        compile_s=max((st.compile_s for st in stages if st.compile_s is not None), default=None),
         startup_s=max((st.ready - timeline.run_start for st in stages), default=0.0),
         first_sample_latency_s=latencies[min(latencies)] if latencies else None,
         fill_s=fill,
@@ -338,10 +343,13 @@ def scaling_estimate(
 ) -> tuple[float | None, float | None, float | None, str]:
     """(1-stage rate, speedup, efficiency, basis) of one run with no 1-stage run beside it.
 
-    One definition everywhere: speedup = throughput(N) / throughput(1), efficiency = speedup / N.
-    At N = 1 the run is its own baseline (speedup and efficiency 1 by definition). Otherwise
-    throughput(1) is estimated from the costs this run measured: one device doing prepare, all T
-    steps and finalize for every sample, at stage 0's speed.
+    At N = 1 the run is its own baseline (speedup and efficiency 1 by definition). Otherwise both
+    come from the costs this run measured (ppsvd.costs): speedup = throughput / the fastest
+    stage's device alone (prepare, all T steps and finalize per sample); efficiency = throughput /
+    the sum of what every stage's device would do alone, so stages of different speeds compare
+    against what they could give together, never N x one of them. Never above 1 (capped_efficiency,
+    and the basis says when the measurement exceeded its estimate); stages whose speeds differ by
+    more than 20 % are named in the basis.
     """
     n = len(timeline.stages)
     if n == 1:
@@ -356,16 +364,32 @@ def scaling_estimate(
         )
     if measured is None or throughput is None:
         return None, None, None, "no measured costs to estimate a 1-stage rate from"
-    one = measured.sample_s(timeline.total_steps, 0)
-    if one <= 0:
+    one = measured.fastest_sample_s(timeline.total_steps, n)
+    ideal = measured.ideal_throughput(timeline.total_steps, n)
+    if one <= 0 or not math.isfinite(ideal):
         return None, None, None, "no measured costs to estimate a 1-stage rate from"
     speedup_ = throughput * one
+    raw = throughput / ideal
     basis = (
         f"1-stage rate estimated from this run's costs: prepare {measured.prepare_s * 1000:.1f} ms + "
         f"{timeline.total_steps} x step {measured.step_s * 1000:.1f} ms + finalize {measured.finalize_s * 1000:.1f} ms "
-        f"= {one:.3f} s per sample"
+        f"= {one:.3f} s per sample on the fastest stage"
     )
-    return 1 / one, speedup_, speedup_ / n, basis
+    speeds = measured.for_stages(n).speeds
+    if speeds and len(set(speeds)) > 1:
+        basis += f"; ideal {ideal:.4g} samples/s = the sum of the {n} stages' own rates"
+    uneven = measured.uneven_speeds(n)
+    if uneven:
+        basis += f"; {uneven}"
+    basis += over_ideal_note(raw)
+    return 1 / one, speedup_, capped_efficiency(raw), basis
+
+
+def over_ideal_note(raw_efficiency: float | None) -> str:
+    """What the basis adds when a measured rate exceeded its ideal (then shown as 100 %)."""
+    if raw_efficiency is None or raw_efficiency <= 1.0:
+        return ""
+    return f"; measured {100 * (raw_efficiency - 1):.1f} % above this ideal (timing noise), shown as 100 %"
 
 
 def prediction(timeline: RunTimeline, planned: CostModel | None) -> tuple[float | None, list[float | None]]:
@@ -438,11 +462,23 @@ def speedup(throughput: float | None, baseline: float | None) -> float | None:
     return _ratio(throughput, baseline)
 
 
-def efficiency(throughput: float | None, baseline: float | None, n: int) -> float | None:
-    """throughput(N) / (N x throughput(1)): 1.0 is perfect scaling."""
+def efficiency(throughput: float | None, baseline: float | None, n: int, speeds: Sequence[float] = ()) -> float | None:
+    """throughput(N) / ideal(N), never above 1 (capped_efficiency): 1.0 is perfect scaling.
+
+    ideal(N) = baseline x N for devices of equal speed. `speeds`: each stage's relative speed as
+    the run measured it, stage 0 first (the baseline ran on stage 0's device); the ideal is then
+    the sum of each device's own rate, baseline x sum(speeds) / speeds[0]."""
+    return capped_efficiency(raw_efficiency(throughput, baseline, n, speeds))
+
+
+def raw_efficiency(
+    throughput: float | None, baseline: float | None, n: int, speeds: Sequence[float] = ()
+) -> float | None:
+    """efficiency() before the cap (to say when a measurement exceeded its ideal)."""
     if baseline is None or n <= 0:
         return None
-    return _ratio(throughput, n * baseline)
+    scale = sum(speeds) / speeds[0] if len(speeds) == n and speeds[0] > 0 else n
+    return _ratio(throughput, scale * baseline)
 
 
 def steps_per_gpu(sizes: Iterable[int]) -> str:

@@ -65,6 +65,8 @@ class StageTimeline:
     samples: list[SampleSpan] = field(default_factory=list)
     host: str = ""
     device: str = "cpu"
+    compile_s: float | None = None
+    """--compile: the warm-up call that compiled the UNet (part of load_s, before ready); None: eager."""
 
     @property
     def load_s(self) -> float:

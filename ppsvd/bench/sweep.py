@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ppsvd import __version__
-from ppsvd.analysis.metrics import RunMetrics, efficiency, speedup, summarize
+from ppsvd.analysis.metrics import RunMetrics, efficiency, over_ideal_note, raw_efficiency, speedup, summarize
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG  # noqa: F401 (re-exported)
 from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
+from ppsvd.costs import CostModel
 from ppsvd.errors import ConfigError
 from ppsvd.plan import rank_work
 
@@ -274,8 +275,15 @@ def derive_scaling(runs: list[BenchRun]) -> None:
         base_tp = base.steady_throughput if run.strategy == "pipeline" else base.overall_throughput
         if base_tp is None:
             base_tp = base.throughput
+        # Stages of different speeds (as this run measured them): the ideal is the sum of their own rates.
+        costs = CostModel.from_json(run.metrics.costs) if run.metrics.costs else None
+        speeds = costs.for_stages(run.gpu_count).speeds if costs is not None else ()
         run.speedup = speedup(run.metrics.throughput, base_tp)
-        run.efficiency = efficiency(run.metrics.throughput, base_tp, run.gpu_count)
+        run.efficiency = efficiency(run.metrics.throughput, base_tp, run.gpu_count, speeds)
+        uneven = costs.uneven_speeds(run.gpu_count) if costs is not None else None
+        if uneven:
+            run.efficiency_basis += f", scaled by the stage speeds this run measured; {uneven}"
+        run.efficiency_basis += over_ideal_note(raw_efficiency(run.metrics.throughput, base_tp, run.gpu_count, speeds))
 
 
 # -- the sweep -------------------------------------------------------------------------------

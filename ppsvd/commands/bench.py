@@ -13,6 +13,7 @@ import typer
 from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
 from ppsvd.commands.options import (
     FLAG,
+    Compile,
     Debug,
     DecodeMs,
     Device,
@@ -83,6 +84,7 @@ def command(
     encode_ms: EncodeMs = 0.0,
     decode_ms: DecodeMs = 0.0,
     timeout: Timeout = 600.0,
+    compile: Compile = False,
     cooldown: Cooldown = GUIDE_COOLDOWN_S,
     fail_fast: FailFast = False,
     output_dir: OutputDir = Path("ppsvd-bench"),
@@ -118,6 +120,7 @@ def command(
         encode_ms=encode_ms,
         decode_ms=decode_ms,
         timeout=timeout,
+        compile=compile,
         cooldown=cooldown,
         fail_fast=fail_fast,
         output_dir=output_dir,
@@ -144,6 +147,7 @@ def _header(plan) -> str:
         f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples · seed {base.job.seed} · "
         f"latent {' '.join(map(str, base.job.latent_shape))}"
         + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
+        + (" · compiled UNet" if base.model.compile else "")
     )
 
 

@@ -269,3 +269,23 @@ MaxGuidanceScale = Annotated[
 DecodeChunkSize = Annotated[
     int | None, typer.Option("--decode-chunk-size", help="Frames decoded at a time. Default: all.")
 ]
+
+# -- where stages run, and how the UNet runs -------------------------------------------------------
+StagesPerGpu = Annotated[
+    int,
+    typer.Option(
+        "--stages-per-gpu",
+        help="CUDA: stages sharing one GPU (stage k on GPU k // this), e.g. --nproc 3 --stages-per-gpu 3 on one GPU. "
+        "Needs --transport gloo or zmq (NCCL refuses two ranks on one device); memory is checked for all of them.",
+    ),
+]
+Compile = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the UNet of every stage (regional compilation where diffusers offers it, else the whole "
+        "UNet): faster steps after a one-time compile, reported apart. Not bitwise: within a documented bound of "
+        "diffusers' results (`ppsvd verify --compile` measures it). Off: eager and bitwise.",
+        **FLAG,
+    ),
+]

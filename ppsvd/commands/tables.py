@@ -75,7 +75,10 @@ def summary_table(metrics: RunMetrics) -> Table:
     if m.per_sample_s is not None:
         wall += f"  ({m.per_sample_s:.3f} s per sample)"
     overall.add_row("wall time", wall)
-    overall.add_row("model load", _fmt(m.model_load_s, ".2f", " s"))
+    load = _fmt(m.model_load_s, ".2f", " s")
+    if m.compile_s is not None:
+        load += f"  (of it {m.compile_s:.2f} s compiling the UNet; throughput excludes it)"
+    overall.add_row("model load", load)
     overall.add_row("first-sample latency", _fmt(m.first_sample_latency_s, ".3f", " s"))
     overall.add_row("fill / drain", f"{_fmt(m.fill_s, '.3f', ' s')} / {_fmt(m.drain_s, '.3f', ' s')}")
     overall.add_row("latency p50 / p95", f"{_fmt(m.latency_p50_s, '.3f', ' s')} / {_fmt(m.latency_p95_s, '.3f', ' s')}")
@@ -250,4 +253,51 @@ def comparison_table(runs: list[BenchRun]) -> Table | None:
             f"{_fmt(pm.ideal_pipeline_makespan_s, '.2f')} / {_fmt(pm.ideal_data_makespan_s, '.2f')}",
             faster,
         )
+    return table
+
+
+def verify_table(report) -> Table:
+    """`ppsvd verify`: each layout's promise, what it did against diffusers, its speed, pass or fail
+    (why a layout failed is printed below the table, in full)."""
+    s = report.settings
+    threads = report.reference.get("cpu_threads")
+    where = f"{s['device']}, {s['dtype']}" + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+    title = (
+        f"ppsvd verify · {s['model']}{' (random weights)' if s['weights'] == 'random' else ''} on {where} · "
+        f"latent {' '.join(map(str, s['latent_shape']))} · T={s['total_steps']} · {s['num_samples']} samples"
+    )
+    table = _compact(title)
+    compiled = any(r.compiled for r in report.layouts)
+    headers = ["layout", "promise", "latents", "frames", "samples\nper s", "vs\ndiffusers"]
+    headers += ["compile\ns"] if compiled else []
+    for name in [*headers, "result"]:
+        right = name.startswith(("samples", "vs", "compile"))
+        table.add_column(name, justify="right" if right else "left", no_wrap=name == "layout")
+    for r in report.layouts:
+        if r.latents_bitwise is None:
+            latents = "—"
+        else:
+            latents = "bitwise" if r.latents_bitwise else f"{r.max_relative_difference:.1e}"
+        if r.frames_equal is None:
+            frames = "—"
+        elif r.max_frame_difference == 0:
+            frames = "bitwise"
+        else:
+            frames = f"±{r.max_frame_difference}" + (" =dec" if r.frames_equal else "")
+        promise = "bitwise" if r.bound is None else f"≤ {r.bound:.0e}"
+        row = [r.layout, promise, latents, frames, _fmt(r.samples_per_sec, ".3f"), _fmt(r.vs_diffusers, ".2f", "×")]
+        row += [_fmt(r.compile_s, ".1f")] if compiled else []
+        row.append(Text("✓ pass", style="green") if r.ok else Text("✗ FAIL", style="bold red"))
+        table.add_row(*row)
+    ref = report.reference
+    times = ", ".join(f"{t:.2f}" for t in ref["seconds_per_sample"])
+    notes = [
+        f"diffusers' StableVideoDiffusionPipeline in this process: {_fmt(ref['samples_per_sec'], '.3f')} samples/s "
+        f"(s per sample {times}; the first left out as warm-up).",
+        "latents: bitwise, or max |ppsvd - diffusers| / max |diffusers|. frames: ±n the largest pixel difference "
+        "to diffusers' frames; =dec: equal to diffusers' decode of the layout's own latents.",
+    ]
+    notes += [f"✗ {r.layout}: {r.problem}" for r in report.failed]
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
     return table

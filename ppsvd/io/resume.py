@@ -47,6 +47,7 @@ EXECUTION_FIELDS = frozenset(
         "replicas",
         "goal",
         "cfg_half_ms",
+        "stages_per_gpu",
     }
 )
 """RunConfig options (flat names, as RunConfig.options() gives them) that change how a run executes, never a sample's values (the exactness

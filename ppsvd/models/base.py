@@ -111,6 +111,12 @@ class StageModel(ABC):
         """Facts for the manifest (model id, parameter counts, ...)."""
         return {"model": self.config.model.model}
 
+    def warm_up(self) -> float | None:
+        """Run the stage's network once on a throwaway input before the run starts, so one-time work
+        (torch.compile's compilation with --compile) is done and timed apart from the samples.
+        Returns the seconds it took, or None for a model with nothing to warm up."""
+        return None
+
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
         """What a stage is loading, for the progress display while it loads."""
@@ -205,13 +211,14 @@ def check_memory(config: RunConfig) -> None:
         capacity,
         labels,
         config.svd.decode_chunk_size,
+        stages_per_device=config.layout.stages_per_gpu if config.model.device == "cuda" else 1,
     )
     if problem:
         raise ConfigError(problem)
 
 
 def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
-    """Free bytes per device the stages use (stage k on device k), or ([], []) when unknown."""
+    """Free bytes per device the stages use (stage k on device k // --stages-per-gpu), or ([], []) when unknown."""
     import os
 
     if config.model.device == "cpu":
@@ -231,7 +238,7 @@ def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
         try:
             count = pynvml.nvmlDeviceGetCount()
             order = [int(p) for p in visible.split(",") if p.strip()] if visible is not None else list(range(count))
-            order = [i for i in order if i < count][: config.layout.nproc]
+            order = [i for i in order if i < count][: config.layout.gpus_needed(config.layout.nproc)]
             free = [int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free) for i in order]
         finally:
             pynvml.nvmlShutdown()

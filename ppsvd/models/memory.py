@@ -176,11 +176,12 @@ def estimate_stages(
     return stages
 
 
-def per_device_need(stages: list[StageMemory], num_devices: int) -> list[int]:
-    """Bytes each device must hold when stage k runs on device k % num_devices (>1 stage per device stacks)."""
+def per_device_need(stages: list[StageMemory], num_devices: int, stages_per_device: int = 1) -> list[int]:
+    """Bytes each device must hold when stage k runs on device (k // stages_per_device) % num_devices:
+    every stage on a device counts (its weights, activations and CUDA context stack)."""
     need = [0] * max(num_devices, 1)
     for s in stages:
-        need[s.stage % len(need)] += s.total_bytes
+        need[(s.stage // max(stages_per_device, 1)) % len(need)] += s.total_bytes
     return need
 
 
@@ -192,14 +193,22 @@ def fits(
     device: str,
     capacity: list[int],
     decode_chunk: int | None = None,
+    stages_per_device: int = 1,
 ) -> bool:
     """Every device's need is within its capacity (capacity[i]: usable bytes on device i)."""
-    need = per_device_need(estimate_stages(model, dtype, shape, nproc, device, decode_chunk), len(capacity))
+    stages = estimate_stages(model, dtype, shape, nproc, device, decode_chunk)
+    need = per_device_need(stages, len(capacity), stages_per_device)
     return all(n <= cap for n, cap in zip(need, capacity))
 
 
 def largest_fitting_shape(
-    model: str, dtype: str, shape: tuple[int, int, int, int, int], nproc: int, device: str, capacity: list[int]
+    model: str,
+    dtype: str,
+    shape: tuple[int, int, int, int, int],
+    nproc: int,
+    device: str,
+    capacity: list[int],
+    stages_per_device: int = 1,
 ) -> tuple[int, int, int, int, int] | None:
     """The largest shape that fits, changing as little as possible, or None if even 1 C 1 8 8 does not.
 
@@ -209,7 +218,7 @@ def largest_fitting_shape(
     b, c, f, h, w = shape
 
     def ok(s: tuple[int, int, int, int, int]) -> bool:
-        return fits(model, dtype, s, nproc, device, capacity)
+        return fits(model, dtype, s, nproc, device, capacity, stages_per_device=stages_per_device)
 
     for bb in range(b, 0, -1):
         if ok((bb, c, f, h, w)):
@@ -259,15 +268,18 @@ def fit_refusal(
     capacity: list[int],
     labels: list[str],
     decode_chunk: int | None = None,
+    stages_per_device: int = 1,
 ) -> str | None:
     """None when every device has room for its stages; else one line: the need, what is free, and
     the largest latent shape that fits (the run's preflight refuses with it, exit code 2)."""
-    need = per_device_need(estimate_stages(model, dtype, shape, nproc, device, decode_chunk), len(capacity))
+    stages = estimate_stages(model, dtype, shape, nproc, device, decode_chunk)
+    need = per_device_need(stages, len(capacity), stages_per_device)
     over = [(label, n, cap) for label, n, cap in zip(labels, need, capacity) if n > cap]
     if not over:
         return None
     label, n, cap = max(over, key=lambda item: item[1] / max(item[2], 1))
-    best = largest_fitting_shape(model, dtype, shape, nproc, device, [int(c * 0.9) for c in capacity])
+    usable = [int(c * 0.9) for c in capacity]
+    best = largest_fitting_shape(model, dtype, shape, nproc, device, usable, stages_per_device)
     fix = (
         f"use --latent-shape {' '.join(map(str, best))}, the largest that fits"
         if best

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec, Sv
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
 from ppsvd.models import hub, tiny
-from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, synchronize, torch_dtype
+from ppsvd.models.faults import fault_for
 from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
 from ppsvd.shapes import LatentShape
 
@@ -66,7 +68,7 @@ def model_source(config: RunConfig) -> str:
     return hub.locate(config.model.model)
 
 
-def _weights_variant(config: RunConfig, source: str, name: str) -> str | None:
+def weights_variant(config: RunConfig, source: str, name: str) -> str | None:
     """The variant= of one component's from_pretrained, as diffusers' pipeline takes it.
 
     --variant given: that one. Otherwise the files on disk decide: an fp16 run takes the fp16
@@ -142,7 +144,7 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
 def _from_pretrained(config: RunConfig, source: str, name: str, dtype: torch.dtype) -> Any:
     """One component through its library's own from_pretrained, as diffusers' pipeline loads it
     (revision and variant as StableVideoDiffusionPipeline.from_pretrained(revision=, variant=))."""
-    variant = _weights_variant(config, source, name)
+    variant = weights_variant(config, source, name)
     try:
         return _load_component(config, source, name, dtype, variant)
     except (OSError, ValueError):
@@ -223,6 +225,8 @@ class SVDStageModel(StageModel):
         self.components = stage_components(self.is_first, self.is_last)
         parts = load_components(config, self.components, self.device, self.dtype)
         self.unet = parts["unet"]
+        # --compile: torch.compile the UNet in place (the pipeline below holds the same module).
+        self.compiled = compile_unet(self.unet) if config.model.compile else None
         self.scheduler = parts["scheduler"]
         self.vae = parts.get("vae")
         if self.vae is not None:
@@ -240,6 +244,7 @@ class SVDStageModel(StageModel):
         # Each sample's image, seed and conditioning (stage 0 starts samples; the rest travels with them).
         self.config = with_images_resolved(config) if self.is_first else config
         self.specs = self.config.sample_specs() if self.is_first else ()
+        self.fault = fault_for(config, stage)  # PPSVD_FAULT, a test hook: None in normal use
 
     @staticmethod
     def loading_text(config: RunConfig, is_first: bool, is_last: bool) -> str:
@@ -345,6 +350,8 @@ class SVDStageModel(StageModel):
     def run_steps(self, sample: Sample, steps: range, on_step: StepCallback | None = None) -> Sample:
         if not steps:
             return sample
+        if self.fault is not None:
+            self.fault.fail(self.stage, sample.index)
         t = sample.tensors
         latents = t[LATENTS]
         image_latents, image_embeddings, added_time_ids = t[IMAGE_LATENTS], t[IMAGE_EMBEDDINGS], t[ADDED_TIME_IDS]
@@ -367,7 +374,27 @@ class SVDStageModel(StageModel):
                     )
                 if on_step is not None:
                     on_step(i)
+        if self.fault is not None:
+            latents = self.fault.perturb(latents, self.stage, sample.index)
         return Sample(index=sample.index, tensors={**t, LATENTS: latents}, meta=sample.meta)
+
+    def warm_up(self) -> float | None:
+        """--compile: one UNet call on a throwaway input with the batch this stage runs (2B with
+        guidance, B for a guidance half), so the compilation happens here, timed, before the start
+        barrier, and neither calibration nor the samples pay for it. Eager: nothing to do."""
+        if self.compiled is None:
+            return None
+        t = self.throwaway_sample().tensors
+        both_halves = self.encode_with_cfg and self.guidance_half is None
+        latents = torch.cat([t[LATENTS]] * 2) if both_halves else t[LATENTS]
+        self.scheduler.set_timesteps(self.config.job.total_steps, device=self.device)
+        timestep = self.scheduler.timesteps[self.plan.ranges[self.stage].start]
+        synchronize(self.device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            self._unet(latents, timestep, t[IMAGE_LATENTS], t[IMAGE_EMBEDDINGS], t[ADDED_TIME_IDS])
+        synchronize(self.device)
+        return time.perf_counter() - started
 
     def _step(self, latents, timestep, image_latents, image_embeddings, added_time_ids, guidance_scale, cfg: bool):
         """One iteration of the reference's denoising loop (step 9 of __call__), unchanged."""
@@ -503,6 +530,8 @@ class SVDStageModel(StageModel):
         }
         if self.source == "random":
             info["architecture"] = "SVD-XT (configs shipped in ppsvd)"
+        if self.compiled is not None:
+            info["compiled"] = self.compiled
         if self.vae is not None:
             info["pixel_size"] = list(self.pixel_size)
         return info
@@ -644,6 +673,19 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
             f"--max-guidance-scale {config.svd.max_guidance_scale} diffusers' SVD cannot run it; "
             "use F >= 2 or set both guidance scales on the same side of 1"
         )
+
+
+def compile_unet(unet: torch.nn.Module) -> str:
+    """torch.compile the UNet in place (--compile) and say how: regional compilation of the blocks
+    diffusers lists as repeated for this model class (ModelMixin.compile_repeated_blocks), when it
+    lists any; otherwise the whole UNet (nn.Module.compile; diffusers 0.42 lists none for SVD's
+    UNetSpatioTemporalConditionModel). Default torch.compile settings (inductor, no CUDA graphs)."""
+    blocks = getattr(unet, "_repeated_blocks", None)
+    if blocks and hasattr(unet, "compile_repeated_blocks"):
+        unet.compile_repeated_blocks()
+        return f"regional ({', '.join(blocks)})"
+    unet.compile()
+    return "whole UNet"
 
 
 def frames_to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

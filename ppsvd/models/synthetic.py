@@ -27,7 +27,6 @@ so `--partition auto` plans with exactly what the stand-in will spend.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from importlib import resources
 
@@ -36,6 +35,7 @@ import torch
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
 from ppsvd.costs import CostModel
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
+from ppsvd.models.faults import AT_START, fault_for
 from ppsvd.shapes import LatentShape
 
 
@@ -58,9 +58,9 @@ class SyntheticStageModel(StageModel):
         self.step_s = config.synthetic.step_ms / 1000.0 / speed
         self.encode_s = config.synthetic.encode_ms / 1000.0 / speed if self.is_first else 0.0
         self.decode_s = config.synthetic.decode_ms / 1000.0 / speed if self.is_last else 0.0
-        self.fault = _parse_fault(os.environ.get(FAULT_ENV, ""), stage)
-        if self.fault is not None and self.fault[0] == FAULT_AT_START:
-            _inject(self.fault[1], stage, FAULT_AT_START)
+        self.fault = fault_for(config, stage)
+        if self.fault is not None:
+            self.fault.fail(stage, AT_START)
         self._budget_start: float | None = None
         self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
         self.speed = speed
@@ -143,8 +143,8 @@ class SyntheticStageModel(StageModel):
         scheduler = self.scheduler
         scheduler.set_timesteps(self.config.job.total_steps, device=self.device)
         scheduler.set_begin_index(steps.start)
-        if self.fault is not None and self.fault[0] == sample.index:
-            _inject(self.fault[1], self.stage, sample.index)
+        if self.fault is not None:
+            self.fault.fail(self.stage, sample.index)
         latents = sample.tensors["latents"]
         cond = sample.tensors["image_latents"]
         for done, step in enumerate(steps, start=1):
@@ -159,6 +159,8 @@ class SyntheticStageModel(StageModel):
             _sleep_until(begin + done * self.step_s)  # fixed deadlines: no drift from overshoot
             if on_step is not None:
                 on_step(step)
+        if self.fault is not None:
+            latents = self.fault.perturb(latents, self.stage, sample.index)
         return Sample(index=sample.index, tensors={**sample.tensors, "latents": latents}, meta=sample.meta)
 
     def _guided(self, model_input, cond, wave, step: int):
@@ -223,41 +225,6 @@ def device_speed(config, stage: int) -> float:
         return 1.0
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else stage
     return config.synthetic.stage_speed[rank]
-
-
-FAULT_ENV = "PPSVD_FAULT"
-"""Test hook: 'STAGE:SAMPLE:KIND' makes that stage fail when it reaches that sample ('start': while
-it builds its model, before it is ready). KIND is raise (an exception), kill (SIGKILL itself),
-exit0 (leave quietly with code 0) or hang."""
-FAULT_AT_START = "start"
-
-
-def _parse_fault(spec: str, stage: int) -> tuple[int | str, str] | None:
-    if not spec:
-        return None
-    fault_stage, sample, kind = spec.split(":")
-    at = FAULT_AT_START if sample == "start" else int(sample)
-    return (at, kind) if int(fault_stage) == stage else None
-
-
-def _inject(kind: str, stage: int, index: int | str) -> None:
-    import sys
-
-    where = "while it starts" if index == FAULT_AT_START else f"at sample {index}"
-    print(
-        f"ppsvd: injecting fault {kind!r} in stage {stage} {where} at {time.time():.3f}",
-        file=sys.stderr,
-        flush=True,
-    )
-    if kind == "raise":
-        raise RuntimeError(f"injected fault at sample {index}")
-    if kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if kind == "exit0":
-        os._exit(0)
-    if kind == "hang":
-        time.sleep(3600)
-    raise ValueError(f"{FAULT_ENV}: unknown fault kind {kind!r} (raise, kill, exit0, hang)")
 
 
 def _sleep_until(deadline: float) -> None:

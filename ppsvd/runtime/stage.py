@@ -498,7 +498,15 @@ def _join(thread: threading.Thread, cancelled: CancelCheck, timeout_s: float) ->
 
 
 def stage_timeline(
-    ctx: StageContext, stage_id: int, *, launched: float, ready: float, finished: float, host: str, device: str
+    ctx: StageContext,
+    stage_id: int,
+    *,
+    launched: float,
+    ready: float,
+    finished: float,
+    host: str,
+    device: str,
+    compile_s: float | None = None,
 ) -> StageTimeline:
     steps = ctx.plan.ranges[ctx.stage]
     return StageTimeline(
@@ -510,4 +518,5 @@ def stage_timeline(
         samples=list(ctx.spans),
         host=host,
         device=device,
+        compile_s=compile_s,
     )

@@ -321,6 +321,9 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     model = build_stage_model(config, work.plan, work.stage, device)
     if work.paired:  # before schema(): a guidance half hands on only its half of the conditioning
         model.split_guidance(work.half)
+    if config.model.compile:  # --compile: compile now, timed apart, before calibration and the samples
+        reporter.phase("compiling the UNet (torch.compile, once)")
+    compile_s = model.warm_up()
     reporter.phase(PHASE_WAITING)
     transport = _open_links(job, work, layout, model, device, control, closers)
     # Start together: a stage that loads slower would otherwise find a backlog waiting, and fill,
@@ -356,7 +359,7 @@ def _work(job: _Job, control: RunControl, closers: list) -> None:
     reporter.close()
     if writer is not None:
         writer.close()
-    _finish(job, ctx, control, run_plan, ready=ready, device=device)
+    _finish(job, ctx, control, run_plan, ready=ready, device=device, compile_s=compile_s)
 
 
 SERVE_KEEP_SPANS = 1000
@@ -392,7 +395,7 @@ def _serving(job: _Job, work, control: RunControl) -> dict:
 
 
 def _stage_device(job: _Job):
-    """This rank's torch device, after the checks that need the machine (CUDA count, one GPU per stage)."""
+    """This rank's torch device, after the checks that need the machine (CUDA count, GPUs per stage)."""
     import torch
 
     config = job.config
@@ -404,8 +407,9 @@ def _stage_device(job: _Job):
     cuda_count = torch.cuda.device_count() if config.model.device == "cuda" else 0
     config.check_devices(cuda_count, job.local_world)
     if config.model.device == "cuda":
-        torch.cuda.set_device(job.local_rank)
-        return torch.device("cuda", job.local_rank)
+        index = config.layout.gpu_index(job.local_rank)  # several stages per GPU only with --stages-per-gpu
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 
@@ -494,7 +498,7 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
     return writer
 
 
-def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, device) -> None:
+def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, device, compile_s=None) -> None:
     """Publish this rank's timeline, wait for every rank, and (rank 0) gather the run's files."""
     from ppsvd.runtime.stage import stage_timeline
 
@@ -507,6 +511,7 @@ def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, devi
         finished=time.time(),
         host=socket.gethostname(),
         device=str(device),
+        compile_s=compile_s,
     )
     job.store.set(key(job.run_id, "timeline", job.rank), json.dumps(asdict(timeline)))
     control.mark_done()
