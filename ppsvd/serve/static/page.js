@@ -532,6 +532,7 @@ async function play(id) {
   const player = $("player");
   player.src = playerUrl;
   player.dataset.job = id;
+  player.hidden = false;
   player.play().catch(() => { /* autoplay refused: the controls are there */ });
   const video = state.jobs.get(id);
   const link = $("download");
@@ -549,6 +550,8 @@ function clearPlayer() {
   const player = $("player");
   player.removeAttribute("src");
   player.load();
+  player.hidden = true;
+  delete player.dataset.job;
   if (playerUrl) URL.revokeObjectURL(playerUrl);
   playerUrl = null;
   state.playing = null;
