@@ -4,6 +4,7 @@ live state's totals across restarts, the exposition's names) without processes."
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -49,6 +50,7 @@ def test_metrics_move_during_a_20_job_run_and_parse(tmp_path):
         image = png_bytes(64, 64)
         posted = [server.post_image(image, seed=k) for k in range(JOBS)]
         assert [r.status_code for r in posted] == [200] * JOBS
+        ids = [r.json()["id"] for r in posted]
         scrapes = []
         while True:  # what a Prometheus scraping every 0.1 s sees
             scrapes.append(samples(server.get("/metrics").text))
@@ -72,6 +74,20 @@ def test_metrics_move_during_a_20_job_run_and_parse(tmp_path):
         )
         assert as_openmetrics.headers["content-type"].startswith("application/openmetrics-text")
         assert samples(as_openmetrics.text, openmetrics_families)  # parses as OpenMetrics too
+        # The page's stream: the service's view, then the latest jobs, each once (oldest first).
+        events = []
+        with httpx.stream("GET", f"{server.url}/v1/service/events", headers=server.headers, timeout=10) as stream:
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    events.append((kind, json.loads(line[6:])))
+                    if len(events) == 1 + JOBS:
+                        break
+        assert events[0][0] == "service" and events[0][1]["phase"] == "ready" and events[0][1]["queued"] == 0
+        assert [e[1]["id"] for e in events[1:]] == ids and {e[0] for e in events[1:]} == {"video"}
+        assert all(e[1]["status"] == "completed" and e[1]["timings"]["written"] for e in events[1:])
 
     # The counters moved while the jobs ran: a scrape saw some done and some not.
     completed = [value(s, "ppsvd_jobs_finished_total", status="completed") for s in scrapes]
