@@ -88,6 +88,7 @@ def test_metrics_move_during_a_20_job_run_and_parse(tmp_path):
         assert events[0][0] == "service" and events[0][1]["phase"] == "ready" and events[0][1]["queued"] == 0
         assert [e[1]["id"] for e in events[1:]] == ids and {e[0] for e in events[1:]} == {"video"}
         assert all(e[1]["status"] == "completed" and e[1]["timings"]["written"] for e in events[1:])
+        assert events[1][1]["variants"] == ["latents"]  # the synthetic model writes no video
 
     # The counters moved while the jobs ran: a scrape saw some done and some not.
     completed = [value(s, "ppsvd_jobs_finished_total", status="completed") for s in scrapes]

@@ -189,6 +189,7 @@ def test_page_uploads_watches_the_lanes_and_plays_the_video(browser, server, tmp
     # The blob behind the link is the server's MP4 (the page's CSP keeps scripts from reading it back).
     size = int(link.get_attribute("data-bytes"))
     assert size == len(server.get(f"/v1/videos/{mine['id']}/content").content)
+    assert server.get(f"/v1/videos/{mine['id']}").json()["variants"] == ["latents", "thumbnail", "video"]
     row = browser.find_element(By.CSS_SELECTOR, f"#jobs tr[data-id='{mine['id']}']")
     assert row.find_element(By.CSS_SELECTOR, ".total").text.endswith(" s")  # its times are shown
     assert row.find_element(By.CSS_SELECTOR, ".pct").text == "100 %"

@@ -309,6 +309,8 @@ def video_object(
     }
     if job.status == "queued" and position is not None:
         obj["queue_position"] = position
+    if job.status == "completed":
+        obj["variants"] = sorted(job.outputs or {})  # what GET .../content?variant= can give (synthetic: latents)
     if job.status == "in_progress" and live:
         obj["stage"] = live.get("stage")
         obj["step"] = live.get("step")

@@ -409,7 +409,8 @@ function where(video) {
     return `on ${video.stage}${step}`;
   }
   if (video.status === "failed") return (video.error && video.error.message) || "failed";
-  return `seed ${video.seed}`;
+  const variants = video.variants || [];
+  return variants.includes("video") ? `seed ${video.seed}` : `seed ${video.seed} · ${variants.join(", ") || "no files"} only`;
 }
 
 function drawJobs() {
@@ -457,12 +458,14 @@ function fillRow(row, video) {
   row.querySelector(".ran").textContent = seconds(times.ran);
   row.querySelector(".total").textContent = seconds(times.total);
   const actions = row.querySelector(".actions");
-  const wanted = video.status === "completed" ? ["play", "delete"] : video.status === "failed" ? ["delete"] : ["cancel"];
+  const variants = video.variants || [];
+  const wanted = video.status === "completed" ? (variants.includes("video") ? ["play", "delete"] : ["delete"])
+    : video.status === "failed" ? ["delete"] : ["cancel"];
   if (actions.dataset.kind !== wanted.join()) {
     actions.dataset.kind = wanted.join();
     actions.replaceChildren(...wanted.map((kind) => actionButton(kind, video.id)));
   }
-  if (video.status === "completed") thumbnail(row, video.id);
+  if (video.status === "completed" && variants.includes("thumbnail")) thumbnail(row, video.id);
 }
 
 function actionButton(kind, id) {
