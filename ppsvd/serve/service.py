@@ -49,8 +49,6 @@ class Service:
         self.metrics = metrics
         self.started = int(time.time())
         run = config.run
-        self.layout = run.layout_plan().describe()
-        """'2 stages', '4 workers', '2 replicas x 2 stages', ... (plan.Layout.describe)."""
         self.serving = {
             "model": served.model,
             "size": served.size,
@@ -58,7 +56,7 @@ class Service:
             "num_inference_steps": served.steps,
             "strategy": run.layout.strategy,
             "nproc": run.layout.nproc,
-            "layout": self.layout,
+            "layout": run.layout_plan().describe(),  # '2 stages', '4 workers', '2 replicas x 2 stages', ...
             "partition": run.layout.partition,
             "transport": run.resolved_transport,
             "device": run.model.device,
