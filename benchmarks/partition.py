@@ -7,7 +7,7 @@ The defaults are the issue's H200 profile of SVD-XT at 14 frames 512x512 (165 ms
 65 ms image encode, 490 ms VAE decode) scaled to 1/5, T = 28, 40 samples, latent 1 4 14 64 64.
 Each configuration is one fresh launch of `ppsvd simulate`'s workers. Efficiency = steady
 throughput(N) / (N x steady throughput of the measured 1-stage run); "planned" is what
-ppsvd.costs.forecast predicts for that partition with the model's declared costs; "vs plan" =
+ppsvd.planning.costs.forecast predicts for that partition with the model's declared costs; "vs plan" =
 measured / planned; "stage err" is the largest |measured - planned| / planned over stages of
 the time per sample (median over samples). Then the mixed-GPU case: --stage-speed 1,1,1,0.5 at
 N = 4. Not a test: it prints tables for the docs and notes.
@@ -26,7 +26,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main() -> None:
     from ppsvd.analysis.metrics import summarize
     from ppsvd.analysis.timeline import RunTimeline
-    from ppsvd.config import RunConfig, parse_float_list, parse_int_list
+    from ppsvd.bench.options import parse_int_list
+    from ppsvd.commands.options import parse_float_list
+    from ppsvd.config import RunConfig
     from ppsvd.runtime.launch import launch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +90,8 @@ def main() -> None:
             m = measure(len(speeds), partition, speeds)
             speed_rows.append((partition, m))
             print(
-                f"speeds {args.speeds} {partition}: {m.steady_throughput:.4f} samples/s, planned {m.predicted_throughput:.4f}",
+                f"speeds {args.speeds} {partition}: {m.steady_throughput:.4f} samples/s, planned "
+                f"{m.predicted_throughput:.4f}",
                 flush=True,
             )
 
@@ -98,20 +101,23 @@ def main() -> None:
         f"{args.num_samples} samples, {args.transport}, latent {' '.join(map(str, args.latent_shape))}"
     )
     print(
-        "| N | partition | split | steady samples/s | planned samples/s | vs plan | efficiency | planned efficiency | stage err |"
+        "| N | partition | split | steady samples/s | planned samples/s | vs plan | efficiency | planned efficiency | "
+        "stage err |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     planned_one = base.predicted_throughput
     for n, partition, m, eff in rows:
         planned_eff = m.predicted_throughput / (int(n) * planned_one)
         print(
-            f"| {n} | {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
+            f"| {n} | {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | "
+            f"{m.predicted_throughput:.3f} | "
             f"{m.vs_plan:.3f} | {eff:.3f} | {planned_eff:.3f} | {100 * stage_err(m):.1f}% |"
         )
     by = {(n, p): m for n, p, m, _ in rows}
     for n in {n for n, _, _, _ in rows if n != "1"}:
         print(
-            f"N={n}: auto / even throughput = {by[(n, 'auto')].steady_throughput / by[(n, 'even')].steady_throughput:.3f}"
+            f"N={n}: auto / even throughput = "
+            f"{by[(n, 'auto')].steady_throughput / by[(n, 'even')].steady_throughput:.3f}"
         )
     if speed_rows:
         print()
@@ -120,7 +126,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for partition, m in speed_rows:
             print(
-                f"| {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | {m.predicted_throughput:.3f} | "
+                f"| {partition} | {m.partition.split(' ')[0]} | {m.steady_throughput:.3f} | "
+                f"{m.predicted_throughput:.3f} | "
                 f"{m.vs_plan:.3f} | {100 * stage_err(m):.1f}% |"
             )
     print(f"\nruns in {out}")

@@ -22,7 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def main() -> None:
     from ppsvd.analysis.metrics import summarize
     from ppsvd.analysis.timeline import RunTimeline
-    from ppsvd.config import RunConfig, parse_int_list
+    from ppsvd.bench.options import parse_int_list
+    from ppsvd.config import RunConfig
     from ppsvd.runtime.launch import launch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +67,8 @@ def main() -> None:
 
     print()
     print(
-        f"step {args.step_ms:g} ms, T={args.total_steps}, {args.num_samples} samples, latent {' '.join(map(str, args.latent_shape))}"
+        f"step {args.step_ms:g} ms, T={args.total_steps}, {args.num_samples} samples, latent "
+        f"{' '.join(map(str, args.latent_shape))}"
     )
     print("| transport | N | steady samples/s | efficiency vs N x (N=1) | first-sample latency s | wall s |")
     print("|---|---|---|---|---|---|")

@@ -10,7 +10,7 @@ guide's 1 4 14 64 64 in fp16 (448 KiB); decode_chunk_size 1, so a pair splits th
 
 Three checks (measured from timeline.json: first compute start to last completion, so process
 start-up and model load, the same for every layout, are left out):
-1. per-video latency with `cfg` on 2 processes vs 1 process: <= 0.56x, within 5 % of ppsvd.layouts;
+1. per-video latency with `cfg` on 2 processes vs 1 process: <= 0.56x, within 5 % of ppsvd.planning.layouts;
 2. the work queue with one half-speed worker of 4 (--stage-speed 1,1,1,0.5), 35 samples: the
    throughput >= 0.95 of the sum-of-speeds ideal (3.5 x one worker);
 3. --strategy auto's choice is the measured fastest of every layout for (S=1, N=2, latency),
@@ -34,8 +34,9 @@ H200_MS = {"step": 627.0, "half": 335.0, "encode": 130.0, "decode": 2100.0}
 
 def main() -> None:
     from ppsvd.config import RunConfig
-    from ppsvd.costs import CostModel
-    from ppsvd.layouts import LayoutCosts, apply, choose, predict
+    from ppsvd.planner import apply_layout, choose_layout, layout_costs
+    from ppsvd.planning.costs import CostModel
+    from ppsvd.planning.layouts import predict
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=10.0)
@@ -67,9 +68,7 @@ def main() -> None:
     def run(config: RunConfig) -> dict:
         measured = measure(config)
         layout = config.layout_plan()
-        predicted = predict(
-            layout, LayoutCosts.from_config(config, costs), config.job.total_steps, config.job.num_samples
-        )
+        predicted = predict(layout, layout_costs(config, costs), config.job.total_steps, config.job.num_samples)
         row = {
             "layout": layout.name(),
             "describe": layout.describe(),
@@ -81,7 +80,8 @@ def main() -> None:
         }
         report["runs"].append(row)
         print(
-            f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan {row['makespan_s']:7.3f} s "
+            f"  {row['layout']:8s} N={config.layout.nproc} S={config.job.num_samples:3d}: makespan "
+            f"{row['makespan_s']:7.3f} s "
             f"(predicted {row['predicted_makespan_s']:7.3f}), latency p50 {row['latency_s']:.3f} s "
             f"(predicted {row['predicted_latency_s']:.3f})",
             flush=True,
@@ -96,7 +96,8 @@ def main() -> None:
     off = pair["latency_s"] / pair["predicted_latency_s"] - 1
     report["cfg_latency"] = {"ratio": ratio, "vs_prediction": off}
     print(
-        f"   cfg / 1 process = {ratio:.3f} (target <= 0.56); measured vs predicted {100 * off:+.1f} % (target within 5 %)"
+        f"   cfg / 1 process = {ratio:.3f} (target <= 0.56); measured vs predicted {100 * off:+.1f} % (target within 5 "
+        "%)"
     )
 
     # 2. work queue with a half-speed worker
@@ -113,9 +114,9 @@ def main() -> None:
     report["auto"] = []
     for samples, n, goal in ((1, 2, "latency"), (40, 4, "throughput"), (10, 7, "throughput")):
         job = base.replace(nproc=n, num_samples=samples, goal=goal, strategy="auto")
-        chosen, reason, forecasts = choose(job, costs)
+        chosen, reason, forecasts = choose_layout(job, costs)
         print(f"   S={samples} N={n} {goal}: {reason}")
-        measured = {f.layout.name(): run(apply(job, f.layout)) for f in forecasts}
+        measured = {f.layout.name(): run(apply_layout(job, f.layout)) for f in forecasts}
         key = "latency_s" if goal == "latency" else "makespan_s"
         fastest = min(measured, key=lambda name: measured[name][key])
         report["auto"].append(

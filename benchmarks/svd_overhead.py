@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppsvd.config import RunConfig
+from ppsvd.config import TINY_LATENT_SHAPE, RunConfig
 from ppsvd.io.images import builtin_image
 from ppsvd.models import tiny
 from ppsvd.models.svd import SVDStageModel, frames_to_uint8
-from ppsvd.plan import partition_steps
+from ppsvd.planning.steps import partition_steps
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument(
-        "--latent-shape", type=int, nargs=5, default=list(tiny.DEFAULT_LATENT_SHAPE), metavar=("B", "C", "F", "H", "W")
+        "--latent-shape", type=int, nargs=5, default=list(TINY_LATENT_SHAPE), metavar=("B", "C", "F", "H", "W")
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -126,7 +126,7 @@ def main() -> None:
             times["ours"].append(tuple(t_ours))
             launched.append(launched_per_sample(config, args, Path(tmp) / "runs" / str(round_)))
 
-    exact = all(torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(base_out, ours_out))
+    exact = all(torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(base_out, ours_out, strict=True))
     print(
         f"tiny SVD, CPU fp32, {args.threads} thread(s): {args.samples} samples x {args.steps} steps, "
         f"latent shape {' '.join(map(str, args.latent_shape))}, {args.repeats} rounds"
@@ -146,7 +146,8 @@ def main() -> None:
     base = [t[0] / args.samples for t in times["base"]]
     print(
         f"  wall ppsvd run --nproc 1 (launcher, writes MP4s): best {min(launched):.3f} s/sample, "
-        f"median {statistics.median(launched):.3f} s/sample; overhead {(min(launched) / min(base) - 1.0) * 100.0:+.1f}% (best), "
+        f"median {statistics.median(launched):.3f} s/sample; overhead "
+        f"{(min(launched) / min(base) - 1.0) * 100.0:+.1f}% (best), "
         f"{(statistics.median(launched) / statistics.median(base) - 1.0) * 100.0:+.1f}% (medians)"
     )
 

@@ -45,7 +45,8 @@ def main() -> None:
             label = transport if transport != "zmq" else f"zmq-{endpoint}"
             if r.ok:
                 print(
-                    f"| {label} | {nbytes / 1024:.0f} KiB | {r.latency_ms:.3f} | {r.bandwidth_gbps:.2f} | {r.endpoint} |"
+                    f"| {label} | {nbytes / 1024:.0f} KiB | {r.latency_ms:.3f} | {r.bandwidth_gbps:.2f} | {r.endpoint} "
+                    "|"
                 )
             else:
                 print(f"| {label} | {nbytes / 1024:.0f} KiB | failed: {r.error} | | |")

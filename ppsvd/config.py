@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ppsvd.errors import ConfigError
-from ppsvd.plan import Layout
+from ppsvd.planning.costs import CFG_HALF_RATIO
+from ppsvd.planning.layouts import GOALS, Goal, Layout
 
 Transport = Literal["nccl", "gloo", "zmq"]
 Dtype = Literal["fp32", "fp16", "bf16"]
 Device = Literal["cpu", "cuda"]
 Strategy = Literal["pipeline", "data", "cfg", "auto"]
-Goal = Literal["throughput", "latency"]
 ZmqEndpoint = Literal["auto", "ipc", "tcp"]
 Weights = Literal["pretrained", "random"]
 LogFormat = Literal["auto", "rich", "plain", "json"]
@@ -32,11 +31,7 @@ DEVICES: tuple[str, ...] = get_args(Device)
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 """pipeline: steps split over stages; data: whole samples from a shared work queue; cfg: the two
 halves of classifier-free guidance on two processes per stage; auto: the layout the cost model
-predicts best for --goal (ppsvd.layouts). --pipeline-stages / --replicas make hybrids."""
-GOALS: tuple[str, ...] = get_args(Goal)
-CFG_HALF_RATIO = 114 / 162
-"""A half-batch (one guidance half) UNet step over a full CFG step: measured on one H200, fp16,
-SVD-XT at 14 frames 512x512 (114 ms vs 162 ms); the synthetic model's default --cfg-half-ms."""
+predicts best for --goal (ppsvd.planner.choose_layout). --pipeline-stages / --replicas make hybrids."""
 ZMQ_ENDPOINTS: tuple[str, ...] = get_args(ZmqEndpoint)
 WEIGHTS: tuple[str, ...] = get_args(Weights)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
@@ -47,7 +42,7 @@ SYNTHETIC_MODEL = "synthetic"
 TINY_MODEL = "tiny"
 DEFAULT_MODEL_ID = "stabilityai/stable-video-diffusion-img2vid-xt"
 
-# The guide's defaults (../shared/seed-benchmark-guide.ja.md).
+# Every run's defaults: the benchmark's (see ppsvd/bench/defaults.py for where they come from).
 DEFAULT_TOTAL_STEPS = 28
 PARTITIONS = ("auto", "even")
 DEFAULT_PARTITION = "auto"
@@ -55,10 +50,6 @@ DEFAULT_PARTITION = "auto"
 DEFAULT_LATENT_SHAPE = (1, 4, 14, 64, 64)
 TINY_LATENT_SHAPE = (1, 4, 4, 8, 8)
 """The embedded tiny SVD's default: 4 frames of 64x64 pixels, so CPU runs take seconds."""
-VAE_SCALE_FACTOR = 8
-"""Pixels per latent cell in SVD (diffusers' pipe.vae_scale_factor: 2 ** (VAE levels - 1))."""
-BUILTIN_IMAGE = "builtin"
-"""The image name of a sample that uses the built-in test image (no --image given)."""
 
 
 def auto_device(cuda_usable: bool) -> str:
@@ -67,7 +58,7 @@ def auto_device(cuda_usable: bool) -> str:
 
 
 def default_latent_shape(model: str) -> tuple[int, int, int, int, int]:
-    """The guide's 1 4 14 64 64, except for the tiny model, which has its own small shape."""
+    """The benchmark's 1 4 14 64 64, except for the tiny model, which has its own small shape."""
     return TINY_LATENT_SHAPE if model == TINY_MODEL else DEFAULT_LATENT_SHAPE
 
 
@@ -89,54 +80,6 @@ class SampleInput:
 
 
 SAMPLE_INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(SampleInput))
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """Everything that differs between samples of one run, fixed before any worker starts."""
-
-    index: int
-    image: str
-    """An image file, an http(s) URL, or BUILTIN_IMAGE."""
-    seed: int
-    fps: int
-    motion_bucket_id: int
-    noise_aug_strength: float
-    name: str
-    """Output file stem, unique in the run: '<image stem>-s<seed>' (then '-2', '-3' on repeats;
-    'sample_NNNNN' for the synthetic model, which reads no image). A service's job: its id."""
-    min_guidance_scale: float | None = None
-    max_guidance_scale: float | None = None
-    """A service's job may set its own guidance scales; None: the run's (--min/--max-guidance-scale)."""
-    job: str | None = None
-    """The service's job id this sample is (ppsvd serve); None in a run."""
-
-    def guidance(self, svd: SvdSection) -> SvdSection:
-        """The run's SVD settings with this sample's own guidance scales, where it has them."""
-        changes = {
-            name: value
-            for name, value in (
-                ("min_guidance_scale", self.min_guidance_scale),
-                ("max_guidance_scale", self.max_guidance_scale),
-            )
-            if value is not None
-        }
-        return dataclasses.replace(svd, **changes) if changes else svd
-
-    def conditioning(self) -> dict[str, Any]:
-        """The per-sample facts that travel with the sample and land in the manifest."""
-        facts = {
-            "seed": self.seed,
-            "image": self.image,
-            "fps": self.fps,
-            "motion_bucket_id": self.motion_bucket_id,
-            "noise_aug_strength": self.noise_aug_strength,
-            "name": self.name,
-        }
-        for name in ("min_guidance_scale", "max_guidance_scale", "job"):
-            if getattr(self, name) is not None:
-                facts[name] = getattr(self, name)
-        return facts
 
 
 # -- the run's configuration, one section per concern -------------------------------------------
@@ -195,7 +138,8 @@ class JobSection:
     total_steps: int = DEFAULT_TOTAL_STEPS
     """Denoising steps T, split over the stages."""
     latent_shape: tuple[int, int, int, int, int] = DEFAULT_LATENT_SHAPE
-    """B C F H W: videos per sample, latent channels, frames, latent height and width (pixels = 8x)."""
+    """B C F H W: videos per sample, latent channels, frames, latent height and width (pixels: times the
+    model's VAE scale factor, ppsvd.models.pixels)."""
     num_samples: int = 1
     """Samples to generate; sample i uses seed + i."""
     seed: int = 0
@@ -210,8 +154,8 @@ class JobSection:
         return tuple(item.image for item in self.inputs) if self.inputs else self.images
 
     def validate(self) -> None:
-        _positive("--total-steps", self.total_steps)
-        _positive("--num-samples", self.num_samples)
+        check_positive("--total-steps", self.total_steps)
+        check_positive("--num-samples", self.num_samples)
         check_latent_shape(self.latent_shape)
         if self.seed < 0:
             raise ConfigError(f"--seed {self.seed} is negative; use a seed >= 0")
@@ -242,7 +186,7 @@ class LayoutSection:
     goal: Goal = "throughput"
     """--strategy auto: pick the layout with the shortest makespan ('throughput') or per-video latency ('latency')."""
     partition: str = DEFAULT_PARTITION
-    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.costs),
+    """How the steps are split over stages: 'auto' (by measured or known costs, ppsvd.planning.costs.auto_split),
     'even' (sizes differ by at most one), or explicit sizes 'a,b,c' (one per stage, summing to T)."""
     costs_from: str | None = None
     """A previous run's directory: plan (and predict) with the costs its timeline.json recorded."""
@@ -253,7 +197,7 @@ class LayoutSection:
     1 (the default): one stage per GPU. More needs gloo or zmq: NCCL refuses two ranks on one device."""
 
     def validate(self) -> None:
-        _positive("--nproc", self.nproc)
+        check_positive("--nproc", self.nproc)
         _choice("--strategy", self.strategy, STRATEGIES)
         _choice("--goal", self.goal, GOALS)
         if self.max_in_flight < 1:
@@ -367,11 +311,12 @@ class SvdSection:
         )
         if self.min_guidance_scale > self.max_guidance_scale:
             raise ConfigError(
-                f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale {self.max_guidance_scale}; "
+                f"--min-guidance-scale {self.min_guidance_scale} is above --max-guidance-scale "
+                f"{self.max_guidance_scale}; "
                 "swap them"
             )
         if self.decode_chunk_size is not None:
-            _positive("--decode-chunk-size", self.decode_chunk_size)
+            check_positive("--decode-chunk-size", self.decode_chunk_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -388,7 +333,7 @@ class OutputSection:
 
     def validate(self) -> None:
         if self.video_fps is not None:
-            _positive("--video-fps", self.video_fps)
+            check_positive("--video-fps", self.video_fps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -471,35 +416,11 @@ class RunConfig:
 
     # -- derived ---------------------------------------------------------------------------
     @property
-    def is_synthetic(self) -> bool:
-        return self.model.is_synthetic
-
-    @property
-    def resolved_dtype(self) -> str:
-        return self.model.resolved_dtype
-
-    @property
     def resolved_transport(self) -> str:
+        """--transport, or nccl when the run is on CUDA, else gloo."""
         if self.transport.transport is not None:
             return self.transport.transport
         return "nccl" if self.model.device == "cuda" and self.layout.stages_per_gpu == 1 else "gloo"
-
-    @property
-    def input_images(self) -> tuple[str, ...]:
-        """The image of each input (--image values, or the --inputs lines), in order."""
-        return self.job.input_images
-
-    def sample_specs(self) -> tuple[SampleSpec, ...]:
-        """Every sample's image, seed, conditioning and output name. Pure: every process gets the same."""
-        return plan_samples(self)
-
-    def sample_spec(self, index: int) -> SampleSpec:
-        """The spec of sample `index`, also past num_samples (what a longer run would give it)."""
-        return plan_samples(self if index < self.job.num_samples else self.replace(num_samples=index + 1))[index]
-
-    def skipped_images(self) -> tuple[str, ...]:
-        """Input images no sample uses, because --num-samples is smaller than their number."""
-        return self.input_images[self.job.num_samples :]
 
     # -- config.json -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -511,7 +432,7 @@ class RunConfig:
         data["job"]["inputs"] = [item.to_json() for item in self.job.inputs]
         data["synthetic"]["stage_speed"] = list(self.synthetic.stage_speed)
         data["extra"] = dict(self.extra)
-        data["resolved_dtype"] = self.resolved_dtype
+        data["resolved_dtype"] = self.model.resolved_dtype
         data["resolved_transport"] = self.resolved_transport
         return data
 
@@ -554,7 +475,8 @@ class RunConfig:
         self.model.validate()
         if self.transport.transport == "nccl" and self.model.device != "cuda":
             raise ConfigError(
-                f"--transport nccl needs --device cuda (got --device {self.model.device}); use --transport gloo or zmq on CPU"
+                f"--transport nccl needs --device cuda (got --device {self.model.device}); use --transport gloo or zmq "
+                "on CPU"
             )
         self._check_placement()
         self.synthetic.validate()
@@ -577,7 +499,7 @@ class RunConfig:
                 f"--stages-per-gpu {k} puts several stages on one GPU, and NCCL refuses two ranks on the same "
                 "device; use --transport gloo or zmq (or --stages-per-gpu 1)"
             )
-        if self.model.compile and self.is_synthetic:
+        if self.model.compile and self.model.is_synthetic:
             raise ConfigError(
                 "--compile compiles the SVD UNet with torch.compile, and the synthetic model has none; "
                 "drop --compile, or use --model-id tiny (or an SVD model)"
@@ -586,13 +508,14 @@ class RunConfig:
     def _check_costs(self) -> None:
         """The synthetic section only with the synthetic model; --stage-speed and --partition against the layout."""
         for flag in self.synthetic.given:
-            if not self.is_synthetic:
+            if not self.model.is_synthetic:
                 raise ConfigError(f"{flag} only applies to --model synthetic (got --model {self.model.model}); drop it")
         speeds, nproc = self.synthetic.stage_speed, self.layout.nproc
         if speeds and len(speeds) != nproc:
             text = ",".join(f"{v:g}" for v in speeds)
             raise ConfigError(
-                f"--stage-speed {text} gives {len(speeds)} speeds for {nproc} stages; give one per stage (--nproc {nproc})"
+                f"--stage-speed {text} gives {len(speeds)} speeds for {nproc} stages; give one per stage (--nproc "
+                f"{nproc})"
             )
         partition, strategy = self.layout.partition, self.layout.strategy
         sizes = partition_sizes(partition)
@@ -609,16 +532,6 @@ class RunConfig:
                     f"and --total-steps {total} needs {stages} sizes >= 1 that sum to {total}, or auto/even"
                 )
 
-    @property
-    def resolved_cfg_half_ms(self) -> float:
-        """Synthetic model: one guidance half's step (--cfg-half-ms, or --step-ms x CFG_HALF_RATIO)."""
-        return self.synthetic.resolved_cfg_half_ms
-
-    @property
-    def uses_guidance(self) -> bool:
-        """Classifier-free guidance is on (diffusers: max_guidance_scale > 1): there are two halves to split."""
-        return self.svd.uses_guidance
-
     def layout_plan(self, nproc: int | None = None) -> Layout:
         """How the processes are arranged (--strategy, --pipeline-stages, --replicas) on `nproc`
         (default --nproc); ConfigError in one line when it does not use exactly that many."""
@@ -628,7 +541,7 @@ class RunConfig:
             lay.nproc if nproc is None else nproc,
             lay.pipeline_stages,
             lay.replicas,
-            guidance=self.uses_guidance,
+            guidance=self.svd.uses_guidance,
             max_guidance=self.svd.max_guidance_scale,
         )
 
@@ -660,7 +573,7 @@ def _check_conditioning(
             f"{flag('motion-bucket-id')} {motion_bucket_id} is outside 0..255; pick a value in that range"
         )
     if fps is not None:
-        _positive(flag("fps"), fps)
+        check_positive(flag("fps"), fps)
     if noise_aug_strength is not None and noise_aug_strength < 0:
         raise ConfigError(
             f"{flag('noise-aug-strength')} {noise_aug_strength} is negative; use a value >= 0 (default 0.02)"
@@ -682,22 +595,27 @@ def resolve_layout(
     """--strategy pipeline|data|cfg with --pipeline-stages K / --replicas R -> a Layout of exactly
     nproc processes (R x K x 2 for cfg, R x K otherwise); ConfigError naming the mismatch."""
     if strategy == "auto":
-        raise ConfigError("--strategy auto is resolved before a run starts (ppsvd.layouts.choose); pick a layout first")
+        raise ConfigError(
+            "--strategy auto is resolved before a run starts (ppsvd.planner.choose_layout); pick a layout first"
+        )
     for flag, value in (("--pipeline-stages", pipeline_stages), ("--replicas", replicas)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} must be at least 1")
     cfg = strategy == "cfg"
     if cfg and not guidance:
         raise ConfigError(
-            f"--strategy cfg splits classifier-free guidance, but --max-guidance-scale {max_guidance:g} <= 1 turns it off: "
+            f"--strategy cfg splits classifier-free guidance, but --max-guidance-scale {max_guidance:g} <= 1 turns it "
+            "off: "
             "nothing to split; use --strategy pipeline or data, or a guidance scale above 1"
         )
     width = 2 if cfg else 1
     if strategy == "data":
         if pipeline_stages not in (None, 1):
             raise ConfigError(
-                f"--strategy data runs whole samples per process, but --pipeline-stages {pipeline_stages} asks for a pipeline; "
-                f"use --strategy pipeline --pipeline-stages {pipeline_stages} --replicas {max(1, nproc // pipeline_stages)}"
+                f"--strategy data runs whole samples per process, but --pipeline-stages {pipeline_stages} asks for a "
+                "pipeline; "
+                f"use --strategy pipeline --pipeline-stages {pipeline_stages} --replicas "
+                f"{max(1, nproc // pipeline_stages)}"
             )
         stages, reps = 1, replicas if replicas is not None else nproc
     else:
@@ -731,128 +649,6 @@ def resolve_layout(
     return layout
 
 
-# -- diffusers' names for the size and the steps --------------------------------------------------
-
-
-def resolve_latent_shape(
-    model: str,
-    latent_shape: Any = None,
-    *,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-) -> tuple[int, int, int, int, int]:
-    """One B C F H W from the guide's --latent-shape and diffusers' num_frames/height/width.
-
-    Either may be given, or both when they agree (conflicting values name both flags). What is
-    not given keeps the default (the guide's 14 frames at 512x512; tiny: its own small shape).
-    Height and width follow diffusers' check_inputs: divisible by 8, SVD's VAE scale factor.
-    """
-    scale = VAE_SCALE_FACTOR
-    for flag, value in (("--num-frames", num_frames), ("--height", height), ("--width", width)):
-        if value is not None:
-            _positive(flag, value)
-    for flag, value in (("--height", height), ("--width", width)):
-        if value is not None and value % scale:
-            lower, upper = value // scale * scale, (value // scale + 1) * scale
-            suggestion = f"{flag} {upper}" if lower == 0 else f"{flag} {lower} or {upper}"
-            raise ConfigError(
-                f"{flag} {value} is not divisible by {scale} (SVD's VAE scale factor; diffusers requires it too); use {suggestion}"
-            )
-    if latent_shape is None:
-        b, c, f, h, w = default_latent_shape(model)
-        return (b, c, num_frames or f, height // scale if height else h, width // scale if width else w)
-    shape = check_latent_shape(latent_shape)
-    b, c, f, h, w = shape
-    text = " ".join(map(str, shape))
-    for flag, value, implied, part in (
-        ("--num-frames", num_frames, f, f"F={f}"),
-        ("--height", height, h * scale, f"H={h}"),
-        ("--width", width, w * scale, f"W={w}"),
-    ):
-        if value is not None and value != implied:
-            raise ConfigError(
-                f"{flag} {value} conflicts with --latent-shape {text} ({part} means {flag} {implied}); give one of them, or values that agree"
-            )
-    return shape
-
-
-def resolve_total_steps(total_steps: int | None = None, num_inference_steps: int | None = None) -> int:
-    """--total-steps (the guide's name) or --num-inference-steps (diffusers'); both only if equal."""
-    if total_steps is not None and num_inference_steps is not None and total_steps != num_inference_steps:
-        raise ConfigError(
-            f"--num-inference-steps {num_inference_steps} conflicts with --total-steps {total_steps}; they are the "
-            "same setting (diffusers' name and the guide's): give one of them"
-        )
-    for value in (total_steps, num_inference_steps):
-        if value is not None:
-            return value
-    return DEFAULT_TOTAL_STEPS
-
-
-def resolve_num_samples(num_samples: int | None, inputs: int) -> int:
-    """--num-samples, or one sample per input image when it is not given (at least one)."""
-    if num_samples is not None:
-        return num_samples
-    return max(1, inputs)
-
-
-# -- per-sample plan ------------------------------------------------------------------------------
-
-
-def plan_samples(config: RunConfig) -> tuple[SampleSpec, ...]:
-    """Sample i: input i mod count (or the built-in image), seed + i unless its input sets a seed,
-    the run's conditioning unless its input sets its own, and a unique output name."""
-    specs, used = [], set()
-    for index in range(config.job.num_samples):
-        item = config.job.inputs[index % len(config.job.inputs)] if config.job.inputs else None
-        if item is not None:
-            image = item.image
-        else:
-            image = config.job.images[index % len(config.job.images)] if config.job.images else BUILTIN_IMAGE
-        seed = config.job.seed + index if item is None or item.seed is None else item.seed
-        # The synthetic stand-in reads no image: its outputs are named by index.
-        base = f"sample_{index:05d}" if config.is_synthetic else f"{image_stem(image)}-s{seed}"
-        name, k = base, 1
-        while name in used:  # the same stem and seed twice: -2, -3, ... in sample order
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name)
-        specs.append(
-            SampleSpec(
-                index=index,
-                image=image,
-                seed=seed,
-                fps=_pick(item, "fps", config.svd.fps),
-                motion_bucket_id=_pick(item, "motion_bucket_id", config.svd.motion_bucket_id),
-                noise_aug_strength=_pick(item, "noise_aug_strength", config.svd.noise_aug_strength),
-                name=name,
-            )
-        )
-    return tuple(specs)
-
-
-def _pick(item: SampleInput | None, name: str, default: Any) -> Any:
-    value = None if item is None else getattr(item, name)
-    return default if value is None else value
-
-
-def image_stem(image: str) -> str:
-    """A file-name-safe stem of an image path or URL: 'inputs/cat.png' -> 'cat',
-    'https://host/a/dog.jpg?x=1' -> 'dog'."""
-    if is_url(image):
-        image = image.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    name = image.replace("\\", "/").rsplit("/", 1)[-1]
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
-    return stem or "image"
-
-
-def is_url(image: str) -> bool:
-    """An image given as an http(s) URL (fetched with diffusers.utils.load_image)."""
-    return image.startswith(("http://", "https://"))
-
-
 def partition_sizes(text: str) -> tuple[int, ...] | None:
     """--partition: None for 'auto' and 'even', the sizes for 'a,b,c'; ConfigError for anything else."""
     if text in PARTITIONS:
@@ -866,18 +662,7 @@ def partition_sizes(text: str) -> tuple[int, ...] | None:
     return sizes
 
 
-def parse_float_list(flag: str, text: str) -> tuple[float, ...]:
-    """'1,1,0.5' -> (1.0, 1.0, 0.5) with a one-line error for anything else."""
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} must be comma-separated numbers, e.g. {flag} 1,1,1,0.5") from None
-    if not values:
-        raise ConfigError(f"{flag} {text!r} is empty; give one number per stage, e.g. {flag} 1,1,1,0.5")
-    return values
-
-
-def _positive(flag: str, value: int | float) -> None:
+def check_positive(flag: str, value: int | float) -> None:
     if not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(f"{flag} {value} must be a positive number")
 
@@ -890,62 +675,15 @@ def _choice(flag: str, value: str | None, choices: tuple[str, ...], *, allow_non
 
 
 def check_latent_shape(shape: Any) -> tuple[int, int, int, int, int]:
-    """The guide's --latent-shape: exactly five positive integers, B C F H W."""
+    """--latent-shape (the benchmark's way to give the size): exactly five positive integers, B C F H W."""
     values = tuple(shape)
     if len(values) != 5 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ConfigError(
-            f"--latent-shape {' '.join(map(str, values))} must be five integers B C F H W, e.g. --latent-shape 1 4 14 64 64"
+            f"--latent-shape {' '.join(map(str, values))} must be five integers B C F H W, e.g. --latent-shape 1 4 14 "
+            "64 64"
         )
     if any(v <= 0 for v in values):
         raise ConfigError(
             f"--latent-shape {' '.join(map(str, values))} has a non-positive size; every one of B C F H W must be >= 1"
         )
     return values  # type: ignore[return-value]
-
-
-def parse_int_list(flag: str, text: str) -> list[int]:
-    """'1,2,4,7' -> [1, 2, 4, 7] with a one-line error for anything else."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} must be comma-separated integers, e.g. {flag} 1,2,4,7") from None
-    if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"{flag} {text!r} must list positive integers, e.g. {flag} 1,2,4,7")
-    return values
-
-
-TORCHRUN_REQUIRED = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-"""What a torchrun worker needs to join its world (torch.distributed's env:// rendezvous)."""
-TORCHRUN_MARKERS = (*TORCHRUN_REQUIRED, "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
-
-
-def env_world() -> tuple[int, int, int, int] | None:
-    """(rank, world_size, local_rank, local_world_size) when running under torchrun, else None.
-
-    Some but not all of torchrun's variables (a stray RANK=0 exported in a shell) is neither a
-    torchrun world nor a plain run: ConfigError naming what is there and what is missing."""
-    present = [name for name in TORCHRUN_MARKERS if name in os.environ]
-    if not present:
-        return None
-    missing = [name for name in TORCHRUN_REQUIRED if name not in os.environ]
-    if missing:
-        shown = " ".join(f"{name}={os.environ[name]}" for name in present)
-        raise ConfigError(
-            f"partial torchrun environment: {shown} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not; "
-            f"unset {' '.join(present)} to run on this host, or start the command with torchrun"
-        )
-    try:
-        return _env_world_values()
-    except ValueError:
-        shown = " ".join(f"{name}={os.environ[name]}" for name in present)
-        raise ConfigError(
-            f"torchrun environment with a non-integer value ({shown}); start the command with torchrun"
-        ) from None
-
-
-def _env_world_values() -> tuple[int, int, int, int]:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    return rank, world, local_rank, local_world

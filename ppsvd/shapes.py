@@ -1,6 +1,6 @@
 """The latent's shape, and the one place that says how it is laid out between stages.
 
-Users give --latent-shape as B C F H W (the guide's order); diffusers' SVD pipeline holds the
+Users give --latent-shape as B C F H W (the benchmark's order); diffusers' SVD pipeline holds the
 latent frames-first, B F C H W, and that is how it travels between stages and is saved.
 """
 

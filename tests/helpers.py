@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from ppsvd.config import RunConfig
 from ppsvd.models.base import build_stage_model
-from ppsvd.plan import partition_steps
+from ppsvd.planning.steps import partition_steps
 
 SMALL_SHAPE = (1, 4, 2, 8, 8)
 

@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 
 import ppsvd
-from ppsvd.config import RunConfig, SampleInput, plan_samples
+from ppsvd.config import RunConfig, SampleInput
 from ppsvd.errors import ConfigError, InputImageError, ModelNotFoundError
 from ppsvd.io.images import builtin_image, check_image, load_image
 from ppsvd.io.inputs import read_inputs
+from ppsvd.io.samples import plan_samples
 from ppsvd.io.video import read_mp4
 from ppsvd.models import tiny
 from tests.helpers import read_latents, run_cli
@@ -209,13 +210,84 @@ def test_the_docs_example_runs(monkeypatch, tmp_path):
     assert result.manifest["weights"] == "seeded random"  # the tiny model's weights, honestly
 
 
+RESUME_SCRIPT = """
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+import ppsvd
+
+
+def main(out: Path) -> None:
+    options = dict(model_id="tiny", device="cpu", num_samples=3, total_steps=2, progress=False)
+    full = ppsvd.run(nproc=1, output_dir=out / "runs", **options)
+
+    # A stopped run: a journal instead of the final manifest, and the last sample's latents
+    # damaged (truncated) after it was listed.
+    cut = out / "cut"
+    shutil.copytree(full.run_dir, cut)
+    (cut / "manifest.json").unlink()
+    entries = full.manifest["samples"]
+    (cut / "manifest.jsonl").write_text("".join(json.dumps(e) + "\\n" for e in entries))
+    latents = cut / entries[-1]["latents"]
+    latents.write_bytes(latents.read_bytes()[:100])
+
+    try:
+        ppsvd.run(resume=cut, seed=9)
+    except ppsvd.ConfigError as exc:
+        print("refused:", exc)
+    resumed = ppsvd.run(resume=cut, nproc=2, progress=False)
+    again = ppsvd.run(resume=cut)
+    pairs = zip(full.samples, resumed.samples, strict=True)
+    report = {
+        "run_dir": str(resumed.run_dir),
+        "names": [s.name for s in resumed.samples],
+        "same_latents": all(torch.equal(a.latents(), b.latents()) for a, b in pairs),
+        "same_video": resumed.samples[-1].video.read_bytes() == full.samples[-1].video.read_bytes(),
+        "again": len(again.samples),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":  # the workers are spawned: they import this file again
+    main(Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_api_resume_continues_a_stopped_run_as_a_script(tmp_path):
+    """ppsvd.run(resume=RUN_DIR) in a script of its own: it refuses an option that changes the
+    samples, regenerates only the damaged sample (on another number of stages) bitwise as the
+    uninterrupted run made it, and a finished run is left as it is."""
+    script = tmp_path / "resume_run.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=220, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    refused = next(line for line in lines if line.startswith("refused:"))
+    assert refused.startswith("refused: --resume ") and "seed 9 (the run used 0)" in refused, refused
+    result = json.loads(lines[-1])
+    assert result["run_dir"] == str(tmp_path / "cut")
+    assert result["names"] == ["builtin-s0", "builtin-s1", "builtin-s2"]
+    assert result["same_latents"] and result["same_video"] and result["again"] == 3, result
+    assert "resuming" in done.stderr and "2 of 3 samples kept, 1 to generate" in done.stderr, done.stderr[-3000:]
+    assert "nothing to do: all 3 samples" in " ".join(done.stdout.split())
+
+
 # -- per-sample conditioning ------------------------------------------------------------------------
 
 
 def test_per_sample_conditioning_travels_with_the_sample_and_stays_exact(tiny_repo, inputs_dir, pipe):
     """Each --inputs entry's seed, motion bucket, fps and noise augmentation, through 2 stages."""
     from ppsvd.models.svd import SVDStageModel
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     entries = (
         SampleInput(image=str(inputs_dir / "b.png"), seed=11, motion_bucket_id=30, fps=9, noise_aug_strength=0.1),
@@ -324,7 +396,7 @@ def test_fewer_samples_than_images_says_which_are_skipped(capsys, monkeypatch, i
     def stop(*args, **kwargs):
         raise ConfigError("stopped before launching")
 
-    monkeypatch.setattr("ppsvd.api.execute", stop)
+    monkeypatch.setattr("ppsvd.runtime.launch.launch", stop)
     code, _, err = run_cli(
         capsys,
         "run",
@@ -374,7 +446,10 @@ def test_help_lists_choices_flags_and_true_defaults(capsys, monkeypatch):
 
 
 def test_importing_ppsvd_and_its_api_does_not_import_torch():
-    code = "import sys, ppsvd, ppsvd.api; ppsvd.run; ppsvd.RunResult; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    code = (
+        "import sys, ppsvd, ppsvd.api; ppsvd.run; ppsvd.RunResult; print('torch' in sys.modules, 'diffusers' in "
+        "sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False False", proc.stderr
 

@@ -14,20 +14,13 @@ from pathlib import Path
 import pytest
 
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
-from ppsvd.bench.sweep import (
-    CSV_NAME,
-    JSON_NAME,
-    THROUGHPUT_PNG,
-    TIMELINE_PNG,
-    BenchPlan,
-    SweepObserver,
-    default_gpu_counts,
-    run_bench,
-    run_note,
-)
+from ppsvd.bench.options import default_gpu_counts
+from ppsvd.bench.records import BenchPlan
+from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG
+from ppsvd.bench.sweep import SweepObserver, run_bench, run_note
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
-from ppsvd.plan import partition_steps, shard_samples
+from ppsvd.planning.steps import partition_steps, shard_samples
 
 STEP_S = 0.5
 LOAD_S = 2.0
@@ -178,7 +171,7 @@ def test_sweep_runs_each_count_with_cooldowns_and_writes_csv(tmp_path):
     rows = read_csv(tmp_path / "results" / CSV_NAME)
     assert [r["gpu_count"] for r in rows] == ["1", "2", "4"]
     # wall = load 2 s + work + 1 s; work = (S + N - 1) * (T/N) * t
-    for row, n in zip(rows, (1, 2, 4)):
+    for row, n in zip(rows, (1, 2, 4), strict=True):
         work = (10 + n - 1) * (28 / n) * STEP_S
         assert float(row["total_time_sec"]) == pytest.approx(LOAD_S + work + 1.0, abs=1e-6)
         assert float(row["per_sample_sec"]) == pytest.approx((LOAD_S + work + 1.0) / 10, abs=1e-6)
@@ -344,7 +337,7 @@ def test_importing_the_command_imports_neither_torch_nor_matplotlib():
 
 
 def test_no_gpu_points_to_device_cpu(monkeypatch, capsys):
-    from ppsvd.bench import sweep as bench
+    from ppsvd.bench import options as bench
     from ppsvd.cli import main
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: 0)
@@ -356,7 +349,7 @@ def test_no_gpu_points_to_device_cpu(monkeypatch, capsys):
 
 
 def test_cli_refuses_more_gpus_than_the_machine_has(monkeypatch, capsys, tmp_path):
-    from ppsvd.bench import sweep as bench
+    from ppsvd.bench import options as bench
     from ppsvd.cli import main
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: 4)

@@ -1,15 +1,16 @@
 import pytest
 
-from ppsvd.config import RunConfig, check_latent_shape, parse_int_list
+from ppsvd.bench.options import parse_int_list
+from ppsvd.config import RunConfig, check_latent_shape
 from ppsvd.errors import ConfigError
 
 
-def test_defaults_are_the_guides():
+def test_defaults_are_the_benchmarks():
     cfg = RunConfig.from_options().validate()
     assert cfg.job.total_steps == 28 and cfg.job.latent_shape == (1, 4, 14, 64, 64)
     assert cfg.job.num_samples == 1 and cfg.job.seed == 0 and cfg.svd.fps == 6 and cfg.svd.motion_bucket_id == 127
-    assert cfg.resolved_dtype == "fp32" and cfg.resolved_transport == "gloo"
-    assert RunConfig.from_options(device="cuda").resolved_dtype == "fp16"
+    assert cfg.model.resolved_dtype == "fp32" and cfg.resolved_transport == "gloo"
+    assert RunConfig.from_options(device="cuda").model.resolved_dtype == "fp16"
     assert RunConfig.from_options(device="cuda").resolved_transport == "nccl"
 
 
@@ -109,7 +110,7 @@ def test_several_stages_on_one_gpu_with_gloo_or_zmq(monkeypatch):
     """One visible GPU, 3 stages on it: accepted over gloo and zmq (and the default then is gloo)."""
     import torch
 
-    from ppsvd import api
+    from ppsvd.api.execution import check
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr("ppsvd.models.base._free_memory", lambda config: ([], []))  # memory: its own test below
@@ -117,7 +118,7 @@ def test_several_stages_on_one_gpu_with_gloo_or_zmq(monkeypatch):
         cfg = RunConfig.from_options(
             model="tiny", latent_shape=(1, 4, 2, 8, 8), device="cuda", nproc=3, stages_per_gpu=3, transport=transport
         )
-        api.check(cfg)
+        check(cfg)
         assert cfg.resolved_transport == (transport or "gloo")
         assert [cfg.layout.gpu_index(rank) for rank in range(3)] == [0, 0, 0]
     two = RunConfig.from_options(device="cuda", nproc=4, stages_per_gpu=2)

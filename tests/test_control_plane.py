@@ -85,7 +85,7 @@ def test_a_link_that_times_out_names_the_neighbour_not_this_stage(direction):
     this healthy stage is not (before: "stage 2 failed: receive from stage 1 did not complete")."""
     from ppsvd.backends.protocol import Message
     from ppsvd.errors import TransportTimeout
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
     from ppsvd.runtime.stage import Receiver, Sender, StageContext
     from tests.helpers import small_config
 

@@ -7,15 +7,15 @@ import random
 
 import pytest
 
-from ppsvd.costs import CostModel, data_makespan, forecast, plan_from_sizes, plan_steps
-from ppsvd.plan import partition_steps
+from ppsvd.planning.costs import CostModel, auto_split, data_makespan, forecast
+from ppsvd.planning.steps import partition_steps, plan_from_sizes
 
 
 def compositions(total: int, parts: int):
     """Every way to write total as an ordered sum of `parts` integers >= 1."""
     for cuts in itertools.combinations(range(1, total), parts - 1):
         bounds = (0, *cuts, total)
-        yield tuple(b - a for a, b in zip(bounds, bounds[1:]))
+        yield tuple(b - a for a, b in itertools.pairwise(bounds))
 
 
 def slowest(costs: CostModel, sizes) -> float:
@@ -36,7 +36,7 @@ def test_split_is_optimal_against_brute_force():
             if rng.random() < 0.6
             else (),
         )
-        plan = plan_steps(total, n, costs)
+        plan = auto_split(total, n, costs)
         assert [s for r in plan.ranges for s in r] == list(range(total)), "every step once, in order"
         assert min(plan.sizes) >= 1
         best = min(slowest(costs, sizes) for sizes in compositions(total, n))
@@ -47,16 +47,16 @@ def test_split_is_optimal_against_brute_force():
 
 @pytest.mark.parametrize("total,n", [(28, 1), (28, 2), (28, 3), (28, 7), (25, 7), (5, 5), (100, 6)])
 def test_equal_costs_give_the_even_split(total, n):
-    assert plan_steps(total, n, CostModel(step_s=0.02)).sizes == partition_steps(total, n).sizes
+    assert auto_split(total, n, CostModel(step_s=0.02)).sizes == partition_steps(total, n).sizes
     assert (
-        plan_steps(total, n, CostModel(step_s=0.0)).sizes == partition_steps(total, n).sizes
+        auto_split(total, n, CostModel(step_s=0.0)).sizes == partition_steps(total, n).sizes
     )  # nothing costs anything
 
 
 def test_issue_profile_scaled_to_a_fifth_by_hand():
     # step 33 ms, encode 13 ms, decode 98 ms, T = 28, N = 2.
     costs = CostModel.from_ms(33, 13, 98)
-    plan = plan_steps(28, 2, costs)
+    plan = auto_split(28, 2, costs)
     # 16+12 would give stage 0 13 + 16 x 33 = 541 ms; 15+13 gives 508 and 13 x 33 + 98 = 527 ms.
     assert plan.sizes == (15, 13)
     f = forecast(plan, costs, 40)
@@ -78,15 +78,15 @@ def test_h200_profile_even_split_is_decode_bound_and_auto_fixes_it():
     even = forecast(partition_steps(28, 7), costs, 10)
     assert even.stage_s[-1] == pytest.approx(4 * 0.165 + 0.49)  # 1150 ms: the bottleneck
     assert even.efficiency == pytest.approx(5.175 / (7 * 1.15))  # 64 %
-    auto = forecast(plan_steps(28, 7, costs), costs, 10)
+    auto = forecast(auto_split(28, 7, costs), costs, 10)
     assert auto.sizes[-1] < 4 and auto.efficiency > 0.85
-    assert forecast(plan_steps(28, 4, costs), costs, 10).efficiency > 0.95
+    assert forecast(auto_split(28, 4, costs), costs, 10).efficiency > 0.95
     assert forecast(partition_steps(28, 4), costs, 10).efficiency == pytest.approx(5.175 / (4 * (7 * 0.165 + 0.49)))
 
 
 def test_slow_stage_gets_fewer_steps_and_speeds_scale_every_cost():
     costs = CostModel.from_ms(33, speeds=(1, 1, 1, 0.5))
-    plan = plan_steps(28, 4, costs)
+    plan = auto_split(28, 4, costs)
     assert plan.sizes == (8, 8, 8, 4)  # 4 steps at half speed take as long as 8
     f = forecast(plan, costs, 10)
     assert f.stage_s == pytest.approx((0.264,) * 4)
@@ -116,7 +116,7 @@ def test_one_stage_efficiency_is_one_by_definition():
 def test_speeds_for_another_stage_count_are_dropped_and_said():
     costs = CostModel.from_ms(33, speeds=(1, 0.5))
     assert costs.for_stages(4).speeds == () and "dropped" in costs.for_stages(4).source
-    assert plan_steps(8, 4, costs).sizes == (2, 2, 2, 2)
+    assert auto_split(8, 4, costs).sizes == (2, 2, 2, 2)
 
 
 def test_bad_numbers_are_refused_with_the_value():
@@ -127,7 +127,7 @@ def test_bad_numbers_are_refused_with_the_value():
     with pytest.raises(ValueError, match="at least one step"):
         plan_from_sizes([3, 0])
     with pytest.raises(ValueError, match=r"stages\(4\) > steps\(3\)"):
-        plan_steps(3, 4, CostModel(step_s=1))
+        auto_split(3, 4, CostModel(step_s=1))
 
 
 def test_cost_model_round_trips_json():

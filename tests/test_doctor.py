@@ -3,12 +3,14 @@ and the live transport check (fake check_link; the real one for gloo and zmq on 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +19,7 @@ import pytest
 from ppsvd.config import RunConfig
 from ppsvd.doctor import CHECK_KEYS, TOP_LEVEL_KEYS, diagnose, probe, report_for
 from ppsvd.doctor import live as live_mod
-from ppsvd.doctor.checks import CHECK_NAMES, ifname_matches, p2p_order
+from ppsvd.doctor.checks import CHECK_NAMES, MIN_VERSIONS, check_versions, context, ifname_matches, p2p_order
 from ppsvd.doctor.facts import Facts, GpuInfo, LinkInfo, ModelInfo, PairInfo
 from ppsvd.models import hub, memory
 
@@ -104,7 +106,7 @@ def fake_torch(count=7, no_p2p=(), cuda=True):
     no_p2p = {frozenset(p) for p in no_p2p}
     props = SimpleNamespace(name="NVIDIA RTX A5000", total_memory=24 * GIB, major=8, minor=6)
     return SimpleNamespace(
-        __version__="2.5.1+cu124" if cuda else "2.5.1+cpu",
+        __version__="2.11.0+cu124" if cuda else "2.11.0+cpu",
         version=SimpleNamespace(cuda="12.4" if cuda else None),
         cuda=SimpleNamespace(
             is_available=lambda: cuda and count > 0,
@@ -154,7 +156,7 @@ def test_seven_gpus_one_pair_without_p2p_names_the_pair_hop_and_consequence(tmp_
     assert p2p.details["missing"] == ["2-3"]
     order = [int(i) for i in p2p.details["suggested_visible_devices"].split(",")]
     assert sorted(order) == list(range(7))
-    assert all({a, b} != {2, 3} for a, b in zip(order, order[1:]))
+    assert all({a, b} != {2, 3} for a, b in itertools.pairwise(order))
     assert f"CUDA_VISIBLE_DEVICES={p2p.details['suggested_visible_devices']}" in p2p.fix
 
     assert checks["gpus"].status == "pass" and "7x NVIDIA RTX A5000" in checks["gpus"].summary
@@ -270,10 +272,10 @@ def _facts(**kw):
     base = dict(
         python="3.11.7",
         packages={
-            "torch": "2.5.1",
-            "diffusers": "0.31.0",
-            "transformers": "4.46.0",
-            "pyzmq": "26.0",
+            "torch": "2.11.0",
+            "diffusers": "0.33.1",
+            "transformers": "4.56.2",
+            "pyzmq": "26.2",
             "nvidia-ml-py": "12.560",
         },
         net_interfaces=("lo", "eth0"),
@@ -302,6 +304,26 @@ def _seven_gpus(**kw):
         physical_gpus=7,
         **kw,
     )
+
+
+def test_version_floors_are_pyprojects():
+    """doctor's minimum versions are pyproject's (read back from the installed package), so doctor
+    never passes a machine the package itself refuses; a version below a floor fails naming it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {"python": project["requires-python"].removeprefix(">=")}
+    for requirement in project["dependencies"]:
+        name, _, floor = requirement.partition(">=")
+        declared[name.strip()] = floor.strip()
+    for name in ("python", "torch", "diffusers", "transformers", "pyzmq"):
+        assert ".".join(map(str, MIN_VERSIONS[name])) == declared[name], name
+    planned = RunConfig.from_options(model="tiny", device="cpu", transport="zmq")
+    for name in ("torch", "diffusers", "transformers", "pyzmq"):
+        packages = {**_facts().packages, name: "0.0.1"}
+        rows = check_versions(context(_facts(packages=packages), planned)).details["components"]
+        row = next(r for r in rows if r["component"] == name)
+        assert row["status"] == "fail" and f">= {declared[name]} required" in row["note"], row
+    rows = check_versions(context(_facts(), planned)).details["components"]
+    assert all(r["status"] == "pass" for r in rows if r["component"] in declared), rows
 
 
 def test_environment_variables_are_explained_and_judged():

@@ -63,11 +63,11 @@ def _fault_time(stderr: str) -> float:
 @pytest.mark.parametrize(
     "fault,transport,expect",
     [
-        ("1:3:raise", "gloo", r"stage 1 failed: .*injected fault"),
-        ("1:3:kill", "gloo", r"stage 1 (was killed by SIGKILL|failed)"),
-        ("2:3:raise", "zmq", r"stage 2 failed: .*injected fault"),
-        ("1:3:kill", "zmq", r"stage 1 (was killed by SIGKILL|failed)"),
-        ("1:3:exit0", "zmq", r"stage 1 failed: stopped responding"),
+        ("1:3:raise", "gloo", r"stage 1 failed: .*injected fault"),  # the fast lane keeps this one
+        pytest.param("1:3:kill", "gloo", r"stage 1 (was killed by SIGKILL|failed)", marks=pytest.mark.slow),
+        pytest.param("2:3:raise", "zmq", r"stage 2 failed: .*injected fault", marks=pytest.mark.slow),
+        pytest.param("1:3:kill", "zmq", r"stage 1 (was killed by SIGKILL|failed)", marks=pytest.mark.slow),
+        pytest.param("1:3:exit0", "zmq", r"stage 1 failed: stopped responding", marks=pytest.mark.slow),
     ],
 )
 def test_failed_stage_stops_all_within_10s_and_is_named(tmp_path, fault, transport, expect):

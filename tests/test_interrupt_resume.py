@@ -355,7 +355,7 @@ def test_journal_appends_one_line_per_sample_and_close_checks_files(tmp_path):
 
     from ppsvd.errors import OutputsLost
     from ppsvd.io.results import ResultWriter, listed_entries
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     config = RunConfig.from_options(model="synthetic", total_steps=4, latent_shape=(1, 4, 1, 8, 8), num_samples=3)
     writer = ResultWriter(tmp_path, config, partition_steps(4, 1))

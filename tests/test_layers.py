@@ -1,5 +1,5 @@
 """The package's shape: the import-linter layers contract holds and no module imports itself
-back through others (imports inside functions count)."""
+back through others (imports inside functions and type-only imports count)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _import_cycles() -> list[list[str]]:
-    """Strongly connected components of more than one module in ppsvd's import graph."""
+def _import_cycles(package: str = "ppsvd") -> list[list[str]]:
+    """Strongly connected components of more than one module in the package's import graph,
+    `if TYPE_CHECKING:` imports included (a cycle a type checker walks is still a cycle)."""
     grimp = pytest.importorskip("grimp")
-    graph = grimp.build_graph("ppsvd", exclude_type_checking_imports=True)
+    graph = grimp.build_graph(package, exclude_type_checking_imports=False, cache_dir=None)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -52,6 +53,19 @@ def _import_cycles() -> list[list[str]]:
 
 def test_no_import_cycles():
     assert _import_cycles() == []
+
+
+def test_a_type_only_cycle_is_found(tmp_path, monkeypatch):
+    """The check above can fail: two modules that import each other, one only for type hints."""
+    package = tmp_path / "cyclepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "records.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from cyclepkg.sweep import Sweep\n"
+    )
+    (package / "sweep.py").write_text("from cyclepkg.records import TYPE_CHECKING\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _import_cycles("cyclepkg") == [["cyclepkg.records", "cyclepkg.sweep"]]
 
 
 def test_layers_contract_holds():

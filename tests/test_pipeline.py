@@ -12,7 +12,16 @@ from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.runtime.launch import launch
 from tests.helpers import read_latents, reference_latents, small_config
 
-CASES = [(1, "gloo"), (2, "gloo"), (3, "gloo"), (4, "gloo"), (2, "zmq"), (3, "zmq"), (4, "zmq")]
+SLOW = pytest.mark.slow  # the fast lane (-m "not slow") keeps one case per transport
+CASES = [
+    pytest.param(1, "gloo", marks=SLOW),
+    (2, "gloo"),
+    pytest.param(3, "gloo", marks=SLOW),
+    pytest.param(4, "gloo", marks=SLOW),
+    (2, "zmq"),
+    pytest.param(3, "zmq", marks=SLOW),
+    pytest.param(4, "zmq", marks=SLOW),
+]
 
 
 @pytest.mark.timeout(120)
@@ -31,7 +40,7 @@ def test_every_sample_is_bitwise_equal_to_one_stage(tmp_path, no_fault, nproc, t
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert [s["index"] for s in manifest["samples"]] == list(range(config.job.num_samples))
     assert manifest["partition"] == [
-        [r.start, r.stop] for r in __import__("ppsvd.plan").plan.partition_steps(28, nproc).ranges
+        [r.start, r.stop] for r in __import__("ppsvd.planning.steps").planning.steps.partition_steps(28, nproc).ranges
     ]
 
     timeline = RunTimeline.load(result.run_dir / "timeline.json")
@@ -43,6 +52,7 @@ def test_every_sample_is_bitwise_equal_to_one_stage(tmp_path, no_fault, nproc, t
     assert [s.compute_end for s in last.samples] == sorted(s.compute_end for s in last.samples)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "transport,changes,sizes",

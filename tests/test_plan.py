@@ -1,6 +1,6 @@
 import pytest
 
-from ppsvd.plan import (
+from ppsvd.planning.steps import (
     ideal_data_parallel_makespan,
     ideal_efficiency,
     ideal_pipeline_makespan,

@@ -1,8 +1,9 @@
-"""plan.rank_work: the one answer to "which steps and which samples does rank k own"; shapes.LatentShape."""
+"""planning.ranks.rank_work: the one answer to "which steps and which samples does rank k own"; shapes.LatentShape."""
 
 import pytest
 
-from ppsvd.plan import partition_steps, rank_work
+from ppsvd.planning.ranks import rank_work
+from ppsvd.planning.steps import partition_steps
 from ppsvd.shapes import HANDOFF_LAYOUT, LatentShape
 
 
@@ -36,5 +37,11 @@ def test_latent_shape_hands_off_frames_before_channels():
     shape = LatentShape(1, 4, 14, 64, 64)
     assert shape == (1, 4, 14, 64, 64) and shape.text() == "1 4 14 64 64"
     assert shape.handoff() == (1, 14, 4, 64, 64) and shape.handoff(batch=2) == (2, 14, 4, 64, 64)
-    assert dict(zip(HANDOFF_LAYOUT.split(), shape.handoff())) == {"B": 1, "F": 14, "C": 4, "H": 64, "W": 64}
+    assert dict(zip(HANDOFF_LAYOUT.split(), shape.handoff(), strict=True)) == {
+        "B": 1,
+        "F": 14,
+        "C": 4,
+        "H": 64,
+        "W": 64,
+    }
     assert shape.numel == 4 * 14 * 64 * 64

@@ -12,7 +12,8 @@ from rich.console import Console
 from ppsvd.analysis.metrics import summarize
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
 from ppsvd.bench import report
-from ppsvd.bench.sweep import BenchPlan, BenchResult, BenchRun, derive_scaling
+from ppsvd.bench.records import BenchPlan, BenchResult, BenchRun
+from ppsvd.bench.sweep import derive_scaling
 from ppsvd.commands import tables
 from ppsvd.config import RunConfig
 

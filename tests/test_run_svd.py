@@ -110,7 +110,16 @@ def read_frames(run_dir: Path, index: int) -> np.ndarray:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("nproc,transport", [(1, "gloo"), (2, "gloo"), (2, "zmq"), (4, "gloo"), (4, "zmq")])
+@pytest.mark.parametrize(
+    "nproc,transport",
+    [
+        pytest.param(1, "gloo", marks=pytest.mark.slow),
+        (2, "gloo"),  # the fast lane (-m "not slow") keeps this one
+        pytest.param(2, "zmq", marks=pytest.mark.slow),
+        pytest.param(4, "gloo", marks=pytest.mark.slow),
+        pytest.param(4, "zmq", marks=pytest.mark.slow),
+    ],
+)
 def test_videos_equal_diffusers_pipeline(tiny_repo, images, reference, tmp_path, nproc, transport):
     config = base_config(tiny_repo, images, tmp_path, nproc=nproc, transport=transport)
     result = launch(config)
@@ -124,6 +133,7 @@ def test_videos_equal_diffusers_pipeline(tiny_repo, images, reference, tmp_path,
     assert [s["image"] for s in manifest["samples"]] == [images[i % 2] for i in range(SAMPLES)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_uneven_partition_equals_diffusers_pipeline(tiny_repo, images, reference, tmp_path):
     # 3 stages over 4 steps: 1 + 2 + 1, the middle stage runs two (run() calibrates for auto;
@@ -179,6 +189,7 @@ def test_cli_run_writes_mp4s_and_manifest(tiny_repo, images, tmp_path):
     assert not list(run_dir.rglob(".tmp-*")), "a temporary file was left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_runs_under_torchrun(tiny_repo, images, reference, tmp_path):
     out = tmp_path / "out"

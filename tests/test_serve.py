@@ -396,9 +396,10 @@ def test_serve_takes_every_pipeline_option_of_run():
 def test_other_layouts_serve_the_same_latents(tmp_path, strategy):
     """Data-parallel workers take jobs like free replicas; a guidance pair's halves start the same
     job (the unconditional half hands the spec to the conditional one): both bitwise equal to one process."""
-    from ppsvd.config import RunConfig, SampleSpec
+    from ppsvd.config import RunConfig
+    from ppsvd.io.samples import SampleSpec
     from ppsvd.models.base import build_stage_model
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     image = png_bytes(64, 64)
     args = (*SYNTHETIC, "--nproc", "2", "--strategy", strategy, "--total-steps", "8", "--transport", "gloo")

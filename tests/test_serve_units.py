@@ -138,9 +138,9 @@ def test_a_jobs_own_guidance_equals_a_run_with_that_guidance():
     those scales gives: the per-frame scale travels with the sample."""
     import torch
 
-    from ppsvd.config import SampleSpec
+    from ppsvd.io.samples import SampleSpec
     from ppsvd.models.base import build_stage_model
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     torch.set_num_threads(1)
     plan = partition_steps(4, 1)

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from ppsvd.config import RunConfig
-from ppsvd.costs import CostModel
 from ppsvd.errors import ConfigError
-from ppsvd.layouts import LayoutCosts, choose, predict
-from ppsvd.plan import Layout, decode_split, rank_work
+from ppsvd.planner import choose_layout, layout_costs
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.layouts import Layout, LayoutCosts, predict
+from ppsvd.planning.ranks import decode_split, rank_work
 from ppsvd.runtime.launch import launch
 from tests.helpers import read_latents, reference_latents, small_config
 
@@ -76,15 +77,15 @@ def test_bad_layouts_are_one_line_config_errors(changes, message):
 def test_auto_picks_guidance_pairs_for_latency_and_a_throughput_layout_for_many_samples():
     costs = CostModel.from_ms(63, 13, 210)
     latency = RunConfig.from_options(**H200_TENTH, nproc=2, num_samples=1, goal="latency", strategy="auto").validate()
-    layout, reason, forecasts = choose(latency, costs)
+    layout, reason, forecasts = choose_layout(latency, costs)
     assert layout == Layout(1, 1, cfg=True) and "1 guidance pair (cfg)" in reason and "\n" not in reason
-    cfg, single = forecasts[0], predict(Layout(1, 1), LayoutCosts.from_config(latency, costs), 28, 1)
+    cfg, single = forecasts[0], predict(Layout(1, 1), layout_costs(latency, costs), 28, 1)
     # 13 + 28 x 34 + 210 x 13/25 ms against 13 + 28 x 63 + 210 ms: the 0.53 with an even split
     assert (
         cfg.latency_s == pytest.approx(0.013 + 28 * 0.034 + 0.210 * 13 / 25) and cfg.latency_s / single.latency_s < 0.56
     )
     many = RunConfig.from_options(**H200_TENTH, nproc=4, num_samples=40, goal="throughput", strategy="auto").validate()
-    layout, _, forecasts = choose(many, costs)
+    layout, _, forecasts = choose_layout(many, costs)
     assert not layout.cfg and forecasts[0].makespan_s < min(f.makespan_s for f in forecasts if f.layout.cfg)
     assert layout == Layout(4, 1)  # 10 rounds of whole samples beat a pipeline's fill, drain and uneven stages
 
@@ -114,6 +115,7 @@ def test_work_queue_covers_every_index_once_under_a_3x_slower_worker(tmp_path, n
     assert sum(taken) == 9 and taken[2] < min(taken[:2])  # the slow worker took fewer (a fixed shard: 3 each)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "changes",
@@ -152,6 +154,7 @@ def test_cli_bad_layout_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_cli_auto_runs_guidance_pairs_for_one_video_on_two_processes(tmp_path):
     proc = subprocess.run(

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from ppsvd.config import RunConfig
+from ppsvd.config import TINY_LATENT_SHAPE, RunConfig
 from ppsvd.errors import ConfigError, InputImageError, ModelNotFoundError
-from ppsvd.io.images import BUILTIN, builtin_image, load_image, resolve_images
+from ppsvd.io.images import BUILTIN_IMAGE, builtin_image, load_image, resolve_images
 from ppsvd.models import tiny
 from ppsvd.models.base import build_stage_model, model_class, preflight
 from ppsvd.models.svd import HANDOFF, SVDStageModel, frames_to_uint8, stage_components
-from ppsvd.plan import partition_steps
+from ppsvd.planning.steps import partition_steps
 
 CPU = torch.device("cpu")
 
@@ -54,7 +54,7 @@ def run_chain(config: RunConfig, num_stages: int, index: int):
     plan = partition_steps(config.job.total_steps, num_stages)
     stages = [SVDStageModel(config, plan, k, CPU) for k in range(num_stages)]
     sample = stages[0].prepare(index)
-    for stage, steps in zip(stages, plan.ranges):
+    for stage, steps in zip(stages, plan.ranges, strict=True):
         for name, spec in stage.schema().items():
             tensor = sample.tensors[name]
             assert (tuple(tensor.shape), str(tensor.dtype)) == (spec.shape, f"torch.{spec.dtype}"), name
@@ -142,7 +142,7 @@ def test_without_guidance_and_builtin_image(tiny_repo, reference):
     stages, result = run_chain(config, 2, 0)
     assert stages[0].schema()["image_embeddings"].shape == (1, 1, 32)
     assert torch.equal(result.latents, ref_latents)
-    assert result.meta["image"] == BUILTIN
+    assert result.meta["image"] == BUILTIN_IMAGE
 
 
 def test_each_stage_loads_only_its_parts(tiny_repo):
@@ -165,7 +165,7 @@ def test_builtin_tiny_model_is_the_saved_one(tiny_repo):
     last bits on the memory alignment of the weights, and memory-mapped safetensors are not
     64-byte aligned like fresh tensors. Same weights, same loading path: same bits.)
     """
-    built = RunConfig.from_options(model="tiny", total_steps=2, latent_shape=tiny.DEFAULT_LATENT_SHAPE)
+    built = RunConfig.from_options(model="tiny", total_steps=2, latent_shape=TINY_LATENT_SHAPE)
     saved = built.replace(model=str(tiny_repo))
     assert model_class(built) is SVDStageModel
     plan = partition_steps(2, 1)
@@ -211,7 +211,7 @@ def test_preflight_accepts_a_good_run(tiny_repo, monkeypatch):
     # The memory check reads this machine's free memory; a fixed 64 GiB keeps the test machine-independent.
     monkeypatch.setattr("ppsvd.models.base._free_memory", lambda config: ([64 * 1024**3], ["this host"]))
     preflight(RunConfig.from_options(model=str(tiny_repo), latent_shape=(1, 4, 14, 64, 64)))
-    preflight(RunConfig.from_options(model="tiny", latent_shape=tiny.DEFAULT_LATENT_SHAPE))
+    preflight(RunConfig.from_options(model="tiny", latent_shape=TINY_LATENT_SHAPE))
     preflight(RunConfig.from_options(model="stabilityai/stable-video-diffusion-img2vid-xt", weights="random"))
 
 
@@ -262,7 +262,7 @@ def test_preflight_bad_images(tmp_path):
     before = sorted(tmp_path.rglob("*"))
     for images in [(str(not_image),), (str(tmp_path / "missing.png"),), (str(tmp_path / "*.jpg"),)]:
         with pytest.raises(InputImageError) as exc:
-            preflight(RunConfig.from_options(model="tiny", latent_shape=tiny.DEFAULT_LATENT_SHAPE, images=images))
+            preflight(RunConfig.from_options(model="tiny", latent_shape=TINY_LATENT_SHAPE, images=images))
         assert images[0] in one_line(exc)
         assert exc.value.exit_code == 2
     assert sorted(tmp_path.rglob("*")) == before  # nothing written

@@ -24,6 +24,7 @@ import zmq
 
 from ppsvd.backends import load
 from ppsvd.backends.base import StageWorld
+from ppsvd.backends.deadline import never
 from ppsvd.backends.hosts import HostFacts, publish_host
 from ppsvd.backends.protocol import HEADER_BYTES, Header, Message, TensorSpec, tensor_to_bytes
 from ppsvd.backends.zmq import ZmqTransport, ipc_path, plan_link
@@ -39,7 +40,6 @@ from ppsvd.errors import (
 N_MESSAGES = 5
 SHAPE = (2, 3, 4, 5)
 SCHEMA = {"latents": TensorSpec("latents", "float32", SHAPE), "cond": TensorSpec("cond", "bfloat16", (7,))}
-NEVER = lambda: False
 
 
 def sample(i: int) -> Message:
@@ -145,13 +145,13 @@ def run_ranks(target, store, *, timeout_s: float = 45.0, on_report=None) -> dict
 def _chain_worker(transport, rank: int, results) -> dict:
     if rank == 0:
         for i in range(N_MESSAGES):
-            transport.send(sample(i), timeout_s=20, cancelled=NEVER)
-        transport.send(Message.end(N_MESSAGES), timeout_s=20, cancelled=NEVER)
+            transport.send(sample(i), timeout_s=20, cancelled=never)
+        transport.send(Message.end(N_MESSAGES), timeout_s=20, cancelled=never)
         return {"sent": N_MESSAGES}
     if rank == 1:
         return _forward_with_two_threads(transport)
     received = []
-    while not (msg := transport.recv(SCHEMA, timeout_s=20, cancelled=NEVER)).is_end:
+    while not (msg := transport.recv(SCHEMA, timeout_s=20, cancelled=never)).is_end:
         check_sample(msg, len(received))
         received.append(msg.index)
     return {"received": received, "end_index": msg.index}
@@ -165,7 +165,7 @@ def _forward_with_two_threads(transport) -> dict:
     def receive() -> None:
         try:
             while True:
-                msg = transport.recv(SCHEMA, timeout_s=20, cancelled=NEVER)
+                msg = transport.recv(SCHEMA, timeout_s=20, cancelled=never)
                 inbox.put(msg)
                 if msg.is_end:
                     return
@@ -177,7 +177,7 @@ def _forward_with_two_threads(transport) -> dict:
     thread.start()
     forwarded = 0
     while (msg := inbox.get(timeout=20)) is not None:
-        transport.send(msg, timeout_s=20, cancelled=NEVER)
+        transport.send(msg, timeout_s=20, cancelled=never)
         if msg.is_end:
             break
         forwarded += 1
@@ -215,7 +215,7 @@ def _failure_worker(transport, rank: int, results) -> dict:
         outcome = {}
         start = time.monotonic()
         with pytest.raises(TransportTimeout):
-            transport.recv(SCHEMA, timeout_s=0.5, cancelled=NEVER)
+            transport.recv(SCHEMA, timeout_s=0.5, cancelled=never)
         outcome["timeout_s"] = time.monotonic() - start
 
         start = time.monotonic()
@@ -225,19 +225,19 @@ def _failure_worker(transport, rank: int, results) -> dict:
 
         store.set("bad-go", "1")
         with pytest.raises(ProtocolError, match=r"from stage 0: tensor 'latents' is float32\[2, 3, 4, 6\]") as bad:
-            transport.recv(SCHEMA, timeout_s=20, cancelled=NEVER)
+            transport.recv(SCHEMA, timeout_s=20, cancelled=never)
         outcome["protocol_error"] = str(bad.value)
         with pytest.raises(TransportError, match="unusable"):
-            transport.recv(SCHEMA, timeout_s=20, cancelled=NEVER)  # never reads the payload as a header
+            transport.recv(SCHEMA, timeout_s=20, cancelled=never)  # never reads the payload as a header
 
-        transport.send(sample(0), timeout_s=20, cancelled=NEVER)  # still alive and well
+        transport.send(sample(0), timeout_s=20, cancelled=never)  # still alive and well
         store.set("rank1-done", "1")
         outcome["then_sleep"] = True  # the parent kills this process as soon as it reads this
         return outcome
-    check_sample(transport.recv(SCHEMA, timeout_s=20, cancelled=NEVER), 0)
+    check_sample(transport.recv(SCHEMA, timeout_s=20, cancelled=never), 0)
     start = time.monotonic()
     try:
-        transport.recv(SCHEMA, timeout_s=25, cancelled=NEVER)
+        transport.recv(SCHEMA, timeout_s=25, cancelled=never)
     except TransportTimeout as exc:
         return {"error": f"a dead peer was only noticed by the timeout: {exc}"}
     except TransportError as exc:
@@ -300,15 +300,15 @@ def test_zmq_chain_of_three_delivers_in_order_and_bitwise_equal(store, endpoint)
 
     def stage0() -> None:
         for i in range(N_MESSAGES):
-            first.send(sample(i), timeout_s=10, cancelled=NEVER)
-        first.send(Message.end(N_MESSAGES), timeout_s=10, cancelled=NEVER)
+            first.send(sample(i), timeout_s=10, cancelled=never)
+        first.send(Message.end(N_MESSAGES), timeout_s=10, cancelled=never)
 
     def stage1() -> None:
         results["forwarded"] = _forward_with_two_threads(middle)
 
     def stage2() -> None:
         received = []
-        while not (msg := last.recv(SCHEMA, timeout_s=10, cancelled=NEVER)).is_end:
+        while not (msg := last.recv(SCHEMA, timeout_s=10, cancelled=never)).is_end:
             check_sample(msg, len(received))
             received.append(msg.index)
         results["received"] = received
@@ -332,9 +332,9 @@ def test_zmq_chain_of_three_delivers_in_order_and_bitwise_equal(store, endpoint)
 def test_zmq_large_message_arrives_intact_and_the_buffer_is_free_after_send(store):
     first, last = zmq_chain(store, 2, "ipc")
     big = torch.arange(3 * 2**20, dtype=torch.float32)  # 12 MiB
-    first.send(Message("sample", 0, {"x": big}), timeout_s=10, cancelled=NEVER)
+    first.send(Message("sample", 0, {"x": big}), timeout_s=10, cancelled=never)
     big.zero_()  # send() returned: the buffer is the caller's again
-    got = last.recv({"x": TensorSpec.of("x", big)}, timeout_s=10, cancelled=NEVER)
+    got = last.recv({"x": TensorSpec.of("x", big)}, timeout_s=10, cancelled=never)
     assert torch.equal(got.tensors["x"], torch.arange(3 * 2**20, dtype=torch.float32))
     first.close()
     last.close()
@@ -344,9 +344,9 @@ def test_zmq_end_waits_until_the_next_stage_received_it(store):
     first, last = zmq_chain(store, 2, "ipc")
     start = time.monotonic()
     with pytest.raises(TransportTimeout, match="stage 1 confirming it received the end of the stream"):
-        first.send(Message.end(0), timeout_s=0.3, cancelled=NEVER)  # queued, but nobody reads it
+        first.send(Message.end(0), timeout_s=0.3, cancelled=never)  # queued, but nobody reads it
     assert time.monotonic() - start < 1.0
-    assert last.recv(SCHEMA, timeout_s=5, cancelled=NEVER).is_end
+    assert last.recv(SCHEMA, timeout_s=5, cancelled=never).is_end
     first.close()
     last.close()
 
@@ -398,9 +398,9 @@ def test_zmq_tcp_admits_only_the_sending_stage(receiver, store):
             except zmq.Again:
                 pass
     with pytest.raises(TransportTimeout):
-        transport.recv(SCHEMA, timeout_s=1.0, cancelled=NEVER)
+        transport.recv(SCHEMA, timeout_s=1.0, cancelled=never)
     push.send_multipart(good_frames(4))  # the real sender still gets through
-    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=NEVER), 4)
+    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=never), 4)
     for intruder in intruders:
         intruder.close(0)
     ctx.term()
@@ -455,11 +455,11 @@ def test_zmq_rejects_every_malformed_message_without_unpickling(receiver, monkey
     for name, make in BAD_MESSAGES.items():
         push.send_multipart(make(good_frames()))
         with pytest.raises(ProtocolError, match="from stage 0") as exc:
-            transport.recv(SCHEMA, timeout_s=5, cancelled=NEVER)
+            transport.recv(SCHEMA, timeout_s=5, cancelled=never)
         assert "\n" not in str(exc.value), name
     # Each bad message was consumed whole: the stream is still in step.
     push.send_multipart(good_frames(3))
-    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=NEVER), 3)
+    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=never), 3)
 
 
 @pytest.mark.timeout(30)
@@ -467,16 +467,16 @@ def test_zmq_frame_over_max_size_is_dropped_before_it_is_buffered(receiver):
     transport, push = receiver
     push.send_multipart([good_frames()[0], bytes(2**20 + 1)])  # MAXMSGSIZE disconnects the peer
     with pytest.raises(TransportTimeout):
-        transport.recv(SCHEMA, timeout_s=0.5, cancelled=NEVER)
+        transport.recv(SCHEMA, timeout_s=0.5, cancelled=never)
     push.send_multipart(good_frames(2))  # PUSH reconnects by itself
-    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=NEVER), 2)
+    check_sample(transport.recv(SCHEMA, timeout_s=5, cancelled=never), 2)
 
 
 def test_zmq_recv_timeout_and_cancel_are_prompt(receiver):
     transport, _ = receiver
     start = time.monotonic()
     with pytest.raises(TransportTimeout, match="within 0.3 s"):
-        transport.recv(SCHEMA, timeout_s=0.3, cancelled=NEVER)
+        transport.recv(SCHEMA, timeout_s=0.3, cancelled=never)
     assert 0.3 <= time.monotonic() - start < 1.0
     start = time.monotonic()
     with pytest.raises(Cancelled):
@@ -501,7 +501,7 @@ def test_zmq_send_to_a_stage_that_is_not_listening_times_out(store):
     sender.open()
     start = time.monotonic()
     with pytest.raises(TransportTimeout, match="send of sample 0 to stage 1"):
-        sender.send(sample(0), timeout_s=0.3, cancelled=NEVER)
+        sender.send(sample(0), timeout_s=0.3, cancelled=never)
     assert time.monotonic() - start < 1.0
     with pytest.raises(Cancelled):
         sender.send(sample(0), timeout_s=30, cancelled=lambda: True)
@@ -562,7 +562,10 @@ def test_zmq_link_plan_follows_where_the_peer_runs(monkeypatch, tmp_path):
     same_box_other_agent = HostFacts("a", network="n1", files="n1/m1", processes="p1", pid=2, started="1")
     container = HostFacts("a", network="n1", files="n1/m2", processes="p2", pid=2, started="1")
     elsewhere = HostFacts("b", network="n2", files="n2/m1", processes="p3", pid=2, started="1")
-    route = lambda: "10.0.0.5"
+
+    def route() -> str:
+        return "10.0.0.5"
+
     # Two agents on one machine are one host, whatever --nnodes says (issue 13).
     assert plan_link(world(), here, same_box_other_agent).kind == "ipc"
     assert plan_link(world(zmq_endpoint="tcp"), here, same_box_other_agent).bind_host == "127.0.0.1"
@@ -588,9 +591,9 @@ def test_zmq_link_plan_follows_where_the_peer_runs(monkeypatch, tmp_path):
 def test_first_and_last_stage_have_one_link(store):
     first, last = zmq_chain(store, 2, "ipc")
     with pytest.raises(TransportError, match="no previous stage"):
-        first.recv(SCHEMA, timeout_s=1, cancelled=NEVER)
+        first.recv(SCHEMA, timeout_s=1, cancelled=never)
     with pytest.raises(TransportError, match="no next stage"):
-        last.send(sample(0), timeout_s=1, cancelled=NEVER)
+        last.send(sample(0), timeout_s=1, cancelled=never)
     first.close()
     last.close()
 
@@ -621,8 +624,8 @@ def test_zmq_sender_closing_right_after_end_loses_nothing(store, endpoint):
 
     def stage0() -> None:
         for i in range(n):
-            first.send(Message("sample", i, {"x": torch.full((big,), float(i))}), timeout_s=20, cancelled=NEVER)
-        first.send(Message.end(n), timeout_s=20, cancelled=NEVER)
+            first.send(Message("sample", i, {"x": torch.full((big,), float(i))}), timeout_s=20, cancelled=never)
+        first.send(Message.end(n), timeout_s=20, cancelled=never)
         first.close()
 
     sender = threading.Thread(target=stage0)
@@ -630,7 +633,7 @@ def test_zmq_sender_closing_right_after_end_loses_nothing(store, endpoint):
     received = []
     time.sleep(0.3)  # busy computing: nothing read yet
     while True:
-        msg = last.recv(schema, timeout_s=5, cancelled=NEVER)
+        msg = last.recv(schema, timeout_s=5, cancelled=never)
         if msg.is_end:
             break
         assert torch.equal(msg.tensors["x"], torch.full((big,), float(msg.index)))

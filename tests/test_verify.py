@@ -103,7 +103,7 @@ def test_perturb_fault_applies_only_to_verify_runs(monkeypatch):
 
 def test_svd_stage_ignores_a_perturb_fault_outside_verify(monkeypatch):
     from ppsvd.models.svd import SVDStageModel
-    from ppsvd.plan import partition_steps
+    from ppsvd.planning.steps import partition_steps
 
     monkeypatch.setenv(FAULT_ENV, "0:0:perturb")
     config = RunConfig.from_options(model="tiny", total_steps=2, latent_shape=(1, 4, 2, 8, 8)).validate()

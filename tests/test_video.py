@@ -66,7 +66,7 @@ def test_write_frames_pngs(tmp_path):
     data = frames(3, 10, 12)
     paths = write_frames(tmp_path / "frames", data)
     assert [p.name for p in paths] == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
-    for path, frame in zip(paths, data):
+    for path, frame in zip(paths, data, strict=True):
         assert np.array_equal(np.asarray(Image.open(path)), frame)  # PNG is lossless
 
 

@@ -1,6 +1,6 @@
 """Timeline -> numbers: throughput, fill, drain, latency, utilisation, hand-off, ideal times.
 
-Pure functions over a RunTimeline (ppsvd/timeline.py); no torch, no processes. Every number is
+Pure functions over a RunTimeline (ppsvd/analysis/timeline.py); no torch, no processes. Every number is
 defined here once, and docs/benchmarking.md repeats the definitions in prose.
 
 Notation: S samples, N stages (or data-parallel workers), T steps, c_i the completion time of
@@ -16,12 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ppsvd.analysis.costs import handoff_times, measured_costs, span_steps, step_time_s
+from ppsvd.analysis.measured_costs import handoff_times, measured_costs, step_time_s
 from ppsvd.analysis.timeline import RunTimeline, StageTimeline
-from ppsvd.costs import CostModel, capped_efficiency, data_makespan, forecast
-from ppsvd.plan import StepPlan, partition_steps
-
-__all__ = ["span_steps", "step_time_s"]  # re-exported: defined with the cost measurement
+from ppsvd.planning.costs import CostModel, capped_efficiency, data_makespan, forecast
+from ppsvd.planning.steps import StepPlan, partition_steps
 
 
 @dataclass
@@ -55,7 +53,7 @@ class StageMetrics:
     """Measured time per sample: median over its samples of compute_end - compute_start
     (prepare on stage 0, its steps, finalize on the last stage)."""
     predicted_sample_s: float | None = None
-    """The plan's prediction of the same (ppsvd.costs.Forecast.stage_s), when the run had a cost model."""
+    """The plan's prediction of the same (ppsvd.planning.costs.Forecast.stage_s), when the run had a cost model."""
 
 
 @dataclass
@@ -87,9 +85,9 @@ class RunMetrics:
     partition: str
     """plan.describe(): '7+7+7+7', or '10+9+9 (stage 0 is the bottleneck ...)'; data: 'T each'."""
     wall_s: float | None
-    """The whole launch (the guide's total_time_sec): run_end - run_start, or what the caller measured."""
+    """The whole launch (total_time_sec in benchmark_results.csv): run_end - run_start, or what the caller measured."""
     per_sample_s: float | None
-    """wall_s / num_samples (the guide's per_sample_sec)."""
+    """wall_s / num_samples (per_sample_sec in benchmark_results.csv)."""
     model_load_s: float
     """max over stages of ready - launched."""
     compile_s: float | None
@@ -141,11 +139,11 @@ class RunMetrics:
     """throughput / predicted_throughput: 1 when the run went exactly as planned."""
     ideal_pipeline_makespan_s: float | None
     """A pipeline of this partition with this run's measured costs and no other overhead:
-    sum of the stage times + hand-offs, then one sample per slowest stage time (ppsvd.costs)."""
+    sum of the stage times + hand-offs, then one sample per slowest stage time (ppsvd.planning.costs)."""
     ideal_data_makespan_s: float | None
     """The busiest data-parallel worker with the same costs, N and S: shard size x one sample's time."""
     costs: dict[str, Any] | None = None
-    """The ppsvd.costs.CostModel this run measured (JSON), the basis of the estimates above."""
+    """The ppsvd.planning.costs.CostModel this run measured (JSON), the basis of the estimates above."""
     planned_costs: dict[str, Any] | None = None
     """The cost model the run was planned with (timeline.costs), if any."""
     partition_mode: str = ""
@@ -170,7 +168,7 @@ class RunMetrics:
 
 SIMPLE_STRATEGIES = ("pipeline", "data")
 """Layouts whose per-stage costs predict the run (and a 1-process rate) directly; guidance pairs
-and hybrids are predicted by ppsvd.layouts before the run."""
+and hybrids are predicted by ppsvd.planning.layouts before the run."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -272,7 +270,7 @@ def hop_metrics(timeline: RunTimeline) -> list[HopMetrics]:
 
 
 def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
-    """All metrics of one run. `wall_s`: the launch's wall time if measured outside (as the guide
+    """All metrics of one run. `wall_s`: the launch's wall time if measured outside (as the benchmark
     does around torchrun); otherwise run_end - run_start from the timeline."""
     stages = timeline.stages
     n, s_total = len(stages), timeline.num_samples
@@ -296,7 +294,7 @@ def summarize(timeline: RunTimeline, wall_s: float | None = None) -> RunMetrics:
     predicted, stage_predictions = prediction(timeline, planned)
     pipeline_mk, data_mk = ideal_makespans(timeline, measured)
     stage_list = [stage_metrics(st) for st in stages]
-    for st, predicted_s in zip(stage_list, stage_predictions):
+    for st, predicted_s in zip(stage_list, stage_predictions, strict=True):
         st.predicted_sample_s = predicted_s
     lat = list(latencies.values())
     return RunMetrics(
@@ -396,7 +394,7 @@ def prediction(timeline: RunTimeline, planned: CostModel | None) -> tuple[float 
     """(predicted throughput, predicted time per sample of each stage) under the run's cost model."""
     n = len(timeline.stages)
     if planned is None or n == 0 or timeline.strategy not in SIMPLE_STRATEGIES:
-        return None, [None] * n  # guidance pairs and hybrids: ppsvd.layouts predicts them before the run
+        return None, [None] * n  # guidance pairs and hybrids: ppsvd.planning.layouts predicts them before the run
     plan = plan_of(timeline)
     if plan is None:  # data: every worker runs whole samples
         mk = data_makespan(timeline.num_samples, timeline.total_steps, planned, n)

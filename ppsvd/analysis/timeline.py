@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ppsvd.io.atomic import write_text_atomic
+
 
 @dataclass
 class SampleSpan:
@@ -76,18 +78,19 @@ class StageTimeline:
 @dataclass
 class RunTimeline:
     strategy: str
-    """'pipeline' (stages in a chain), 'data' (independent workers), 'cfg' or 'hybrid' (plan.Layout.kind)."""
+    """'pipeline' (stages in a chain), 'data' (independent workers), 'cfg' or 'hybrid'
+    (planning.layouts.Layout.kind)."""
     total_steps: int
     num_samples: int
     run_start: float
     """When the launcher started (before any worker existed)."""
     stages: list[StageTimeline] = field(default_factory=list)
     run_end: float | None = None
-    """When the launch as a whole returned (the guide's total time ends here)."""
+    """When the launch as a whole returned (the benchmark's total_time_sec ends here)."""
     partition: str = ""
     """--partition as asked ('auto', 'even' or sizes); the sizes that ran are the stages' steps."""
     costs: dict[str, Any] | None = None
-    """The ppsvd.costs.CostModel the run was planned (or predicted) with, as JSON; None if none was known."""
+    """The ppsvd.planning.costs.CostModel the run was planned (or predicted) with, as JSON; None if none was known."""
 
     @property
     def num_stages(self) -> int:
@@ -121,7 +124,6 @@ class RunTimeline:
         return RunTimeline(**top, stages=stages)
 
     def save(self, path: Path) -> None:
-        from ppsvd.io.atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_json(), indent=1))
 

@@ -18,8 +18,6 @@ from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message, Schema
 from ppsvd.config import TransportSection
 
-__all__ = ["CancelCheck", "Deadline", "StageWorld", "Transport", "wait_for"]
-
 
 @dataclass(frozen=True)
 class StageWorld:
@@ -91,6 +89,7 @@ class Transport(ABC):
     def recv(self, schema: Schema | None, *, timeout_s: float, cancelled: CancelCheck) -> Message:
         """Receive the next message from the previous stage, validated against schema."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release sockets / groups. Must not block for long, and may be called twice."""
 

@@ -114,7 +114,7 @@ def loopback_store(timeout_s: float):
     an already bound socket (master_listen_fd), it listens where that socket is bound. The
     elastic rendezvous in runtime/launch.py is hosted on such a store too.
     """
-    from torch.distributed import TCPStore
+    from torch.distributed import TCPStore  # heavy: torch
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

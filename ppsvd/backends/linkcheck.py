@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import statistics
 import time
 import uuid
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ppsvd.backends.deadline import Deadline
+from ppsvd import backends
+from ppsvd.backends.deadline import Deadline, never
 from ppsvd.config import DEFAULT_LATENT_SHAPE, TransportSection
 from ppsvd.errors import ConfigError, TransportTimeout
 from ppsvd.shapes import LatentShape
@@ -129,14 +131,13 @@ def _planned_endpoint(transport: str, zmq_endpoint: str, run_id: str, store_port
         return f"{transport} between 2 local processes, rendezvous at 127.0.0.1:{store_port}"
     if zmq_endpoint == "tcp":
         return "tcp://127.0.0.1 (port not bound yet)"
-    from ppsvd.backends.zmq import ipc_path
+    from ppsvd.backends.zmq import ipc_path  # heavy: imports torch
 
     return f"ipc://{ipc_path(run_id, 1)}"  # 'auto' is ipc: both workers run on this host
 
 
 def _check_args(transport: str, zmq_endpoint: str, payload_shape, dtype: str, repeats: int, timeout_s: float) -> None:
-    from ppsvd import backends
-    from ppsvd.backends.protocol import DTYPE_NAMES
+    from ppsvd.backends.protocol import DTYPE_NAMES  # heavy: imports torch
 
     if transport not in backends.available():
         raise ConfigError(f"transport {transport!r} is not one of {', '.join(backends.available())}")
@@ -153,7 +154,7 @@ def _check_args(transport: str, zmq_endpoint: str, payload_shape, dtype: str, re
 
 
 def _nccl_unavailable() -> str | None:
-    import torch
+    import torch  # heavy: torch
 
     if not torch.cuda.is_available():
         return "nccl needs CUDA, and torch sees no CUDA device"
@@ -222,8 +223,6 @@ def _died_silently(workers: list, reports: dict, results) -> str | None:
 def _remove_ipc_file(endpoint: str) -> None:
     """A killed worker cannot remove its socket, nor the private directory it sits in."""
     if endpoint.startswith("ipc://"):
-        import shutil
-
         shutil.rmtree(os.path.dirname(endpoint[len("ipc://") :]), ignore_errors=True)
 
 
@@ -257,10 +256,9 @@ def _worker(rank: int, job: dict[str, Any], results) -> None:
 
 
 def _open(rank: int, job: dict[str, Any]):
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy: torch
 
-    from ppsvd import backends
-    from ppsvd.backends.base import StageWorld
+    from ppsvd.backends.base import StageWorld  # heavy: imports torch
 
     store = dist.TCPStore("127.0.0.1", job["port"], is_master=False, timeout=timedelta(seconds=job["timeout_s"]))
     world = StageWorld(
@@ -279,9 +277,9 @@ def _open(rank: int, job: dict[str, Any]):
 
 
 def _payload(job: dict[str, Any], device: str):
-    import torch
+    import torch  # heavy: torch
 
-    from ppsvd.backends.protocol import DTYPE_NAMES
+    from ppsvd.backends.protocol import DTYPE_NAMES  # heavy: imports torch
 
     dtype = DTYPE_NAMES[job["dtype"]]
     gen = torch.Generator().manual_seed(0)
@@ -297,12 +295,11 @@ def _key(job: dict[str, Any], name: str) -> str:
 
 
 def _run_sender(transport, job: dict[str, Any]) -> None:
-    from ppsvd.backends.protocol import Message
+    from ppsvd.backends.protocol import Message  # heavy: imports torch
 
     store = transport.world.store
     wait = timedelta(seconds=job["timeout_s"])
     payload = _payload(job, transport.world.device)
-    never = lambda: False
     count = WARMUP_MESSAGES + job["repeats"]
     # One at a time: wait until the receiver is in recv(), so no time is spent queued.
     for i in range(count):
@@ -318,12 +315,11 @@ def _run_sender(transport, job: dict[str, Any]) -> None:
 
 
 def _run_receiver(transport, job: dict[str, Any]) -> dict[str, Any]:
-    from ppsvd.backends.protocol import TensorSpec
+    from ppsvd.backends.protocol import TensorSpec  # heavy: imports torch
 
     store = transport.world.store
     expected = _payload(job, "cpu")
     schema = {"x": TensorSpec.of("x", expected)}
-    never = lambda: False
     count = WARMUP_MESSAGES + job["repeats"]
 
     def receive():
@@ -359,7 +355,7 @@ def _run_receiver(transport, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_message(msg, index: int, expected) -> None:
-    import torch
+    import torch  # heavy: torch
 
     if msg.index != index:
         raise RuntimeError(f"message {msg.index} arrived where {index} was expected")

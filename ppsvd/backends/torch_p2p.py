@@ -27,7 +27,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
+from ppsvd.backends.base import StageWorld, Transport, wait_for
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import (
     HEADER_BYTES,
     Header,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shutil
 import socket as pysocket
 import stat
 import sys
@@ -49,8 +50,10 @@ from dataclasses import dataclass
 
 import torch
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
-from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport, wait_for
+from ppsvd.backends.base import StageWorld, Transport, wait_for
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.hosts import HostFacts, publish_host, read_host, route_address
 from ppsvd.backends.protocol import (
     HEADER_BYTES,
@@ -111,7 +114,10 @@ class ZmqTransport(Transport):
                 world.store.set(_client_key(world, world.next_rank), self._client_keys[0])
             if not world.is_first:
                 peer = self._wait_for_host(world.prev_rank)
-                route = lambda: route_address(getattr(world.store, "host", "127.0.0.1"))
+
+                def route() -> str:  # asked only when a tcp link needs this host's address
+                    return route_address(getattr(world.store, "host", "127.0.0.1"))
+
                 link = plan_link(world, me, peer, route=route)
                 if link.warning:
                     print(f"ppsvd: warning: {link.warning}", file=sys.stderr, flush=True)
@@ -180,7 +186,6 @@ class ZmqTransport(Transport):
 
     def _admit_only(self, sock: zmq.Socket, key: str, what: str) -> None:
         """Make sock a CURVE server whose ZAP handler admits only the public key under `key`."""
-        from zmq.auth.thread import ThreadAuthenticator
 
         expected = self._wait_key(key, what)
         public, secret = zmq.curve_keypair()
@@ -303,7 +308,7 @@ class ZmqTransport(Transport):
             raise ProtocolError(
                 f"message has {len(frames) - 1} tensor frames, its header declares {len(header.tensors)}"
             )
-        tensors = {spec.name: _tensor(spec, frame) for spec, frame in zip(header.tensors, frames[1:])}
+        tensors = {spec.name: _tensor(spec, frame) for spec, frame in zip(header.tensors, frames[1:], strict=True)}
         return Message(kind=header.kind, index=header.index, tensors=tensors, meta=dict(header.meta))
 
 
@@ -341,8 +346,10 @@ def plan_link(world: StageWorld, me: HostFacts, peer: HostFacts, *, route=lambda
         warning = None
         if _is_loopback(world.transport.bind_host) and not me.shares_loopback(peer):
             warning = (
-                f"stage {rank} binds zmq on loopback ({world.transport.bind_host}, --bind-host) but stage {sender}, which "
-                f"sends to it, runs on {peer.hostname}: it cannot connect; pass an address of {me.hostname} it can reach"
+                f"stage {rank} binds zmq on loopback ({world.transport.bind_host}, --bind-host) but stage {sender}, "
+                "which "
+                f"sends to it, runs on {peer.hostname}: it cannot connect; pass an address of {me.hostname} it can "
+                "reach"
             )
         return LinkPlan("tcp", world.transport.bind_host, warning)
     if me.shares_loopback(peer):
@@ -392,7 +399,6 @@ def private_dir(path: str) -> None:
 
 def remove_ipc_dir(run_id: str) -> None:
     """Remove the run's socket directory and whatever a killed stage left in it."""
-    import shutil
 
     shutil.rmtree(ipc_dir(run_id), ignore_errors=True)
 

@@ -11,23 +11,21 @@ import csv
 import io
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ppsvd.analysis.metrics import RunMetrics, steps_per_gpu, summarize
 from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.bench.defaults import BENCH_COLUMNS
+from ppsvd.bench.records import STATUS_SKIPPED, BenchResult, BenchRun
 from ppsvd.io.atomic import write_json_atomic, write_text_atomic, write_with
-
-if TYPE_CHECKING:
-    from ppsvd.bench.sweep import BenchResult, BenchRun
 
 CSV_NAME = "benchmark_results.csv"
 JSON_NAME = "benchmark_results.json"
 THROUGHPUT_PNG = "throughput.png"
 TIMELINE_PNG = "timeline.png"
 
-# The guide's three columns first, in its order; then ours.
-GUIDE_COLUMNS = ["gpu_count", "total_time_sec", "per_sample_sec"]
-CSV_COLUMNS = GUIDE_COLUMNS + [
+# The benchmark's three columns first, in their order; then ppsvd's own.
+CSV_COLUMNS = BENCH_COLUMNS + [
     "strategy",
     "partition",
     "status",
@@ -136,7 +134,7 @@ def csv_text(runs: Iterable[BenchRun]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for run in runs:
-        if run.status != "skipped":  # runs never attempted (fail-fast) are only in the JSON
+        if run.status != STATUS_SKIPPED:  # runs never attempted (fail-fast) are only in the JSON
             writer.writerow(csv_row(run))
     return buffer.getvalue()
 
@@ -202,10 +200,10 @@ def timeline_run(runs: list[BenchRun]) -> BenchRun | None:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")  # files only, never a window (and no display needed)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     return plt
 
@@ -220,10 +218,10 @@ def _save(fig, path: Path) -> None:
 def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
     """Samples/s against GPU count, in two panels.
 
-    Left, the scaling the guide asks about: one curve per strategy at its headline rate
+    Left, the scaling the benchmark asks about: one curve per strategy at its headline rate
     (pipeline: steady state; data: whole run), the speedup at each point, and the ideal line
     N x the 1-GPU rate. Right, the whole job, like for like: S / work time (fill and drain
-    included, model load excluded) as solid lines, and the guide's S / total_time_sec (process
+    included, model load excluded) as solid lines, and the benchmark's S / total_time_sec (process
     start and model load included) dotted.
     """
     plt = _pyplot()
@@ -266,7 +264,7 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         work = [(r.gpu_count, r.metrics.overall_throughput) for r in mine if r.metrics.overall_throughput]
         if work:
             right.plot(
-                *zip(*work),
+                *zip(*work, strict=True),
                 marker="o",
                 lw=2.2,
                 color=color,
@@ -275,7 +273,7 @@ def plot_scaling(runs: list[BenchRun], path: Path, *, title: str) -> None:
         end_to_end = [(r.gpu_count, r.metrics.num_samples / r.total_time_sec) for r in mine if r.total_time_sec]
         if end_to_end:
             right.plot(
-                *zip(*end_to_end),
+                *zip(*end_to_end, strict=True),
                 marker=".",
                 ls=":",
                 lw=1.4,
@@ -321,7 +319,7 @@ def _baseline_rate(runs: list[BenchRun]) -> float | None:
 def plot_timeline(timeline: RunTimeline, path: Path, *, title: str, metrics: RunMetrics | None = None) -> None:
     """Stages (rows) x time: a coloured bar per sample computed, grey where a stage waited for
     input, black where it was blocked on a full send queue; fill, steady state and drain shaded."""
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # heavy: matplotlib
 
     plt = _pyplot()
     metrics = metrics or summarize(timeline)

@@ -1,13 +1,13 @@
-"""The benchmark sweep: one fresh launch per (GPU count, strategy), as the guide's benchmark.sh.
+"""The benchmark sweep: one fresh launch per (GPU count, strategy), as the original guide's
+benchmark.sh did (see bench/defaults.py).
 
 For each GPU count N (and each strategy: 'pipeline', and 'data' as the baseline) the sweep
-launches N worker processes, times the whole launch from outside (the guide's total_time_sec),
-reads the run's timeline.json, and derives metrics (ppsvd.analysis.metrics). Speedup and efficiency are
+launches N worker processes, times the whole launch from outside (total_time_sec), reads the
+run's timeline.json, and derives metrics (ppsvd.analysis.metrics). Speedup and efficiency are
 relative to the 1-GPU run. A failed run is recorded and the sweep goes on (unless fail_fast).
 Results are rewritten after every run, so an interrupted sweep still leaves its CSV and JSON.
 
-Importing this module does not import torch or matplotlib: the launcher and the plots are
-imported where they are used.
+Importing this module does not import torch or matplotlib: the workers and the plots import them.
 """
 
 from __future__ import annotations
@@ -19,28 +19,18 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ppsvd import __version__
-from ppsvd.analysis.metrics import RunMetrics, efficiency, over_ideal_note, raw_efficiency, speedup, summarize
+from ppsvd.analysis.metrics import efficiency, over_ideal_note, raw_efficiency, speedup, summarize
 from ppsvd.analysis.timeline import RunTimeline
-from ppsvd.bench.report import CSV_NAME, JSON_NAME, THROUGHPUT_PNG, TIMELINE_PNG  # noqa: F401 (re-exported)
-from ppsvd.config import DEFAULT_PARTITION, PARTITIONS, RunConfig
-from ppsvd.costs import CostModel
-from ppsvd.errors import ConfigError
-from ppsvd.plan import rank_work
-
-# The guide's benchmark.sh: its GPU counts, the defaults it adds to a run's, its cooldown. (Its
-# 28 steps and latent 1 4 14 64 64 are every run's defaults: config.DEFAULT_TOTAL_STEPS/_LATENT_SHAPE.)
-GUIDE_GPU_COUNTS = (1, 2, 4, 7)
-GUIDE_NUM_SAMPLES = 10
-GUIDE_SEED = 42
-GUIDE_COOLDOWN_S = 5.0
-
-
-STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
+from ppsvd.bench import report
+from ppsvd.bench.records import STATUS_FAILED, STATUS_OK, BenchPlan, BenchResult, BenchRun
+from ppsvd.config import RunConfig
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.ranks import rank_work
+from ppsvd.runtime import launch as launcher
 
 
 class LaunchLike(Protocol):
@@ -55,170 +45,10 @@ Launcher = Callable[[RunConfig, Path], LaunchLike]
 """launch(config, run_dir) -> result; must not raise for a run that fails."""
 
 
-SWEPT_STRATEGIES = ("pipeline", "data")
-"""What a sweep compares at every GPU count (a guidance pair needs an even count: not swept)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class BenchPlan:
-    """What to sweep: a base RunConfig (everything but nproc and strategy), counts, strategies."""
-
-    base: RunConfig
-    gpu_counts: tuple[int, ...]
-    strategies: tuple[str, ...] = ("pipeline",)
-    partitions: tuple[str, ...] = ()
-    """--partition values to compare (even, auto) on every pipeline count above 1; one
-    1-GPU run and the data-parallel runs use the first (they have one split only). Empty: the
-    base config's."""
-
-    @property
-    def partition_modes(self) -> tuple[str, ...]:
-        return self.partitions or (self.base.layout.partition,)
-
-    cooldown_s: float = GUIDE_COOLDOWN_S
-    """Pause between runs (the guide's `sleep 5`), not after the last one."""
-    fail_fast: bool = False
-    """Stop at the first failed run (the rest are recorded as skipped)."""
-
-    def runs(self) -> list[tuple[int, str, str]]:
-        """(N, strategy, partition) in sweep order: by GPU count as in the guide, each strategy
-        in turn, each partition for a pipeline of 2 or more stages."""
-        return [
-            (n, strategy, partition)
-            for n in self.gpu_counts
-            for strategy in self.strategies
-            for partition in (self.partition_modes if strategy == "pipeline" and n > 1 else self.partition_modes[:1])
-        ]
-
-    def config_for(self, n: int, strategy: str, partition: str | None = None) -> RunConfig:
-        # Workers draw no progress bars of their own: the sweep's display is the only live one.
-        return self.base.replace(
-            nproc=n, strategy=strategy, partition=partition or self.partition_modes[0], show_progress=False
-        )
-
-    def validate(self, gpus_available: int | None) -> BenchPlan:
-        """Every check before the first launch, so a bad count costs no time.
-
-        gpus_available: CUDA devices visible (None when benchmarking on CPU, where a 'GPU'
-        is a worker process and any count can run).
-        """
-        if not self.gpu_counts:
-            raise ConfigError("--gpus is empty; give counts such as --gpus 1,2,4,7")
-        if len(set(self.gpu_counts)) != len(self.gpu_counts):
-            raise ConfigError(f"--gpus {_join(self.gpu_counts)} repeats a count; list each count once")
-        if (
-            not self.strategies
-            or len(set(self.strategies)) != len(self.strategies)
-            or not set(self.strategies) <= set(SWEPT_STRATEGIES)
-        ):
-            raise ConfigError(
-                f"--strategy {_join(self.strategies)} must list pipeline and/or data once each "
-                "(cfg, hybrids and auto: compare them with `ppsvd plan` or `ppsvd simulate --strategy ...`)"
-            )
-        modes = self.partition_modes
-        if len(set(modes)) != len(modes) or not set(modes) <= set(PARTITIONS):
-            raise ConfigError(
-                f"--partition {_join(modes)} must list {' and/or '.join(PARTITIONS)} once each (sizes differ per GPU count)"
-            )
-        if self.cooldown_s < 0:
-            raise ConfigError(f"--cooldown {self.cooldown_s:g} is negative; use 0 or more seconds")
-        if gpus_available is not None:
-            too_many = [n for n in self.gpu_counts if n > gpus_available]
-            if too_many:
-                fitting = [n for n in self.gpu_counts if n <= gpus_available] or [1]
-                raise ConfigError(
-                    f"--gpus {_join(self.gpu_counts)} asks for {max(too_many)} GPUs but this machine has "
-                    f"{gpus_available}; use --gpus {_join(fitting)}"
-                )
-        for n, strategy, partition in self.runs():
-            self.config_for(n, strategy, partition).validate()
-        return self
-
-
-@dataclass
-class BenchRun:
-    """One launch of the sweep and what came of it."""
-
-    gpu_count: int
-    strategy: str
-    partition: str = DEFAULT_PARTITION
-    """--partition of this run (even or auto)."""
-    status: str = STATUS_SKIPPED
-    run_dir: str | None = None
-    wall_s: float | None = None
-    """The launch's wall time measured around it (also for a failed run: time until it failed)."""
-    error: str | None = None
-    failed_stage: int | None = None
-    note: str | None = None
-    """Partition or shard note for counts that do not divide T (or S)."""
-    metrics: RunMetrics | None = None
-    speedup: float | None = None
-    efficiency: float | None = None
-    efficiency_basis: str = ""
-    """What speedup and efficiency are relative to: the measured 1-GPU run, or the run's own estimate."""
-    show_partition: bool = False
-    """Name the partition in the label (the sweep compares several)."""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == STATUS_OK
-
-    @property
-    def total_time_sec(self) -> float | None:
-        """The guide's total_time_sec: only for a run that succeeded."""
-        return self.wall_s if self.ok else None
-
-    @property
-    def per_sample_sec(self) -> float | None:
-        return self.metrics.per_sample_s if self.ok and self.metrics is not None else None
-
-    @property
-    def throughput(self) -> float | None:
-        return self.metrics.throughput if self.metrics is not None else None
-
-    @property
-    def label(self) -> str:
-        text = f"{self.gpu_count} GPU{'s' if self.gpu_count != 1 else ''} · {self.strategy}"
-        return f"{text} · {self.partition}" if self.show_partition and self.strategy == "pipeline" else text
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "gpu_count": self.gpu_count,
-            "strategy": self.strategy,
-            "partition": self.partition,
-            "status": self.status,
-            "total_time_sec": self.total_time_sec,
-            "per_sample_sec": self.per_sample_sec,
-            "wall_s": self.wall_s,
-            "speedup": self.speedup,
-            "efficiency": self.efficiency,
-            "efficiency_basis": self.efficiency_basis,
-            "note": self.note,
-            "error": self.error,
-            "failed_stage": self.failed_stage,
-            "run_dir": self.run_dir,
-            "metrics": self.metrics.to_json() if self.metrics is not None else None,
-        }
-
-
-@dataclass
-class BenchResult:
-    plan: BenchPlan
-    results_dir: Path
-    runs: list[BenchRun] = field(default_factory=list)
-    environment: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-    argv: list[str] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-    """name -> path of what the sweep wrote (csv, json, throughput_png, timeline_png)."""
-
-    @property
-    def failed(self) -> list[BenchRun]:
-        return [r for r in self.runs if r.status == STATUS_FAILED]
-
-
 class SweepObserver:
     """Hooks for showing the sweep (Rich progress in the command); the defaults do nothing."""
+
+    def planned(self, plan: BenchPlan, results_dir: Path) -> None: ...
 
     def starting(self, position: int, total: int, run: BenchRun) -> None: ...
 
@@ -290,9 +120,7 @@ def derive_scaling(runs: list[BenchRun]) -> None:
 
 
 def default_launcher(config: RunConfig, run_dir: Path) -> LaunchLike:
-    from ppsvd.runtime.launch import launch
-
-    return launch(config, run_dir, raise_on_failure=False)
+    return launcher.launch(config, run_dir, raise_on_failure=False)
 
 
 def run_dir_for(results_dir: Path, n: int, strategy: str, partition: str = "") -> Path:
@@ -317,8 +145,6 @@ def run_bench(
     The plan must already be validated (BenchPlan.validate). `launcher`, `sleep` and `clock`
     are parameters so tests can run the sweep logic without processes or waiting.
     """
-    from ppsvd.bench import report
-
     launcher = launcher or default_launcher
     observer = observer or SweepObserver()
     results_dir = Path(results_dir)
@@ -362,7 +188,7 @@ def run_bench(
 
 
 def _launch_one(run: BenchRun, config: RunConfig, launcher: Launcher, clock: Callable[[], float]) -> None:
-    """Launch, time it from outside (as benchmark.sh times torchrun), and read its timeline."""
+    """Launch, time it from outside (as the original benchmark.sh timed torchrun), and read its timeline."""
     run_dir = Path(run.run_dir)
     started = clock()
     try:
@@ -393,23 +219,6 @@ def _launch_one(run: BenchRun, config: RunConfig, launcher: Launcher, clock: Cal
 # -- machine facts ---------------------------------------------------------------------------
 
 
-def visible_gpus() -> int:
-    """CUDA devices this process can see (0 without CUDA or without a working torch)."""
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
-
-
-def default_gpu_counts(device: str, gpus_available: int) -> tuple[int, ...]:
-    """The guide's counts (1, 2, 4, 7) that fit: on CUDA, at most the visible GPUs; on CPU all."""
-    if device == "cpu":
-        return GUIDE_GPU_COUNTS
-    return tuple(n for n in GUIDE_GPU_COUNTS if n <= gpus_available)
-
-
 def collect_environment(device: str) -> dict[str, Any]:
     """Versions and hardware, so numbers from different machines are never confused."""
     env: dict[str, Any] = {
@@ -421,7 +230,7 @@ def collect_environment(device: str) -> dict[str, Any]:
         "device": device,
     }
     try:
-        import torch
+        import torch  # heavy: the sweep's own process needs it only for these facts
 
         env["torch"] = torch.__version__
         env["cuda"] = torch.version.cuda
@@ -445,7 +254,3 @@ def new_results_dir(output_dir: Path) -> Path:
         k += 1
     candidate.mkdir(parents=True)
     return candidate
-
-
-def _join(values: Any) -> str:
-    return ",".join(map(str, values))

@@ -1,6 +1,6 @@
-"""`ppsvd bench`: the guide's benchmark.sh as one command (a fresh launch per GPU count).
+"""`ppsvd bench`: the original guide's benchmark.sh as one command (a fresh launch per GPU count).
 
-Importing this module imports neither torch nor matplotlib; the command imports what it uses.
+Importing this module imports neither torch nor matplotlib (the workers and the plots do).
 """
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ppsvd.bench.sweep import GUIDE_COOLDOWN_S, GUIDE_NUM_SAMPLES, GUIDE_SEED
+from ppsvd import api
+from ppsvd.bench.defaults import BENCH_COOLDOWN_S, BENCH_NUM_SAMPLES, BENCH_SEED
+from ppsvd.commands import tables
 from ppsvd.commands.options import (
     FLAG,
     Compile,
@@ -31,6 +34,7 @@ from ppsvd.commands.options import (
     Weights,
 )
 from ppsvd.config import DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
+from ppsvd.console import err, notice, out
 
 NAME = "bench"
 
@@ -38,7 +42,8 @@ Gpus = Annotated[
     str | None,
     typer.Option(
         "--gpus",
-        help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the guide's 1,2,4,7 that fit the machine.",
+        help="GPU counts to run, e.g. 1,2,4,7 (one fresh launch each). Default: the benchmark's 1,2,4,7 that fit the "
+        "machine.",
     ),
 ]
 Strategies = Annotated[
@@ -52,7 +57,7 @@ Partitions = Annotated[
     ),
 ]
 Cooldown = Annotated[
-    float, typer.Option("--cooldown", help="Seconds to wait between runs (the guide's GPU cool-down).")
+    float, typer.Option("--cooldown", help="Seconds to wait between runs (the benchmark's GPU cool-down).")
 ]
 FailFast = Annotated[
     bool, typer.Option("--fail-fast", help="Stop at the first failed run instead of going on.", **FLAG)
@@ -62,7 +67,8 @@ Model = Annotated[
     typer.Option(
         "--model-id",
         "--model",
-        help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
+        help="Hub id or local directory, 'tiny' or 'synthetic'. Default: synthetic on --device cpu, "
+        "stabilityai/stable-video-diffusion-img2vid-xt on CUDA.",
     ),
 ]
 
@@ -74,9 +80,9 @@ def command(
     model: Model = None,
     weights: Weights = "pretrained",
     total_steps: TotalSteps = DEFAULT_TOTAL_STEPS,
-    latent_shape: LatentShape = None,  # type: ignore[assignment]  # None: the guide's, or tiny's own
-    num_samples: NumSamples = GUIDE_NUM_SAMPLES,
-    seed: Seed = GUIDE_SEED,
+    latent_shape: LatentShape = None,  # type: ignore[assignment]  # None: the benchmark's, or tiny's own
+    num_samples: NumSamples = BENCH_NUM_SAMPLES,
+    seed: Seed = BENCH_SEED,
     transport: Transport = None,
     device: Device = None,
     dtype: Dtype = None,
@@ -85,7 +91,7 @@ def command(
     decode_ms: DecodeMs = 0.0,
     timeout: Timeout = 600.0,
     compile: Compile = False,
-    cooldown: Cooldown = GUIDE_COOLDOWN_S,
+    cooldown: Cooldown = BENCH_COOLDOWN_S,
     fail_fast: FailFast = False,
     output_dir: OutputDir = Path("ppsvd-bench"),
     no_progress: NoProgress = False,
@@ -93,47 +99,37 @@ def command(
 ) -> None:
     """Measure scaling over GPU counts: a fresh launch per count, CSV + JSON + plots + table.
 
-    Defaults follow the guide's benchmark.sh: --total-steps 28 --num-samples 10 --seed 42
-    --latent-shape 1 4 14 64 64, 5 s between runs. Writes benchmark_results.csv (the guide's
+    Defaults are the benchmark's: --total-steps 28 --num-samples 10 --seed 42
+    --latent-shape 1 4 14 64 64, 5 s between runs. Writes benchmark_results.csv (the benchmark's
     columns first), benchmark_results.json, throughput.png and timeline.png.
     On a machine without GPUs: ppsvd bench --device cpu --gpus 1,2,4 --step-ms 20
     """
-    from ppsvd.api import bench_plan
-    from ppsvd.bench import sweep as bench
-    from ppsvd.console import out
-    from ppsvd.models.base import preflight
-
-    plan = bench_plan(
-        gpus=gpus,
-        strategy=strategy,
-        partition=partition,
-        model_id=model,
-        weights=weights,
-        total_steps=total_steps,
-        latent_shape=latent_shape,
-        num_samples=num_samples,
-        seed=seed,
-        transport=transport,
-        device=device,
-        dtype=dtype,
-        step_ms=step_ms,
-        encode_ms=encode_ms,
-        decode_ms=decode_ms,
-        timeout=timeout,
-        compile=compile,
-        cooldown=cooldown,
-        fail_fast=fail_fast,
-        output_dir=output_dir,
-        debug=debug,
-    )
-    preflight(plan.base)  # model files, shapes: a bad input costs one line, not a sweep of failures
-    results_dir = bench.new_results_dir(output_dir)
-    out.print(_header(plan), soft_wrap=True)
-    out.print(f"results → {results_dir}", soft_wrap=True)
-
     observer = _RichObserver() if not no_progress else _PlainObserver()
     with observer:
-        result = bench.run_bench(plan, results_dir, observer=observer)
+        result = api.benchmark(
+            gpus=gpus,
+            strategy=strategy,
+            partition=partition,
+            model_id=model,
+            weights=weights,
+            total_steps=total_steps,
+            latent_shape=latent_shape,
+            num_samples=num_samples,
+            seed=seed,
+            transport=transport,
+            device=device,
+            dtype=dtype,
+            step_ms=step_ms,
+            encode_ms=encode_ms,
+            decode_ms=decode_ms,
+            timeout=timeout,
+            compile=compile,
+            cooldown=cooldown,
+            fail_fast=fail_fast,
+            output_dir=output_dir,
+            debug=debug,
+            observer=observer,
+        )
     _print_result(result)
     if result.failed:
         raise typer.Exit(1)
@@ -144,7 +140,8 @@ def _header(plan) -> str:
     return (
         f"[bold]ppsvd bench[/]: GPUs {','.join(map(str, plan.gpu_counts))} × {','.join(plan.strategies)} · "
         f"partition {','.join(plan.partition_modes)} · "
-        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples · seed {base.job.seed} · "
+        f"model {base.model.model} on {base.model.device} · T={base.job.total_steps} · {base.job.num_samples} samples "
+        f"· seed {base.job.seed} · "
         f"latent {' '.join(map(str, base.job.latent_shape))}"
         + (f" · {base.synthetic.step_ms:g} ms/step" if base.synthetic.step_ms else "")
         + (" · compiled UNet" if base.model.compile else "")
@@ -153,9 +150,6 @@ def _header(plan) -> str:
 
 def _print_result(result) -> None:
     """The tables, what failed, and where the files are."""
-    from ppsvd.commands import tables
-    from ppsvd.console import out
-
     out.print(tables.bench_table(result.runs))
     out.print(tables.detail_table(result.runs))
     comparison = tables.comparison_table(result.runs)
@@ -184,7 +178,7 @@ def _describe(run) -> str:
 
 
 class _PlainObserver:
-    """One line per run (for --no-progress, logs and CI)."""
+    """The sweep's header, then one line per run (for --no-progress, logs and CI)."""
 
     def __enter__(self):
         return self
@@ -192,9 +186,11 @@ class _PlainObserver:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def starting(self, position: int, total: int, run) -> None:
-        from ppsvd.console import err, notice
+    def planned(self, plan, results_dir) -> None:
+        out.print(_header(plan), soft_wrap=True)
+        out.print(f"results → {results_dir}", soft_wrap=True)
 
+    def starting(self, position: int, total: int, run) -> None:
         err.print(f"[{position + 1}/{total}] {run.label} ...", markup=False)
         if run.note:
             notice(run.note)
@@ -203,26 +199,13 @@ class _PlainObserver:
         pass
 
     def finished(self, position: int, total: int, run) -> None:
-        from ppsvd.console import err
-
         err.print(_describe(run), soft_wrap=True)
 
 
 class _RichObserver(_PlainObserver):
-    """A Rich progress bar over the runs, with a line per finished run above it."""
+    """The sweep's header, then a Rich progress bar over the runs, with a line per finished run above it."""
 
     def __enter__(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        from ppsvd.console import err
-
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -232,12 +215,15 @@ class _RichObserver(_PlainObserver):
             TimeElapsedColumn(),
             console=err,
         )
-        self.progress.start()
         self.task = None
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def planned(self, plan, results_dir) -> None:
+        super().planned(plan, results_dir)
+        self.progress.start()  # after the header: the bar stays below it
 
     def starting(self, position: int, total: int, run) -> None:
         if self.task is None:

@@ -8,7 +8,11 @@ from typing import Annotated
 import typer
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS
+from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_TOTAL_STEPS, RunConfig, check_latent_shape, default_latent_shape
+from ppsvd.console import err, out
+from ppsvd.doctor import diagnose
+from ppsvd.doctor.render import render, to_json_text
+from ppsvd.errors import ConfigError
 
 NAME = "doctor"
 
@@ -60,9 +64,6 @@ def command(
     live between 2 local workers. Every problem comes with its fix. Exit code 0 when everything
     the planned run needs passes, 1 otherwise. Works without a GPU too.
     """
-    from ppsvd.config import RunConfig, check_latent_shape, default_latent_shape
-    from ppsvd.console import err, out
-    from ppsvd.errors import ConfigError
 
     if latent_shape is None:
         latent_shape = default_latent_shape(model)
@@ -89,9 +90,6 @@ def command(
     # The run's own checks of the same options (bad input -> ConfigError -> one line, exit 2). The
     # device is not known yet (it needs torch; doctor resolves it): check as a CUDA run unless --device says otherwise.
     config.replace(device=device or "cuda").validate()
-
-    from ppsvd.doctor import diagnose
-    from ppsvd.doctor.render import render, to_json_text
 
     progress = None if json_out else (lambda text: err.print(f"[dim]doctor: {text}...[/]", markup=True))
     report = diagnose(config, live=not no_live, live_timeout=live_timeout, hang=tuple(hang or ()), on_progress=progress)

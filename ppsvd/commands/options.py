@@ -12,16 +12,18 @@ from typing import Annotated, Literal
 
 import typer
 
+from ppsvd.api.options import KEYWORD_FIELDS
 from ppsvd.config import (
     DEVICES,
     DTYPES,
-    GOALS,
     LOG_FORMATS,
     STRATEGIES,
     TRANSPORTS,
     WEIGHTS,
     ZMQ_ENDPOINTS,
 )
+from ppsvd.errors import ConfigError
+from ppsvd.planning.layouts import GOALS
 
 FLAG = {"metavar": ""}
 """Option settings of a boolean flag: no '<bool>' placeholder in --help (a flag takes no value)."""
@@ -29,7 +31,8 @@ FLAG = {"metavar": ""}
 TotalSteps = Annotated[
     int,
     typer.Option(
-        "--total-steps", help="Denoising steps T, split over the stages (the guide uses 28: divisible by 1, 2, 4, 7)."
+        "--total-steps",
+        help="Denoising steps T, split over the stages (the benchmark uses 28: divisible by 1, 2, 4, 7).",
     ),
 ]
 LatentShape = Annotated[
@@ -65,7 +68,8 @@ ModelId = Annotated[
     typer.Option(
         "--model-id",
         "--model",
-        help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; 'synthetic' for the CPU stand-in.",
+        help="Hub id (through the Hugging Face cache) or local directory; 'tiny' for the embedded small SVD; "
+        "'synthetic' for the CPU stand-in.",
     ),
 ]
 Timeout = Annotated[
@@ -78,14 +82,16 @@ BindHost = Annotated[
     str | None,
     typer.Option(
         "--bind-host",
-        help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's address toward the rendezvous.",
+        help="zmq tcp: address to bind. Default: loopback when the sending stage is on this host, else this host's "
+        "address toward the rendezvous.",
     ),
 ]
 StallTimeout = Annotated[
     float,
     typer.Option(
         "--stall-timeout",
-        help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is named as hung.",
+        help="A stage in the middle of its steps that makes no step for max(this, 20 x its median step) seconds is "
+        "named as hung.",
     ),
 ]
 ZmqEndpoint = Annotated[
@@ -97,7 +103,8 @@ LogFormat = Annotated[
     Literal[LOG_FORMATS],
     typer.Option(
         "--log-format",
-        help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON line); auto: rich on a terminal, plain otherwise (a job's log file).",
+        help="Progress as Rich bars, plain lines at a steady interval, or JSON lines (then the summary as one JSON "
+        "line); auto: rich on a terminal, plain otherwise (a job's log file).",
     ),
 ]
 ProgressInterval = Annotated[
@@ -108,21 +115,25 @@ Strategy = Annotated[
     Literal[STRATEGIES],
     typer.Option(
         "--strategy",
-        help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model predicts best for --goal).",
+        help="pipeline (split steps over stages), data (whole samples from a shared work queue), cfg (each step's two "
+        "guidance halves on two processes: shorter videos' latency), or auto (the layout the cost model "
+        "predicts best for --goal).",
     ),
 ]
 PipelineStages = Annotated[
     int | None,
     typer.Option(
         "--pipeline-stages",
-        help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.",
+        help="Stages per pipeline (a process each, or a guidance pair with --strategy cfg); with --replicas makes "
+        "hybrids, e.g. --nproc 8 --strategy cfg --pipeline-stages 4.",
     ),
 ]
 Replicas = Annotated[
     int | None,
     typer.Option(
         "--replicas",
-        help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline --replicas 2 (2 x 4 stages).",
+        help="Copies of the layout that take samples from one work queue, e.g. --nproc 8 --strategy pipeline "
+        "--replicas 2 (2 x 4 stages).",
     ),
 ]
 Goal = Annotated[
@@ -135,7 +146,8 @@ CfgHalfMs = Annotated[
     float | None,
     typer.Option(
         "--cfg-half-ms",
-        help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 frames 512x512).",
+        help="Synthetic model: one guidance half's step (batch 1) in ms. Default: --step-ms x 114/162 (H200, SVD-XT 14 "
+        "frames 512x512).",
     ),
 ]
 MaxInFlight = Annotated[
@@ -145,47 +157,53 @@ MaxInFlight = Annotated[
     ),
 ]
 
-# -- how the steps are split, and what the work costs (ppsvd.costs) ---------------------------------
+# -- how the steps are split, and what the work costs (ppsvd.planning.costs) ---------------------------------
 Partition = Annotated[
     str,
     typer.Option(
         "--partition",
-        help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), even, or sizes such as 4,5,5,5,5,3,1.",
+        help="How steps are split over stages: auto (by measured or known costs: a costly decode gets fewer steps), "
+        "even, or sizes such as 4,5,5,5,5,3,1.",
     ),
 ]
 CostsFrom = Annotated[
     str | None,
     typer.Option(
         "--costs-from",
-        help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the start).",
+        help="A previous run's directory: plan with the costs its timeline.json measured (instead of measuring at the "
+        "start).",
     ),
 ]
 EncodeMs = Annotated[
     float,
     typer.Option(
         "--encode-ms",
-        help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like --step-ms.",
+        help="Synthetic model: stage 0's time per sample to prepare it (SVD's image encode), in ms, spent like "
+        "--step-ms.",
     ),
 ]
 DecodeMs = Annotated[
     float,
     typer.Option(
         "--decode-ms",
-        help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like --step-ms.",
+        help="Synthetic model: the last stage's time per sample to finish it (SVD's VAE decode), in ms, spent like "
+        "--step-ms.",
     ),
 ]
 StageSpeed = Annotated[
     str | None,
     typer.Option(
         "--stage-speed",
-        help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a stage is divided by it.",
+        help="Synthetic model: relative speed of each stage's device, e.g. 1,1,1,0.5 (mixed GPUs); every cost of a "
+        "stage is divided by it.",
     ),
 ]
 Resume = Annotated[
     Path | None,
     typer.Option(
         "--resume",
-        help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it lacks; "
+        help="Continue the run in this directory (one an interrupted run left): its settings, only the samples it "
+        "lacks; "
         "the outputs equal an uninterrupted run's. Options that change samples must match it or be left out.",
     ),
 ]
@@ -205,7 +223,8 @@ Variant = Annotated[
     str | None,
     typer.Option(
         "--variant",
-        help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when the model has them, else the full-precision ones.",
+        help="Weights variant, as from_pretrained(variant=...), e.g. fp16. Default: fp16 weights for an fp16 run when "
+        "the model has them, else the full-precision ones.",
     ),
 ]
 NumFrames = Annotated[
@@ -229,28 +248,35 @@ NumInferenceSteps = Annotated[
     int | None,
     typer.Option(
         "--num-inference-steps",
-        help=f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28.",
+        help=(
+            f"Denoising steps, as {_DIFFUSERS}num_inference_steps=...); the same setting as --total-steps. Default 28."
+        ),
     ),
 ]
 TotalStepsOrNone = Annotated[
     int | None,
     typer.Option(
         "--total-steps",
-        help="Denoising steps T, split over the stages: the guide's name for --num-inference-steps. Default 28 (divisible by 1, 2, 4 and 7).",
+        help="Denoising steps T, split over the stages: the benchmark's name for --num-inference-steps. Default 28 "
+        "(divisible by 1, 2, 4 and 7).",
     ),
 ]
 LatentShapeOrNone = Annotated[
     tuple[int, int, int, int, int] | None,
     typer.Option(
         "--latent-shape",
-        help="B C F H W, the guide's way to give the size: videos per sample, latent channels, frames, height/8, width/8. Default 1 4 14 64 64, i.e. num_frames=14, height=512, width=512 (tiny: 1 4 4 8 8).",
+        help="B C F H W, the benchmark's way to give the size: videos per sample, latent channels, frames, height and "
+        "width over the VAE scale factor (8 for SVD). Default 1 4 14 64 64, i.e. num_frames=14, height=512, "
+        "width=512 (tiny: 1 4 4 8 8).",
     ),
 ]
 Fps = Annotated[
     int,
     typer.Option(
         "--fps",
-        help="fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps.",
+        help=(
+            "fps conditioning, as diffusers' fps= (the UNet sees fps-1); also the MP4's frame rate unless --video-fps."
+        ),
     ),
 ]
 VideoFps = Annotated[
@@ -289,3 +315,36 @@ Compile = Annotated[
         **FLAG,
     ),
 ]
+
+
+def parse_float_list(flag: str, text: str) -> tuple[float, ...]:
+    """'1,1,0.5' -> (1.0, 1.0, 0.5) with a one-line error for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be comma-separated numbers, e.g. {flag} 1,1,1,0.5") from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r} is empty; give one number per stage, e.g. {flag} 1,1,1,0.5")
+    return values
+
+
+PARAM_FIELDS = {
+    **KEYWORD_FIELDS,
+    "image": "images",
+    "no_progress": "show_progress",
+    "stall_timeout": "stall_timeout_s",
+    "progress_interval": "progress_interval_s",
+}
+"""A command's parameter -> the RunConfig field it sets, where the names differ."""
+
+
+def explicit_options(ctx: typer.Context) -> dict[str, str]:
+    """The options this command line (or the environment) set: RunConfig field -> flag (what
+    --resume may take from the command line, or refuse)."""
+    found = {}
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name else None
+        # By name: Typer may vendor its own click, whose ParameterSource is another enum.
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            found[PARAM_FIELDS.get(param.name, param.name)] = param.opts[0] if param.opts else param.name
+    return found

@@ -6,9 +6,15 @@ import json
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from ppsvd.commands import options as o
-from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS
+from ppsvd.config import DEFAULT_LATENT_SHAPE, DEFAULT_PARTITION, DEFAULT_TOTAL_STEPS, RunConfig
+from ppsvd.console import out
+from ppsvd.errors import ConfigError
+from ppsvd.planner import choose_layout, choose_plan, known_costs
+from ppsvd.planning.costs import CostModel, forecast
+from ppsvd.planning.steps import partition_steps
 
 NAME = "plan"
 
@@ -17,7 +23,8 @@ HandoffMs = Annotated[
     float,
     typer.Option(
         "--handoff-ms",
-        help="One hand-off between neighbouring stages, in ms (adds to latency; sets the pace only if above every stage's time).",
+        help="One hand-off between neighbouring stages, in ms (adds to latency; sets the pace only if above every "
+        "stage's time).",
     ),
 ]
 Json = Annotated[
@@ -59,18 +66,13 @@ def command(
     guidance pairs, hybrids) with its makespan, throughput and per-video latency, best for
     --goal first: what --strategy auto would pick.
     """
-    from ppsvd.config import RunConfig, parse_float_list
-    from ppsvd.costs import CostModel, forecast
-    from ppsvd.errors import ConfigError
-    from ppsvd.plan import partition_steps
-    from ppsvd.runtime.planning import choose_plan, known_costs
-
-    speeds = parse_float_list("--stage-speed", stage_speed) if stage_speed else ()
+    speeds = o.parse_float_list("--stage-speed", stage_speed) if stage_speed else ()
     if costs_from and (step_ms or encode_ms or decode_ms or speeds):
         raise ConfigError(f"--costs-from {costs_from} and explicit costs (--step-ms ...) both given; give one of them")
     if not costs_from and step_ms <= 0:
         raise ConfigError(
-            "ppsvd plan needs costs: --costs-from RUN_DIR (a finished run), or --step-ms MS (with --encode-ms, --decode-ms, --stage-speed)"
+            "ppsvd plan needs costs: --costs-from RUN_DIR (a finished run), or --step-ms MS (with --encode-ms, "
+            "--decode-ms, --stage-speed)"
         )
     if handoff_ms < 0:
         raise ConfigError(f"--handoff-ms {handoff_ms} is negative; use 0 or more milliseconds")
@@ -100,9 +102,7 @@ def command(
         )
     chosen = forecast(choose_plan(partition, total_steps, nproc, costs), costs, num_samples)
     even = forecast(partition_steps(total_steps, nproc), costs, num_samples)
-    from ppsvd.layouts import choose
-
-    _, reason, layouts = choose(config.replace(strategy="auto"), costs)
+    _, reason, layouts = choose_layout(config.replace(strategy="auto"), costs)
     if as_json:
         print(
             json.dumps(
@@ -122,10 +122,6 @@ def command(
 
 
 def _show_layouts(layouts, reason: str, goal: str) -> None:
-    from rich.table import Table
-
-    from ppsvd.console import out
-
     table = Table(
         title=f"layouts of the same processes · best for --goal {goal} first",
         header_style="bold",
@@ -149,10 +145,6 @@ def _show_layouts(layouts, reason: str, goal: str) -> None:
 
 
 def _show(partition: str, chosen, even) -> None:
-    from rich.table import Table
-
-    from ppsvd.console import out
-
     n = chosen.num_stages
     table = Table(
         title=f"ppsvd plan · {n} stage{'s' if n != 1 else ''} · T={sum(chosen.sizes)} · {partition}",
@@ -164,7 +156,9 @@ def _show(partition: str, chosen, even) -> None:
     for name in ("stage", "steps", "s/sample", "even split", "s/sample (even)"):
         table.add_column(name, justify="right")
     start = even_start = 0
-    for k, (size, t, even_size, even_t) in enumerate(zip(chosen.sizes, chosen.stage_s, even.sizes, even.stage_s)):
+    for k, (size, t, even_size, even_t) in enumerate(
+        zip(chosen.sizes, chosen.stage_s, even.sizes, even.stage_s, strict=True)
+    ):
         mark = " ◀" if k == chosen.bottleneck else ""
         table.add_row(
             str(k),

@@ -2,7 +2,7 @@
 
 Options carry diffusers' names where diffusers has one (StableVideoDiffusionPipeline.__call__:
 num_frames, height, width, num_inference_steps, fps, motion_bucket_id, ...; from_pretrained:
-revision, variant); the guide's --total-steps and --latent-shape stay and may be combined with
+revision, variant); the benchmark's --total-steps and --latent-shape stay and may be combined with
 them when they agree. The config is built by ppsvd.api.run_config, the same as ppsvd.run().
 """
 
@@ -13,28 +13,54 @@ from typing import Annotated
 
 import typer
 
+from ppsvd.api.execution import execute
+from ppsvd.api.options import run_config
 from ppsvd.commands import options as o
+from ppsvd.commands.tables import show_summary
 from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
 
 NAME = "run"
 
 
+Image = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image",
+        help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless "
+        "--num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
+    ),
+]
+Inputs = Annotated[
+    Path | None,
+    typer.Option(
+        "--inputs",
+        help="Job file, one sample per entry: CSV with a header (image,seed,motion_bucket_id,fps,noise_aug_strength; "
+        'only image required) or JSON lines ({"image": "cat.png", "seed": 3}). Relative image paths are '
+        "relative to the file. Instead of --image.",
+    ),
+]
+NumSamples = Annotated[
+    int | None,
+    typer.Option(
+        "--num-samples",
+        help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 "
+        "without --image).",
+    ),
+]
+SaveFrames = Annotated[
+    bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
+]
+SaveVideo = Annotated[bool, typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG)]
+SaveLatents = Annotated[
+    bool,
+    typer.Option("--save-latents/--no-save-latents", help="Write each sample's final latent (safetensors).", **o.FLAG),
+]
+
+
 def command(
     ctx: typer.Context,
-    image: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--image",
-            help="Input image: a file, a directory, a glob or an http(s) URL; repeatable. One video per image unless --num-samples says otherwise (sample i uses image i mod count). Default: the built-in test image.",
-        ),
-    ] = None,
-    inputs: Annotated[
-        Path | None,
-        typer.Option(
-            "--inputs",
-            help='Job file, one sample per entry: CSV with a header (image,seed,motion_bucket_id,fps,noise_aug_strength; only image required) or JSON lines ({"image": "cat.png", "seed": 3}). Relative image paths are relative to the file. Instead of --image.',
-        ),
-    ] = None,
+    image: Image = None,
+    inputs: Inputs = None,
     model: o.ModelId = DEFAULT_MODEL_ID,
     revision: o.Revision = None,
     variant: o.Variant = None,
@@ -45,13 +71,7 @@ def command(
     num_inference_steps: o.NumInferenceSteps = None,
     total_steps: o.TotalStepsOrNone = None,
     latent_shape: o.LatentShapeOrNone = None,
-    num_samples: Annotated[
-        int | None,
-        typer.Option(
-            "--num-samples",
-            help="Samples to generate; sample i uses image i mod count and seed + i. Default: one per input image (1 without --image).",
-        ),
-    ] = None,
+    num_samples: NumSamples = None,
     seed: o.Seed = 0,
     fps: o.Fps = 6,
     video_fps: o.VideoFps = None,
@@ -60,18 +80,9 @@ def command(
     min_guidance_scale: o.MinGuidanceScale = 1.0,
     max_guidance_scale: o.MaxGuidanceScale = 3.0,
     decode_chunk_size: o.DecodeChunkSize = None,
-    save_frames: Annotated[
-        bool, typer.Option("--save-frames/--no-save-frames", help="Also write every frame as PNG (lossless).", **o.FLAG)
-    ] = False,
-    save_video: Annotated[
-        bool, typer.Option("--save-video/--no-save-video", help="Write an MP4 per video.", **o.FLAG)
-    ] = True,
-    save_latents: Annotated[
-        bool,
-        typer.Option(
-            "--save-latents/--no-save-latents", help="Write each sample's final latent (safetensors).", **o.FLAG
-        ),
-    ] = True,
+    save_frames: SaveFrames = False,
+    save_video: SaveVideo = True,
+    save_latents: SaveLatents = True,
     nproc: o.NProc = None,
     transport: o.Transport = None,
     device: o.Device = None,
@@ -99,16 +110,13 @@ def command(
     """Generate videos with Stable Video Diffusion, the denoising steps pipelined over N GPUs.
 
     The videos equal what diffusers' StableVideoDiffusionPipeline produces for the same image,
-    seed and settings, for any --nproc and transport. The defaults (the guide's: 28 steps, 14
+    seed and settings, for any --nproc and transport. The defaults (the benchmark's: 28 steps, 14
     frames at 512x512, fps 6) equal pipe(image.resize((512, 512)), num_frames=14, height=512,
     width=512, num_inference_steps=28, fps=6, generator=torch.Generator().manual_seed(seed)).
     Outputs are named <image stem>-s<seed>. Also runs under torchrun
     (torchrun --nproc_per_node=7 -m ppsvd run ...). --model-id tiny runs an embedded small SVD
     on CPU in seconds.
     """
-    from ppsvd.api import run_config
-    from ppsvd.commands.common import execute, explicit_options
-
     config = run_config(
         image,
         inputs=inputs,
@@ -157,4 +165,12 @@ def command(
         progress=not no_progress,
         debug=debug,
     )
-    return execute(config, command=NAME, resume=resume, explicit=explicit_options(ctx))
+    execute(
+        config,
+        resume=resume,
+        explicit=o.explicit_options(ctx),
+        command=NAME,
+        summary=show_summary,
+        exit_when_done=True,
+    )
+    return 0

@@ -15,9 +15,16 @@ from typing import Annotated
 
 import typer
 
+from ppsvd import planner
+from ppsvd.api.execution import check
+from ppsvd.api.options import run_config
 from ppsvd.commands import options as o
 from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
-from ppsvd.serve.config import API_KEY_ENV, DEFAULT_STATE_DIR
+from ppsvd.console import out
+from ppsvd.environment import env_world
+from ppsvd.errors import ConfigError
+from ppsvd.serve.config import API_KEY_ENV, DEFAULT_STATE_DIR, ServeConfig, api_key_from
+from ppsvd.serve.server import serve
 
 NAME = "serve"
 
@@ -124,12 +131,6 @@ def command(
     if not debug:
         # The workers' and the store's C++ logging (a store wait that times out is routine here).
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    from ppsvd import api
-    from ppsvd.config import env_world, parse_float_list
-    from ppsvd.errors import ConfigError
-    from ppsvd.serve.config import ServeConfig, api_key_from
-    from ppsvd.serve.server import serve
-
     if env_world() is not None:
         raise ConfigError(
             "ppsvd serve starts its own workers and does not run under torchrun; start it directly "
@@ -140,9 +141,9 @@ def command(
         "encode_ms": encode_ms,
         "decode_ms": decode_ms,
         "cfg_half_ms": cfg_half_ms,
-        "stage_speed": parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
+        "stage_speed": o.parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
     }
-    run = api.run_config(
+    run = run_config(
         None,
         model_id=model,
         revision=revision,
@@ -188,8 +189,11 @@ def command(
         **{name: value for name, value in synthetic.items() if value},
     )
     # A stream has no end: --strategy auto picks the layout of the best steady state (many samples).
-    run = api.resolve_strategy(run.replace(num_samples=1000)).replace(num_samples=1)
-    api.check(run)  # devices, model files and shapes, memory: one line before anything starts
+    run, reason = planner.resolve_strategy(run.replace(num_samples=1000))
+    if reason is not None:
+        out.print(reason, style="dim", soft_wrap=True)
+    run = run.replace(num_samples=1)
+    check(run)  # devices, model files and shapes, memory: one line before anything starts
     config = ServeConfig(
         run=run,
         host=host,

@@ -7,7 +7,10 @@ from typing import Annotated, Literal
 
 import typer
 
+from ppsvd.api.execution import execute
+from ppsvd.api.options import simulate_config
 from ppsvd.commands import options as o
+from ppsvd.commands.tables import show_summary
 from ppsvd.config import (
     DEFAULT_LATENT_SHAPE,
     DEFAULT_PARTITION,
@@ -15,7 +18,6 @@ from ppsvd.config import (
     DEVICES,
     DTYPES,
     SYNTHETIC_MODEL,
-    parse_float_list,
 )
 
 NAME = "simulate"
@@ -75,9 +77,6 @@ def command(
     scaling over stages shows even on a 2-core machine. Works self-launched (--nproc N) and
     as a worker under torchrun (torchrun --nproc_per_node=4 -m ppsvd simulate ...).
     """
-    from ppsvd.api import simulate_config
-    from ppsvd.commands.common import execute, explicit_options
-
     config = simulate_config(
         model_id=model,
         total_steps=total_steps,
@@ -98,7 +97,7 @@ def command(
         decode_ms=decode_ms,
         cfg_half_ms=cfg_half_ms,
         decode_chunk_size=decode_chunk_size,
-        stage_speed=parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
+        stage_speed=o.parse_float_list("--stage-speed", stage_speed) if stage_speed else (),
         step_ms=step_ms,
         output_dir=output_dir,
         timeout=timeout,
@@ -113,4 +112,12 @@ def command(
         progress=not no_progress,
         debug=debug,
     )
-    return execute(config, command=NAME, resume=resume, explicit=explicit_options(ctx))
+    execute(
+        config,
+        resume=resume,
+        explicit=o.explicit_options(ctx),
+        command=NAME,
+        summary=show_summary,
+        exit_when_done=True,
+    )
+    return 0

@@ -1,25 +1,33 @@
 """Rich tables for the terminal: the end-of-run summary and the bench sweep's tables.
 
-Presentation only: the numbers come from ppsvd.analysis.metrics and the sweep's BenchRun records.
+Presentation only: the numbers come from ppsvd.analysis.metrics and the sweep's records (ppsvd.bench.records).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from ppsvd.analysis.metrics import RunMetrics, steps_per_gpu, summarize
 from ppsvd.analysis.timeline import RunTimeline
-from ppsvd.bench.sweep import BenchRun
+from ppsvd.bench.records import BenchRun
+from ppsvd.config import RunConfig
 from ppsvd.console import out
+from ppsvd.planning.costs import CostModel
 
 
-def print_summary(run_dir: Path) -> None:
-    """The per-stage table and the headline numbers of a finished run, from its timeline.json."""
-    timeline = RunTimeline.load(Path(run_dir) / "timeline.json")
-    out.print(summary_table(summarize(timeline)))
+def show_summary(config: RunConfig, run_dir: Path) -> None:
+    """A finished run: the per-stage table and its headline numbers, or with --log-format json
+    one JSON line (the metrics and the run directory), from its timeline.json."""
+    metrics = summarize(RunTimeline.load(Path(run_dir) / "timeline.json"))
+    if config.ui.log_format == "json":
+        print(json.dumps({"event": "summary", "run_dir": str(run_dir), "metrics": metrics.to_json()}), flush=True)
+        return
+    out.print(summary_table(metrics))
     out.print(f"outputs: {run_dir}")
 
 
@@ -98,12 +106,11 @@ def summary_table(metrics: RunMetrics) -> Table:
     mode = f"{m.partition_mode}: " if m.partition_mode else ""
     overall.add_row("partition", mode + m.partition)
     if m.planned_costs is not None:
-        from ppsvd.costs import CostModel
-
         overall.add_row("planned with", CostModel.from_json(m.planned_costs).describe())
 
     table = Table(
-        title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · {m.completed}/{m.num_samples} samples",
+        title=f"{m.strategy} · {m.num_stages} {unit}{'s' if m.num_stages != 1 else ''} · T={m.total_steps} · "
+        f"{m.completed}/{m.num_samples} samples",
         show_header=False,
         box=None,
         title_style="bold",
@@ -117,8 +124,6 @@ def summary_table(metrics: RunMetrics) -> Table:
 
 def _compact(title: str) -> Table:
     """No vertical rules and one space between columns, so a sweep table fits 80 columns."""
-    from rich import box
-
     return Table(
         title=title,
         header_style="bold",
@@ -140,7 +145,7 @@ def _range_pct(values: list[float | None]) -> str:
 
 
 def bench_table(runs: list[BenchRun]) -> Table:
-    """The sweep's scaling: the guide's numbers first, then speedup and efficiency vs 1 GPU."""
+    """The sweep's scaling: the benchmark's columns first, then speedup and efficiency vs 1 GPU."""
     table = _compact("ppsvd bench: scaling")
     # Two-line headers keep the table inside 80 columns (what Rich assumes when piped).
     for name in (

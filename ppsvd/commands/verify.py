@@ -12,8 +12,12 @@ from typing import Annotated
 
 import typer
 
+from ppsvd.api.options import resolve_device
 from ppsvd.commands import options as o
-from ppsvd.verify.settings import VERIFY_SAMPLES
+from ppsvd.commands.tables import verify_table
+from ppsvd.console import err, out
+from ppsvd.errors import VerificationFailed
+from ppsvd.verify.settings import VERIFY_SAMPLES, default_model, verify_config
 
 NAME = "verify"
 
@@ -85,12 +89,9 @@ def command(
     steps, a small shape, 3 samples). Exit 0 when every layout keeps its promise, 1 naming those
     that do not.
     """
-    from ppsvd.api import resolve_device
-    from ppsvd.console import err, out
-    from ppsvd.errors import VerificationFailed
+    # heavy: imports torch (the layouts' test hook, models.faults); --help stays quick
     from ppsvd.verify.check import verify
     from ppsvd.verify.layouts import default_layouts, parse_layouts
-    from ppsvd.verify.settings import default_model, verify_config
 
     device = resolve_device(device)
     config = verify_config(
@@ -115,7 +116,7 @@ def command(
     if layouts:
         chosen = [lay.with_compile(compile) for lay in parse_layouts(layouts)]
     else:
-        chosen = default_layouts(device, _visible_gpus(device), guidance=config.uses_guidance, compile=compile)
+        chosen = default_layouts(device, _visible_gpus(device), guidance=config.svd.uses_guidance, compile=compile)
 
     def say(line: str) -> None:
         err.print(line, style="dim", markup=False, highlight=False)
@@ -124,8 +125,6 @@ def command(
     if as_json:
         print(json.dumps(report.to_json(), indent=1), flush=True)
     else:
-        from ppsvd.commands.tables import verify_table
-
         out.print(verify_table(report))
     if not report.ok:
         problems = "; ".join(f"{r.layout}: {r.problem}" for r in report.failed)
@@ -135,6 +134,6 @@ def command(
 def _visible_gpus(device: str) -> int:
     if device != "cuda":
         return 0
-    import torch
+    import torch  # heavy: torch
 
     return torch.cuda.device_count()

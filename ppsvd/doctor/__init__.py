@@ -18,8 +18,10 @@ from typing import Any
 
 from ppsvd import __version__
 from ppsvd.config import RunConfig
+from ppsvd.doctor import probe
 from ppsvd.doctor.checks import context, exit_code, run_checks
 from ppsvd.doctor.facts import CheckResult, Facts
+from ppsvd.doctor.live import run_live
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = (
@@ -106,8 +108,6 @@ def diagnose(
     config is the run as `ppsvd run` would get it, except that device may be None (not given):
     it resolves here, as run resolves it, once the probe knows whether torch can use a GPU.
     """
-    from ppsvd.doctor import probe
-    from ppsvd.doctor.live import run_live
 
     start = time.monotonic()
     if on_progress:
@@ -141,4 +141,4 @@ def report_for(facts: Facts, config: RunConfig, *, elapsed_s: float = 0.0) -> Re
     )
 
 
-__all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Facts", "Report", "diagnose", "report_for"]
+__all__ = ["CHECK_KEYS", "SCHEMA_VERSION", "TOP_LEVEL_KEYS", "Report", "diagnose", "report_for"]

@@ -54,7 +54,7 @@ def _config(component: str) -> dict[str, Any]:
 
 
 def measure(device: str, sizes: list[tuple[int, int]]) -> None:
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel  # heavy: diffusers
 
     dt = torch.float16
     dev = torch.device(device)

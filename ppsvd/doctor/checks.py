@@ -14,13 +14,16 @@ from typing import Any
 
 from ppsvd.config import RunConfig, auto_device
 from ppsvd.doctor.facts import CheckResult, Facts, GpuInfo, LinkInfo, PairInfo
-from ppsvd.models import memory
+from ppsvd.environment import version_floors
+from ppsvd.models import memory, pixels
 from ppsvd.models.hub import predownload_command, stage_components
+from ppsvd.planning.steps import partition_steps
 from ppsvd.shapes import LatentShape
 
 CHECK_NAMES = ("versions", "gpus", "placement", "p2p", "environment", "model", "memory", "disk", "transport")
 
-MIN_VERSIONS = {"python": (3, 11), "torch": (2, 4), "diffusers": (0, 30), "transformers": (4, 40), "pyzmq": (25,)}
+MIN_VERSIONS = version_floors()
+"""The lowest versions this ppsvd accepts (its own requirements, from the installed package's metadata)."""
 
 SVD_DOWNLOAD_BYTES = 14 * 10**9
 """What the pre-download command fetches for SVD-XT: the diffusers folders in fp32 and fp16 (~13.5 GB)."""
@@ -84,7 +87,7 @@ def context(facts: Facts, config: RunConfig) -> Context:
         facts=facts,
         config=config,
         device=resolved.model.device,
-        dtype=resolved.resolved_dtype,
+        dtype=resolved.model.resolved_dtype,
         transport=resolved.resolved_transport,
     )
 
@@ -126,6 +129,14 @@ def version_tuple(text: str | None) -> tuple[int, ...]:
             break
         parts.append(int(digits.group()))
     return tuple(parts)
+
+
+def _floor(name: str) -> tuple[int, ...]:
+    return MIN_VERSIONS.get(name, ())
+
+
+def _floor_text(name: str) -> str:
+    return ".".join(map(str, _floor(name))) or "any version"
 
 
 def truthy(value: str | None) -> bool:
@@ -202,9 +213,9 @@ def _python_and_torch_rows(ctx: Context, table: _Rows) -> None:
     table.add(
         "python",
         f.python,
-        "pass" if py >= MIN_VERSIONS["python"] else "fail",
-        ">= 3.11 required",
-        "Use Python 3.11 or newer.",
+        "pass" if py >= _floor("python") else "fail",
+        f">= {_floor_text('python')} required",
+        f"Use Python {_floor_text('python')} or newer.",
     )
     torch_v = f.packages.get("torch")
     if torch_v is None or f.torch_error:
@@ -215,8 +226,9 @@ def _python_and_torch_rows(ctx: Context, table: _Rows) -> None:
             f.torch_error or "not installed",
             "Install torch (pip install torch; a CUDA build for GPUs: https://pytorch.org/get-started/locally/).",
         )
-    elif version_tuple(torch_v) < MIN_VERSIONS["torch"]:
-        table.add("torch", torch_v, "fail", ">= 2.4 required", "Upgrade torch to 2.4 or newer.")
+    elif version_tuple(torch_v) < _floor("torch"):
+        minimum = _floor_text("torch")
+        table.add("torch", torch_v, "fail", f">= {minimum} required", f"Upgrade torch to {minimum} or newer.")
     else:
         table.add("torch", torch_v, "pass")
 
@@ -285,12 +297,12 @@ def _library_rows(ctx: Context, table: _Rows) -> None:
     f = ctx.facts
     for name in ("diffusers", "transformers"):
         v = f.packages.get(name)
-        minimum = ".".join(map(str, MIN_VERSIONS[name]))
+        minimum = _floor_text(name)
         if not ctx.needs_diffusers:
             table.add(name, v, "pass", "not needed for --model synthetic")
         elif v is None:
             table.add(name, None, "fail", "not installed", f"pip install '{name}>={minimum}'")
-        elif version_tuple(v) < MIN_VERSIONS[name]:
+        elif version_tuple(v) < _floor(name):
             table.add(name, v, "fail", f">= {minimum} required", f"pip install -U '{name}>={minimum}'")
         else:
             table.add(name, v, "pass")
@@ -301,11 +313,16 @@ def _library_rows(ctx: Context, table: _Rows) -> None:
             None,
             "fail" if ctx.transport == "zmq" else "warn",
             "not installed: no zmq transport",
-            "pip install 'pyzmq>=25'",
+            f"pip install 'pyzmq>={_floor_text('pyzmq')}'",
         )
-    elif version_tuple(zmq_v) < MIN_VERSIONS["pyzmq"]:
+    elif version_tuple(zmq_v) < _floor("pyzmq"):
+        minimum = _floor_text("pyzmq")
         table.add(
-            "pyzmq", zmq_v, "fail" if ctx.transport == "zmq" else "warn", ">= 25 required", "pip install -U 'pyzmq>=25'"
+            "pyzmq",
+            zmq_v,
+            "fail" if ctx.transport == "zmq" else "warn",
+            f">= {minimum} required",
+            f"pip install -U 'pyzmq>={minimum}'",
         )
     else:
         table.add("pyzmq", zmq_v, "pass")
@@ -428,7 +445,6 @@ def check_gpus(ctx: Context) -> CheckResult:
 
 
 def check_placement(ctx: Context) -> CheckResult:
-    from ppsvd.plan import partition_steps
 
     f, p = ctx.facts, ctx.config
     plan = partition_steps(p.job.total_steps, p.layout.nproc)
@@ -461,7 +477,10 @@ def check_placement(ctx: Context) -> CheckResult:
     if ctx.device == "cuda":
         if p.layout.nproc > n:
             shared = ", ".join(f"stage {k} and stage {k % n} on GPU {k % n}" for k in range(n, p.layout.nproc))
-            summary = f"--nproc {p.layout.nproc} but only {n} GPU{'s' if n > 1 else ''} visible: two ranks on one GPU ({shared})"
+            summary = (
+                f"--nproc {p.layout.nproc} but only {n} GPU{'s' if n > 1 else ''} visible: two ranks on one GPU "
+                f"({shared})"
+            )
             statuses.append("fail")
             fixes.append(
                 f"Use --nproc {n} or fewer: ppsvd runs one stage per GPU (NCCL cannot put two ranks on "
@@ -484,7 +503,8 @@ def check_placement(ctx: Context) -> CheckResult:
     if not plan.is_even:
         statuses.append("warn")
         fixes.append(
-            f"Use a --total-steps divisible by {p.layout.nproc} (e.g. {p.layout.nproc * max(1, round(p.job.total_steps / p.layout.nproc))})."
+            f"Use a --total-steps divisible by {p.layout.nproc} (e.g. "
+            f"{p.layout.nproc * max(1, round(p.job.total_steps / p.layout.nproc))})."
         )
     return _result("placement", _worst(statuses), summary, fixes, details)
 
@@ -839,7 +859,7 @@ def check_memory(ctx: Context) -> CheckResult:
         capacity, labels, totals = [avail], ["cpu"], [f.host_total_bytes]
     need = memory.per_device_need(stages, len(capacity))
     rows, statuses = [], []
-    for label, nb, cap, tot in zip(labels, need, capacity, totals):
+    for label, nb, cap, tot in zip(labels, need, capacity, totals, strict=True):
         status = "fail" if nb > cap else "warn" if nb > 0.9 * cap else "pass"
         statuses.append(status)
         rows.append({"device": label, "need_bytes": nb, "free_bytes": cap, "total_bytes": tot, "status": status})
@@ -859,11 +879,9 @@ def check_memory(ctx: Context) -> CheckResult:
         over = "will not fit" if status == "fail" else "is tight (over 90% of free memory)"
         summary = f"{summary}: {over}"
         if best:
-            fixes.append(
-                f"Use --latent-shape {shape_text(best)} (the largest that fits, ~"
-                f"{gib(max(memory.per_device_need(memory.estimate_stages(p.model.model, ctx.dtype, best, p.layout.nproc, ctx.device), len(capacity))))}"
-                f" {where})."
-            )
+            best_stages = memory.estimate_stages(p.model.model, ctx.dtype, best, p.layout.nproc, ctx.device)
+            best_need = max(memory.per_device_need(best_stages, len(capacity)))
+            fixes.append(f"Use --latent-shape {shape_text(best)} (the largest that fits, ~{gib(best_need)} {where}).")
         else:
             fixes.append(
                 "Even the smallest latent does not fit: free the GPU memory other processes hold (nvidia-smi)."
@@ -894,17 +912,19 @@ def check_memory(ctx: Context) -> CheckResult:
 # -- disk -------------------------------------------------------------------------------------
 
 
-def output_bytes_estimate(config: RunConfig) -> int:
-    """Per run: fp32 latents + an mp4 (at most ~5% of the raw frames) per sample, plus the manifest."""
+def output_bytes_estimate(config: RunConfig, vae_scale_factor: int | None = None) -> int:
+    """Per run: fp32 latents + an mp4 (at most ~5% of the raw frames) per sample, plus the manifest.
+    Pixels are latent cells times the model's VAE scale factor (SVD's 8 when it is not known yet)."""
     b, c, f, h, w = config.job.latent_shape
-    per_sample = b * c * f * h * w * 4 + b * f * (8 * h) * (8 * w) * 3 // 20
+    scale = vae_scale_factor or pixels.SVD_FACTOR
+    per_sample = b * c * f * h * w * 4 + b * f * (scale * h) * (scale * w) * 3 // 20
     return config.job.num_samples * per_sample + 1024 * 1024
 
 
 def check_disk(ctx: Context) -> CheckResult:
     f, p = ctx.facts, ctx.config
     out = f.output_disk
-    need = output_bytes_estimate(p)
+    need = output_bytes_estimate(p, f.model.vae_scale_factor if f.model is not None else None)
     details: dict[str, Any] = {"output": None, "cache": None}
     statuses, fixes, parts = ["pass"], [], []
     if out is not None:
@@ -1017,7 +1037,7 @@ def check_transport(ctx: Context) -> CheckResult:
     links = [_link_json(link, step_s, steps_per_stage) for link in f.live]
     details["links"] = links
     parts, statuses, fixes = [], ["pass"], []
-    for link, row in zip(f.live, links):
+    for link, row in zip(f.live, links, strict=True):
         if link.ok and link.latency_ms is not None:
             share = row["share_of_step"]
             parts.append(

@@ -63,6 +63,8 @@ class ModelInfo:
     incomplete_downloads: int = 0
     """Partial files (*.incomplete) in the cache: an interrupted download."""
     cache_dir: str | None = None
+    vae_scale_factor: int | None = None
+    """Pixels per latent cell, from the model's VAE config (ppsvd.models.pixels); None: not on disk yet."""
 
 
 @dataclass(frozen=True, kw_only=True)

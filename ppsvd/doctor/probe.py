@@ -19,7 +19,7 @@ from typing import Any
 from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
 from ppsvd.doctor.checks import version_tuple
 from ppsvd.doctor.facts import DiskInfo, Facts, GpuInfo, ModelInfo, PairInfo
-from ppsvd.models import hub
+from ppsvd.models import hub, pixels
 
 PACKAGES = ("torch", "diffusers", "transformers", "pyzmq", "nvidia-ml-py", "huggingface_hub")
 
@@ -75,7 +75,7 @@ def gather(
     probe_env(facts, env)
     probe_host(facts)
     try:
-        facts.model = probe_model(config.model.model, env)
+        facts.model = probe_model(config.model.model, env, weights=config.model.weights, revision=config.model.revision)
     except Exception as exc:  # e.g. a cache folder it cannot read
         facts.probe_errors.append(f"model {config.model.model}: {type(exc).__name__}: {exc}")
     facts.output_disk = probe_disk(Path(config.output.output_dir))
@@ -139,7 +139,8 @@ def probe_gpus(facts: Facts, env: Mapping[str, str], *, nvml: Any = None, torch_
         # NVML's view (all GPUs, filtered by our reading of CUDA_VISIBLE_DEVICES) disagrees with
         # CUDA's, e.g. MIG instances or an unusual CUDA_VISIBLE_DEVICES: trust torch for the list.
         facts.probe_errors.append(
-            f"NVML lists {len(facts.gpus)} visible GPU(s) but torch sees {facts.cuda_device_count}: GPU facts from torch"
+            f"NVML lists {len(facts.gpus)} visible GPU(s) but torch sees {facts.cuda_device_count}: GPU facts from "
+            "torch"
         )
         facts.gpus.clear()
         facts.pairs.clear()
@@ -364,11 +365,16 @@ def probe_host(facts: Facts) -> None:
 # -- model ------------------------------------------------------------------------------------
 
 
-def probe_model(model: str, env: Mapping[str, str]) -> ModelInfo:
+def probe_model(
+    model: str, env: Mapping[str, str], *, weights: str = "pretrained", revision: str | None = None
+) -> ModelInfo:
     """Where the planned model's files are and which components are incomplete, as the loader
-    sees them (models.hub: the same local/hub answer, cache folder and file list)."""
+    sees them (models.hub: the same local/hub answer, cache folder and file list), and the VAE
+    scale factor its config on disk gives (nothing is downloaded)."""
+    vae = pixels.model_vae_config(model, weights=weights, revision=revision, fetch=False, env=env)
+    factor = pixels.vae_scale_factor(vae) if vae is not None or model == SYNTHETIC_MODEL else None
     if model in EMBEDDED_MODELS:
-        return ModelInfo(model=model, kind="embedded", present=True)
+        return ModelInfo(model=model, kind="embedded", present=True, vae_scale_factor=factor)
     where = hub.locate(model)
     cache = None if where == "local" else hub.hub_cache_dir(env)
     root = hub.model_root(model, where, env=env)
@@ -389,6 +395,7 @@ def probe_model(model: str, env: Mapping[str, str]) -> ModelInfo:
         missing=missing,
         incomplete_downloads=incomplete,
         cache_dir=cache,
+        vae_scale_factor=factor,
     )
 
 

@@ -26,8 +26,10 @@ def render(report: Report, console: Console) -> None:
     console.print(
         Text.assemble(
             ("ppsvd doctor", "bold"),
-            f"  planned: --model-id {p.model.model} --nproc {p.layout.nproc} --latent-shape {' '.join(map(str, p.job.latent_shape))} "
-            f"--dtype {report.dtype} --device {report.device} --transport {report.transport} --total-steps {p.job.total_steps}",
+            f"  planned: --model-id {p.model.model} --nproc {p.layout.nproc} --latent-shape "
+            f"{' '.join(map(str, p.job.latent_shape))} "
+            f"--dtype {report.dtype} --device {report.device} --transport {report.transport} --total-steps "
+            f"{p.job.total_steps}",
         ),
         soft_wrap=True,
     )

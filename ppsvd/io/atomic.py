@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,6 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> None:
 
 def make_run_dir(output_dir: Path, label: str) -> Path:
     """A new directory output_dir/<UTC time>-<label>[-k] that no earlier run used."""
-    import time
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = Path(output_dir) / f"{stamp}-{label}"

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from ppsvd.config import BUILTIN_IMAGE, RunConfig, is_url
+from ppsvd.config import RunConfig
 from ppsvd.errors import InputImageError
 
-BUILTIN = BUILTIN_IMAGE
-"""What the manifest records as the image of a sample that used the built-in test image."""
+BUILTIN_IMAGE = "builtin"
+"""The image of a sample without --image (the built-in test image), as the manifest records it."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """Files a directory contributes (globs and explicit files are taken as given, then checked)."""
@@ -51,6 +51,11 @@ def with_images_resolved(config: RunConfig) -> RunConfig:
     return config.replace(images=resolve_images(config.job.images)) if config.job.images else config
 
 
+def is_url(image: str) -> bool:
+    """An image given as an http(s) URL (fetched with diffusers.utils.load_image)."""
+    return image.startswith(("http://", "https://"))
+
+
 def _expand(item: str) -> list[str]:
     if is_url(item):
         return [item]
@@ -72,11 +77,6 @@ def _expand(item: str) -> list[str]:
     raise InputImageError(f"--image {item}: no such file or directory; {_HINT}")
 
 
-def image_for_sample(images: tuple[str, ...], index: int) -> str:
-    """The image file of sample `index` (images are reused round-robin), or BUILTIN when none."""
-    return images[index % len(images)] if images else BUILTIN
-
-
 def check_image(path: str) -> None:
     """Raise InputImageError (one line) unless `path` is a readable image. Decodes it fully."""
     _open_rgb(path)
@@ -89,7 +89,7 @@ def load_image(path: str, width: int, height: int) -> Image.Image:
 
 def load_sample_image(name: str, width: int, height: int) -> Image.Image:
     """load_image, or the built-in image when name is BUILTIN."""
-    return builtin_image(width, height) if name == BUILTIN else load_image(name, width, height)
+    return builtin_image(width, height) if name == BUILTIN_IMAGE else load_image(name, width, height)
 
 
 def builtin_image(width: int, height: int) -> Image.Image:
@@ -140,7 +140,7 @@ def _open_rgb(path: str) -> Image.Image:
 def _fetch_url(url: str) -> Image.Image:
     """An image URL through diffusers.utils.load_image (RGB, EXIF-rotated; its request has a finite
     timeout, DIFFUSERS_REQUEST_TIMEOUT, 60 s by default). Cached: samples cycle over their images."""
-    from diffusers.utils import load_image as diffusers_load_image
+    from diffusers.utils import load_image as diffusers_load_image  # heavy: diffusers
 
     try:
         image = diffusers_load_image(url)

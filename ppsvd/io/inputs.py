@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ppsvd.config import SAMPLE_INPUT_FIELDS, SampleInput, is_url
+from ppsvd.config import SAMPLE_INPUT_FIELDS, SampleInput
 from ppsvd.errors import ConfigError
+from ppsvd.io.images import is_url
 
 _TYPES = {"seed": int, "motion_bucket_id": int, "fps": int, "noise_aug_strength": float}
 _EXAMPLE = '{"image": "cat.png", "seed": 3, "motion_bucket_id": 180}'

@@ -29,7 +29,7 @@ JOURNAL = "manifest.jsonl"
 
 def save_latents(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Final latents as safetensors (no pickle; loadable with safetensors.torch.load_file)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # heavy: imports torch
 
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from ppsvd.config import RunConfig
 from ppsvd.errors import ConfigError
 from ppsvd.io.results import entry_files, listed_entries
@@ -50,8 +52,9 @@ EXECUTION_FIELDS = frozenset(
         "stages_per_gpu",
     }
 )
-"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run executes, never a sample's values (the exactness
-promise: any N, transport and partition): a resumed run may set them anew."""
+"""RunConfig options (flat names, as RunConfig.options() gives them) that change how a run
+executes, never a sample's values (the exactness promise: any N, transport and partition): a
+resumed run may set them anew."""
 
 FOLLOW_THE_COMMAND = frozenset({"debug", "show_progress"})
 """Taken from this command line even when not given (not from the stopped run)."""
@@ -176,7 +179,6 @@ def sample_is_intact(run_dir: Path, entry: dict, config: RunConfig) -> bool:
 
 
 def _latents_ok(path: Path, config: RunConfig) -> bool:
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as fh:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 from ppsvd.io.atomic import write_with
 
@@ -22,7 +24,6 @@ CRF = "18"
 
 def write_mp4(path: str | Path, frames: Any, fps: int) -> Path:
     """Encode frames (uint8 [F, H, W, 3], numpy or torch) as an H.264 MP4 at `fps` frames per second."""
-    import imageio_ffmpeg
 
     video = _pad_even(_as_frames(frames))
     _, height, width, _ = video.shape
@@ -56,7 +57,6 @@ def write_mp4(path: str | Path, frames: Any, fps: int) -> Path:
 
 def write_frames(directory: str | Path, frames: Any, prefix: str = "frame") -> list[Path]:
     """Write each frame of uint8 [F, H, W, 3] as `<prefix>_00000.png`, ... in `directory`."""
-    from PIL import Image
 
     video = _as_frames(frames)
     directory = Path(directory)
@@ -71,7 +71,6 @@ def write_frames(directory: str | Path, frames: Any, prefix: str = "frame") -> l
 
 def read_mp4(path: str | Path) -> tuple[int, int, int]:
     """(frame_count, height, width) of a video, by decoding every frame (for tests and checks)."""
-    import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
@@ -97,7 +96,7 @@ def _as_frames(frames: Any) -> np.ndarray:
 def _pad_even(video: np.ndarray) -> np.ndarray:
     """Repeat the last row / column when height / width is odd: yuv420p cannot encode odd sizes.
 
-    SVD's pixel sizes are 8x the latent size, so this only happens for unusual inputs.
+    SVD's pixel sizes are the latent size times its VAE scale factor (8), so this only happens for unusual inputs.
     """
     _, height, width, _ = video.shape
     pad_h, pad_w = height % 2, width % 2

@@ -9,17 +9,23 @@ is a set of named tensors that travels between stages unchanged in layout (`sche
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 
 from ppsvd.backends.protocol import DTYPE_NAMES, KIND_SAMPLE, Message, Schema
-from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig, SampleSpec
-from ppsvd.costs import CostModel
-from ppsvd.plan import StepPlan
+from ppsvd.config import SYNTHETIC_MODEL, TINY_MODEL, RunConfig
+from ppsvd.environment import env_world
+from ppsvd.errors import ConfigError
+from ppsvd.io.samples import SampleSpec
+from ppsvd.models import memory
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.steps import StepPlan
 
 StepCallback = Callable[[int], None]
 """Called after each denoising step with the global step index (for progress bars)."""
@@ -97,10 +103,10 @@ class StageModel(ABC):
     def split_guidance(self, half: int, pair: Any = None) -> None:
         """Run only one half of the guidance batch from now on (before schema() is asked), and
         swap noise predictions with the partner through `pair` (which may be set later)."""
-        from ppsvd.errors import ConfigError
 
         raise ConfigError(
-            f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline or data"
+            f"--strategy cfg: the {self.config.model.model} model cannot split classifier-free guidance; use pipeline "
+            "or data"
         )
 
     def pair_schema(self) -> Schema:
@@ -125,11 +131,11 @@ class StageModel(ABC):
     @staticmethod
     def declared_costs(config: RunConfig) -> CostModel | None:
         """The model's costs when they are known without measuring (the synthetic stand-in's);
-        None: `--partition auto` measures them at the start of the run (ppsvd.runtime.planning)."""
+        None: `--partition auto` measures them at the start of the run (ppsvd.runtime.calibration)."""
         return None
 
     def throwaway_sample(self) -> Sample:
-        """A sample-shaped input for timing this stage's work before the run (ppsvd.runtime.planning).
+        """A sample-shaped input for timing this stage's work before the run (ppsvd.runtime.calibration).
 
         Drawn from its own generator, so no sample's random numbers are touched; models whose cost
         depends on the values (SVD: guidance > 1 doubles the UNet batch) override it."""
@@ -193,9 +199,6 @@ def check_memory(config: RunConfig) -> None:
     does), before workers spend time loading. Only where the free memory is known without
     touching the GPUs: host memory on CPU, NVML on CUDA; under torchrun each host may differ, so
     the stages find out themselves."""
-    from ppsvd.config import env_world
-    from ppsvd.errors import ConfigError
-    from ppsvd.models import memory
 
     if env_world() is not None:
         return
@@ -204,7 +207,7 @@ def check_memory(config: RunConfig) -> None:
         return
     problem = memory.fit_refusal(
         config.model.model,
-        config.resolved_dtype,
+        config.model.resolved_dtype,
         config.job.latent_shape,
         config.layout.nproc,
         config.model.device,
@@ -219,12 +222,9 @@ def check_memory(config: RunConfig) -> None:
 
 def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
     """Free bytes per device the stages use (stage k on device k // --stages-per-gpu), or ([], []) when unknown."""
-    import os
 
     if config.model.device == "cpu":
         try:
-            import psutil
-
             return [int(psutil.virtual_memory().available)], ["this host (all stages together)"]
         except Exception:
             return [], []
@@ -232,7 +232,7 @@ def _free_memory(config: RunConfig) -> tuple[list[int], list[str]]:
     if visible is not None and not all(part.strip().isdigit() for part in visible.split(",") if part.strip()):
         return [], []  # UUIDs or MIG instances: doctor maps those; the stages will see for themselves
     try:
-        import pynvml
+        import pynvml  # inside the try: a failed import counts as no NVML, like a failed init
 
         pynvml.nvmlInit()
         try:

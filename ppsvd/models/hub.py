@@ -12,7 +12,10 @@ only inside the functions that read the cache.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -75,6 +78,7 @@ def locate(model: str) -> Location:
         return "local"
     if os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1:
         return "local"
+    # huggingface_hub is heavy (about 0.4 s): imported only where the Hub is asked.
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -105,7 +109,7 @@ def hub_offline(env: Mapping[str, str] | None = None) -> bool:
 
 def repo_cache_dir(model: str, env: Mapping[str, str] | None = None) -> Path:
     """The cache folder of one hub model (models--org--name), whether or not it exists."""
-    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.file_download import repo_folder_name  # heavy: about 0.4 s, only where the Hub is asked
 
     return Path(hub_cache_dir(env)) / repo_folder_name(repo_id=model, repo_type="model")
 
@@ -121,7 +125,7 @@ def find(
     if where == "local":
         path = Path(os.path.expanduser(model)) / relpath
         return str(path) if path.is_file() else None
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: about 0.4 s, only where the Hub is asked
 
     found = try_to_load_from_cache(model, relpath, cache_dir=hub_cache_dir(env), revision=revision)
     return found if isinstance(found, str) else None
@@ -180,8 +184,6 @@ def weight_params(
                 continue
             shards = [Path(found)]
             if found.endswith(".index.json"):
-                import json
-
                 weight_map = json.loads(Path(found).read_text()).get("weight_map", {})
                 shards = [Path(found).parent / shard for shard in sorted(set(weight_map.values()))]
             counts[name] = sum(_safetensors_params(shard) for shard in shards)
@@ -191,9 +193,6 @@ def weight_params(
 
 def _safetensors_params(path: Path) -> int:
     """Elements of every tensor in a safetensors file: its header is an 8-byte length and JSON."""
-    import json
-    import math
-    import struct
 
     with open(path, "rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))

@@ -16,7 +16,8 @@ Shared by `ppsvd doctor` (its memory check) and the run's preflight (refuse_if_t
     overhead        = CUDA context, allocator slack, NCCL buffers and the latents in flight
 
 Activations are transient (one UNet call, or the decode), so a stage's peak holds the largest of
-them, not their sum. B, F, H, W are latent sizes (pixels = 8 x H, 8 x W).
+them, not their sum. B, F, H, W are latent sizes (pixels: H and W times the VAE scale factor,
+ppsvd.models.pixels).
 
 The constants (elements per latent position) are the peak bytes of live tensors, divided by the
 latent positions and the element size, counted by `python -m ppsvd.doctor.calibrate`: it runs the
@@ -36,7 +37,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from ppsvd.models.hub import stage_components
+from ppsvd.models.hub import locate, stage_components, weight_params
 
 GIB = 1024**3
 
@@ -104,7 +105,6 @@ def model_params(model: str) -> dict[str, int]:
     (a local directory or the hub cache), else SVD-XT's (a model not downloaded yet)."""
     if model_family(model) == "tiny":
         return dict(TINY_PARAMS)
-    from ppsvd.models.hub import locate, weight_params
 
     try:
         on_disk = weight_params(model, locate(model))
@@ -198,7 +198,7 @@ def fits(
     """Every device's need is within its capacity (capacity[i]: usable bytes on device i)."""
     stages = estimate_stages(model, dtype, shape, nproc, device, decode_chunk)
     need = per_device_need(stages, len(capacity), stages_per_device)
-    return all(n <= cap for n, cap in zip(need, capacity))
+    return all(n <= cap for n, cap in zip(need, capacity, strict=True))
 
 
 def largest_fitting_shape(
@@ -274,7 +274,7 @@ def fit_refusal(
     the largest latent shape that fits (the run's preflight refuses with it, exit code 2)."""
     stages = estimate_stages(model, dtype, shape, nproc, device, decode_chunk)
     need = per_device_need(stages, len(capacity), stages_per_device)
-    over = [(label, n, cap) for label, n, cap in zip(labels, need, capacity) if n > cap]
+    over = [(label, n, cap) for label, n, cap in zip(labels, need, capacity, strict=True) if n > cap]
     if not over:
         return None
     label, n, cap = max(over, key=lambda item: item[1] / max(item[2], 1))

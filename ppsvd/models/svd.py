@@ -22,8 +22,8 @@ Where from (config.model / config.weights):
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -33,13 +33,15 @@ import numpy as np
 import torch
 
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
-from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SampleSpec, SvdSection
+from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig, SvdSection
 from ppsvd.errors import ConfigError, ModelNotFoundError
 from ppsvd.io.images import check_image, load_sample_image, with_images_resolved
-from ppsvd.models import hub, tiny
+from ppsvd.io.samples import SampleSpec, plan_samples, sample_spec
+from ppsvd.models import hub, pixels, shipped, tiny
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, synchronize, torch_dtype
 from ppsvd.models.faults import fault_for
 from ppsvd.models.hub import CONFIG_FILES, FP16_VARIANT, WEIGHT_FILES, predownload_command, stage_components
+from ppsvd.planning.ranks import decode_split
 from ppsvd.shapes import LatentShape
 
 # Tensors that travel with a sample from stage to stage (diffusers' names; k = 2 with CFG, else 1).
@@ -78,7 +80,7 @@ def weights_variant(config: RunConfig, source: str, name: str) -> str | None:
     """
     if config.model.variant is not None:
         return config.model.variant
-    fp16_run = config.resolved_dtype == FP16_VARIANT
+    fp16_run = config.model.resolved_dtype == FP16_VARIANT
     full, half = (_on_disk(config, source, name, variant) for variant in (None, FP16_VARIANT))
     if half and (fp16_run or not full):
         return FP16_VARIANT
@@ -116,9 +118,9 @@ def load_components(
     """
     source = model_source(config)
     if source == "tiny":
-        parts = tiny.build_components(tiny.TINY, names)
+        parts = tiny.build_components(shipped.TINY, names)
     elif source == "random":
-        parts = tiny.build_components(tiny.SVD_XT, names, device=device)
+        parts = tiny.build_components(shipped.SVD_XT, names, device=device)
     else:
         parts = {name: _from_pretrained(config, source, name, dtype) for name in names}
     for part in parts.values():
@@ -175,29 +177,29 @@ def _load_component(config: RunConfig, source: str, name: str, dtype: torch.dtyp
     if name not in WEIGHT_FILES:
         variant = None  # configs and processors have no variants
     if name == "unet":
-        from diffusers import UNetSpatioTemporalConditionModel
+        from diffusers import UNetSpatioTemporalConditionModel  # heavy: diffusers
 
         return UNetSpatioTemporalConditionModel.from_pretrained(
             location, subfolder=name, torch_dtype=dtype, variant=variant, **cache
         )
     if name == "vae":
-        from diffusers import AutoencoderKLTemporalDecoder
+        from diffusers import AutoencoderKLTemporalDecoder  # heavy: diffusers
 
         return AutoencoderKLTemporalDecoder.from_pretrained(
             location, subfolder=name, torch_dtype=dtype, variant=variant, **cache
         )
     if name == "image_encoder":
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPVisionModelWithProjection  # heavy: transformers
 
         return CLIPVisionModelWithProjection.from_pretrained(
             location, subfolder=name, dtype=dtype, variant=variant, **cache
         )
     if name == "feature_extractor":
-        from transformers import CLIPImageProcessor
+        from transformers import CLIPImageProcessor  # heavy: transformers
 
         return CLIPImageProcessor.from_pretrained(location, subfolder=name, **cache)
     if name == "scheduler":
-        from diffusers import EulerDiscreteScheduler
+        from diffusers import EulerDiscreteScheduler  # heavy: diffusers
 
         return EulerDiscreteScheduler.from_pretrained(location, subfolder=name, **cache)
     raise ValueError(f"unknown component {name!r}")
@@ -218,9 +220,9 @@ def _keep_vae_halves(vae: Any, encoder: bool, decoder: bool) -> None:
 class SVDStageModel(StageModel):
     def __init__(self, config: RunConfig, plan, stage: int, device: torch.device) -> None:
         super().__init__(config, plan, stage, torch.device(device))
-        from diffusers import StableVideoDiffusionPipeline
+        from diffusers import StableVideoDiffusionPipeline  # heavy: diffusers
 
-        self.dtype = torch_dtype(config.resolved_dtype)
+        self.dtype = torch_dtype(config.model.resolved_dtype)
         self.source = model_source(config)
         self.components = stage_components(self.is_first, self.is_last)
         parts = load_components(config, self.components, self.device, self.dtype)
@@ -243,7 +245,7 @@ class SVDStageModel(StageModel):
         )
         # Each sample's image, seed and conditioning (stage 0 starts samples; the rest travels with them).
         self.config = with_images_resolved(config) if self.is_first else config
-        self.specs = self.config.sample_specs() if self.is_first else ()
+        self.specs = plan_samples(self.config) if self.is_first else ()
         self.fault = fault_for(config, stage)  # PPSVD_FAULT, a test hook: None in normal use
 
     @staticmethod
@@ -256,7 +258,8 @@ class SVDStageModel(StageModel):
     # -- shapes --------------------------------------------------------------------------------
     @property
     def pixel_size(self) -> tuple[int, int]:
-        """(height, width) in pixels: the latent size times the VAE's scale factor (8 for SVD)."""
+        """(height, width) in pixels: the latent size times the VAE's scale factor (diffusers'
+        pipe.vae_scale_factor: 2 ** (VAE levels - 1), as ppsvd.models.pixels computes it)."""
         _, _, _, h, w = self.config.job.latent_shape
         scale = self.pipe.vae_scale_factor
         return h * scale, w * scale
@@ -279,7 +282,7 @@ class SVDStageModel(StageModel):
     # -- stage 0 -------------------------------------------------------------------------------
     def prepare(self, index: int, spec: SampleSpec | None = None) -> Sample:
         if spec is None:
-            spec = self.specs[index] if index < len(self.specs) else self.config.sample_spec(index)
+            spec = self.specs[index] if index < len(self.specs) else sample_spec(self.config, index)
         height, width = self.pixel_size
         image = load_sample_image(spec.image, width, height)
         generator = torch.Generator("cpu").manual_seed(spec.seed)
@@ -295,6 +298,7 @@ class SVDStageModel(StageModel):
         """Steps 3-8 of StableVideoDiffusionPipeline.__call__, in its order (the generator's draws:
         first the image's noise augmentation, then the initial latents), with this sample's fps,
         motion bucket and noise augmentation."""
+        # heavy: diffusers
         from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _append_dims
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -430,16 +434,17 @@ class SVDStageModel(StageModel):
     def split_guidance(self, half: int, pair=None) -> None:
         if not self.encode_with_cfg:
             raise ConfigError(
-                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split"
+                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: "
+                "nothing to split"
             )
         self.guidance_half = half
         self.pair = pair
 
     def pair_schema(self) -> Schema:
         shape = LatentShape(*self.config.job.latent_shape)
-        height, width = self.pixel_size if self.vae is not None else (shape.h * 8, shape.w * 8)
         specs = [TensorSpec(NOISE_PRED, dtype_name(self.dtype), shape.handoff())]
-        if self.is_last:
+        if self.is_last:  # the last stage has the VAE: its decoded frames have the model's pixel size
+            height, width = self.pixel_size
             specs.append(TensorSpec(FRAMES, "uint8", (shape.b * shape.f, height, width, 3)))
         return {spec.name: spec for spec in specs}
 
@@ -468,10 +473,9 @@ class SVDStageModel(StageModel):
 
     def _finalize_half(self, sample: Sample) -> SampleResult:
         """A guidance pair's decode: the B x F latent frames cut at a decode_chunk_size boundary
-        (plan.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
+        (planning.ranks.decode_split), each half decoding its chunks with diffusers' decode_latents exactly
         as the whole would be (chunks are decoded independently); the conditional half sends its
         uint8 frames to the unconditional half, which returns the whole video."""
-        from ppsvd.plan import decode_split
 
         latents = sample.tensors[LATENTS]
         b, _, f, _, _ = self.config.job.latent_shape
@@ -522,7 +526,7 @@ class SVDStageModel(StageModel):
             "model": self.config.model.model,
             "source": self.source,
             "weights": "seeded random" if self.source in ("tiny", "random") else "pretrained",
-            "dtype": self.config.resolved_dtype,
+            "dtype": self.config.model.resolved_dtype,
             "components": list(self.components),
             "parameters": {name: _count(m) for name, m in modules.items() if m is not None},
             "classifier_free_guidance": self.encode_with_cfg,
@@ -554,9 +558,9 @@ class SVDStageModel(StageModel):
 
 def check_images(config: RunConfig) -> None:
     """Every image a sample will use exists and decodes (InputImageError otherwise)."""
-    if not config.input_images:
+    if not config.job.input_images:
         return
-    for path in dict.fromkeys(spec.image for spec in with_images_resolved(config).sample_specs()):
+    for path in dict.fromkeys(spec.image for spec in plan_samples(with_images_resolved(config))):
         check_image(path)
 
 
@@ -564,9 +568,9 @@ def model_configs(config: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """(unet config, vae config) of the model a run will load; ModelNotFoundError if absent."""
     source = model_source(config)
     if source == "tiny":
-        return tiny.load_config(tiny.TINY, "unet"), tiny.load_config(tiny.TINY, "vae")
+        return shipped.load_config(shipped.TINY, "unet"), shipped.load_config(shipped.TINY, "vae")
     if source == "random":
-        return tiny.load_config(tiny.SVD_XT, "unet"), tiny.load_config(tiny.SVD_XT, "vae")
+        return shipped.load_config(shipped.SVD_XT, "unet"), shipped.load_config(shipped.SVD_XT, "vae")
     model = config.model.model
     if source == "local" and hub.model_root(model, source) is None:
         raise ModelNotFoundError(
@@ -597,7 +601,8 @@ def _check_variant(config: RunConfig, source: str) -> None:
     lacking = [name for name in WEIGHT_FILES if not _on_disk(config, source, name, config.model.variant)]
     if lacking:
         raise ModelNotFoundError(
-            f"--variant {config.model.variant}: {config.model.model} has no {config.model.variant} weights for {', '.join(lacking)} "
+            f"--variant {config.model.variant}: {config.model.model} has no {config.model.variant} weights for "
+            f"{', '.join(lacking)} "
             f"(no {hub.variant_name(WEIGHT_FILES[lacking[0]][0], config.model.variant)} in {lacking[0]}/); "
             "drop --variant to load the weights that are there"
         )
@@ -611,11 +616,12 @@ def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None 
     at = f" at revision {revision}" if revision else ""
     if hub.hub_offline():
         raise ModelNotFoundError(
-            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of "
+            "that "
             f"name exists), and HF_HUB_OFFLINE forbids downloading; "
             f"fetch it first with `{fetch}` (or unset HF_HUB_OFFLINE)"
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # heavy: about 0.4 s, only to fetch configs
 
     try:
         for rel in CONFIG_FILES.values():
@@ -623,18 +629,19 @@ def _fetch_configs_or_fail(model: str, missing: list[str], revision: str | None 
     except Exception as exc:  # any hub failure (unknown repo or revision, gated, no network) ends the same way
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelNotFoundError(
-            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of that "
+            f"--model {model}{at}: {_describe_missing(missing)} the Hugging Face cache {cache} (and no directory of "
+            "that "
             f"name exists), and the Hub did not provide it ({reason}); check the id, or fetch it first with `{fetch}`"
         ) from None
 
 
 def _read_json(model: str, source: str, relpath: str, revision: str | None = None) -> dict[str, Any]:
-    import json
 
     path = hub.find(model, source, relpath, revision=revision)
     if path is None:  # fetched configs are in the cache now; anything else was reported above
         raise ModelNotFoundError(
-            f"--model {model}: {relpath} is missing; fetch the model with `{predownload_command(model, revision=revision)}`"
+            f"--model {model}: {relpath} is missing; fetch the model with "
+            f"`{predownload_command(model, revision=revision)}`"
         )
     return json.loads(Path(path).read_text())
 
@@ -658,18 +665,16 @@ def check_shapes(config: RunConfig, unet_config: dict[str, Any], vae_config: dic
             f"--latent-shape {shape}: C={c} but {config.model.model}'s latents have {channels} channels; "
             f"use --latent-shape {b} {channels} {f} {h} {w}"
         )
-    scale = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
-    height, width = h * scale, w * scale
-    if height % 8 or width % 8:
-        step = 8 // math.gcd(8, scale)
-        raise ConfigError(
-            f"--latent-shape {shape}: H={h} W={w} give {height}x{width} pixels, but SVD needs multiples of 8; "
-            f"use H and W that are multiples of {step}"
-        )
+    refusal = pixels.latent_shape_refusal(
+        config.job.latent_shape, pixels.vae_scale_factor(vae_config), config.model.model
+    )
+    if refusal is not None:
+        raise ConfigError(refusal)
     if f == 1 and config.svd.min_guidance_scale <= 1 < config.svd.max_guidance_scale:
         # diffusers encodes with CFG (max > 1) but its one-frame scale is min: the shapes disagree.
         raise ConfigError(
-            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.svd.min_guidance_scale} <= 1 < "
+            f"--latent-shape {shape} has one frame, and with --min-guidance-scale {config.svd.min_guidance_scale} <= 1 "
+            "< "
             f"--max-guidance-scale {config.svd.max_guidance_scale} diffusers' SVD cannot run it; "
             "use F >= 2 or set both guidance scales on the same side of 1"
         )

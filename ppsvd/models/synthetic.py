@@ -20,7 +20,7 @@ The cost is a wall-clock budget: a stage spends exactly len(steps) x step_ms on 
 the stand-in's own CPU work for that sample (making the initial noise, the math, scheduler
 set-up) is counted inside that budget, as host work overlaps queued kernels on a GPU. So stage
 costs are exactly proportional to their step counts, and what a benchmark measures beyond that
-is the pipeline's own overhead. declared_costs() states these costs as a ppsvd.costs.CostModel,
+is the pipeline's own overhead. declared_costs() states these costs as a ppsvd.planning.costs.CostModel,
 so `--partition auto` plans with exactly what the stand-in will spend.
 """
 
@@ -28,30 +28,32 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import resources
 
 import torch
 
 from ppsvd.backends.protocol import Schema, TensorSpec, dtype_name
-from ppsvd.costs import CostModel
+from ppsvd.errors import ConfigError
+from ppsvd.io.samples import plan_samples, sample_spec
 from ppsvd.models.base import Sample, SampleResult, StageModel, StepCallback, torch_dtype
 from ppsvd.models.faults import AT_START, fault_for
+from ppsvd.models.shipped import SVD_XT, config_dir
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.ranks import decode_split
 from ppsvd.shapes import LatentShape
 
 
 def svd_scheduler():
     """diffusers' EulerDiscreteScheduler with SVD-XT's scheduler config (shipped in the package)."""
-    from diffusers import EulerDiscreteScheduler
+    from diffusers import EulerDiscreteScheduler  # heavy: diffusers
 
-    config_dir = resources.files("ppsvd.models").joinpath("configs/svd-xt/scheduler")
-    with resources.as_file(config_dir) as path:
+    with config_dir(SVD_XT, "scheduler") as path:
         return EulerDiscreteScheduler.from_pretrained(str(path))
 
 
 class SyntheticStageModel(StageModel):
     def __init__(self, config, plan, stage, device) -> None:
         super().__init__(config, plan, stage, device)
-        self.dtype = torch_dtype(config.resolved_dtype)
+        self.dtype = torch_dtype(config.model.resolved_dtype)
         self.scheduler = svd_scheduler()
         self.state_shape = LatentShape(*config.job.latent_shape).handoff()
         speed = device_speed(config, stage)
@@ -62,7 +64,7 @@ class SyntheticStageModel(StageModel):
         if self.fault is not None:
             self.fault.fail(stage, AT_START)
         self._budget_start: float | None = None
-        self.names = [spec.name for spec in config.sample_specs()] if self.is_first else []
+        self.names = [spec.name for spec in plan_samples(config)] if self.is_first else []
         self.speed = speed
         # diffusers' per-frame guidance scale, in the hand-off layout B F C H W; None without guidance.
         _, _, f, _, _ = config.job.latent_shape
@@ -76,14 +78,13 @@ class SyntheticStageModel(StageModel):
 
     def split_guidance(self, half: int, pair=None) -> None:
         if self.guidance is None:
-            from ppsvd.errors import ConfigError
-
             raise ConfigError(
-                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: nothing to split"
+                f"--strategy cfg: --max-guidance-scale {self.config.svd.max_guidance_scale:g} <= 1 turns guidance off: "
+                "nothing to split"
             )
         self.guidance_half = half
         self.pair = pair
-        self.step_s = self.config.resolved_cfg_half_ms / 1000.0 / self.speed
+        self.step_s = self.config.synthetic.resolved_cfg_half_ms / 1000.0 / self.speed
 
     def pair_schema(self) -> Schema:
         spec = TensorSpec("noise_pred", dtype_name(self.dtype), self.state_shape)
@@ -128,7 +129,7 @@ class SyntheticStageModel(StageModel):
             meta=(
                 {
                     "seed": seed,
-                    "name": self.names[index] if index < len(self.names) else self.config.sample_spec(index).name,
+                    "name": self.names[index] if index < len(self.names) else sample_spec(self.config, index).name,
                 }
                 if spec is None
                 else spec.conditioning()  # a service's job: the stand-in reads no image, but its facts travel
@@ -182,11 +183,9 @@ class SyntheticStageModel(StageModel):
         if self.guidance_half is None:
             _sleep_until(started + self.decode_s)
             return result
-        # A guidance pair's split decode (as SVD's, plan.decode_split): each half spends its rows'
-        # share of --decode-ms; the conditional half's "frames" (its rows of the latent) go to the
-        # unconditional half, which waits for them like for real frames.
-        from ppsvd.plan import decode_split
-
+        # A guidance pair's split decode (as SVD's, planning.ranks.decode_split): each half spends
+        # its rows' share of --decode-ms; the conditional half's "frames" (its rows of the latent)
+        # go to the unconditional half, which waits for them like for real frames.
         b, _, f, _, _ = self.config.job.latent_shape
         rows = b * f
         cut = decode_split(rows, self.config.svd.decode_chunk_size or f)

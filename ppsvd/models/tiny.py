@@ -17,42 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ppsvd.config import TINY_LATENT_SHAPE
+from ppsvd.models.shipped import TINY, config_dir
 
-TINY = "tiny"
-SVD_XT = "svd-xt"
 COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
-
-DEFAULT_LATENT_SHAPE = TINY_LATENT_SHAPE
-"""B C F H W for --model tiny: one video of 4 frames at 64x64 pixels (a few seconds on a CPU)."""
-
-# The scheduler is SVD-XT's for every family: it holds no weights, and the tiny model should
-# step through exactly the sigmas the real one does.
-_SCHEDULER_FAMILY = SVD_XT
-
-
-@contextlib.contextmanager
-def config_dir(family: str, component: str) -> Iterator[Path]:
-    """The shipped config folder of one component, as a real path."""
-    family_dir = _SCHEDULER_FAMILY if component == "scheduler" else family
-    ref = resources.files("ppsvd.models").joinpath(f"configs/{family_dir}/{component}")
-    with resources.as_file(ref) as path:
-        yield Path(path)
-
-
-def load_config(family: str, component: str) -> dict[str, Any]:
-    """A shipped config as a dict (cheap: no torch model is built). Used by preflight."""
-    name = "preprocessor_config.json" if component == "feature_extractor" else "config.json"
-    if component == "scheduler":
-        name = "scheduler_config.json"
-    with config_dir(family, component) as path:
-        return json.loads((path / name).read_text())
 
 
 def build_components(
@@ -84,7 +56,7 @@ def save_tiny(path: str | Path) -> Path:
     The result loads with StableVideoDiffusionPipeline.from_pretrained(path) and with ppsvd's
     `--model path`, exactly like a downloaded hub snapshot.
     """
-    from diffusers import StableVideoDiffusionPipeline
+    from diffusers import StableVideoDiffusionPipeline  # heavy: diffusers
 
     path = Path(path)
     pipe = StableVideoDiffusionPipeline(**build_tiny_components())
@@ -109,11 +81,11 @@ def _record_processor_class(path: Path) -> None:
 def _build_one(family: str, name: str, seed: int, device: torch.device) -> Any:
     with config_dir(family, name) as path:
         if name == "scheduler":
-            from diffusers import EulerDiscreteScheduler
+            from diffusers import EulerDiscreteScheduler  # heavy: diffusers
 
             return EulerDiscreteScheduler.from_pretrained(str(path))
         if name == "feature_extractor":
-            from transformers import CLIPImageProcessor
+            from transformers import CLIPImageProcessor  # heavy: transformers
 
             return CLIPImageProcessor.from_pretrained(str(path))
         with _seeded(seed, device), device:
@@ -122,14 +94,14 @@ def _build_one(family: str, name: str, seed: int, device: torch.device) -> Any:
 
 def _construct(name: str, path: Path) -> torch.nn.Module:
     if name == "unet":
-        from diffusers import UNetSpatioTemporalConditionModel
+        from diffusers import UNetSpatioTemporalConditionModel  # heavy: diffusers
 
         return UNetSpatioTemporalConditionModel.from_config(UNetSpatioTemporalConditionModel.load_config(str(path)))
     if name == "vae":
-        from diffusers import AutoencoderKLTemporalDecoder
+        from diffusers import AutoencoderKLTemporalDecoder  # heavy: diffusers
 
         return AutoencoderKLTemporalDecoder.from_config(AutoencoderKLTemporalDecoder.load_config(str(path)))
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # heavy: transformers
 
     return CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(str(path)))
 

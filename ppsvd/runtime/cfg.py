@@ -16,11 +16,13 @@ run's abort flag like any hand-off.
 from __future__ import annotations
 
 import concurrent.futures
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from ppsvd.backends.base import CancelCheck, Deadline, StageWorld, Transport
+from ppsvd.backends.base import StageWorld, Transport
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import KIND_SAMPLE, Message, TensorSpec, dtype_name
 from ppsvd.errors import ProtocolError
 
@@ -57,7 +59,8 @@ class PairLink:
         if msg.is_end or msg.index != index:
             got = "end of stream" if msg.is_end else f"{name} {msg.index}"
             raise ProtocolError(
-                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, expected {name} {index}"
+                f"rank {self.transport.world.rank} received {got} from its guidance partner, rank {self.partner}, "
+                f"expected {name} {index}"
             )
         return msg.tensors[name].to(device, non_blocking=True)
 
@@ -81,7 +84,6 @@ class PairLink:
 def pair_world(world: StageWorld, pair_links: tuple[tuple[int, int], ...]) -> StageWorld:
     """The partner link's StageWorld: both of this rank's links go to its partner, and its store
     keys (zmq endpoints, CURVE keys, ipc sockets) live under their own namespace of the run."""
-    from dataclasses import replace
 
     return replace(world, links=pair_links, run_id=f"{world.run_id}-pair")
 

@@ -21,6 +21,7 @@ KILL_GRACE_S, so no one waits for the elastic agent's 30 s SIGTERM grace.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import statistics
 import sys
@@ -53,7 +54,6 @@ def new_run_id() -> str:
     Every store key and zmq key of the run contains the whole id, so a process that can reach
     the store but was not told the id cannot guess a key to forge (it could list them: the
     store's reachability is what really guards it, see docs/multinode.md)."""
-    import secrets
 
     return f"{secrets.token_hex(6)}~{secrets.token_hex(16)}"
 

@@ -32,9 +32,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from ppsvd.backends.deadline import Deadline
-from ppsvd.config import SampleSpec
 from ppsvd.errors import Cancelled, PpsvdError
+from ppsvd.io.atomic import write_with
+from ppsvd.io.samples import SampleSpec
 from ppsvd.runtime.control import key
 
 NONE_LEFT = "none"
@@ -100,7 +104,7 @@ def own_connection(store: Any, timeout_s: float) -> Any:
     """A new client of the same TCPStore. A TCPStore client serves one request at a time, and a
     blocking wait holds it: each thread that waits on a key gets a connection of its own, so the
     heartbeats, progress and events on the shared one never queue behind it."""
-    from torch.distributed import TCPStore
+    from torch.distributed import TCPStore  # heavy: torch
 
     return TCPStore(store.host, store.port, is_master=False, timeout=timedelta(seconds=timeout_s), use_libuv=True)
 
@@ -109,7 +113,7 @@ def wait_key(store: Any, name: str, deadline: Deadline) -> None:
     """Block until `name` is set (the store wakes us; no polling), checking the run's stop flag
     between slices; Cancelled or TransportTimeout from the deadline. `store` must be a connection
     of the waiting thread's own (own_connection)."""
-    from torch.distributed import DistStoreError
+    from torch.distributed import DistStoreError  # heavy: torch
 
     while True:
         try:
@@ -164,7 +168,7 @@ class JobFeed:
                     message = message.replace(f"--image {spec.image}", "the job's image")  # no server paths
                     publish_event(self.store, self.run_id, {"kind": "failed", "job": spec.job, "message": message})
                 continue
-            from ppsvd.models.base import synchronize
+            from ppsvd.models.base import synchronize  # heavy: imports torch
 
             synchronize(model.device)  # prepare_s covers the encode itself (CUDA runs asynchronously)
             sample.meta.update(job=spec.job, taken=taken, prepared=time.time())
@@ -252,10 +256,6 @@ def written_hook(store: Any, run_id: str, run_dir: Path):
 
 
 def _write_thumbnail(path: Path, frame) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    from ppsvd.io.atomic import write_with
 
     pixels = frame.detach().cpu().numpy() if hasattr(frame, "detach") else np.asarray(frame)
     image = Image.fromarray(np.ascontiguousarray(pixels))

@@ -24,11 +24,18 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing import resource_tracker
 from pathlib import Path
 
+from ppsvd.analysis.timeline import RunTimeline
+from ppsvd.backends.hosts import loopback_store
 from ppsvd.config import RunConfig
 from ppsvd.errors import Interrupted, StageFailedError
+from ppsvd.io.atomic import DirIdentity, make_run_dir, remove_temp_files, run_label
+from ppsvd.io.results import MANIFEST, listed_entries, missing_files
 from ppsvd.runtime.control import kill_if_alive, new_run_id, public_run_id, read_abort
+from ppsvd.runtime.progress import live_progress
+from ppsvd.runtime.worker import WorkerSpec, worker_main
 
 
 @dataclass
@@ -51,9 +58,6 @@ def launch(
 
     run_dir and indices: a resumed run's directory and the samples still to generate. A signal
     (Ctrl-C, SIGTERM, SIGHUP) stops every worker and raises Interrupted, whatever raise_on_failure."""
-    from ppsvd.backends.hosts import loopback_store
-    from ppsvd.io.atomic import DirIdentity, make_run_dir, remove_temp_files, run_label
-    from ppsvd.runtime.worker import WorkerSpec
 
     run_start = time.time()
     run_dir = (
@@ -110,12 +114,9 @@ def run_workers(spec, store) -> WorkersEnded:
     process's loopback TCPStore), and wait until they all end. Also the service's supervisor
     runs its workers through this (ppsvd/serve/pipeline.py, in a thread of its own: the agent then
     installs no signal handlers, and the service handles signals itself)."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # heavy: torch
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from ppsvd.runtime.progress import live_progress
-    from ppsvd.runtime.worker import worker_main
 
     config, run_id = spec.config, spec.run_id
     if threading.current_thread() is threading.main_thread():  # a service's supervisor did it beforehand
@@ -170,7 +171,7 @@ class _Enforcer:
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
-        from torch.distributed import TCPStore
+        from torch.distributed import TCPStore  # heavy: torch
 
         try:  # a connection of its own: the agent and the progress display use theirs
             store = TCPStore("127.0.0.1", self.port, is_master=False, timeout=timedelta(seconds=self.timeout_s))
@@ -217,7 +218,6 @@ def _explain(exc, store, run_id: str, killed_here: set[int] = frozenset()) -> tu
 def _check_outputs(identity) -> str | None:
     """After a run that succeeded: the run directory is still the one created, and every file
     the manifest lists is on disk (the last stage checked as much; this sees later deletions too)."""
-    from ppsvd.io.results import MANIFEST, listed_entries, missing_files
 
     problem = identity.problem()
     if problem is not None:
@@ -236,7 +236,6 @@ def start_resource_tracker_immune_to_sighup() -> None:
     ignores SIGINT and SIGTERM but dies of SIGHUP; a closed terminal then ends in a screen of
     KeyErrors from the tracker started in its place. A process inherits an ignored signal, so
     start it while SIGHUP is ignored."""
-    from multiprocessing import resource_tracker
 
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
@@ -247,14 +246,13 @@ def start_resource_tracker_immune_to_sighup() -> None:
 
 def _remove_stale_sockets(run_id: str) -> None:
     """A killed stage cannot unlink its zmq ipc socket file; the launcher removes the run's socket directory."""
-    from ppsvd.backends.zmq import remove_ipc_dir
+    from ppsvd.backends.zmq import remove_ipc_dir  # heavy: imports torch
 
     remove_ipc_dir(run_id)
 
 
 def _stamp_timeline(run_dir: Path, run_start: float, run_end: float) -> None:
     """Add the launcher's view of the run (start and end of the whole launch) to timeline.json."""
-    from ppsvd.analysis.timeline import RunTimeline
 
     path = run_dir / "timeline.json"
     if path.exists():

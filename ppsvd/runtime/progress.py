@@ -11,6 +11,7 @@ stdout for machines. Each shows the phase with its elapsed time, and an ETA.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -18,6 +19,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from ppsvd.console import err
+from ppsvd.planning.ranks import rank_work
 from ppsvd.runtime.control import key
 
 REPORT_EVERY_S = 0.1
@@ -271,16 +284,6 @@ class ProgressBoard:
         self._thread: threading.Thread | None = None
 
     def _rich_progress(self):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        from ppsvd.console import err
 
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -304,7 +307,6 @@ class ProgressBoard:
 
     @classmethod
     def for_run(cls, store: Any, run_id: str, config) -> ProgressBoard:
-        from ppsvd.plan import rank_work
 
         n, t, s = config.layout.nproc, config.job.total_steps, config.job.num_samples
         layout = config.layout_plan(n)
@@ -321,15 +323,20 @@ class ProgressBoard:
         if layout.kind == "data":
             title = f"[bold]ppsvd[/] data parallel: {s} samples x {t} steps over {n} worker(s) from one work queue"
         elif layout.kind != "pipeline":
-            title = f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split {works[0].plan.describe()}"
+            title = (
+                f"[bold]ppsvd[/] {layout.kind}: {s} samples x {t} steps over {layout.describe()}, split "
+                f"{works[0].plan.describe()}"
+            )
         else:
-            title = f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split {_split_text(config, works[0].plan)}"
+            title = (
+                f"[bold]ppsvd[/] pipeline: {s} samples x {t} steps over {n} stage(s), split "
+                f"{_split_text(config, works[0].plan)}"
+            )
         return cls(
             store, run_id, rows, title=title, style=progress_style(config), interval_s=config.ui.progress_interval_s
         )
 
     def __enter__(self) -> ProgressBoard:
-        from ppsvd.console import err
 
         if self.progress is not None:
             self.progress.console.print(self.title)
@@ -427,8 +434,6 @@ class ProgressBoard:
                 }
             )
         else:
-            from ppsvd.console import err
-
             err.print(self.line(now), markup=False, highlight=False, soft_wrap=True)
 
     @staticmethod
@@ -440,20 +445,17 @@ def progress_style(config) -> str:
     """config.log_format, with 'auto' resolved: Rich bars on a terminal, plain lines otherwise."""
     if config.ui.log_format != "auto":
         return config.ui.log_format
-    from ppsvd.console import err
 
     return "rich" if err.is_terminal else "plain"
 
 
 def _plain(markup: str) -> str:
-    from rich.text import Text
 
     return Text.from_markup(markup).plain
 
 
 def live_progress(store: Any, run_id: str, config):
     """The per-stage bars as a context manager, or one that does nothing with --no-progress."""
-    import contextlib
 
     if not config.ui.show_progress:
         return contextlib.nullcontext()

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ppsvd.analysis.timeline import SampleSpan, StageTimeline
-from ppsvd.backends.base import CancelCheck, Deadline, Transport
+from ppsvd.backends.base import Transport
+from ppsvd.backends.deadline import CancelCheck, Deadline
 from ppsvd.backends.protocol import Message
 from ppsvd.config import RunConfig
 from ppsvd.errors import Cancelled, TransportError, TransportTimeout
 from ppsvd.models.base import Sample, SampleResult, StageModel, synchronize
-from ppsvd.plan import StepPlan
+from ppsvd.planning.steps import StepPlan
 from ppsvd.runtime.control import StepWatch
 from ppsvd.runtime.progress import ProgressReporter
 
@@ -466,7 +467,8 @@ class _Taken:
         ):
             after = f" after sample {self.last}" if self.last is not None else ""
             raise TransportError(
-                f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it could take next"
+                f"stage {stage} received sample {msg.index} from stage {stage - 1}{after}: not a queued sample it "
+                "could take next"
             )
         self.count += 1
         self.last = msg.index

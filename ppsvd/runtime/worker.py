@@ -13,15 +13,25 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ppsvd import backends
+from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.config import RunConfig
 from ppsvd.console import error_line, notice
+from ppsvd.environment import software_versions
 from ppsvd.errors import Cancelled, PpsvdError
+from ppsvd.io.atomic import make_run_dir, run_label, write_json_atomic
+from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter, read_journal
+from ppsvd.planning.ranks import rank_work
 from ppsvd.runtime.control import RunControl, describe, key, public_run_id, store_get
+from ppsvd.runtime.jobfeed import Hops, JobFeed, drop_check, mark_serving, written_hook
+from ppsvd.runtime.progress import PHASE_RUNNING, PHASE_WAITING, ProgressReporter, live_progress
+from ppsvd.runtime.workqueue import WorkQueue
 
 RUN_DIR_KEY = "run_dir"
 WRITER_GRACE_S = 3.0
@@ -103,7 +113,7 @@ def worker_main(spec: WorkerSpec) -> None:
 
 
 def _start_worker(spec: WorkerSpec, received: list[int]) -> int:
-    from torch.distributed import TCPStore
+    from torch.distributed import TCPStore  # heavy: torch
 
     store = TCPStore(
         spec.store_host,
@@ -137,7 +147,7 @@ def torchrun_main(
     run_dir and indices: a resumed run's directory and the samples still to generate.
     Returns the exit code and the run directory; the command prints the summary on rank 0."""
     launched = time.time()
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy: torch
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     store, _, _ = next(
@@ -146,8 +156,6 @@ def torchrun_main(
     run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     run_key = key(run_id, RUN_DIR_KEY)
     if rank == 0:
-        from ppsvd.io.atomic import make_run_dir, run_label
-
         if run_dir is None:
             run_dir = make_run_dir(
                 config.output.output_dir, run_label(config.model.model, config.layout.strategy, world)
@@ -156,8 +164,6 @@ def torchrun_main(
     else:
         run_dir = Path(store_get(store, run_key, config.transport.timeout_s).decode())
     # No launcher of ours is watching: rank 0 draws everyone's progress and prints the summary.
-    from ppsvd.runtime.progress import live_progress
-
     with live_progress(store, run_id, config.replace(nproc=world, show_progress=config.ui.show_progress and rank == 0)):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False, indices=indices, received=received)
     return code, run_dir
@@ -281,8 +287,6 @@ def _run(
         control.fail(message)
         notice(f"stage {rank} failed: {message}")
         if config.ui.debug:
-            import traceback
-
             traceback.print_exc()
         return 1
     finally:
@@ -296,14 +300,12 @@ def _run(
 
 def _work(job: _Job, control: RunControl, closers: list) -> None:
     """This rank's whole life: device, model, links, the start barrier, the plan, the samples, the timeline."""
-    from ppsvd.models.base import build_stage_model, loading_phase
-    from ppsvd.plan import rank_work
-    from ppsvd.runtime.planning import agree_on_plan
-    from ppsvd.runtime.progress import PHASE_RUNNING, PHASE_WAITING, ProgressReporter
+    from ppsvd.models.base import build_stage_model, loading_phase  # heavy: imports torch
+    from ppsvd.runtime.calibration import agree_on_plan
     from ppsvd.runtime.stage import StageContext, run_stage
 
     config, store, run_id = job.config, job.store, job.run_id
-    if not config.is_synthetic:
+    if not config.model.is_synthetic:
         _quiet_libraries(config.ui.debug)
     device = _stage_device(job)
 
@@ -369,7 +371,6 @@ SERVE_KEEP_SPANS = 1000
 def _serving(job: _Job, work, control: RunControl) -> dict:
     """A service's stage: jobs from the feeder (stage 0), cancelled jobs dropped at every stage
     boundary, announced hand-offs, a bounded timeline; then say this rank serves (runtime/jobfeed.py)."""
-    from ppsvd.runtime.jobfeed import Hops, JobFeed, drop_check, mark_serving
 
     timeout_s = job.config.transport.timeout_s
     source = None
@@ -396,7 +397,7 @@ def _serving(job: _Job, work, control: RunControl) -> dict:
 
 def _stage_device(job: _Job):
     """This rank's torch device, after the checks that need the machine (CUDA count, GPUs per stage)."""
-    import torch
+    import torch  # heavy: torch
 
     config = job.config
     if config.model.device == "cpu":
@@ -416,8 +417,7 @@ def _stage_device(job: _Job):
 def _open_links(job: _Job, work, layout, model, device, control: RunControl, closers: list):
     """The pipeline link to the neighbouring stages (None when there is none) and, for a guidance
     pair, the link to the partner (on model.pair). Every link is closed however the rank leaves."""
-    from ppsvd import backends
-    from ppsvd.backends.base import StageWorld
+    from ppsvd.backends.base import StageWorld  # heavy: imports torch
     from ppsvd.backends.protocol import schema_payload_bytes
 
     config = job.config
@@ -440,7 +440,7 @@ def _open_links(job: _Job, work, layout, model, device, control: RunControl, clo
         closers.append(transport.close)
         transport.open()
     if work.paired:  # every rank of a cfg layout is paired, so all open their pair links together
-        from ppsvd.runtime.cfg import open_pair_link
+        from ppsvd.runtime.cfg import open_pair_link  # heavy: imports torch
 
         model.pair = open_pair_link(
             backends.load(config.resolved_transport),
@@ -455,8 +455,6 @@ def _open_links(job: _Job, work, layout, model, device, control: RunControl, clo
 
 def _write_run_config(job: _Job, plan, run_plan) -> None:
     """Rank 0: config.json, with the split the stages agreed on and the costs it was planned from."""
-    from ppsvd.environment import software_versions
-    from ppsvd.io.atomic import write_json_atomic
 
     write_json_atomic(
         job.run_dir / "config.json",
@@ -474,14 +472,11 @@ def _write_run_config(job: _Job, plan, run_plan) -> None:
 def _result_writer(job: _Job, work, plan, model, closers: list):
     """The writer of a rank that writes results (the last stage; the conditional half of a last
     guidance pair hands its frames to its partner), else None."""
-    from ppsvd.io.results import JOURNAL, MANIFEST, ResultWriter
 
     if not work.writes:
         return None
     on_written = None
     if job.serve:  # the launcher keeps the record (its job store): the writer tells it of each job
-        from ppsvd.runtime.jobfeed import written_hook
-
         on_written = written_hook(job.store, job.run_id, job.run_dir)
     writer = ResultWriter(
         job.run_dir,
@@ -500,7 +495,7 @@ def _result_writer(job: _Job, work, plan, model, closers: list):
 
 def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, device, compile_s=None) -> None:
     """Publish this rank's timeline, wait for every rank, and (rank 0) gather the run's files."""
-    from ppsvd.runtime.stage import stage_timeline
+    from ppsvd.runtime.stage import stage_timeline  # heavy: imports torch
 
     # Recorded under the rank: data-parallel workers all run "stage 0" of a 1-stage plan.
     timeline = stage_timeline(
@@ -522,7 +517,6 @@ def _finish(job: _Job, ctx, control: RunControl, run_plan, *, ready: float, devi
 
 def _work_queue(job: _Job, work, control: RunControl):
     """The take() of this rank's replica on the run's shared work queue (runtime/workqueue.py)."""
-    from ppsvd.runtime.workqueue import WorkQueue
 
     queue = WorkQueue(
         job.store,
@@ -549,8 +543,8 @@ def _quiet_libraries(debug: bool) -> None:
     if debug:
         return
     try:
-        import diffusers.utils.logging as diffusers_logging
-        import transformers.utils.logging as transformers_logging
+        import diffusers.utils.logging as diffusers_logging  # heavy: diffusers
+        import transformers.utils.logging as transformers_logging  # heavy: transformers
 
         for lib in (diffusers_logging, transformers_logging):
             lib.set_verbosity_error()
@@ -561,8 +555,6 @@ def _quiet_libraries(debug: bool) -> None:
 
 def _collect(job: _Job, run_plan) -> None:
     """Rank 0: gather every stage's timeline into timeline.json (and merge data-parallel manifests)."""
-    from ppsvd.analysis.timeline import RunTimeline
-    from ppsvd.io.atomic import write_json_atomic
 
     config, store, run_id, run_dir = job.config, job.store, job.run_id, job.run_dir
 
@@ -583,8 +575,6 @@ def _collect(job: _Job, run_plan) -> None:
     )
     timeline.save(run_dir / "timeline.json")
     if config.layout_plan(job.world).replicas > 1:  # every replica wrote a shard of the manifest
-        from ppsvd.io.results import JOURNAL, MANIFEST, read_journal
-
         # The samples a resumed run kept (its journal), then what every worker wrote this time.
         entries, manifest = read_journal(run_dir / JOURNAL), None
         for part in sorted(run_dir.glob(".manifest-*.json")):

@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from ppsvd.config import SampleSpec
+from ppsvd.backends.hosts import host_key, read_host
 from ppsvd.console import notice
-from ppsvd.runtime.control import ABORT_KEY, key, new_run_id
-from ppsvd.runtime.jobfeed import NONE_LEFT, own_connection, serve_key, spec_to_json
+from ppsvd.io.samples import SampleSpec
+from ppsvd.planning.ranks import rank_work
+from ppsvd.runtime.control import ABORT_KEY, key, kill_if_alive, new_run_id, read_abort
+from ppsvd.runtime.jobfeed import NONE_LEFT, THUMBNAILS, own_connection, serve_key, spec_to_json
 from ppsvd.runtime.launch import WorkersEnded, run_workers
 from ppsvd.runtime.progress import lane_key
+from ppsvd.runtime.worker import WorkerSpec
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import MAX_CRASHES, JobStore
 from ppsvd.serve.metrics import ServiceMetrics
@@ -171,7 +174,6 @@ class Pipeline:
             self.finished.set()
 
     def _start_generation(self, index: int) -> Generation:
-        from ppsvd.plan import rank_work
 
         run = self.config.run
         n = run.layout.nproc
@@ -189,7 +191,6 @@ class Pipeline:
         return gen
 
     def _run(self, gen: Generation) -> WorkersEnded:
-        from ppsvd.runtime.worker import WorkerSpec
 
         spec = WorkerSpec(
             config=self.config.run,
@@ -231,7 +232,7 @@ class Pipeline:
 
     # -- feeder ----------------------------------------------------------------------------------
     def _feed(self, gen: Generation) -> None:
-        from torch.distributed import DistStoreError
+        from torch.distributed import DistStoreError  # heavy: torch
 
         conn = own_connection(self.store, self.config.run.transport.timeout_s)
         ticket = 1
@@ -359,8 +360,6 @@ class Pipeline:
         """A worker process that is gone without finishing stops the generation at once (its
         peers would notice within seconds; a restart should not wait for that), and once the
         generation stops, no worker of it outlives CLEAR_AFTER_S."""
-        from ppsvd.backends.hosts import host_key, read_host
-        from ppsvd.runtime.control import kill_if_alive, read_abort
 
         n = len(gen.labels)
         for rank in range(n):
@@ -385,7 +384,6 @@ class Pipeline:
 
 def remove_outputs(outputs: Path, job_id: str) -> None:
     """A deleted job's files under outputs/ (whatever of them exist)."""
-    from ppsvd.runtime.jobfeed import THUMBNAILS
 
     for folder, suffix in (("latents", ".safetensors"), ("videos", ".mp4"), (THUMBNAILS, ".png")):
         (Path(outputs) / folder / f"{job_id}{suffix}").unlink(missing_ok=True)

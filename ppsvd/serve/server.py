@@ -21,9 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-from ppsvd.config import VAE_SCALE_FACTOR
+from ppsvd.backends.hosts import loopback_store
 from ppsvd.console import error_line, notice
 from ppsvd.errors import ConfigError
+from ppsvd.io.atomic import check_output_dir, remove_temp_files
+from ppsvd.models import pixels
+from ppsvd.runtime.launch import start_resource_tracker_immune_to_sighup
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import JobStore
 from ppsvd.serve.metrics import ServiceMetrics
@@ -39,8 +42,6 @@ STOP_GRACE_S = 10.0
 
 def serve(config: ServeConfig) -> int:
     """Run the service until a signal or a fatal failure; returns the exit code (the last line printed)."""
-    from ppsvd.backends.hosts import loopback_store
-    from ppsvd.runtime.launch import start_resource_tracker_immune_to_sighup
 
     config.validate()
     state_dir = Path(config.state_dir)
@@ -56,7 +57,8 @@ def serve(config: ServeConfig) -> int:
     store = loopback_store(run.transport.timeout_s)
     metrics = ServiceMetrics()
     pipeline = Pipeline(config, jobs, state, store, metrics)
-    service = Service(config, jobs, state, pipeline, Served.from_config(run, VAE_SCALE_FACTOR), metrics)
+    factor = pixels.model_scale_factor(run.model.model, weights=run.model.weights, revision=run.model.revision)
+    service = Service(config, jobs, state, pipeline, Served.from_config(run, factor), metrics)
     http = _HttpThread(service, listener)
     received: list[int] = []
     got_signal = threading.Event()
@@ -145,6 +147,7 @@ class _HttpThread:
     before anything starts). Off the main thread uvicorn installs no signal handlers: the service's own apply."""
 
     def __init__(self, service: Service, listener: socket.socket) -> None:
+        # heavy: the ASGI stack (uvicorn, and starlette through the app), only once a server starts
         import uvicorn
 
         from ppsvd.serve.app import build_app
@@ -199,7 +202,6 @@ def _url_host(host: str) -> str:
 def _lock_state_dir(state_dir: Path) -> int:
     """One server per state dir: two would run every job twice. An flock the kernel drops when the
     process dies, however it dies."""
-    from ppsvd.io.atomic import check_output_dir
 
     check_output_dir(state_dir, "--state-dir")
     fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -218,7 +220,6 @@ def _sweep(config: ServeConfig, jobs: JobStore) -> None:
     """At start: what a killed server or worker left half-done. Temp files of interrupted writes;
     uploads no row names (killed between the file and the commit); outputs of jobs that are not
     completed (deleted, or killed between the rename and the commit: the job runs again)."""
-    from ppsvd.io.atomic import remove_temp_files
 
     for folder in (config.outputs_dir, config.uploads_dir):
         remove_temp_files(folder)

@@ -3,7 +3,7 @@
 1. Every layout's config is checked first (one line, exit 2, before anything runs).
 2. diffusers' StableVideoDiffusionPipeline makes every sample in this process (ppsvd.verify.reference),
    timed; then its UNet and image encoder are freed (the VAE stays for the frame checks).
-3. Each layout runs as `ppsvd run` would (ppsvd.api.execute: fresh worker processes), writing
+3. Each layout runs as `ppsvd run` would (ppsvd.api.execution.execute: fresh worker processes), writing
    latents (safetensors) and PNG frames (lossless) to a scratch directory.
 4. Each sample's final latent is compared with diffusers': bitwise where the layout claims it,
    else its max relative difference against the layout's bound (ppsvd.verify.bounds). Frames:
@@ -23,8 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from ppsvd.api.execution import check, execute
 from ppsvd.config import RunConfig
+from ppsvd.environment import software_versions
 from ppsvd.errors import Interrupted, PpsvdError
+from ppsvd.runtime.worker import cpu_threads
 from ppsvd.verify.bounds import describe_bound
 from ppsvd.verify.layouts import VerifyLayout
 
@@ -124,19 +127,16 @@ def verify(
 ) -> VerifyReport:
     """Run the reference and every layout; compare. Raises ConfigError (before running anything)
     for a layout that cannot run here; a layout that fails while running is recorded, not raised."""
-    import torch
+    import torch  # heavy: torch
 
-    from ppsvd import api
-    from ppsvd.environment import software_versions
-    from ppsvd.runtime.worker import cpu_threads
-    from ppsvd.verify import reference
+    from ppsvd.verify import reference  # heavy: imports torch
 
     gpus = torch.cuda.device_count() if base.model.device == "cuda" else 0
     with tempfile.TemporaryDirectory(prefix="ppsvd-verify-") as scratch:
         root = Path(output_dir) if output_dir is not None else Path(scratch)
         planned = [(layout, layout.config(base, gpus, root)) for layout in layouts]
         for _, config in planned:
-            api.check(config)  # every layout's one-line refusal comes before any work
+            check(config)  # every layout's one-line refusal comes before any work
         threads = None
         if base.model.device == "cpu":
             threads = cpu_threads()
@@ -160,17 +160,17 @@ def verify(
         for layout, config in planned:
             label = layout.label(config)
             say(f"{label} ...")
-            result = run_layout(layout, config, label, ref, pipe, api)
+            result = run_layout(layout, config, label, ref, pipe)
             say(f"{label}: {'ok' if result.ok else 'FAILED: ' + (result.problem or '')}")
             report.layouts.append(result)
     return report
 
 
-def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, api) -> LayoutResult:
+def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe) -> LayoutResult:
     """Run one layout and compare what it wrote with the reference."""
-    from ppsvd.verify import reference
+    from ppsvd.verify import reference  # heavy: imports torch
 
-    dtype = config.resolved_dtype
+    dtype = config.model.resolved_dtype
     result = LayoutResult(
         layout=label,
         strategy=layout.strategy,
@@ -181,7 +181,7 @@ def run_layout(layout: VerifyLayout, config: RunConfig, label: str, ref, pipe, a
         bound=layout.bound(dtype),
     )
     try:
-        run = api.execute(config, checked=True)
+        run = execute(config, announce=False)  # its notices would interleave with verify's own lines
     except Interrupted:
         raise  # Ctrl-C or a signal stops verify itself, not just this layout
     except PpsvdError as exc:
@@ -235,7 +235,7 @@ def one_line(text: str, limit: int = 400) -> str:
 
 
 def torch_equal(a, b) -> bool:
-    import torch
+    import torch  # heavy: torch
 
     return a.shape == b.shape and bool(torch.equal(a, b))
 
@@ -252,7 +252,7 @@ def settings_of(config: RunConfig) -> dict[str, Any]:
         "model": config.model.model,
         "weights": config.model.weights,
         "device": config.model.device,
-        "dtype": config.resolved_dtype,
+        "dtype": config.model.resolved_dtype,
         "latent_shape": list(config.job.latent_shape),
         "total_steps": config.job.total_steps,
         "num_samples": config.job.num_samples,

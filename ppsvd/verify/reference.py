@@ -24,6 +24,7 @@ import torch
 
 from ppsvd.config import RunConfig
 from ppsvd.io.images import load_sample_image
+from ppsvd.io.samples import sample_spec
 from ppsvd.models import hub, tiny
 from ppsvd.models.base import synchronize, torch_dtype
 from ppsvd.models.svd import frames_to_uint8, model_source, weights_variant
@@ -68,7 +69,7 @@ class Reference:
 
 def build_pipeline(config: RunConfig):
     """diffusers' StableVideoDiffusionPipeline with the weights config's stages load, on its device and dtype."""
-    from diffusers import StableVideoDiffusionPipeline
+    from diffusers import StableVideoDiffusionPipeline  # heavy: diffusers
 
     if not config.ui.debug:  # loading notices and dtype-cast warnings are not for users (as in the stages)
         import diffusers.utils.logging as diffusers_logging
@@ -77,7 +78,7 @@ def build_pipeline(config: RunConfig):
         diffusers_logging.set_verbosity_error()
         transformers_logging.set_verbosity_error()
 
-    device, dtype = torch.device(config.model.device), torch_dtype(config.resolved_dtype)
+    device, dtype = torch.device(config.model.device), torch_dtype(config.model.resolved_dtype)
     source = model_source(config)
     if source in ("tiny", "random"):
         # The same seeded construction as the stages' (tiny on the CPU then moved; SVD-XT built on its device).
@@ -107,7 +108,7 @@ def build_pipeline(config: RunConfig):
 def run_sample(pipe, config: RunConfig, index: int) -> ReferenceSample:
     """One sample through diffusers' pipeline, exactly as `ppsvd run` would make sample `index`
     (its image resized by ppsvd as the README says, its seed and conditioning)."""
-    spec = config.sample_spec(index)
+    spec = sample_spec(config, index)
     b, _, f, h, w = config.job.latent_shape
     height, width = h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
     image = load_sample_image(spec.image, width, height)

@@ -6,14 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ppsvd.config import (
-    DEFAULT_MODEL_ID,
-    TINY_MODEL,
-    VAE_SCALE_FACTOR,
-    RunConfig,
-    resolve_latent_shape,
-    resolve_total_steps,
-)
+from ppsvd.api.options import resolve_latent_shape, resolve_total_steps
+from ppsvd.config import DEFAULT_MODEL_ID, TINY_MODEL, RunConfig
+from ppsvd.io.images import resolve_images
+from ppsvd.models import pixels
 
 VERIFY_STEPS = 6
 """Enough for 3 stages of 2 steps each, and for guidance to change the latents step after step."""
@@ -47,15 +43,18 @@ def verify_config(
     **options,
 ) -> RunConfig:
     """The settings both sides run (model, size, steps, samples, conditioning), checked. A size not
-    given is verify's short default; diffusers' names (num_frames, height, width) replace its parts."""
-    from ppsvd.io.images import resolve_images
-
+    given is verify's short default; diffusers' names (num_frames, height, width) replace its parts
+    (pixels are latent cells times the model's own VAE scale factor)."""
+    weights = options.get("weights") or "pretrained"
     if latent_shape is None:
         _, _, f, h, w = VERIFY_TINY_SHAPE if model_id == TINY_MODEL else VERIFY_SHAPE
+        factor = pixels.model_scale_factor(model_id, weights=weights)
         num_frames = num_frames or f
-        height = height or h * VAE_SCALE_FACTOR
-        width = width or w * VAE_SCALE_FACTOR
-    shape = resolve_latent_shape(model_id, latent_shape, num_frames=num_frames, height=height, width=width)
+        height = height or h * factor
+        width = width or w * factor
+    shape = resolve_latent_shape(
+        model_id, latent_shape, num_frames=num_frames, height=height, width=width, weights=weights
+    )
     given = total_steps is not None or num_inference_steps is not None
     steps = resolve_total_steps(total_steps, num_inference_steps) if given else VERIFY_STEPS
     return RunConfig.from_options(

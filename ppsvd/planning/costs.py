@@ -2,8 +2,8 @@
 slowest stage as fast as possible, and what a plan predicts.
 
 No torch, no processes: seconds in, a StepPlan and predictions out. The run measures the costs
-(ppsvd.runtime.planning), reads them from an earlier run (ppsvd.analysis.costs) or takes them
-from the user; this module only computes.
+(ppsvd.runtime.calibration), reads them from an earlier run (ppsvd.analysis.measured_costs) or
+takes them from the user (ppsvd.planner.known_costs decides which); this module only computes.
 
 The model. Stage k of N runs n_k contiguous steps of every sample, on a device of relative
 speed v_k (1 = the reference device). Per sample it spends
@@ -25,7 +25,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ppsvd.plan import StepPlan, shard_samples
+from ppsvd.planning.steps import StepPlan, partition_steps, plan_from_sizes, shard_samples
+
+CFG_HALF_RATIO = 114 / 162
+"""A half-batch (one guidance half) UNet step over a full CFG step: measured on one H200, fp16,
+SVD-XT at 14 frames 512x512 (114 ms vs 162 ms); the synthetic model's default --cfg-half-ms."""
 
 UNEVEN_SPEEDS = 0.2
 """Stages whose speeds differ by more than this fraction of the fastest are flagged (CostModel.uneven_speeds)."""
@@ -76,7 +80,8 @@ class CostModel:
         *,
         source: str = "explicit",
     ) -> CostModel:
-        """The user's numbers (ms), as `ppsvd plan/simulate --step-ms --encode-ms --decode-ms --stage-speed` take them."""
+        """The user's numbers (ms), as `ppsvd plan` and `ppsvd simulate` take them (--step-ms,
+        --encode-ms, --decode-ms, --stage-speed)."""
         return CostModel(step_ms / 1000, encode_ms / 1000, decode_ms / 1000, speeds=tuple(speeds), source=source)
 
     def speed(self, stage: int) -> float:
@@ -161,19 +166,10 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3g} ms"
 
 
-def plan_from_sizes(sizes: Sequence[int]) -> StepPlan:
-    """Contiguous ranges with these sizes, in stage order (sizes must be >= 1)."""
-    if not sizes or any(n < 1 for n in sizes):
-        raise ValueError(f"partition {list(sizes)}: every stage needs at least one step")
-    ranges, start = [], 0
-    for size in sizes:
-        ranges.append(range(start, start + size))
-        start += size
-    return StepPlan(total_steps=start, ranges=tuple(ranges))
-
-
-def plan_steps(total_steps: int, num_stages: int, costs: CostModel) -> StepPlan:
-    """The contiguous split of T steps over N stages whose slowest stage is fastest (exact).
+def auto_split(total_steps: int, num_stages: int, costs: CostModel | None) -> StepPlan:
+    """`--partition auto`: the contiguous split of T steps over N stages whose slowest stage is
+    fastest under `costs` (exact); the even split when no costs are known. Every caller that
+    means "auto" (the run's agreed plan, `ppsvd plan`, each replica of a layout prediction) comes here.
 
     Greedy marginal allocation: every stage starts with one step, and each further step goes to
     the stage whose time per sample stays lowest after taking it (ties: the earlier stage). For
@@ -188,6 +184,8 @@ def plan_steps(total_steps: int, num_stages: int, costs: CostModel) -> StepPlan:
         raise ValueError(f"stages({num_stages}) must be positive")
     if total_steps < num_stages:
         raise ValueError(f"stages({num_stages}) > steps({total_steps}): every stage needs at least one step")
+    if costs is None:
+        return partition_steps(total_steps, num_stages)
     costs = costs.for_stages(num_stages)
     sizes = [1] * num_stages
     for _ in range(total_steps - num_stages):

@@ -1,13 +1,15 @@
-"""Which steps each stage runs: --partition even | a,b,c | auto, and the costs auto plans with.
+"""Calibration: every stage agrees on the steps it runs (--partition even | a,b,c | auto), and
+for auto without known costs, each stage measures its own costs first.
 
-auto needs every stage's costs before the first sample. They come from, in this order:
+auto needs every stage's costs before the first sample. They come from, in this order
+(ppsvd.planner.known_costs for the first two):
 1. --costs-from RUN_DIR: what an earlier run's timeline.json measured (rank 0 reads it);
 2. the model's declared costs: the synthetic stand-in spends exactly what it was told to;
 3. a calibration now: after every stage has loaded (the start barrier), each stage times its
    own work once on a throwaway input: one step, and prepare on stage 0 and finalize on the
    last stage. It runs it twice and keeps the faster, since a first call pays one-time set-up
    (kernel selection, allocations). The numbers go through the store; rank 0 plans
-   (ppsvd.costs.plan_steps) and publishes the sizes; every stage waits for them.
+   (ppsvd.planner.choose_plan) and publishes the sizes; every stage waits for them.
 Planning in one place (rank 0) and publishing the result, rather than every stage planning
 from the same numbers, keeps one answer even if float rounding differed between hosts.
 
@@ -26,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ppsvd.backends.deadline import Deadline
-from ppsvd.config import RunConfig, partition_sizes
-from ppsvd.costs import CostModel, plan_from_sizes, plan_steps
+from ppsvd.config import RunConfig
 from ppsvd.models.base import synchronize
-from ppsvd.plan import StepPlan, partition_steps
+from ppsvd.planner import choose_plan, known_costs
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.steps import StepPlan, partition_steps, plan_from_sizes
 from ppsvd.runtime.control import key
 
 PLAN_KEY = "plan"
@@ -49,17 +52,6 @@ class RunPlan:
         return self.costs.to_json() if self.costs is not None else None
 
 
-def known_costs(config: RunConfig) -> CostModel | None:
-    """Costs known without running anything: --costs-from, else the model's declared ones."""
-    if config.layout.costs_from:
-        from ppsvd.analysis.costs import costs_from_run
-
-        return costs_from_run(config.layout.costs_from)
-    from ppsvd.models.base import model_class
-
-    return model_class(config).declared_costs(config)
-
-
 def needs_calibration(config: RunConfig, world: int) -> bool:
     """auto with a choice to make (N > 1 and T > N) and no costs known beforehand. The same
     answer on every rank (it depends only on the config), so all calibrate or none does."""
@@ -69,9 +61,7 @@ def needs_calibration(config: RunConfig, world: int) -> bool:
         return False
     if config.layout.costs_from:
         return False
-    from ppsvd.models.base import model_class
-
-    return model_class(config).declared_costs(config) is None
+    return known_costs(config) is None
 
 
 def agree_on_plan(
@@ -105,17 +95,6 @@ def agree_on_plan(
     record = json.loads(_wait_get(store, key(run_id, PLAN_KEY), deadline))
     costs = CostModel.from_json(record["costs"]) if record["costs"] is not None else None
     return RunPlan(plan_from_sizes(record["sizes"]), "auto", costs)
-
-
-def choose_plan(partition: str, total_steps: int, num_stages: int, costs: CostModel | None) -> StepPlan:
-    """--partition -> the split: explicit sizes, even, or auto (even when no costs are known:
-    with T = N there is only one split to make)."""
-    sizes = partition_sizes(partition)
-    if sizes is not None:
-        return plan_from_sizes(sizes)
-    if partition == "auto" and costs is not None:
-        return plan_steps(total_steps, num_stages, costs)
-    return partition_steps(total_steps, num_stages)
 
 
 def costs_from_calibration(measured: list[dict[str, float | None]]) -> CostModel:

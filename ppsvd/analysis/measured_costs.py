@@ -1,4 +1,4 @@
-"""A run's timeline -> the ppsvd.costs.CostModel it measured (for `--costs-from RUN_DIR`, the
+"""A run's timeline -> the ppsvd.planning.costs.CostModel it measured (for `--costs-from RUN_DIR`, the
 run summary's estimates and the bench's predictions).
 
 Per stage k, the median over its samples of one step's time (steps_s / steps) gives its device's
@@ -11,12 +11,13 @@ device's.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 
 from ppsvd.analysis.timeline import RunTimeline, SampleSpan, StageTimeline
-from ppsvd.costs import CostModel
 from ppsvd.errors import ConfigError
+from ppsvd.planning.costs import CostModel
 
 TIMELINE_NAME = "timeline.json"
 
@@ -109,7 +110,7 @@ def handoff_times(timeline: RunTimeline) -> dict[tuple[int, int], list[float]]:
     if timeline.strategy != "pipeline":
         return {}
     hops: dict[tuple[int, int], list[float]] = {}
-    for src, dst in zip(timeline.stages, timeline.stages[1:]):
+    for src, dst in itertools.pairwise(timeline.stages):
         sent = {s.index: s.send_start for s in src.samples if s.send_start is not None}
         times = []
         for span in dst.samples:

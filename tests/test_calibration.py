@@ -11,14 +11,15 @@ import threading
 import pytest
 import torch
 
-from ppsvd.analysis.costs import costs_from_run, measured_costs
+from ppsvd import planner
+from ppsvd.analysis.measured_costs import costs_from_run, measured_costs
 from ppsvd.config import RunConfig
-from ppsvd.costs import CostModel, plan_from_sizes
 from ppsvd.errors import ConfigError
 from ppsvd.models.base import build_stage_model
 from ppsvd.models.synthetic import SyntheticStageModel
-from ppsvd.plan import partition_steps
-from ppsvd.runtime import planning
+from ppsvd.planning.costs import CostModel
+from ppsvd.planning.steps import partition_steps, plan_from_sizes
+from ppsvd.runtime import calibration
 from tests.helpers import reference_latents, small_config
 from tests.test_metrics import pipeline_timeline
 
@@ -44,21 +45,21 @@ def test_bad_partition_and_cost_options_name_the_value(changes, needle):
 
 def test_choose_plan_for_each_mode():
     costs = CostModel.from_ms(33, 13, 98)
-    assert planning.choose_plan("auto", 28, 2, costs).sizes == (15, 13)
-    assert planning.choose_plan("even", 28, 2, costs).sizes == (14, 14)
-    assert planning.choose_plan("1,2,25", 28, 3, None).sizes == (1, 2, 25)
-    assert planning.choose_plan("auto", 28, 3, None).sizes == (10, 9, 9)  # nothing known: even
+    assert planner.choose_plan("auto", 28, 2, costs).sizes == (15, 13)
+    assert planner.choose_plan("even", 28, 2, costs).sizes == (14, 14)
+    assert planner.choose_plan("1,2,25", 28, 3, None).sizes == (1, 2, 25)
+    assert planner.choose_plan("auto", 28, 3, None).sizes == (10, 9, 9)  # nothing known: even
 
 
 def test_calibration_times_a_stage_without_touching_its_samples(tmp_path):
     config = small_config(tmp_path, nproc=2, step_ms=4.0, decode_ms=20.0, num_samples=2)
     plan = partition_steps(28, 2)
     last = build_stage_model(config, plan, 1, torch.device("cpu"))
-    measured = planning.measure_stage(last)
+    measured = calibration.measure_stage(last)
     assert 0.004 <= measured["step_s"] < 0.02 and 0.02 <= measured["finalize_s"] < 0.05
     assert measured["prepare_s"] is None
     first = build_stage_model(config, plan, 0, torch.device("cpu"))
-    assert planning.measure_stage(first)["prepare_s"] is not None
+    assert calibration.measure_stage(first)["prepare_s"] is not None
     # after calibrating, both stages still compute exactly what one process does
     want = reference_latents(small_config(tmp_path, num_samples=2))
     for index in range(2):
@@ -67,7 +68,7 @@ def test_calibration_times_a_stage_without_touching_its_samples(tmp_path):
 
 
 def test_calibrated_costs_are_relative_to_the_fastest_stage():
-    costs = planning.costs_from_calibration(
+    costs = calibration.costs_from_calibration(
         [
             {"step_s": 0.02, "prepare_s": 0.01, "finalize_s": None},
             {"step_s": 0.04, "prepare_s": None, "finalize_s": 0.2},
@@ -101,12 +102,12 @@ def test_stages_agree_on_one_measured_plan(tmp_path, monkeypatch):
     # Pretend the stand-in's costs are unknown, so the stages measure them, as an SVD's would be.
     monkeypatch.setattr(SyntheticStageModel, "declared_costs", staticmethod(lambda config: None))
     config = small_config(tmp_path, nproc=3, total_steps=12, step_ms=3.0, decode_ms=30.0)
-    assert planning.needs_calibration(config, 3)
+    assert calibration.needs_calibration(config, 3)
     store, results = DictStore(), {}
     models = [build_stage_model(config, partition_steps(12, 3), k, torch.device("cpu")) for k in range(3)]
 
     def stage(k):
-        results[k] = planning.agree_on_plan(config, models[k], store, "run", k, 3, lambda: False)
+        results[k] = calibration.agree_on_plan(config, models[k], store, "run", k, 3, lambda: False)
 
     threads = [threading.Thread(target=stage, args=(k,)) for k in (1, 2)]
     for t in threads:
@@ -122,8 +123,8 @@ def test_stages_agree_on_one_measured_plan(tmp_path, monkeypatch):
 
 def test_declared_costs_need_no_calibration(tmp_path):
     config = small_config(tmp_path, nproc=2, step_ms=33.0, encode_ms=13.0, decode_ms=98.0)
-    assert not planning.needs_calibration(config, 2)
-    result = planning.agree_on_plan(config, None, DictStore(), "run", 0, 2, lambda: False)
+    assert not calibration.needs_calibration(config, 2)
+    result = calibration.agree_on_plan(config, None, DictStore(), "run", 0, 2, lambda: False)
     assert result.plan.sizes == (15, 13) and result.costs == CostModel.from_ms(33, 13, 98, source=result.costs.source)
 
 
