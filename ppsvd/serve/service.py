@@ -60,7 +60,7 @@ class Service:
             "partition": run.layout.partition,
             "transport": run.resolved_transport,
             "device": run.model.device,
-            "dtype": run.resolved_dtype,
+            "dtype": run.model.resolved_dtype,
             "guidance": served.guided,
             "defaults": {
                 "fps": served.fps,
