@@ -295,7 +295,7 @@ function drawLanes(service) {
 
 function windowSeconds() {
   // The timeline's width: the chosen one, or ("since the first job") from the first busy
-  // moment this page saw, at least 10 s and at most 5 min.
+  // moment this page saw (and a little before), at least 4 s and at most 5 min.
   const chosen = $("window").value;
   if (chosen !== "auto") return Number(chosen);
   let first = Infinity;
@@ -304,7 +304,7 @@ function windowSeconds() {
     if (busy) first = Math.min(first, busy.start);
   }
   if (!isFinite(first)) return 10;
-  return Math.min(300, Math.max(10, (now() - first) * 1.05 + 1));
+  return Math.min(300, Math.max(4, (now() - first) * 1.1 + 0.5));
 }
 
 function busyShare(rank) {
@@ -367,7 +367,7 @@ function drawTimeline() {
   const axisY = 3 + lanes.length * rowH + 2;
   g.fillStyle = "#667085";
   g.textBaseline = "top";
-  const tick = windowS <= 12 ? 2 : windowS <= 30 ? 5 : windowS <= 90 ? 10 : windowS <= 180 ? 30 : 60;
+  const tick = windowS <= 6 ? 1 : windowS <= 12 ? 2 : windowS <= 30 ? 5 : windowS <= 90 ? 10 : windowS <= 180 ? 30 : 60;
   for (let ago = 0; ago <= windowS - tick / 2; ago += tick) {
     const px = x(t - ago);
     g.fillRect(px, axisY - 2, 1, 4);
