@@ -317,6 +317,23 @@ def test_a_stage_killed_mid_job_the_job_runs_again_and_the_service_stays_up(tmp_
         assert "stage 1 was killed by SIGKILL" in log and "restart 1" in log
         overview = server.get("/v1/service").json()
         assert overview["restarts"] == 1 and overview["phase"] == "ready"
+        # /metrics: the restart, and lane counts that go on across it. The new workers count from 0
+        # and rerun the 2 jobs; stage 0 had finished sample 0 well before the kill, so its total
+        # is at least 1 + 2 (a count a stage made just before it died may be missed: read at 10 Hz).
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def scrape() -> dict[str, float]:
+            families = text_string_to_metric_families(server.get("/metrics").text)
+            return {f"{s.name}{sorted(s.labels.values())}": s.value for f in families for s in f.samples}
+
+        def counted() -> dict[str, float] | None:
+            m = scrape()
+            stage0, stage1 = (m[f"ppsvd_samples_completed_total['stage {k}']"] for k in (0, 1))
+            return m if stage0 >= 3 and stage1 >= 2 else None
+
+        metrics = server.wait_for(counted, 10, what="the lanes' samples counted across the restart")
+        assert metrics["ppsvd_worker_restarts_total[]"] == 1
+        assert metrics["ppsvd_jobs_finished_total['completed']"] == 3
         assert server.post_image(image, seed=9).status_code == 200
 
 

@@ -38,6 +38,8 @@ PHASE_STARTING = "starting the process"
 """A stage that has published no phase yet: its process is starting (importing torch, joining)."""
 PHASE_RUNNING = "running"
 PHASE_WAITING = "waiting for the other stages"
+LANE_TIMES_EVERY_S = 1.0
+"""A service's lane is published at once when it moves, and at least this often for its time totals."""
 
 
 class ProgressReporter:
@@ -60,14 +62,31 @@ class ProgressReporter:
         self.current: tuple[int, str | None] | None = None
         """(index, job) of the sample being computed; None while waiting."""
         self.last_step: int | None = None
+        # A service's lane also says how this stage spent its time since it started serving (a
+        # page's utilisation, /metrics): seconds busy computing a sample, seconds waiting for one
+        # (or for the next stage to take it), and seconds in its denoising steps alone.
+        self.serving = False
+        self.busy_s = 0.0
+        self.wait_s = 0.0
+        self.step_s = 0.0
+        self._mark = 0.0
+        """monotonic start of the current busy or waiting interval (once serving)."""
+        self._step_mark = 0.0
+        self._time_lock = threading.Lock()
+        """The compute loop closes intervals while the publisher adds up the open one: a lock keeps
+        each published total whole, so the totals never go back."""
         self._published: tuple[int, int] | None = None
         self._published_lane: tuple | None = None
+        self._lane_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ppsvd-progress-{stage}", daemon=True)
         self._thread.start()
 
     def phase(self, text: str) -> None:
         """What this stage is doing while it does no steps ('loading unet, vae', ...), published now."""
+        if text == PHASE_RUNNING and not self.serving:
+            with self._time_lock:
+                self.serving, self._mark = True, time.monotonic()  # from now on it waits or computes
         try:
             self.store.set(self.phase_name, text)
         except Exception:
@@ -81,17 +100,38 @@ class ProgressReporter:
         except Exception:
             pass  # best effort, as the counts
 
-    def begin(self, index: int, job: str | None = None) -> None:
-        """The compute loop starts on a sample (a service's lane shows it, and its job)."""
-        self.current, self.last_step = (index, job), None
+    def begin(self, index: int, job: str | None = None, prepared_s: float = 0.0) -> None:
+        """The compute loop starts on a sample (a service's lane shows it, and its job).
+        prepared_s: the sample's preparation (stage 0's image encode) that just ended: busy too."""
+        now = time.monotonic()
+        with self._time_lock:
+            if self.serving:
+                start = max(self._mark, now - prepared_s)
+                self.wait_s += start - self._mark
+                self._mark = start
+            self._step_mark = now
+            self.current, self.last_step = (index, job), None
 
     def step(self, step: int | None = None) -> None:
-        self.steps += 1
-        self.last_step = step
+        now = time.monotonic()
+        with self._time_lock:
+            self.step_s += now - self._step_mark
+            self._step_mark = now
+            self.steps += 1
+            self.last_step = step
+
+    def computed(self) -> None:
+        """The sample's compute is over; handing it on (a full queue: the next stage is slower) is waiting."""
+        now = time.monotonic()
+        with self._time_lock:
+            if self.serving and self.current is not None:
+                self.busy_s += now - self._mark
+                self._mark = now
+            self.current = None
 
     def sample_done(self) -> None:
+        self.computed()
         self.samples += 1
-        self.current = None
 
     def close(self) -> None:
         """Publish the final counts and stop the thread."""
@@ -116,28 +156,41 @@ class ProgressReporter:
             pass  # progress is best effort; the control watcher reports a lost store
 
     def _publish_lane(self) -> None:
-        working, step = self.current, self.last_step
-        lane = (working, step, self.samples)
-        if lane == self._published_lane:
+        now = time.monotonic()
+        with self._time_lock:
+            working, step, serving = self.current, self.last_step, self.serving
+            open_s = now - self._mark if serving else 0.0
+            busy_s = self.busy_s + (open_s if working is not None else 0.0)
+            wait_s = self.wait_s + (open_s if working is None else 0.0)
+            steps, step_s = self.steps, self.step_s
+        lane = (working, step, self.samples, serving)
+        # A visible change at once; the time totals alone (an idle or a long step) once a second.
+        if lane == self._published_lane and now - self._lane_at < LANE_TIMES_EVERY_S:
             return
+        state = "loading" if not serving else "waiting" if working is None else "busy"
         record = {
-            "state": "waiting" if working is None else "busy",
+            "state": state,
             "index": None if working is None else working[0],
             "job": None if working is None else working[1],
             "step": step if working is not None else None,
             "samples": self.samples,
+            "busy_s": round(busy_s, 6),
+            "wait_s": round(wait_s, 6),
+            "steps": steps,
+            "step_s": round(step_s, 6),
             "t": time.time(),
         }
         try:
             self.store.set(self.lane_name, json.dumps(record))
-            self._published_lane = lane
+            self._published_lane, self._lane_at = lane, now
         except Exception:
             pass  # best effort, as the counts
 
 
 def lane_key(run_id: str, stage: int) -> str:
-    """Where a service's stage (its rank) publishes its lane: JSON with state (busy or waiting),
-    index, job, step (the last one it finished), samples (done so far) and t (when published)."""
+    """Where a service's stage (its rank) publishes its lane: JSON with state (loading, busy or
+    waiting), index, job, step (the last one it finished), samples (done so far), since it serves
+    busy_s, wait_s, steps and step_s (seconds in its denoising steps), and t (when published)."""
     return key(run_id, "lane", stage)
 
 

@@ -347,7 +347,7 @@ def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _
     my_steps = ctx.plan.ranges[ctx.stage]
     timeout_s = ctx.config.transport.timeout_s
     if ctx.reporter is not None:
-        ctx.reporter.begin(arrival.index, arrival.sample.meta.get("job"))
+        ctx.reporter.begin(arrival.index, arrival.sample.meta.get("job"), arrival.prepare_s or 0.0)
     steps_start = time.perf_counter()
     sample = _run_steps(ctx, model, arrival.sample, my_steps)
     synchronize(model.device)  # the steps' time, not their launch: the finalize or hand-off needs them anyway
@@ -367,6 +367,8 @@ def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _
         result = model.finalize(sample)
         span.finalize_s = time.perf_counter() - finalize_start
         span.compute_end = time.time()
+        if ctx.reporter is not None:
+            ctx.reporter.computed()
         result.meta.setdefault("started", sample.meta.get("started", arrival.compute_start))
         result.meta["completed"] = span.compute_end
         _put(
@@ -378,6 +380,8 @@ def _process(ctx: StageContext, model: StageModel, threads: _Threads, arrival: _
         )
     else:
         span.compute_end = time.time()
+        if ctx.reporter is not None:
+            ctx.reporter.computed()
         sample.meta.setdefault("started", arrival.compute_start)
         span.send_start = time.time()
         _put(

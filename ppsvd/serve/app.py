@@ -7,10 +7,14 @@
     GET    /v1/videos/{id}/events    server-sent events: queue position, stage and step, done
     DELETE /v1/videos/{id}           out of the queue / the pipeline; its files removed
     GET    /v1/models, /v1/service   the served model; the phase and every worker's lane
+    GET    /v1/service/events        server-sent events of the service's view and the latest jobs (the page's)
+    GET    /metrics                  Prometheus metrics (metrics.py)
+    GET    /, /static/...            the service's page (page.py)
     GET    /healthz, /readyz         alive; ready (every stage loaded, not draining)
 
-Every /v1 route checks the API key when one is set (Authorization: Bearer, compared in constant
-time). Errors are OpenAI's error JSON with the right status. A request body is read up to
+Every /v1 route, and /metrics, checks the API key when one is set (Authorization: Bearer,
+compared in constant time; a Prometheus scrape config gives it as its bearer token). Errors
+are OpenAI's error JSON with the right status. A request body is read up to
 --max-upload-mb and no further (413), before any parsing.
 """
 
@@ -30,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ppsvd.serve.page import page_routes, service_events
 from ppsvd.serve.schemas import ApiError, check_job_id, content_variant, list_params
 from ppsvd.serve.service import Service
 
@@ -45,7 +50,7 @@ def build_app(service: Service) -> Starlette:
     key = service.config.api_key.encode() if service.config.api_key else None
 
     def api(handler: Handler) -> Handler:
-        """A /v1 route: the key first, then the handler; an ApiError becomes OpenAI's error JSON."""
+        """A /v1 route (or /metrics): the key first, then the handler; an ApiError becomes OpenAI's error JSON."""
 
         async def endpoint(request: Request) -> Response:
             try:
@@ -110,6 +115,13 @@ def build_app(service: Service) -> Starlette:
     async def overview(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(service.overview))
 
+    async def overview_events(request: Request) -> Response:
+        return EventSourceResponse(service_events(service), ping=15)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await run_in_threadpool(service.metrics.render, request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -128,8 +140,11 @@ def build_app(service: Service) -> Starlette:
         Route("/v1/videos/{video_id}/events", api(events), methods=["GET"]),
         Route("/v1/models", api(models), methods=["GET"]),
         Route("/v1/service", api(overview), methods=["GET"]),
+        Route("/v1/service/events", api(overview_events), methods=["GET"]),
+        Route("/metrics", api(metrics), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *page_routes(),
     ]
     app = Starlette(routes=routes)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+STATUSES = ("queued", "in_progress", "completed", "failed")
 MAX_CRASHES = 3
 """A job in flight during this many crashes of the workers fails (poison job), rather than run again."""
 
@@ -93,6 +94,8 @@ class JobStore:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self.changes = 0
+        """Transactions committed since it opened: a reader (the page's event stream) sees that a job moved."""
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a commit survives a power loss, not only a kill
@@ -117,6 +120,7 @@ class JobStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self.changes += 1
         return counts
 
     # -- the API's side ------------------------------------------------------------------------
@@ -161,6 +165,12 @@ class JobStore:
     def count(self, status: str) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status (statuses with none left out)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+            return {status: n for status, n in rows}
 
     def queue_position(self, job: Job) -> int:
         """0 for the next job to start."""

@@ -37,6 +37,7 @@ from ppsvd.runtime.progress import lane_key
 from ppsvd.runtime.worker import WorkerSpec
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import MAX_CRASHES, JobStore
+from ppsvd.serve.metrics import ServiceMetrics
 from ppsvd.serve.state import ServiceState
 
 POLL_S = 0.02
@@ -69,11 +70,14 @@ class Generation:
 
 
 class Pipeline:
-    def __init__(self, config: ServeConfig, jobs: JobStore, state: ServiceState, store) -> None:
+    def __init__(
+        self, config: ServeConfig, jobs: JobStore, state: ServiceState, store, metrics: ServiceMetrics
+    ) -> None:
         self.config = config
         self.jobs = jobs
         self.state = state
         self.store = store
+        self.metrics = metrics
         self.draining = threading.Event()
         self.stopping = threading.Event()
         self.finished = threading.Event()
@@ -220,6 +224,8 @@ class Pipeline:
         requeued, failed = self.jobs.requeue(held, crash=crash)
         for job_id in held:
             self.state.job_left(job_id)
+        for _ in failed:
+            self.metrics.job_failed()
         if crash is not None:
             more = f"; {len(failed)} failed for good (in flight during {MAX_CRASHES} crashes)" if failed else ""
             notice(f"serve: {len(requeued)} job(s) the workers held go back to the queue{more}")
@@ -311,16 +317,21 @@ class Pipeline:
             files = {name: rel for name, rel in (event.get("files") or {}).items() if rel}
             outputs = self.config.outputs_dir
             if not all((outputs / rel).is_file() for rel in files.values()):
-                self.jobs.fail(
+                if self.jobs.fail(
                     job_id, "output_lost", "the job's files vanished from the state dir after they were written"
-                )
+                ):
+                    self.metrics.job_failed()
                 return
             if self.jobs.complete(job_id, files, event.get("timings") or {}):
                 self.completions.append(time.time())
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    self.metrics.job_completed(job)
             elif self.jobs.get(job_id) is None:  # deleted while its last stage wrote it
                 remove_outputs(outputs, job_id)
         elif kind == "failed":
-            self.jobs.fail(job_id, "job_failed", str(event.get("message")))
+            if self.jobs.fail(job_id, "job_failed", str(event.get("message"))):
+                self.metrics.job_failed()
 
     def _read_lanes(self, gen: Generation, conn) -> None:
         n = len(gen.labels)
@@ -342,7 +353,8 @@ class Pipeline:
                     gen.ranges[rank] = (0, self.config.run.job.total_steps)  # data-parallel workers: all steps
             name = lane_key(gen.run_id, rank)
             if conn.check([name]):
-                self.state.update_lane(rank, json.loads(conn.get(name)), gen.ranges.get(rank))
+                steps, seconds = self.state.update_lane(rank, json.loads(conn.get(name)), gen.ranges.get(rank))
+                self.metrics.steps_done(gen.labels[rank], steps, seconds)
 
     def _watch_workers(self, gen: Generation, conn) -> None:
         """A worker process that is gone without finishing stops the generation at once (its

@@ -309,11 +309,14 @@ def video_object(
     }
     if job.status == "queued" and position is not None:
         obj["queue_position"] = position
+    if job.status == "completed":
+        obj["variants"] = sorted(job.outputs or {})  # what GET .../content?variant= can give (synthetic: latents)
     if job.status == "in_progress" and live:
         obj["stage"] = live.get("stage")
         obj["step"] = live.get("step")
-    if job.timings:
-        obj["timings"] = job.timings
+    # When it was accepted and when stage 0 took it (unix seconds, unrounded: a page's queue and
+    # run times), then, once done, when its stages took, prepared, completed and wrote it.
+    obj["timings"] = {"created": job.created_at, "started": job.started_at, **(job.timings or {})}
     return obj
 
 

@@ -28,6 +28,7 @@ from ppsvd.io.atomic import check_output_dir, remove_temp_files
 from ppsvd.models import pixels
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import JobStore
+from ppsvd.serve.metrics import ServiceMetrics
 from ppsvd.serve.pipeline import Pipeline, remove_outputs
 from ppsvd.serve.schemas import Served
 from ppsvd.serve.service import Service
@@ -53,9 +54,10 @@ def serve(config: ServeConfig) -> int:
     run = config.run
     state = ServiceState(run.job.total_steps)
     store = loopback_store(run.transport.timeout_s)
-    pipeline = Pipeline(config, jobs, state, store)
+    metrics = ServiceMetrics()
+    pipeline = Pipeline(config, jobs, state, store, metrics)
     factor = pixels.model_scale_factor(run.model.model, weights=run.model.weights, revision=run.model.revision)
-    service = Service(config, jobs, state, pipeline, Served.from_config(run, factor))
+    service = Service(config, jobs, state, pipeline, Served.from_config(run, factor), metrics)
     http = _HttpThread(service, listener)
     received: list[int] = []
     got_signal = threading.Event()

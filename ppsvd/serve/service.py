@@ -12,6 +12,7 @@ from typing import Any
 
 from ppsvd.serve.config import ServeConfig
 from ppsvd.serve.jobs import JobStore
+from ppsvd.serve.metrics import ServiceMetrics
 from ppsvd.serve.pipeline import Pipeline, remove_outputs, retry_after
 from ppsvd.serve.schemas import (
     CONTENT_VARIANTS,
@@ -32,14 +33,46 @@ re-run after a crash gives the same video); the video object says which."""
 
 class Service:
     def __init__(
-        self, config: ServeConfig, jobs: JobStore, state: ServiceState, pipeline: Pipeline, served: Served
+        self,
+        config: ServeConfig,
+        jobs: JobStore,
+        state: ServiceState,
+        pipeline: Pipeline,
+        served: Served,
+        metrics: ServiceMetrics,
     ) -> None:
         self.config = config
         self.jobs = jobs
         self.state = state
         self.pipeline = pipeline
         self.served = served
+        self.metrics = metrics
         self.started = int(time.time())
+        run = config.run
+        self.serving = {
+            "model": served.model,
+            "size": served.size,
+            "num_frames": served.frames,
+            "num_inference_steps": served.steps,
+            "strategy": run.layout.strategy,
+            "nproc": run.layout.nproc,
+            "layout": run.layout_plan().describe(),  # '2 stages', '4 workers', '2 replicas x 2 stages', ...
+            "partition": run.layout.partition,
+            "transport": run.resolved_transport,
+            "device": run.model.device,
+            "dtype": run.model.resolved_dtype,
+            "guidance": served.guided,
+            "defaults": {
+                "fps": served.fps,
+                "motion_bucket_id": served.motion_bucket_id,
+                "noise_aug_strength": served.noise_aug_strength,
+                "min_guidance_scale": served.min_guidance_scale,
+                "max_guidance_scale": served.max_guidance_scale,
+            },
+            "max_upload_mb": config.max_upload_mb,
+        }
+        """What GET /v1/service says this server makes and how (fixed at start: what a page shows at its top)."""
+        metrics.watch(jobs, state, self.serving)
 
     # -- jobs --------------------------------------------------------------------------------------
     def create(self, fields: dict[str, Any], upload: bytes | None) -> dict[str, Any]:
@@ -67,6 +100,7 @@ class Service:
             record["seed"] = secrets.randbelow(SEED_RANGE)
         image = store_image(self.config.uploads_dir, job_id, data, extension)
         job = self.jobs.add(job_id, record, image)
+        self.metrics.submitted.inc()
         self.pipeline.job_added.set()
         return video_object(job, self.served, position=self.jobs.queue_position(job))
 
@@ -116,6 +150,8 @@ class Service:
             raise _not_found(job_id)
         if job.status == "in_progress":
             self.pipeline.cancel(job.id)
+        if job.status in ("queued", "in_progress"):
+            self.metrics.cancelled.inc()
         self.state.job_left(job.id)
         (self.config.uploads_dir / job.image).unlink(missing_ok=True)
         remove_outputs(self.config.outputs_dir, job.id)
@@ -151,14 +187,7 @@ class Service:
             **self.state.snapshot(),
             "queued": self.jobs.count("queued"),
             "in_progress": self.jobs.count("in_progress"),
-            "served": {
-                "model": self.served.model,
-                "size": self.served.size,
-                "num_frames": self.served.frames,
-                "num_inference_steps": self.served.steps,
-                "strategy": self.config.run.layout.strategy,
-                "nproc": self.config.run.layout.nproc,
-            },
+            "served": self.serving,
         }
 
     def _job(self, job_id: str):

@@ -20,6 +20,10 @@ restarting: the workers crashed and start again; draining: a signal came, the jo
 finish; stopped / failed: the service is going down."""
 
 
+LANE_TOTALS = ("busy_s", "waiting_s", "samples", "steps_done", "step_s")
+"""A lane's counts and time totals, which a restart of the workers starts again from zero."""
+
+
 @dataclass
 class Lane:
     """One worker process (a rank): a pipeline stage, a data-parallel worker or a guidance half."""
@@ -38,6 +42,13 @@ class Lane:
     """Samples it finished since the workers started."""
     since: float = field(default_factory=time.time)
     """When the current state (and job) began."""
+    busy_s: float = 0.0
+    """Seconds it computed samples since the workers started (stage 0: its image encodes too)."""
+    waiting_s: float = 0.0
+    """Seconds it served but waited: for a sample, or for the next stage to take one."""
+    steps_done: int = 0
+    step_s: float = 0.0
+    """Denoising steps it ran since the workers started, and the seconds they took."""
 
 
 class ServiceState:
@@ -50,6 +61,9 @@ class ServiceState:
         self.lanes: list[Lane] = []
         self.live: dict[str, dict[str, Any]] = {}
         """Running jobs: id -> {rank, stage, step, progress}."""
+        self.earlier: dict[str, dict[str, float]] = {}
+        """Per lane label, the time totals and counts of the generations before this one (a
+        restart starts the workers' own counts again; /metrics' counters go on from these)."""
         self.version = 0
         self._lock = threading.Lock()
 
@@ -65,6 +79,10 @@ class ServiceState:
 
     def new_generation(self, generation: int, labels: list[str]) -> None:
         with self._lock:
+            for lane in self.lanes:
+                carried = self.earlier.setdefault(lane.label, dict.fromkeys(LANE_TOTALS, 0.0))
+                for name in LANE_TOTALS:
+                    carried[name] += getattr(lane, name)
             self.generation = generation
             self.lanes = [Lane(rank, label) for rank, label in enumerate(labels)]
             self.live.clear()
@@ -78,14 +96,27 @@ class ServiceState:
             self.live.clear()
             self._changed()
 
-    def update_lane(self, rank: int, record: dict[str, Any], steps: tuple[int, int] | None) -> None:
-        """A rank's lane as it published it (runtime/progress.py)."""
+    def update_lane(self, rank: int, record: dict[str, Any], steps: tuple[int, int] | None) -> tuple[int, float]:
+        """A rank's lane as it published it (runtime/progress.py); returns the denoising steps it
+        ran since its last record and their seconds (the monitor's step-time histogram)."""
         with self._lock:
             if rank >= len(self.lanes):
-                return
+                return 0, 0.0
             lane = self.lanes[rank]
+            new_steps = max(0, int(record.get("steps", lane.steps_done)) - lane.steps_done)
+            new_step_s = max(0.0, float(record.get("step_s", lane.step_s)) - lane.step_s)
+            lane.steps_done += new_steps
+            lane.step_s += new_step_s
+            # Totals only grow (a record read twice, or out of order, never takes time back).
+            lane.busy_s = max(lane.busy_s, float(record.get("busy_s", 0.0)))
+            lane.waiting_s = max(lane.waiting_s, float(record.get("wait_s", 0.0)))
             state, job, step = record.get("state", "waiting"), record.get("job"), record.get("step")
             moved = (state, job, step, steps) != (lane.state, lane.job, lane.step, lane.steps)
+            left = self.live.get(lane.job) if lane.job is not None and job != lane.job else None
+            if left is not None and left.get("rank") == rank and steps is not None:
+                # It finished this lane's steps (the reads are 0.1 s apart: its last ones may not
+                # have been seen) and waits for the next stage, or is being written.
+                left.update(step=steps[1] - 1, progress=min(99, int(100 * steps[1] / max(1, self.total_steps))))
             if (state, job) != (lane.state, lane.job):
                 lane.since = time.time()
             lane.state, lane.job, lane.step, lane.steps = state, job, step, steps
@@ -100,6 +131,18 @@ class ServiceState:
                 )
             if moved:
                 self._changed()
+            return new_steps, new_step_s
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Per lane label, busy_s, waiting_s, samples, steps_done and step_s since the service
+        started, over every generation of the workers (/metrics)."""
+        with self._lock:
+            totals = {label: dict(values) for label, values in self.earlier.items()}
+            for lane in self.lanes:
+                mine = totals.setdefault(lane.label, dict.fromkeys(LANE_TOTALS, 0.0))
+                for name in LANE_TOTALS:
+                    mine[name] += getattr(lane, name)
+            return totals
 
     def job_started(self, job_id: str) -> None:
         with self._lock:
