@@ -27,6 +27,8 @@ from ppsvd.serve.config import API_KEY_ENV, DEFAULT_STATE_DIR, ServeConfig, api_
 from ppsvd.serve.server import serve
 
 NAME = "serve"
+SERVICE = "Service"
+"""The --help panel of the service's own options (where it listens, its state, its limits)."""
 
 
 def command(
@@ -71,14 +73,17 @@ def command(
     stage_speed: o.StageSpeed = None,
     host: Annotated[
         str,
-        typer.Option("--host", help="Address to listen on. Anything but loopback needs an API key."),
+        typer.Option(
+            "--host", help="Address to listen on. Anything but loopback needs an API key.", rich_help_panel=SERVICE
+        ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.", rich_help_panel=SERVICE)] = 8000,
     state_dir: Annotated[
         Path,
         typer.Option(
             "--state-dir",
             help="Where the job store (SQLite), uploaded images and outputs live; a restart on it resumes the queue.",
+            rich_help_panel=SERVICE,
         ),
     ] = DEFAULT_STATE_DIR,
     api_key: Annotated[
@@ -87,18 +92,31 @@ def command(
             "--api-key",
             help=f"Clients must send Authorization: Bearer <key>. Default: the {API_KEY_ENV} environment "
             "variable; none on loopback.",
+            rich_help_panel=SERVICE,
         ),
     ] = None,
     max_queue: Annotated[
-        int, typer.Option("--max-queue", help="Jobs waiting at most; beyond, a new job gets 429 with Retry-After.")
+        int,
+        typer.Option(
+            "--max-queue",
+            help="Jobs waiting at most; beyond, a new job gets 429 with Retry-After.",
+            rich_help_panel=SERVICE,
+        ),
     ] = 1000,
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", help="Largest request (the image and its fields), MiB; beyond: 413.")
+        float,
+        typer.Option(
+            "--max-upload-mb",
+            help="Largest request (the image and its fields), MiB; beyond: 413.",
+            rich_help_panel=SERVICE,
+        ),
     ] = 20.0,
     max_image_pixels: Annotated[
         int,
         typer.Option(
-            "--max-image-pixels", help="Largest input image, width x height, checked before decoding; beyond: 413."
+            "--max-image-pixels",
+            help="Largest input image, width x height, checked before decoding; beyond: 413.",
+            rich_help_panel=SERVICE,
         ),
     ] = 40_000_000,
     drain_timeout: Annotated[
@@ -106,6 +124,7 @@ def command(
         typer.Option(
             "--drain-timeout",
             help="On SIGTERM/SIGINT: seconds the jobs in flight may take to finish before the workers are stopped.",
+            rich_help_panel=SERVICE,
         ),
     ] = 120.0,
     allow_image_urls: Annotated[
@@ -114,6 +133,7 @@ def command(
             "--allow-image-urls",
             help="Accept an image given as an http(s) URL (the server fetches it). Off: uploads and data: URLs only.",
             **o.FLAG,
+            rich_help_panel=SERVICE,
         ),
     ] = False,
     debug: o.Debug = False,
