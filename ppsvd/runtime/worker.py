@@ -1,7 +1,8 @@
 """One worker process: join the world, load this stage's model, run the stage loop, report.
 
-Entered two ways: `worker_main(spec)` when ppsvd started the workers itself (elastic launcher),
-or `torchrun_main(config)` when the command already runs under torchrun. Both end in `_run`.
+Entered two ways: `worker_main(spec)` when ppsvd started the workers itself (the elastic
+launcher runs `python -m ppsvd.runtime.entry SPEC.json`, which calls it), or
+`torchrun_main(config)` when the command already runs under torchrun. Both end in `_run`.
 """
 
 from __future__ import annotations
