@@ -173,9 +173,9 @@ def test_sigkill_with_jobs_in_flight_then_restart_completes_each_once(tmp_path):
         def some_done_some_flying():
             videos = first.get("/v1/videos", params={"limit": 100}).json()["data"]
             statuses = [v["status"] for v in videos]
-            return videos if "completed" in statuses and "in_progress" in statuses else None
+            return videos if {"completed", "in_progress", "queued"} <= set(statuses) else None
 
-        before = first.wait_for(some_done_some_flying, what="one job completed and one in flight")
+        before = first.wait_for(some_done_some_flying, what="one job completed, one in flight and one queued")
         workers = children_of(first.proc.pid)
         assert workers
         first.proc.kill()

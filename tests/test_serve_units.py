@@ -156,3 +156,15 @@ def test_a_jobs_own_guidance_equals_a_run_with_that_guidance():
     for name, tensor in reference.tensors.items():
         assert torch.equal(job.tensors[name], tensor), name
     assert job.meta["max_guidance_scale"] == 2.5 and job.meta["job"] == "video_1"
+
+
+def test_workers_that_end_unasked_count_as_a_crash():
+    # The supervisor restarts workers that end without a drain, even quietly with exit 0: a
+    # service whose workers are gone must not go on accepting jobs no one will run.
+    from ppsvd.runtime.launch import WorkersEnded
+    from ppsvd.serve.pipeline import _unasked_end
+
+    assert _unasked_end(WorkersEnded(), draining=True) is None
+    assert "did not ask" in _unasked_end(WorkersEnded(), draining=False)
+    assert _unasked_end(WorkersEnded(error="stage 1 failed", failed_stage=1), draining=True) == "stage 1 failed"
+    assert "SIGTERM" in _unasked_end(WorkersEnded(signum=15), draining=False)

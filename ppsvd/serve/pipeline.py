@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import threading
 import time
 from collections import deque
@@ -147,7 +148,7 @@ class Pipeline:
             while not self.stopping.is_set() and not self.draining.is_set():
                 gen = self._start_generation(index)
                 ended = self._run(gen)
-                crash = ended.error if not self.stopping.is_set() else None
+                crash = None if self.stopping.is_set() else _unasked_end(ended, self.draining.is_set())
                 if crash is not None:
                     self.state.workers_down()
                     notice(f"serve: {crash}" + ("" if gen.ready else " (while the workers started)"))
@@ -391,3 +392,16 @@ def remove_outputs(outputs: Path, job_id: str) -> None:
 
 def retry_after(seconds: float | None) -> str:
     return str(max(1, math.ceil(seconds))) if seconds else "5"
+
+
+def _unasked_end(ended: WorkersEnded, draining: bool) -> str | None:
+    """Why the workers ended when the service did not stop them, or None when they ended as asked
+    (a drain). An end no one asked for counts as a crash, so the supervisor restarts them rather
+    than leave a service that accepts jobs no worker will run."""
+    if ended.error is not None:
+        return ended.error
+    if ended.signum is not None:
+        return f"the workers were stopped by signal {signal.Signals(ended.signum).name}"
+    if not draining:
+        return "the workers exited although the service did not ask them to stop"
+    return None
