@@ -158,7 +158,12 @@ def test_page_uploads_watches_the_lanes_and_plays_the_video(browser, server, tmp
     seen, shot_taken, shot_at = [], False, 0
     deadline = time.monotonic() + 120
     done = f"return document.querySelector('#jobs tr[data-id=\"{mine['id']}\"]')?.dataset.status"
-    while browser.execute_script(done) != "completed" or poster.is_alive():
+    finished = 0
+    # Until the form's job is done and the others posted, and (a loaded machine may miss the
+    # moments both lanes compute) until the screenshot is taken or only the last job is left.
+    while (
+        browser.execute_script(done) != "completed" or poster.is_alive() or (not shot_taken and finished < OTHER_JOBS)
+    ):
         assert time.monotonic() < deadline, f"the form's job did not complete:\n{server.output()}"
         lanes = browser.execute_script(LANES_JS)
         seen.append(lanes)

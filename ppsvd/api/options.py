@@ -285,7 +285,7 @@ def resolve_total_steps(total_steps: int | None = None, num_inference_steps: int
     if total_steps is not None and num_inference_steps is not None and total_steps != num_inference_steps:
         raise ConfigError(
             f"--num-inference-steps {num_inference_steps} conflicts with --total-steps {total_steps}; they are the "
-            "same setting (diffusers' name and the guide's): give one of them"
+            "same setting (diffusers' name and the benchmark guide's): give one of them"
         )
     for value in (total_steps, num_inference_steps):
         if value is not None:

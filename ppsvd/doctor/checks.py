@@ -978,8 +978,9 @@ def check_disk(ctx: Context) -> CheckResult:
 # -- live transports --------------------------------------------------------------------------
 
 TRANSPORT_FIXES = {
-    "nccl": "For nccl: rerun with NCCL_DEBUG=INFO to see where init stops; without InfiniBand set NCCL_IB_DISABLE=1 "
-    "(the guide's fix); try NCCL_P2P_DISABLE=1 once to see whether P2P is the cause; or plan --transport gloo.",
+    "nccl": "For nccl: rerun with NCCL_DEBUG=INFO to see where init stops; without InfiniBand set "
+    "NCCL_IB_DISABLE=1 (the benchmark guide's fix); try NCCL_P2P_DISABLE=1 once to see whether P2P is the cause; "
+    "or plan --transport gloo.",
     "gloo": "For gloo: on one host set GLOO_SOCKET_IFNAME=lo; check that loopback TCP is not blocked; "
     "or plan --transport zmq.",
     "zmq-ipc": "For zmq over ipc: the socket files live in the temp directory (TMPDIR): it must be writable and "

@@ -37,7 +37,7 @@ from pathlib import Path
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.backends.hosts import loopback_store, read_host
 from ppsvd.config import RunConfig
-from ppsvd.errors import ConfigError, Interrupted, StageFailedError
+from ppsvd.errors import ConfigError, Interrupted, PpsvdError, StageFailedError
 from ppsvd.io import given
 from ppsvd.io.atomic import DirIdentity, remove_temp_files, run_label
 from ppsvd.io.results import MANIFEST, listed_entries, missing_files
@@ -162,7 +162,13 @@ def run_workers(spec, store) -> WorkersEnded:
         # store of its own on every interface.
         rdzv_backend="c10d",
         rdzv_endpoint=f"127.0.0.1:{store.port}",
-        rdzv_configs={"timeout": int(config.transport.timeout_s), "is_host": False},
+        # read_timeout bounds the agent's connection to it too (torch's default 60 s; shorter when
+        # --timeout is: a launcher short of file descriptors otherwise retries for a minute).
+        rdzv_configs={
+            "timeout": int(config.transport.timeout_s),
+            "read_timeout": max(1, min(60, int(config.transport.timeout_s))),
+            "is_host": False,
+        },
         local_addr="127.0.0.1",
         max_restarts=0,
         monitor_interval=0.1,
@@ -257,14 +263,36 @@ def _no_emfile(config: RunConfig, action):
 
     try:
         return action()
-    except OSError as exc:
-        if exc.errno not in (errno.EMFILE, errno.ENFILE):
-            raise
+    except Exception as exc:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if isinstance(exc, PpsvdError):  # ppsvd's own verdicts (a stage failed, interrupted, ...) stand
+            raise
+        if not _out_of_descriptors(exc, (errno.EMFILE, errno.ENFILE)) and not 0 <= soft < FEW_OPEN_FILES:
+            raise
         raise ConfigError(
             f"too many open files: this process may have {soft} open (ulimit -n), too few to start "
             f"{config.layout.nproc} worker(s); raise the limit, e.g. `ulimit -n 4096`, and run again"
         ) from None
+
+
+FEW_OPEN_FILES = 64
+"""Under this open-file limit a failure to start the workers is put down to it: c10d's store and
+the elastic agent report running out of descriptors in words only ("Failed to init uv loop",
+"Failed to create a socket"), without the errno."""
+
+
+def _out_of_descriptors(exc: BaseException, codes: tuple[int, ...]) -> bool:
+    """exc, or an exception it was raised from, is EMFILE/ENFILE: an OSError, or c10d's store
+    errors (RendezvousConnectionError from DistNetworkError), which carry only the message."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return True
+        if any(f"errno: {code} " in str(exc) for code in codes) or "Too many open files" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _Enforcer:
