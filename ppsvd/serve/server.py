@@ -33,16 +33,22 @@ from ppsvd.serve.pipeline import Pipeline, remove_outputs
 from ppsvd.serve.schemas import Served
 from ppsvd.serve.service import Service
 from ppsvd.serve.state import ServiceState
+from ppsvd.serve.torchrun import RankZeroStage, World, offer_state_dir, serve_other_rank
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE_S = 10.0
 """After the workers were told to stop, how long the service waits for them before it exits anyway."""
 
 
-def serve(config: ServeConfig) -> int:
-    """Run the service until a signal or a fatal failure; returns the exit code (the last line printed)."""
+def serve(config: ServeConfig, torchrun: tuple[int, int] | None = None) -> int:
+    """Run the service until a signal or a fatal failure; returns the exit code (the last line printed).
+
+    torchrun: (rank, world size) when the command runs under torchrun: rank 0 hosts the service
+    around its own stage, every other rank runs its stage only (serve/torchrun.py)."""
 
     config.validate()
+    if torchrun is not None and torchrun[0] != 0:
+        return serve_other_rank(World(*torchrun, config.run.transport.timeout_s), config)
     state_dir = Path(config.state_dir)
     lock = _lock_state_dir(state_dir)
     for folder in (config.outputs_dir, config.uploads_dir):
@@ -53,9 +59,15 @@ def serve(config: ServeConfig) -> int:
     listener = _bind(config.host, config.port)
     run = config.run
     state = ServiceState(run.job.total_steps)
-    store = loopback_store(run.transport.timeout_s)
+    rank_zero = None
+    if torchrun is None:
+        store = loopback_store(run.transport.timeout_s)
+    else:
+        world = World(*torchrun, run.transport.timeout_s)
+        offer_state_dir(world, config)
+        store, rank_zero = world.store, RankZeroStage(world, config)
     metrics = ServiceMetrics()
-    pipeline = Pipeline(config, jobs, state, store, metrics)
+    pipeline = Pipeline(config, jobs, state, store, metrics, torchrun=rank_zero)
     factor = pixels.model_scale_factor(run.model.model, weights=run.model.weights, revision=run.model.revision)
     service = Service(config, jobs, state, pipeline, Served.from_config(run, factor), metrics)
     http = _HttpThread(service, listener)
@@ -81,6 +93,11 @@ def serve(config: ServeConfig) -> int:
         while not got_signal.wait(0.2):
             if pipeline.finished.is_set() or not http.alive:
                 break
+        if received and rank_zero is not None and pipeline.blame_dead_peer():
+            # torchrun stops every rank of this host because one of them died: a crash, not a drain.
+            pipeline.finished.wait(STOP_GRACE_S)
+            error_line(pipeline.fatal or rank_zero.fatal("a stage's process ended before it finished"))
+            return 1
         if received:
             return _drain(config, pipeline, jobs, state, received)
         if not http.alive:
