@@ -52,11 +52,9 @@ class World:
 
         self.rank, self.size = rank, size
         store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s)))
-        # Under torchrun the rendezvous hands out the agent's store behind a per-attempt prefix.
-        # The service's threads open connections of their own to it (runtime/jobfeed.own_connection),
-        # which needs the store itself; the run id already keeps every attempt's keys apart.
-        while isinstance(store, dist.PrefixStore):
-            store = store.underlying_store
+        # Under torchrun: the agent's store behind a per-attempt prefix (what gloo and NCCL write
+        # there must not be read by a restarted attempt). The service's threads clone it
+        # (runtime/jobfeed.own_connection).
         self.store = store
         self.run_id = torchrun_run_id()
 
