@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,8 +23,17 @@ def free_port() -> int:
 class Server:
     """`python -m ppsvd serve ARGS --port P --state-dir DIR`, its stderr in DIR/../server-N.log."""
 
-    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None, api_key: str | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        api_key: str | None = None,
+        torchrun: tuple[str, ...] | None = None,
+    ):
+        """torchrun: start it as `python -m torch.distributed.run --standalone TORCHRUN -m ppsvd serve ...`."""
         self.state_dir = Path(state_dir)
+        self.torchrun = torchrun
         self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,7 +47,10 @@ class Server:
 
     def start(self) -> Server:
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "ppsvd", "serve", *self.args, "--port", str(self.port)]
+        head = [sys.executable]
+        if self.torchrun is not None:
+            head += ["-m", "torch.distributed.run", "--standalone", *self.torchrun]
+        cmd = [*head, "-m", "ppsvd", "serve", *self.args, "--port", str(self.port)]
         cmd += ["--state-dir", str(self.state_dir)]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         return self
@@ -95,8 +108,12 @@ class Server:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                workers = children_of(self.proc.pid)
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+                for pid in workers:  # torchrun's ranks do not die with it
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
         if getattr(self, "log", None) is not None:
             self.log.close()
 
@@ -120,6 +137,19 @@ def png_bytes(width: int, height: int, flip: bool = False) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def rank_pid(torchrun_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with that RANK."""
+    import psutil
+
+    for child in psutil.Process(torchrun_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "ppsvd" in child.cmdline():
+                return child.pid
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no rank {rank} under torchrun {torchrun_pid}")
 
 
 def children_of(pid: int) -> list[int]:
