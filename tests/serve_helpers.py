@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -30,10 +31,15 @@ class Server:
         env: dict[str, str] | None = None,
         api_key: str | None = None,
         torchrun: tuple[str, ...] | None = None,
+        rank_exit_codes: bool = False,
     ):
-        """torchrun: start it as `python -m torch.distributed.run --standalone TORCHRUN -m ppsvd serve ...`."""
+        """torchrun: start it as `python -m torch.distributed.run --standalone TORCHRUN -m ppsvd serve ...`.
+        rank_exit_codes: each rank through a shell that prints `ppsvd rank R exit CODE` once it ended
+        (torchrun does not say after a signal); the shell ignores the signals torchrun passes to the
+        rank's process group, the rank gets them as without it."""
         self.state_dir = Path(state_dir)
         self.torchrun = torchrun
+        self.rank_exit_codes = rank_exit_codes
         self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -47,11 +53,15 @@ class Server:
 
     def start(self) -> Server:
         self.log = open(self.log_path, "w")
-        head = [sys.executable]
-        if self.torchrun is not None:
-            head += ["-m", "torch.distributed.run", "--standalone", *self.torchrun]
-        cmd = [*head, "-m", "ppsvd", "serve", *self.args, "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "ppsvd", "serve", *self.args, "--port", str(self.port)]
         cmd += ["--state-dir", str(self.state_dir)]
+        if self.torchrun is not None:
+            torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", *self.torchrun]
+            if self.rank_exit_codes:
+                script = f"trap '' TERM INT HUP; {shlex.join(cmd)}; echo ppsvd rank $RANK exit $?"
+                cmd = [*torchrun, "--no-python", "sh", "-c", script]
+            else:
+                cmd = [*torchrun, *cmd[1:]]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         return self
 

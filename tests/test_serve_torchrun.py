@@ -36,7 +36,8 @@ def test_under_torchrun_jobs_equal_ppsvd_run_and_sigterm_drains(tmp_path):
     images = [png_bytes(64, 64), png_bytes(72, 56)]
     extra = [{"seed": 3}, {"seed": 11, "motion_bucket_id": 90, "fps": 7}]
     state = tmp_path / "state"
-    with Server(state, *TINY, "--transport", "gloo", torchrun=("--nproc-per-node", "2")) as server:
+    torchrun = ("--nproc-per-node", "2")
+    with Server(state, *TINY, "--transport", "gloo", torchrun=torchrun, rank_exit_codes=True) as server:
         server.wait_ready(180)
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
@@ -68,6 +69,8 @@ def test_under_torchrun_jobs_equal_ppsvd_run_and_sigterm_drains(tmp_path):
         output = server.output()
     lines = _ppsvd_lines(output)
     assert len(lines) == 1 and "interrupted by SIGTERM: drained" in lines[0], output[-3000:]
+    # Rank 0 leaves with 128 + SIGTERM; rank 1 ignored the signal and ended with the stream.
+    assert "ppsvd rank 0 exit 143" in output and "ppsvd rank 1 exit 0" in output, output[-3000:]
     # The only traceback is torchrun's own (its SignalException), none of ppsvd's.
     assert output.count("Traceback") <= 1 and ("Traceback" not in output or "SignalException" in output), output
     statuses = dict(sqlite3.connect(state / "jobs.sqlite3").execute("SELECT id, status FROM jobs").fetchall())
