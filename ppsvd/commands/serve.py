@@ -223,7 +223,7 @@ def command(
         max_image_pixels=max_image_pixels,
         drain_timeout_s=drain_timeout,
         allow_image_urls=allow_image_urls,
-    ).validate()
+    ).validate(listens=world is None or world[0] == 0)
     code = serve(config, None if world is None else (world[0], world[1]))
     # Leave as a worker does: the supervisor's and the agent's threads may still be winding down,
     # and an interpreter shutdown under them can hang or abort; every record is committed.

@@ -4,6 +4,7 @@ Threads of this one process: main (signals, then the orderly end), the HTTP serv
 the supervisor with its feeder and monitor (pipeline.py). The workers are child processes; they
 die with this process (PR_SET_PDEATHSIG), so a SIGKILLed server leaves no orphans, and the
 next start on the same state dir picks the queue up where it was.
+Under torchrun this is rank 0's process, and its workers are torchrun's ranks (serve/torchrun.py).
 
 SIGTERM / SIGINT / SIGHUP: new jobs get 503, the feeder hands out no more jobs, the jobs in
 flight finish (up to --drain-timeout), the workers leave, and the process exits with 128 + the
@@ -46,9 +47,9 @@ def serve(config: ServeConfig, torchrun: tuple[int, int] | None = None) -> int:
     torchrun: (rank, world size) when the command runs under torchrun: rank 0 hosts the service
     around its own stage, every other rank runs its stage only (serve/torchrun.py)."""
 
-    config.validate()
     if torchrun is not None and torchrun[0] != 0:
-        return serve_other_rank(World(*torchrun, config.run.transport.timeout_s), config)
+        return serve_other_rank(World(*torchrun, config.run.transport.timeout_s), config.validate(listens=False))
+    config.validate()
     state_dir = Path(config.state_dir)
     lock = _lock_state_dir(state_dir)
     for folder in (config.outputs_dir, config.uploads_dir):
