@@ -37,6 +37,9 @@ from ppsvd.serve.state import ServiceState
 from ppsvd.serve.torchrun import RankZeroStage, World, offer_state_dir, serve_other_rank
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ECHO_WINDOW_S = 2.0
+"""Under torchrun, a second signal this soon after the first is torchrun passing on the one the
+ranks got directly too (a service manager signals every process), not a request to stop at once."""
 STOP_GRACE_S = 10.0
 """After the workers were told to stop, how long the service waits for them before it exits anyway."""
 
@@ -74,8 +77,13 @@ def serve(config: ServeConfig, torchrun: tuple[int, int] | None = None) -> int:
     http = _HttpThread(service, listener)
     received: list[int] = []
     got_signal = threading.Event()
+    first_at: list[float] = []
 
     def on_signal(signum, _frame) -> None:
+        now = time.monotonic()
+        if rank_zero is not None and first_at and now - first_at[0] < ECHO_WINDOW_S:
+            return  # torchrun passing on the signal this process got too (systemd signals the whole unit)
+        first_at.append(now)
         received.append(signum)
         got_signal.set()
 
