@@ -258,7 +258,7 @@ def test_api_resume_continues_a_stopped_run_as_a_script(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     refused = next(line for line in lines if line.startswith("refused:"))
-    assert refused.startswith("refused: --resume ") and "seed 9 (the run used 0)" in refused, refused
+    assert refused.startswith("refused: resume ") and "seed 9 (the run used 0)" in refused, refused
     result = json.loads(lines[-1])
     assert result["run_dir"] == str(tmp_path / "cut")
     assert result["names"] == ["builtin-s0", "builtin-s1", "builtin-s2"]
