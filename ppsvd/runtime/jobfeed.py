@@ -107,12 +107,6 @@ def own_connection(store: Any, timeout_s: float) -> Any:
     heartbeats, progress and events on the shared one never queue behind it."""
     from torch.distributed import TCPStore  # heavy: torch
 
-    if not isinstance(store, TCPStore):
-        # torchrun's store behind its per-attempt prefix (a service under torchrun): a clone is a
-        # new connection to the same store, with the same prefix.
-        clone = store.clone()
-        clone.set_timeout(timedelta(seconds=timeout_s))
-        return clone
     return TCPStore(store.host, store.port, is_master=False, timeout=timedelta(seconds=timeout_s), use_libuv=True)
 
 

@@ -52,9 +52,8 @@ class World:
 
         self.rank, self.size = rank, size
         store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s)))
-        # Under torchrun: the agent's store behind a per-attempt prefix (what gloo and NCCL write
-        # there must not be read by a restarted attempt). The service's threads clone it
-        # (runtime/jobfeed.own_connection).
+        # torchrun's agent's TCPStore, the same across restarts: every key of ours lives under the
+        # run id, which names the attempt (the process groups' too: backends/torch_p2p).
         self.store = store
         self.run_id = torchrun_run_id()
 
