@@ -36,7 +36,7 @@ def test_under_torchrun_jobs_equal_ppsvd_run_and_sigterm_drains(tmp_path):
     images = [png_bytes(64, 64), png_bytes(72, 56)]
     extra = [{"seed": 3}, {"seed": 11, "motion_bucket_id": 90, "fps": 7}]
     state = tmp_path / "state"
-    torchrun = ("--nproc-per-node", "2")
+    torchrun = ("--nproc-per-node", "2", "--shutdown-timeout", "120")  # the drain's time, as docs/serve.md says
     with Server(state, *TINY, "--transport", "gloo", torchrun=torchrun, rank_exit_codes=True) as server:
         server.wait_ready(180)
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
@@ -57,7 +57,8 @@ def test_under_torchrun_jobs_equal_ppsvd_run_and_sigterm_drains(tmp_path):
         overview = server.get("/v1/service").json()
         assert [lane["label"] for lane in overview["lanes"]] == ["stage 0", "stage 1"]
 
-        more = [server.post_image(images[0], seed=100 + k).json()["id"] for k in range(3)]
+        # More than the pipeline holds (a job per stage and the one stage 0 asked for next): some stay queued.
+        more = [server.post_image(images[0], seed=100 + k).json()["id"] for k in range(6)]
         server.wait_for(lambda: server.status(more[0]) == "in_progress", what="a job in flight")
         # As a service manager stops a unit: SIGTERM to every process, so rank 0 gets it twice
         # (once more from torchrun, which passes it on to every rank); still one drain.
@@ -78,7 +79,7 @@ def test_under_torchrun_jobs_equal_ppsvd_run_and_sigterm_drains(tmp_path):
     assert output.count("Traceback") <= 1 and ("Traceback" not in output or "SignalException" in output), output
     statuses = dict(sqlite3.connect(state / "jobs.sqlite3").execute("SELECT id, status FROM jobs").fetchall())
     assert statuses[more[0]] == "completed" and set(statuses.values()) <= {"completed", "queued"}
-    assert sorted(statuses.values()).count("queued") >= 1  # kept for the next start
+    assert list(statuses.values()).count("queued") >= 1, statuses  # kept for the next start
 
     folder = tmp_path / "images"
     folder.mkdir()
