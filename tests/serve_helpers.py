@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -22,8 +24,22 @@ def free_port() -> int:
 class Server:
     """`python -m ppsvd serve ARGS --port P --state-dir DIR`, its stderr in DIR/../server-N.log."""
 
-    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None, api_key: str | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        api_key: str | None = None,
+        torchrun: tuple[str, ...] | None = None,
+        rank_exit_codes: bool = False,
+    ):
+        """torchrun: start it as `python -m torch.distributed.run --standalone TORCHRUN -m ppsvd serve ...`.
+        rank_exit_codes: each rank through a shell that prints `ppsvd rank R exit CODE` once it ended
+        (torchrun does not say after a signal); the shell ignores the signals torchrun passes to the
+        rank's process group, the rank gets them as without it."""
         self.state_dir = Path(state_dir)
+        self.torchrun = torchrun
+        self.rank_exit_codes = rank_exit_codes
         self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -39,6 +55,13 @@ class Server:
         self.log = open(self.log_path, "w")
         cmd = [sys.executable, "-m", "ppsvd", "serve", *self.args, "--port", str(self.port)]
         cmd += ["--state-dir", str(self.state_dir)]
+        if self.torchrun is not None:
+            torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", *self.torchrun]
+            if self.rank_exit_codes:
+                script = f"trap '' TERM INT HUP; {shlex.join(cmd)}; echo ppsvd rank $RANK exit $?"
+                cmd = [*torchrun, "--no-python", "sh", "-c", script]
+            else:
+                cmd = [*torchrun, *cmd[1:]]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         return self
 
@@ -95,8 +118,12 @@ class Server:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
+                workers = children_of(self.proc.pid)
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+                for pid in workers:  # torchrun's ranks do not die with it
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
         if getattr(self, "log", None) is not None:
             self.log.close()
 
@@ -120,6 +147,19 @@ def png_bytes(width: int, height: int, flip: bool = False) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def rank_pid(torchrun_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker with that RANK."""
+    import psutil
+
+    for child in psutil.Process(torchrun_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "ppsvd" in child.cmdline():
+                return child.pid
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no rank {rank} under torchrun {torchrun_pid}")
 
 
 def children_of(pid: int) -> list[int]:

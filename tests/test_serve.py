@@ -356,13 +356,6 @@ def test_listening_beyond_loopback_needs_an_api_key(capsys, monkeypatch):
     assert code == 2 and "API key" in err
 
 
-def test_serve_refuses_torchrun_in_one_line(capsys, monkeypatch):
-    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
-        monkeypatch.setenv(name, value)
-    code, _, err = run_cli(capsys, "serve", "--model-id", "tiny", "--device", "cpu")
-    assert code == 2 and "torchrun" in err and len(err.strip().splitlines()) == 1
-
-
 def test_serve_takes_every_pipeline_option_of_run():
     """serve's options are run's (commands/options.py) minus what a job gives or a run writes: an
     option added to run (e.g. a compile flag) fails here until serve has it too."""

@@ -353,7 +353,7 @@ class GlooTransport(_TorchP2PTransport):
         w = self.world
         dist.init_process_group(
             "gloo",
-            store=w.store,
+            store=_group_store(w),
             rank=w.rank,
             world_size=w.world_size,
             timeout=timedelta(seconds=w.transport.timeout_s),
@@ -395,7 +395,7 @@ class NcclTransport(_TorchP2PTransport):
         w = self.world
         dist.init_process_group(
             "nccl",
-            store=w.store,
+            store=_group_store(w),
             rank=w.rank,
             world_size=w.world_size,
             timeout=timedelta(seconds=w.transport.timeout_s),
@@ -404,6 +404,12 @@ class NcclTransport(_TorchP2PTransport):
 
     def _start_wait(self, works: list, direction: str) -> _WaitHandle:
         return _PolledWait(works)
+
+
+def _group_store(w: StageWorld):
+    """The process group's keys under the run id: a torchrun restart reuses the agent's store, and
+    the new ranks must not read the addresses the dead ones published there."""
+    return dist.PrefixStore(f"ppsvd/{w.run_id}/pg", w.store)
 
 
 def _header_tensor(header: Header, device: torch.device) -> torch.Tensor:

@@ -22,7 +22,6 @@ from ppsvd.commands import options as o
 from ppsvd.config import DEFAULT_MODEL_ID, DEFAULT_PARTITION
 from ppsvd.console import out
 from ppsvd.environment import env_world
-from ppsvd.errors import ConfigError
 from ppsvd.serve.config import API_KEY_ENV, DEFAULT_STATE_DIR, ServeConfig, api_key_from
 from ppsvd.serve.server import serve
 
@@ -146,16 +145,13 @@ def command(
     on the same state dir runs every accepted job exactly once, with the same bytes. SIGTERM or
     Ctrl-C drains (the jobs in flight finish, the queue is kept). The official openai client works
     unchanged: client.videos.create_and_poll(...), client.videos.download_content(id). On a CPU
-    machine: ppsvd serve --model-id tiny --device cpu. See docs/serve.md.
+    machine: ppsvd serve --model-id tiny --device cpu. Under torchrun every rank runs this
+    command and rank 0 hosts the service. See docs/serve.md.
     """
     if not debug:
         # The workers' and the store's C++ logging (a store wait that times out is routine here).
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    if env_world() is not None:
-        raise ConfigError(
-            "ppsvd serve starts its own workers and does not run under torchrun; start it directly "
-            "(ppsvd serve --nproc N) on each host, behind a load balancer (docs/serve.md#several-hosts)"
-        )
+    world = env_world()  # under torchrun: every rank runs this command, rank 0 hosts the service
     synthetic = {
         "step_ms": step_ms,
         "encode_ms": encode_ms,
@@ -208,9 +204,11 @@ def command(
         debug=debug,
         **{name: value for name, value in synthetic.items() if value},
     )
+    if world is not None:
+        run = run.replace(nproc=world[1])  # the workers are torchrun's ranks
     # A stream has no end: --strategy auto picks the layout of the best steady state (many samples).
-    run, reason = planner.resolve_strategy(run.replace(num_samples=1000))
-    if reason is not None:
+    run, reason = planner.resolve_strategy(run.replace(num_samples=1000), None if world is None else world[1])
+    if reason is not None and (world is None or world[0] == 0):
         out.print(reason, style="dim", soft_wrap=True)
     run = run.replace(num_samples=1)
     check(run)  # devices, model files and shapes, memory: one line before anything starts
@@ -225,8 +223,8 @@ def command(
         max_image_pixels=max_image_pixels,
         drain_timeout_s=drain_timeout,
         allow_image_urls=allow_image_urls,
-    ).validate()
-    code = serve(config)
+    ).validate(listens=world is None or world[0] == 0)
+    code = serve(config, None if world is None else (world[0], world[1]))
     # Leave as a worker does: the supervisor's and the agent's threads may still be winding down,
     # and an interpreter shutdown under them can hang or abort; every record is committed.
     sys.stdout.flush()

@@ -24,6 +24,7 @@ knows which job it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -131,9 +132,21 @@ class JobFeed:
     to the conditional half (h = 1), so both halves start the same job."""
 
     def __init__(
-        self, store: Any, run_id: str, *, rank: int, replica: int, half: int | None, cancelled, timeout_s: float
+        self,
+        store: Any,
+        run_id: str,
+        *,
+        rank: int,
+        replica: int,
+        half: int | None,
+        cancelled,
+        timeout_s: float,
+        base: Path | None = None,
     ) -> None:
         self.store = store
+        self.base = base
+        """What a spec's relative image path is relative to: this rank's run directory (a service's
+        ranks on several hosts may see the shared state dir at different paths)."""
         self.waiter = own_connection(store, timeout_s)
         self.run_id = run_id
         self.rank = rank
@@ -155,7 +168,9 @@ class JobFeed:
                 publish_event(self.store, self.run_id, {"kind": "dropped", "job": spec.job, "rank": self.rank})
                 continue
             if self.half == 0:
-                self._publish_pair(spec)
+                self._publish_pair(spec)  # as given: the partner resolves its image path on its own host
+            if self.base is not None and not Path(spec.image).is_absolute():
+                spec = dataclasses.replace(spec, image=str((self.base / spec.image).resolve()))
             taken = time.time()
             started = time.perf_counter()
             try:

@@ -151,7 +151,7 @@ def torchrun_main(
     store, _, _ = next(
         dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=config.transport.timeout_s))
     )
-    run_id = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    run_id = torchrun_run_id()
     run_key = key(run_id, RUN_DIR_KEY)
     lock = contextlib.nullcontext()
     if rank == 0:
@@ -169,6 +169,21 @@ def torchrun_main(
     with lock, live_progress(store, run_id, progress, indices):
         code = _run(config, store, run_id, run_dir, launched, self_launched=False, indices=indices, received=received)
     return code, run_dir
+
+
+def torchrun_run_id() -> str:
+    """The run id of this torchrun launch: its rendezvous id and restart count (a restart of the
+    ranks is a new run: nothing a dead attempt left in the store can be mistaken for the new one's)."""
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def serve_stage(config: RunConfig, store, run_id: str, run_dir: Path, *, received: list[int], speaks: bool) -> int:
+    """This rank's stage of a service under torchrun (ppsvd/serve/torchrun.py): jobs from rank 0's
+    feeder, outputs into run_dir. speaks: rank 0 names a failed stage itself (False: the service
+    on rank 0 says it). Returns the exit code, as _run."""
+    return _run(
+        config, store, run_id, run_dir, time.time(), self_launched=False, received=received, serve=True, speaks=speaks
+    )
 
 
 def _die_with_parent() -> None:
@@ -230,9 +245,11 @@ def _run(
     indices: tuple[int, ...] | None = None,
     received: list[int] | None = None,
     serve: bool = False,
+    speaks: bool = True,
 ) -> int:
     """Run this process's stage; returns the exit code (0 ok, 1 this stage failed, 3 stopped by
-    another, 128 + signum interrupted)."""
+    another, 128 + signum interrupted). speaks: under torchrun, rank 0 names the stage that failed
+    (False: its caller does, as a service's rank 0)."""
     job = _Job.from_env(
         config, store, run_id, run_dir, run_start, self_launched=self_launched, indices=indices, serve=serve
     )
@@ -259,7 +276,7 @@ def _run(
             # it; say nothing: the launcher (ours or torchrun) speaks for the run.
             control.interrupted(signal.Signals(received[0]).name)
             found = control.read_abort()
-            if not self_launched and rank == 0 and found is not None and found.stage is not None:
+            if not self_launched and speaks and rank == 0 and found is not None and found.stage is not None:
                 # The agent stopped us because a stage failed: rank 0 still names it (torchrun).
                 error_line(describe(found, store, run_id))
             return 128 + received[0]
@@ -274,7 +291,7 @@ def _run(
                 cause = reason.message
             else:
                 cause = f"stage {reason.stage} failed: {reason.message}"
-            if not self_launched and rank == 0 and reason is not None:
+            if not self_launched and speaks and rank == 0 and reason is not None:
                 # Under torchrun no launcher of ours speaks for the run: rank 0 names the cause.
                 error_line(describe(reason, store, run_id))
             elif config.ui.debug:
@@ -391,6 +408,7 @@ def _serving(job: _Job, work, control: RunControl) -> dict:
             half=work.half,
             cancelled=control.cancelled,
             timeout_s=timeout_s,
+            base=job.run_dir,
         )
     mark_serving(job.store, job.run_id, job.rank)
     return {

@@ -70,8 +70,9 @@ class ServeConfig:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
-    def validate(self) -> ServeConfig:
-        if not is_loopback(self.host) and not self.api_key:
+    def validate(self, *, listens: bool = True) -> ServeConfig:
+        """listens: False for a rank of torchrun's other than 0, which opens no port (and needs no key)."""
+        if listens and not is_loopback(self.host) and not self.api_key:
             raise ConfigError(
                 f"--host {self.host} listens beyond this machine; give an API key (--api-key, or the "
                 f"{API_KEY_ENV} environment variable) so that only clients with it can use the service"

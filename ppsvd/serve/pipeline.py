@@ -8,6 +8,8 @@ serves HTTP), never of a worker: a stuck stage cannot block the API.
   When the workers crash (a stage raised, was killed, hung: runtime/control names it), the jobs
   they held go back to the queue (jobs.requeue) and a new generation starts; after
   config.max_restarts crashes in a row before every stage was ready, it gives up (`fatal`).
+  Under torchrun (serve/torchrun.py) the workers are torchrun's ranks and the supervisor runs
+  rank 0's own stage instead: one generation, which torchrun restarts after a crash.
 - Feeder: waits for a replica's stage 0 to ask (runtime/jobfeed: serve/want/<t>), takes the
   oldest queued job (one transaction: in_progress) and answers with its spec; while draining it
   answers NONE_LEFT, and the end of stream flows through the stages as at the end of a run.
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from ppsvd.backends.hosts import host_key, read_host
+from ppsvd.backends.hosts import host_key, read_host, this_host
 from ppsvd.console import notice
 from ppsvd.io.samples import SampleSpec
 from ppsvd.planning.ranks import rank_work
@@ -36,10 +38,11 @@ from ppsvd.runtime.jobfeed import NONE_LEFT, THUMBNAILS, own_connection, serve_k
 from ppsvd.runtime.launch import WorkersEnded, run_workers
 from ppsvd.runtime.progress import lane_key
 from ppsvd.runtime.worker import WorkerSpec
-from ppsvd.serve.config import ServeConfig
+from ppsvd.serve.config import UPLOADS, ServeConfig
 from ppsvd.serve.jobs import MAX_CRASHES, JobStore
 from ppsvd.serve.metrics import ServiceMetrics
 from ppsvd.serve.state import ServiceState
+from ppsvd.serve.torchrun import RankZeroStage
 
 POLL_S = 0.02
 """The monitor's pace for events (a completed job is in the job store within this of its files)."""
@@ -72,9 +75,18 @@ class Generation:
 
 class Pipeline:
     def __init__(
-        self, config: ServeConfig, jobs: JobStore, state: ServiceState, store, metrics: ServiceMetrics
+        self,
+        config: ServeConfig,
+        jobs: JobStore,
+        state: ServiceState,
+        store,
+        metrics: ServiceMetrics,
+        torchrun: RankZeroStage | None = None,
     ) -> None:
         self.config = config
+        self.torchrun = torchrun
+        """Under torchrun: rank 0's own stage, and the workers are torchrun's ranks (serve/torchrun.py);
+        one generation, which torchrun (not this supervisor) restarts."""
         self.jobs = jobs
         self.state = state
         self.store = store
@@ -94,6 +106,7 @@ class Pipeline:
         self.completions: deque[float] = deque(maxlen=50)
         self._lock = threading.Lock()
         self._next_index = 0
+        self._here = this_host()
         self._thread = threading.Thread(target=self._supervise, name="ppsvd-supervisor", daemon=True)
 
     # -- what the service asks ---------------------------------------------------------------
@@ -155,6 +168,10 @@ class Pipeline:
                 self._requeue(gen, crash)
                 if crash is None or self.draining.is_set():
                     break
+                if self.torchrun is not None:  # torchrun restarts every rank, this one too
+                    self.fatal = self.torchrun.fatal(crash)
+                    self.state.set_phase("failed", self.fatal)
+                    break
                 failures = 0 if gen.ready else failures + 1
                 if failures >= self.config.max_restarts:
                     self.fatal = (
@@ -183,7 +200,8 @@ class Pipeline:
             rank_work(run.layout.strategy, n, r, (), total_steps=run.job.total_steps, layout=layout).label
             for r in range(n)
         ]
-        gen = Generation(index=index, run_id=new_run_id(), labels=labels)
+        run_id = new_run_id() if self.torchrun is None else self.torchrun.run_id
+        gen = Generation(index=index, run_id=run_id, labels=labels)
         self.state.new_generation(index, labels)
         if index == 0:
             self.state.set_phase("loading", f"starting {n} worker(s) and loading {run.model.model}")
@@ -209,7 +227,7 @@ class Pipeline:
         for thread in helpers:
             thread.start()
         try:
-            return run_workers(spec, self.store)
+            return run_workers(spec, self.store) if self.torchrun is None else self.torchrun.run()
         finally:
             gen.over.set()
             for thread in helpers:
@@ -264,7 +282,9 @@ class Pipeline:
         index, self._next_index = self._next_index, self._next_index + 1
         return SampleSpec(
             index=index,  # increasing in the order stage 0s take jobs, never reused while the service runs
-            image=str((self.config.uploads_dir / job.image).resolve()),
+            # Relative to the outputs (the workers' run directory): a rank on another host finds it
+            # in the state dir as it sees it (runtime/jobfeed.JobFeed resolves it).
+            image=str(Path("..") / UPLOADS / job.image),
             seed=int(p["seed"]),
             fps=int(p["fps"]),
             motion_bucket_id=int(p["motion_bucket_id"]),
@@ -357,26 +377,44 @@ class Pipeline:
                 steps, seconds = self.state.update_lane(rank, json.loads(conn.get(name)), gen.ranges.get(rank))
                 self.metrics.steps_done(gen.labels[rank], steps, seconds)
 
+    def _blame_dead(self, gen: Generation, conn, here) -> bool:
+        """A worker of this host whose process is gone without finishing: the generation's abort key
+        names it (True). A rank on another host (torchrun) is watched by its own agent and peers."""
+        for rank, facts in list(gen.hosts.items()):
+            if facts.shares_processes(here) and not facts.alive() and not conn.check([key(gen.run_id, "done", rank)]):
+                conn.compare_set(key(gen.run_id, ABORT_KEY), "", f"{rank}\tits process ended before it finished")
+                return True
+        return False
+
+    def blame_dead_peer(self) -> bool:
+        """Under torchrun, when a signal comes: if a rank of this host died, the signal is torchrun
+        stopping the others because of it (a crash: the jobs go back to the queue, rank 0 exits 1
+        naming that stage), not a request to drain. True when one did (its abort key is set)."""
+        gen = self.gen
+        if gen is None:
+            return False
+        for rank in range(len(gen.labels)):  # the monitor may not have read every rank's facts yet
+            if rank not in gen.hosts and self.store.check([host_key(gen.run_id, rank)]):
+                facts = read_host(self.store, gen.run_id, rank)
+                if facts is not None:
+                    gen.hosts[rank] = facts
+        return self._blame_dead(gen, self.store, self._here)
+
     def _watch_workers(self, gen: Generation, conn) -> None:
         """A worker process that is gone without finishing stops the generation at once (its
         peers would notice within seconds; a restart should not wait for that), and once the
         generation stops, no worker of it outlives CLEAR_AFTER_S."""
 
         n = len(gen.labels)
+        here = self._here
         for rank in range(n):
             if rank not in gen.hosts:
                 facts = read_host(conn, gen.run_id, rank) if conn.check([host_key(gen.run_id, rank)]) else None
                 if facts is not None:
                     gen.hosts[rank] = facts
         if gen.aborted_at is None:
-            if read_abort(conn, gen.run_id) is not None:
+            if read_abort(conn, gen.run_id) is not None or self._blame_dead(gen, conn, here):
                 gen.aborted_at = time.monotonic()
-                return
-            for rank, facts in gen.hosts.items():
-                if not facts.alive() and not conn.check([key(gen.run_id, "done", rank)]):
-                    conn.compare_set(key(gen.run_id, ABORT_KEY), "", f"{rank}\tits process ended before it finished")
-                    gen.aborted_at = time.monotonic()
-                    return
         elif not gen.cleared and time.monotonic() - gen.aborted_at > CLEAR_AFTER_S:
             gen.cleared = True
             for rank in range(n):

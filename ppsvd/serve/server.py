@@ -4,6 +4,7 @@ Threads of this one process: main (signals, then the orderly end), the HTTP serv
 the supervisor with its feeder and monitor (pipeline.py). The workers are child processes; they
 die with this process (PR_SET_PDEATHSIG), so a SIGKILLed server leaves no orphans, and the
 next start on the same state dir picks the queue up where it was.
+Under torchrun this is rank 0's process, and its workers are torchrun's ranks (serve/torchrun.py).
 
 SIGTERM / SIGINT / SIGHUP: new jobs get 503, the feeder hands out no more jobs, the jobs in
 flight finish (up to --drain-timeout), the workers leave, and the process exits with 128 + the
@@ -33,15 +34,24 @@ from ppsvd.serve.pipeline import Pipeline, remove_outputs
 from ppsvd.serve.schemas import Served
 from ppsvd.serve.service import Service
 from ppsvd.serve.state import ServiceState
+from ppsvd.serve.torchrun import RankZeroStage, World, offer_state_dir, serve_other_rank
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ECHO_WINDOW_S = 2.0
+"""Under torchrun, a second signal this soon after the first is torchrun passing on the one the
+ranks got directly too (a service manager signals every process), not a request to stop at once."""
 STOP_GRACE_S = 10.0
 """After the workers were told to stop, how long the service waits for them before it exits anyway."""
 
 
-def serve(config: ServeConfig) -> int:
-    """Run the service until a signal or a fatal failure; returns the exit code (the last line printed)."""
+def serve(config: ServeConfig, torchrun: tuple[int, int] | None = None) -> int:
+    """Run the service until a signal or a fatal failure; returns the exit code (the last line printed).
 
+    torchrun: (rank, world size) when the command runs under torchrun: rank 0 hosts the service
+    around its own stage, every other rank runs its stage only (serve/torchrun.py)."""
+
+    if torchrun is not None and torchrun[0] != 0:
+        return serve_other_rank(World(*torchrun, config.run.transport.timeout_s), config.validate(listens=False))
     config.validate()
     state_dir = Path(config.state_dir)
     lock = _lock_state_dir(state_dir)
@@ -53,16 +63,27 @@ def serve(config: ServeConfig) -> int:
     listener = _bind(config.host, config.port)
     run = config.run
     state = ServiceState(run.job.total_steps)
-    store = loopback_store(run.transport.timeout_s)
+    rank_zero = None
+    if torchrun is None:
+        store = loopback_store(run.transport.timeout_s)
+    else:
+        world = World(*torchrun, run.transport.timeout_s)
+        offer_state_dir(world, config)
+        store, rank_zero = world.store, RankZeroStage(world, config)
     metrics = ServiceMetrics()
-    pipeline = Pipeline(config, jobs, state, store, metrics)
+    pipeline = Pipeline(config, jobs, state, store, metrics, torchrun=rank_zero)
     factor = pixels.model_scale_factor(run.model.model, weights=run.model.weights, revision=run.model.revision)
     service = Service(config, jobs, state, pipeline, Served.from_config(run, factor), metrics)
     http = _HttpThread(service, listener)
     received: list[int] = []
     got_signal = threading.Event()
+    first_at: list[float] = []
 
     def on_signal(signum, _frame) -> None:
+        now = time.monotonic()
+        if rank_zero is not None and first_at and now - first_at[0] < ECHO_WINDOW_S:
+            return  # torchrun passing on the signal this process got too (systemd signals the whole unit)
+        first_at.append(now)
         received.append(signum)
         got_signal.set()
 
@@ -81,6 +102,11 @@ def serve(config: ServeConfig) -> int:
         while not got_signal.wait(0.2):
             if pipeline.finished.is_set() or not http.alive:
                 break
+        if received and rank_zero is not None and pipeline.blame_dead_peer():
+            # torchrun stops every rank of this host because one of them died: a crash, not a drain.
+            pipeline.finished.wait(STOP_GRACE_S)
+            error_line(pipeline.fatal or rank_zero.fatal("a stage's process ended before it finished"))
+            return 1
         if received:
             return _drain(config, pipeline, jobs, state, received)
         if not http.alive:
