@@ -21,7 +21,7 @@ from ppsvd import __version__
 from ppsvd.api.execution import signals_interrupt
 from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
-from ppsvd.errors import PpsvdError
+from ppsvd.errors import Interrupted, PpsvdError
 
 
 def _flags_take_no_value(params: list) -> list:
@@ -98,6 +98,20 @@ def _usage_line(exc: Exception) -> str:
     return f"{' '.join(message.split())} (see `{where} --help`)"
 
 
+def _signal_within(exc: BaseException) -> BaseException | None:
+    """The Interrupted (or KeyboardInterrupt) that exc was raised from, if any: a signal handler's
+    exception raised while a module is being imported can come out wrapped (Python turns an
+    exception in a class's __set_name__ into a RuntimeError, as torch's FakeTensor showed)."""
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (Interrupted, KeyboardInterrupt)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_enabled(argv)
@@ -120,12 +134,17 @@ def main(argv: list[str] | None = None) -> None:
         error_line(str(exc))
         code = exc.exit_code
     except Exception as exc:  # a bug: still one line unless debugging
-        if debug:
-            raise
-        error_line(
-            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)"
-        )
-        code = 1
+        signalled = _signal_within(exc)
+        if signalled is not None and not debug:  # a signal raised inside an import, wrapped by Python
+            error_line(str(signalled) if isinstance(signalled, PpsvdError) else "interrupted")
+            code = signalled.exit_code if isinstance(signalled, PpsvdError) else 130
+        else:
+            if debug:
+                raise
+            error_line(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)"
+            )
+            code = 1
     code = code if isinstance(code, int) else 0
     if code > 128:
         # Leaving because of a signal: a repeated Ctrl-C while the interpreter shuts down (Python

@@ -356,3 +356,32 @@ def test_ctrl_c_while_starting_is_one_line_and_130_and_leaves_no_run_directory(t
     errors = [line for line in output.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("ppsvd: error: interrupted"), output[-3000:]
     assert not out.exists() or list(out.iterdir()) == [], list(out.rglob("*"))
+
+
+@pytest.mark.parametrize("signalled", ["interrupted", "keyboard"])
+def test_a_signal_wrapped_by_an_import_is_still_the_one_line(monkeypatch, capsys, signalled):
+    # Ctrl-C 1 s after launch once landed inside torch's import, where Python wraps an exception
+    # raised in a class's __set_name__ as a RuntimeError: still the interrupt's line and 130.
+    import ppsvd.cli
+    from ppsvd.errors import Interrupted
+
+    def importing_torch(**_kwargs):
+        inner = (
+            Interrupted("interrupted by SIGINT", signal.SIGINT) if signalled == "interrupted" else KeyboardInterrupt()
+        )
+        try:
+            raise inner
+        except BaseException as exc:
+            raise RuntimeError("Error calling __set_name__ on 'SymNumberMemoDescriptor' instance") from exc
+
+    monkeypatch.setattr(ppsvd.cli, "app", importing_torch)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(SystemExit) as exited:
+            ppsvd.cli.main(["run"])
+    finally:  # main() ignores further signals on its way out: give pytest its handlers back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert exited.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ppsvd: error: interrupted"), err
