@@ -254,6 +254,9 @@ def test_api_takes_torch_dtype_and_names_keywords_in_its_errors():
     with pytest.raises(ppsvd.ConfigError) as refused:
         ppsvd.run(model_id="tiny", device="cpu", num_frames=0)
     assert str(refused.value).startswith("num_frames=0 ") and "--" not in str(refused.value)
+    # diffusers' name for the step count is the one the error uses, not the benchmark's total_steps.
+    with pytest.raises(ppsvd.ConfigError, match=r"^num_inference_steps=-1 must be a positive number"):
+        ppsvd.run(model_id="tiny", device="cpu", num_inference_steps=-1)
     with pytest.raises(ppsvd.ConfigError, match=r"torch_dtype=torch.float16 conflicts with dtype='fp32'"):
         ppsvd.run(model_id="tiny", device="cpu", torch_dtype=torch.float16, dtype="fp32")
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'num_frame'; did you mean num_frames"):

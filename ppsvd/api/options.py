@@ -287,8 +287,9 @@ def resolve_total_steps(total_steps: int | None = None, num_inference_steps: int
             f"--num-inference-steps {num_inference_steps} conflicts with --total-steps {total_steps}; they are the "
             "same setting (diffusers' name and the benchmark guide's): give one of them"
         )
-    for value in (total_steps, num_inference_steps):
+    for flag, value in (("--total-steps", total_steps), ("--num-inference-steps", num_inference_steps)):
         if value is not None:
+            check_positive(flag, value)  # named as the caller named it
             return value
     return DEFAULT_TOTAL_STEPS
 
