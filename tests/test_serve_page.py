@@ -178,11 +178,15 @@ def test_page_uploads_watches_the_lanes_and_plays_the_video(browser, server, tmp
         time.sleep(0.1)
     poster.join()
     assert all(len(lanes) == 2 for lanes in seen) and [label for label, *_ in seen[0]] == ["stage 0", "stage 1"]
+    # What each lane showed over time, as the page recorded it for its timeline (every state the
+    # event stream brought: polling from here can miss a job that passed stage 0 before the first look).
+    history = browser.execute_script("return state.history.map(lane => lane.map(g => [g.state, g.job || '', g.start]))")
+    assert len(history) == 2, history
     for rank in (0, 1):
-        states = [lanes[rank][1:3] for lanes in seen]
+        states = [segment[:2] for segment in history[rank]]
         assert ["busy", mine["id"]] in states, f"lane {rank} never showed the form's job: {states}"
         assert len({tuple(s) for s in states}) > 1, f"lane {rank} never changed: {states}"
-    first_on = [next(i for i, lanes in enumerate(seen) if lanes[r][2] == mine["id"]) for r in (0, 1)]
+    first_on = [min(t for state, job, t in history[r] if job == mine["id"]) for r in (0, 1)]
     assert first_on[0] < first_on[1], "stage 1 showed the job before stage 0 did"
 
     # It plays: the page loads the job it submitted into the player, and offers the MP4.
