@@ -21,7 +21,7 @@ from ppsvd import __version__
 from ppsvd.api.execution import signals_interrupt
 from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
-from ppsvd.errors import Interrupted, PpsvdError
+from ppsvd.errors import Interrupted, PpsvdError, raised_from
 
 
 def _flags_take_no_value(params: list) -> list:
@@ -102,14 +102,7 @@ def _signal_within(exc: BaseException) -> BaseException | None:
     """The Interrupted (or KeyboardInterrupt) that exc was raised from, if any: a signal handler's
     exception raised while a module is being imported can come out wrapped (Python turns an
     exception in a class's __set_name__ into a RuntimeError, as torch's FakeTensor showed)."""
-    seen: set[int] = set()
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, (Interrupted, KeyboardInterrupt)):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return None
+    return next((e for e in raised_from(exc) if isinstance(e, (Interrupted, KeyboardInterrupt))), None)
 
 
 def main(argv: list[str] | None = None) -> None:

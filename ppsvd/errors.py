@@ -1,5 +1,20 @@
 """Exceptions that reach the user as one line (see cli.main for the mapping to exit codes)."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+
+def raised_from(exc: BaseException) -> Iterator[BaseException]:
+    """exc, then the exception it was raised from (its __cause__, else its __context__), and so on:
+    what a wrapper hides (Python wraps an exception raised in __set_name__, c10d wraps socket errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
 
 class PpsvdError(Exception):
     """An error whose message is complete enough to show the user as one line."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from ppsvd.analysis.timeline import RunTimeline
 from ppsvd.backends.hosts import loopback_store, read_host
 from ppsvd.config import RunConfig
-from ppsvd.errors import ConfigError, Interrupted, PpsvdError, StageFailedError
+from ppsvd.errors import ConfigError, Interrupted, PpsvdError, StageFailedError, raised_from
 from ppsvd.io import given
 from ppsvd.io.atomic import DirIdentity, remove_temp_files, run_label
 from ppsvd.io.results import MANIFEST, listed_entries, missing_files
@@ -284,15 +284,12 @@ the elastic agent report running out of descriptors in words only ("Failed to in
 def _out_of_descriptors(exc: BaseException, codes: tuple[int, ...]) -> bool:
     """exc, or an exception it was raised from, is EMFILE/ENFILE: an OSError, or c10d's store
     errors (RendezvousConnectionError from DistNetworkError), which carry only the message."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in codes:
-            return True
-        if any(f"errno: {code} " in str(exc) for code in codes) or "Too many open files" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(
+        (isinstance(e, OSError) and e.errno in codes)
+        or "Too many open files" in str(e)
+        or any(f"errno: {code} " in str(e) for code in codes)
+        for e in raised_from(exc)
+    )
 
 
 class _Enforcer:
