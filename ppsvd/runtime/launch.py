@@ -23,6 +23,7 @@ launcher says which stage.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -258,16 +259,15 @@ def _raise_open_file_limit() -> None:
 
 def _no_emfile(config: RunConfig, action):
     """Run action(); running out of file descriptors becomes one line naming the limit and the fix."""
-    import errno
     import resource
 
     try:
         return action()
+    except PpsvdError:  # ppsvd's own verdicts (a stage failed, interrupted, ...) stand
+        raise
     except Exception as exc:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if isinstance(exc, PpsvdError):  # ppsvd's own verdicts (a stage failed, interrupted, ...) stand
-            raise
-        if not _out_of_descriptors(exc, (errno.EMFILE, errno.ENFILE)) and not 0 <= soft < FEW_OPEN_FILES:
+        if not (_out_of_descriptors(exc) or 0 <= soft < FEW_OPEN_FILES):
             raise
         raise ConfigError(
             f"too many open files: this process may have {soft} open (ulimit -n), too few to start "
@@ -281,9 +281,10 @@ the elastic agent report running out of descriptors in words only ("Failed to in
 "Failed to create a socket"), without the errno."""
 
 
-def _out_of_descriptors(exc: BaseException, codes: tuple[int, ...]) -> bool:
+def _out_of_descriptors(exc: BaseException) -> bool:
     """exc, or an exception it was raised from, is EMFILE/ENFILE: an OSError, or c10d's store
     errors (RendezvousConnectionError from DistNetworkError), which carry only the message."""
+    codes = (errno.EMFILE, errno.ENFILE)
     return any(
         (isinstance(e, OSError) and e.errno in codes)
         or "Too many open files" in str(e)
