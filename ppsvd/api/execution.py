@@ -42,7 +42,7 @@ from ppsvd.io.samples import skipped_images
 from ppsvd.io.sources import record_sources
 from ppsvd.planning.steps import partition_steps
 from ppsvd.runtime import launch as launcher
-from ppsvd.runtime.signals import StopSignal, catch_stop_signals, leave
+from ppsvd.runtime.signals import StopSignal, catch_stop_signals, give_back_signals, leave, stop_raising
 from ppsvd.runtime.worker import torchrun_main
 
 World = tuple[int, int, int, int]
@@ -186,6 +186,7 @@ def _on_torchrun(
     rank, size = world[0], world[1]
     run_dir = None if plan is None else plan.run_dir
     received = catch_stop_signals()
+    code: int | None = None
     try:
         if speaks:  # rank 0, unless the caller asked for no notices
             _announce(config, size)
@@ -197,8 +198,11 @@ def _on_torchrun(
         code, run_dir = torchrun_main(
             config, run_dir=run_dir, indices=None if plan is None else plan.remaining, received=received
         )
-    except StopSignal as stop:  # before the stage started: nothing written, nothing to say
-        code = 128 + stop.signum
+        stop_raising()  # the stage is over: a signal from here on (torchrun stopping the others) is only noted
+    except StopSignal as stop:  # before the stage started or after it ended: nothing more to write
+        code = 128 + stop.signum if code is None else code
+    if not exit_when_done:
+        give_back_signals()  # the caller's own Ctrl-C handling again
     if code == 0 and rank == 0 and summary is not None:
         summary(config, run_dir)
     line = None

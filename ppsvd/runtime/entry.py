@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import sys
 
-from ppsvd.runtime.signals import StopSignal, catch_stop_signals, leave
+from ppsvd.runtime.signals import StopSignal, catch_stop_signals, leave, stop_raising
 
 
 def main(argv: list[str]) -> None:
     received = catch_stop_signals()
+    code: int | None = None
     try:
         from ppsvd.runtime.worker import WorkerSpec, worker_main  # heavy: torch; a signal now is a StopSignal
 
         code = worker_main(WorkerSpec.load(argv[1]), received)
-    except StopSignal as stop:  # before the stage loop started: nothing to clean up yet
-        code = 128 + stop.signum
+        stop_raising()  # work over: a later signal (the launcher stopping a run a peer failed) is only noted
+    except StopSignal as stop:  # before the stage loop started, or after it ended: nothing to clean up
+        code = 128 + stop.signum if code is None else code
     leave(code)  # os._exit, also after success: see signals.leave
 
 

@@ -13,6 +13,12 @@ import sys
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+# Whether the first stop signal still raises StopSignal. Cleared by stop_raising() once the work
+# is over: a SIGTERM that the launcher sends while this worker is already leaving (a peer failed
+# a moment after this one finished) must not become a traceback inside leave().
+_raising = True
+_previous: dict[int, object] = {}  # the handlers catch_stop_signals replaced, for give_back_signals
+
 
 class StopSignal(BaseException):
     """SIGINT, SIGTERM or SIGHUP reached this worker. A BaseException, so no `except Exception`
@@ -27,16 +33,34 @@ def catch_stop_signals() -> list[int]:
     """From now on the first SIGINT/SIGTERM/SIGHUP raises StopSignal in the main thread; later
     ones are only recorded (the launcher repeats the signal while this process cleans up, and
     a second exception would cut the clean-up short). Returns the list of signals received."""
+    global _raising
     received: list[int] = []
 
     def handler(signum, _frame) -> None:
         received.append(signum)
-        if len(received) == 1:
+        if len(received) == 1 and _raising:
             raise StopSignal(signum)
 
+    _raising = True
     for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
+        _previous[sig] = signal.signal(sig, handler)
     return received
+
+
+def stop_raising() -> None:
+    """From now on stop signals are only recorded. Call it inside the `try` that catches
+    StopSignal, as its last statement: a signal before it is caught there, none can raise after."""
+    global _raising
+    _raising = False
+
+
+def give_back_signals() -> None:
+    """Put back the handlers catch_stop_signals replaced (the Python API under torchrun returns to
+    its caller, whose Ctrl-C must work again)."""
+    stop_raising()
+    for sig, previous in _previous.items():
+        signal.signal(sig, previous)
+    _previous.clear()
 
 
 def leave(code: int) -> None:
