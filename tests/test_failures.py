@@ -66,7 +66,6 @@ def _fault_time(stderr: str) -> float:
         ("1:3:raise", "gloo", r"stage 1 failed: .*injected fault"),  # the fast lane keeps this one
         pytest.param("1:3:kill", "gloo", r"stage 1 (was killed by SIGKILL|failed)", marks=pytest.mark.slow),
         pytest.param("2:3:raise", "zmq", r"stage 2 failed: .*injected fault", marks=pytest.mark.slow),
-        pytest.param("1:3:kill", "zmq", r"stage 1 (was killed by SIGKILL|failed)", marks=pytest.mark.slow),
         pytest.param("1:3:exit0", "zmq", r"stage 1 failed: stopped responding", marks=pytest.mark.slow),
     ],
 )

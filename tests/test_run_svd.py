@@ -112,12 +112,10 @@ def read_frames(run_dir: Path, index: int) -> np.ndarray:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     "nproc,transport",
-    # Two cases: `ppsvd verify`'s test (tests/test_verify.py) also compares 1 process and 3
-    # stages over gloo and over zmq with diffusers' pipeline, through the same launcher.
-    [
-        (2, "gloo"),  # the fast lane (-m "not slow") keeps this one
-        pytest.param(4, "zmq", marks=pytest.mark.slow),
-    ],
+    # One case here (the fast lane keeps it): `ppsvd verify`'s test (tests/test_verify.py) compares
+    # 1 process and 3 stages over gloo and over zmq with diffusers' pipeline, through the same
+    # launcher; tests/test_pipeline.py checks 4 stages over each transport against one stage.
+    [(2, "gloo")],
 )
 def test_videos_equal_diffusers_pipeline(tiny_repo, images, reference, tmp_path, nproc, transport):
     config = base_config(tiny_repo, images, tmp_path, nproc=nproc, transport=transport)

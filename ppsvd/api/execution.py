@@ -185,9 +185,9 @@ def _on_torchrun(
 ) -> RunResult:
     rank, size = world[0], world[1]
     run_dir = None if plan is None else plan.run_dir
-    received = catch_stop_signals()
     code: int | None = None
     try:
+        received = catch_stop_signals()  # inside the `try`: a signal from the moment it is caught is a StopSignal here
         if speaks:  # rank 0, unless the caller asked for no notices
             _announce(config, size)
         config = check(config)  # every rank checks its own inputs, so a bad flag fails fast everywhere
@@ -201,8 +201,9 @@ def _on_torchrun(
         stop_raising()  # the stage is over: a signal from here on (torchrun stopping the others) is only noted
     except StopSignal as stop:  # before the stage started or after it ended: nothing more to write
         code = 128 + stop.signum if code is None else code
-    if not exit_when_done:
-        give_back_signals()  # the caller's own Ctrl-C handling again
+    finally:
+        if not exit_when_done:
+            give_back_signals()  # the caller's own Ctrl-C handling again, also after a bad option
     if code == 0 and rank == 0 and summary is not None:
         summary(config, run_dir)
     line = None

@@ -19,9 +19,9 @@ from ppsvd.runtime.signals import StopSignal, catch_stop_signals, leave, stop_ra
 
 
 def main(argv: list[str]) -> None:
-    received = catch_stop_signals()
     code: int | None = None
     try:
+        received = catch_stop_signals()  # inside the `try`: a signal from the moment it is caught is a StopSignal here
         from ppsvd.runtime.worker import WorkerSpec, worker_main  # heavy: torch; a signal now is a StopSignal
 
         code = worker_main(WorkerSpec.load(argv[1]), received)
