@@ -22,6 +22,7 @@ from ppsvd.api.execution import signals_interrupt
 from ppsvd.commands import bench, doctor, plan, run, serve, simulate, verify
 from ppsvd.console import error_line
 from ppsvd.errors import Interrupted, PpsvdError, raised_from
+from ppsvd.runtime.signals import STOP_SIGNALS
 
 
 def _flags_take_no_value(params: list) -> list:
@@ -127,13 +128,16 @@ def main(argv: list[str] | None = None) -> None:
         error_line(str(exc))
         code = exc.exit_code
     except Exception as exc:  # a bug: still one line unless debugging
-        signalled = _signal_within(exc)
-        if signalled is not None and not debug:  # a signal raised inside an import, wrapped by Python
-            error_line(str(signalled) if isinstance(signalled, PpsvdError) else "interrupted")
-            code = signalled.exit_code if isinstance(signalled, PpsvdError) else 130
+        if debug:
+            raise
+        signalled = _signal_within(exc)  # a signal raised inside an import comes out wrapped by Python
+        if isinstance(signalled, PpsvdError):
+            error_line(str(signalled))
+            code = signalled.exit_code
+        elif signalled is not None:
+            error_line("interrupted")
+            code = 130
         else:
-            if debug:
-                raise
             error_line(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with --debug or PPSVD_DEBUG=1 for the traceback)"
             )
@@ -142,6 +146,6 @@ def main(argv: list[str] | None = None) -> None:
     if code > 128:
         # Leaving because of a signal: a repeated Ctrl-C while the interpreter shuts down (Python
         # puts the default handlers back) must not turn exit code 130 into death by SIGINT.
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
     sys.exit(code)

@@ -367,6 +367,7 @@ def test_a_signal_wrapped_by_an_import_is_still_the_one_line(monkeypatch, capsys
     # raised in a class's __set_name__ as a RuntimeError: still the interrupt's line and 130.
     import ppsvd.cli
     from ppsvd.errors import Interrupted
+    from ppsvd.runtime.signals import STOP_SIGNALS
 
     def importing_torch(**_kwargs):
         inner = (
@@ -378,7 +379,7 @@ def test_a_signal_wrapped_by_an_import_is_still_the_one_line(monkeypatch, capsys
             raise RuntimeError("Error calling __set_name__ on 'SymNumberMemoDescriptor' instance") from exc
 
     monkeypatch.setattr(ppsvd.cli, "app", importing_torch)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         with pytest.raises(SystemExit) as exited:
             ppsvd.cli.main(["run"])

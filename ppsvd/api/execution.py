@@ -42,7 +42,7 @@ from ppsvd.io.samples import skipped_images
 from ppsvd.io.sources import record_sources
 from ppsvd.planning.steps import partition_steps
 from ppsvd.runtime import launch as launcher
-from ppsvd.runtime.signals import StopSignal, catch_stop_signals, give_back_signals, leave, stop_raising
+from ppsvd.runtime.signals import STOP_SIGNALS, StopSignal, catch_stop_signals, give_back_signals, leave, stop_raising
 from ppsvd.runtime.worker import torchrun_main
 
 World = tuple[int, int, int, int]
@@ -291,7 +291,7 @@ def signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -43,7 +43,8 @@ def catch_stop_signals() -> list[int]:
 
     _raising = True
     for sig in STOP_SIGNALS:
-        _previous[sig] = signal.signal(sig, handler)
+        replaced = signal.signal(sig, handler)
+        _previous.setdefault(sig, replaced)  # called again in one process: the caller's, not our own
     return received
 
 
@@ -59,7 +60,8 @@ def give_back_signals() -> None:
     its caller, whose Ctrl-C must work again)."""
     stop_raising()
     for sig, previous in _previous.items():
-        signal.signal(sig, previous)
+        if previous is not None:  # None: installed outside Python, nothing to put back
+            signal.signal(sig, previous)
     _previous.clear()
 
 
